@@ -1,0 +1,151 @@
+"""Codec base classes.
+
+A :class:`Codec` turns one numpy array into payload bytes and back. Its whole
+configuration is given to ``__init__`` and returned by :meth:`Codec.get_config`
+(a JSON-serialisable dict with the codec ``id``), so a frame can name the codec
+and its parameters and any decoder can rebuild it with
+:func:`fedpress.registry.codec_from_config`.
+
+A :class:`StatefulCodec` also keeps state between rounds. The state lives
+outside the codec object, in a :class:`fedpress.state.StateStore`, and has one
+of two scopes (:class:`Scope`):
+
+``sender``
+    only the encoding side holds it (error-feedback residuals, momentum);
+    the decoder gets ``state=None``.
+``mirrored``
+    both ends hold it and advance it **only from decoded values** (predictor
+    history, shared masks). Frames of mirrored codecs carry the round counter
+    and a digest of the state they were encoded against; a decoder whose state
+    differs raises :class:`fedpress.StateDesyncError`.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .dtypes import is_float
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape and dtype of a tensor, as carried by the frame."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * np.dtype(self.dtype).itemsize
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> TensorSpec:
+        return cls(tuple(int(d) for d in x.shape), x.dtype)
+
+
+class Codec(ABC):
+    """A stateless codec: one array <-> payload bytes.
+
+    Subclasses set ``codec_id``, list their configuration attribute names in
+    ``config_keys`` and implement :meth:`encode` and :meth:`decode`.
+    """
+
+    codec_id: ClassVar[str] = ""
+    #: names of the ``__init__`` arguments that make up the configuration
+    config_keys: ClassVar[tuple[str, ...]] = ()
+    #: True for codecs whose output may differ from their input
+    lossy: ClassVar[bool] = False
+    #: True for codecs that guarantee ``max|x - x'| <= eb_abs``
+    error_bounded: ClassVar[bool] = False
+
+    @abstractmethod
+    def encode(self, x: np.ndarray) -> bytes:
+        """Encode a C-contiguous array into payload bytes."""
+
+    @abstractmethod
+    def decode(self, payload: bytes | memoryview, spec: TensorSpec) -> np.ndarray:
+        """Decode payload bytes into an array of ``spec``; FormatError on bad bytes."""
+
+    def accepts(self, dtype: np.dtype) -> bool:
+        """Whether this codec can encode arrays of ``dtype``."""
+        return is_float(dtype) if self.lossy else True
+
+    def check_input(self, x: np.ndarray) -> None:
+        if not self.accepts(x.dtype):
+            raise ConfigError(
+                f"codec {self.codec_id!r} does not take {x.dtype} tensors"
+                + (" (it is lossy: use a lossless codec such as 'zstd')" if self.lossy else "")
+            )
+
+    def describe(self, payload: bytes | memoryview, spec: TensorSpec) -> dict[str, Any]:
+        """Facts about one payload for :func:`fedpress.inspect` (e.g. the absolute bound)."""
+        return {}
+
+    def get_config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"id": self.codec_id}
+        for key in self.config_keys:
+            cfg[key] = getattr(self, key)
+        return cfg
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Codec:
+        cfg = dict(config)
+        cid = cfg.pop("id", cls.codec_id)
+        if cid != cls.codec_id:
+            raise ConfigError(f"config is for codec {cid!r}, not {cls.codec_id!r}")
+        unknown = set(cfg) - set(cls.config_keys)
+        if unknown:
+            raise ConfigError(f"codec {cls.codec_id!r}: unknown options {sorted(unknown)}")
+        return cls(**cfg)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.config_keys)
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Codec) and self.get_config() == other.get_config()
+
+    def __hash__(self) -> int:
+        return hash(repr(sorted(self.get_config().items())))
+
+
+class Scope(str, enum.Enum):
+    """Who holds a stateful codec's state."""
+
+    SENDER = "sender"
+    MIRRORED = "mirrored"
+
+
+class StatefulCodec(Codec):
+    """A codec whose encoding depends on state kept between rounds.
+
+    ``encode(x, state)`` and ``decode(payload, spec, state)`` receive the
+    :class:`fedpress.state.TensorState` of this (peer, tensor) pair and update
+    it in place; the framework advances ``state.round`` after each call. For
+    ``Scope.SENDER`` codecs the decoder receives ``state=None``.
+    """
+
+    scope: ClassVar[Scope] = Scope.SENDER
+
+    @abstractmethod
+    def encode(self, x: np.ndarray, state: Any = None) -> bytes:  # type: ignore[override]
+        """Encode ``x`` given this tensor's state, updating the state."""
+
+    @abstractmethod
+    def decode(  # type: ignore[override]
+        self, payload: bytes | memoryview, spec: TensorSpec, state: Any = None
+    ) -> np.ndarray:
+        """Decode given this tensor's (mirrored) state, updating the state."""

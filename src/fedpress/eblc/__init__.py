@@ -1,0 +1,1 @@
+"""Error-bounded lossy codecs written in fedpress (and their shared envelope)."""

@@ -1,0 +1,231 @@
+"""The envelope every error-bounded codec shares.
+
+:class:`ErrorBoundedCodec` does everything that is not the compression
+algorithm itself, so that each back end only maps a 1-D float array and an
+absolute bound to bytes and back (``_encode_core`` / ``_decode_core``):
+
+* computes the absolute bound (``abs`` or value-range ``rel`` mode);
+* takes NaN/Inf out of the data (stored exactly as patches; the core sees the
+  finite minimum instead);
+* stores empty and constant tensors without calling the core, and falls back
+  to lossless zstd when the absolute bound is 0;
+* decodes the core's output at encode time, casts it to the tensor's dtype and
+  stores exactly every value with ``|x - x'| > eb_abs`` (float32 rounding,
+  float16/bfloat16 casts), so the bound holds on the output dtype.
+
+Payload layout (little-endian)::
+
+    u8   kind           0 empty, 1 constant, 2 core, 3 lossless (eb_abs == 0)
+    f64  eb_abs
+    varint n_patches
+    u8   index width    4 or 8 (only if n_patches > 0)
+    n_patches indices   strictly increasing, uint32/uint64
+    n_patches values    raw bytes in the tensor's dtype
+    kind 1: f64 constant value
+    kind 2: the core's bytes (to the end)
+    kind 3: zstd frame of the raw little-endian values (to the end)
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .._bytes import Reader, Writer
+from ..abc import Codec, TensorSpec
+from ..bounds import ErrorBound, check_bound
+from ..dtypes import le_bytes
+from ..errors import FormatError
+
+KIND_EMPTY, KIND_CONSTANT, KIND_CORE, KIND_LOSSLESS = 0, 1, 2, 3
+_KIND_NAMES = {0: "empty", 1: "constant", 2: "core", 3: "lossless"}
+
+
+class ErrorBoundedCodec(Codec):
+    """Base of all error-bounded codecs; subclasses implement the core only.
+
+    Parameters
+    ----------
+    mode : {"rel", "abs"}
+        Error-bound mode (see :mod:`fedpress.bounds`).
+    eb : float
+        The bound: relative to the value range in ``rel`` mode, absolute in
+        ``abs`` mode.
+    """
+
+    lossy = True
+    error_bounded = True
+    config_keys: ClassVar[tuple[str, ...]] = ("mode", "eb")
+    #: whether the core can work in float64 (else it gets float32)
+    core_float64: ClassVar[bool] = False
+
+    def __init__(self, mode: str = "rel", eb: float = 1e-2) -> None:
+        check_bound(mode, eb)
+        self.mode = mode
+        self.eb = float(eb)
+
+    # -- the part each back end writes ------------------------------------
+    @abstractmethod
+    def _encode_core(self, x: np.ndarray, eb_abs: float) -> bytes:
+        """Compress a 1-D finite float32 (or float64) array with ``eb_abs > 0``."""
+
+    @abstractmethod
+    def _decode_core(self, data: memoryview, n: int, dtype: np.dtype, eb_abs: float) -> np.ndarray:
+        """Return the ``n`` values (1-D, ``dtype``) that ``_encode_core`` encoded."""
+
+    # -- envelope ---------------------------------------------------------
+    def _core_dtype(self, dtype: np.dtype) -> np.dtype:
+        if self.core_float64 and dtype == np.float64:
+            return np.dtype(np.float64)
+        return np.dtype(np.float32)
+
+    def encode(self, x: np.ndarray) -> bytes:
+        self.check_input(x)
+        flat = np.ascontiguousarray(x).reshape(-1)
+        n = flat.size
+        w = Writer()
+        if n == 0:
+            w.u8(KIND_EMPTY)
+            w.f64(0.0)
+            w.varint(0)
+            return w.getvalue()
+        x64 = flat.astype(np.float64)
+        finite = np.isfinite(x64)
+        all_finite = bool(finite.all())
+        fin = x64 if all_finite else x64[finite]
+        if fin.size == 0:
+            lo = hi = 0.0
+        else:
+            lo, hi = float(fin.min()), float(fin.max())
+        eb_abs = ErrorBound(self.mode, self.eb).absolute(lo, hi)
+        bad_idx = np.zeros(0, dtype=np.int64) if all_finite else np.flatnonzero(~finite)
+
+        if lo == hi:
+            kind, body = KIND_CONSTANT, None
+        elif eb_abs == 0.0:
+            kind, body = KIND_LOSSLESS, None
+        else:
+            kind = KIND_CORE
+            work = flat.astype(self._core_dtype(flat.dtype))
+            if not all_finite:
+                work[~finite] = lo
+            body = bytes(self._encode_core(work, eb_abs))
+            y = self._decode_core(memoryview(body), n, work.dtype, eb_abs)
+            y = np.asarray(y).reshape(-1).astype(flat.dtype).astype(np.float64)
+            with np.errstate(invalid="ignore"):
+                over = ~(np.abs(y - x64) <= eb_abs)
+            if not all_finite:
+                over &= finite
+            if over.any():
+                bad_idx = np.union1d(bad_idx, np.flatnonzero(over))
+
+        w.u8(kind)
+        w.f64(eb_abs)
+        _write_patches(w, flat, bad_idx)
+        if kind == KIND_CONSTANT:
+            w.f64(lo)
+        elif kind == KIND_LOSSLESS:
+            import zstandard
+
+            w.raw(zstandard.ZstdCompressor(level=3).compress(le_bytes(flat)))
+        else:
+            assert body is not None
+            w.raw(body)
+        return w.getvalue()
+
+    def decode(self, payload: bytes | memoryview, spec: TensorSpec) -> np.ndarray:
+        r = Reader(payload, f"{self.codec_id} payload")
+        n = spec.size
+        dtype = np.dtype(spec.dtype)
+        kind = r.u8()
+        eb_abs = r.f64()
+        if not (eb_abs >= 0.0) or eb_abs == float("inf"):
+            raise FormatError(f"{self.codec_id} payload: invalid bound {eb_abs}")
+        idx, vals = _read_patches(r, n, dtype)
+        if kind == KIND_EMPTY:
+            if n != 0:
+                raise FormatError(f"{self.codec_id} payload: empty payload for {n} values")
+            r.expect_end()
+            return np.zeros(spec.shape, dtype=dtype)
+        if n == 0:
+            raise FormatError(f"{self.codec_id} payload: non-empty payload for an empty tensor")
+        if kind == KIND_CONSTANT:
+            value = r.f64()
+            r.expect_end()
+            out = np.full(n, value, dtype=np.float64).astype(dtype)
+        elif kind == KIND_LOSSLESS:
+            out = _zstd_raw(r.rest(), n, dtype, self.codec_id)
+        elif kind == KIND_CORE:
+            core_dtype = self._core_dtype(dtype)
+            try:
+                y = self._decode_core(r.rest(), n, core_dtype, eb_abs)
+            except FormatError:
+                raise
+            except Exception as exc:  # a back end's own error on bad bytes
+                raise FormatError(f"{self.codec_id} payload: back end failed: {exc}") from exc
+            y = np.asarray(y)
+            if y.size != n:
+                raise FormatError(f"{self.codec_id} payload: decoded {y.size} values, expected {n}")
+            out = y.reshape(-1).astype(dtype)
+        else:
+            raise FormatError(f"{self.codec_id} payload: unknown kind {kind}")
+        if idx.size:
+            out[idx] = vals
+        return out.reshape(spec.shape)
+
+    def describe(self, payload: bytes | memoryview, spec: TensorSpec) -> dict[str, Any]:
+        r = Reader(payload, f"{self.codec_id} payload")
+        kind = r.u8()
+        eb_abs = r.f64()
+        n_patches = r.varint()
+        return {"mode": self.mode, "eb": self.eb, "eb_abs": eb_abs,
+                "storage": _KIND_NAMES.get(kind, "?"), "patches": n_patches}
+
+    def bound_for(self, x: np.ndarray) -> float:
+        """The absolute bound this codec will use for ``x``."""
+        x64 = np.asarray(x, dtype=np.float64).reshape(-1)
+        fin = x64[np.isfinite(x64)]
+        if fin.size == 0:
+            return ErrorBound(self.mode, self.eb).absolute(0.0, 0.0)
+        return ErrorBound(self.mode, self.eb).absolute(float(fin.min()), float(fin.max()))
+
+
+def _write_patches(w: Writer, flat: np.ndarray, idx: np.ndarray) -> None:
+    w.varint(int(idx.size))
+    if not idx.size:
+        return
+    width = 4 if flat.size <= 0xFFFFFFFF else 8
+    w.u8(width)
+    w.raw(idx.astype("<u4" if width == 4 else "<u8").tobytes())
+    w.raw(le_bytes(flat[idx]))
+
+
+def _read_patches(r: Reader, n: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    count = r.varint(cap=n, name="patch count")
+    if count == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=dtype)
+    width = r.u8()
+    if width not in (4, 8):
+        raise FormatError(f"patch index width {width} is not 4 or 8")
+    idx = r.array("u4" if width == 4 else "u8", count).astype(np.int64)
+    if idx[-1] >= n or idx[0] < 0 or (count > 1 and not bool(np.all(np.diff(idx) > 0))):
+        raise FormatError("patch indices out of range or not increasing")
+    vals = r.array(dtype, count).astype(dtype)
+    return idx, vals
+
+
+def _zstd_raw(data: memoryview, n: int, dtype: np.dtype, who: str) -> np.ndarray:
+    from ..backends.lossless import zstd_decompress
+
+    expected = n * dtype.itemsize
+    try:
+        raw = zstd_decompress(bytes(data), expected)
+    except FormatError:
+        raise
+    except Exception as exc:
+        raise FormatError(f"{who} payload: bad zstd data: {exc}") from exc
+    if len(raw) != expected:
+        raise FormatError(f"{who} payload: lossless part has {len(raw)} bytes, expected {expected}")
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)

@@ -1,0 +1,227 @@
+"""The wire format: versioned, self-describing, checksummed frames.
+
+One layout serves a single tensor (kind ``T``) and a whole update (kind
+``U``); ``docs/format.md`` documents it byte by byte. Parsing checks the
+checksum first, then every declared count and length against the bytes that
+are present and against :class:`Limits` before anything is allocated. Every
+failure is a :class:`fedpress.FormatError`.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._bytes import Reader, Writer
+from .abc import TensorSpec
+from .dtypes import dtype_code, dtype_from_code
+from .errors import FormatError
+
+MAGIC = b"\x89FPZ"
+VERSION = 1
+KIND_TENSOR = ord("T")
+KIND_UPDATE = ord("U")
+_KINDS = {KIND_TENSOR: "tensor", KIND_UPDATE: "update"}
+_REC_HAS_STATE = 0x01
+DIGEST_SIZE = 8
+_PREFIX = len(MAGIC) + 3
+_CRC = 4
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps a decoder enforces before allocating (all configurable).
+
+    Parameters
+    ----------
+    max_tensors : int
+        Records in one frame.
+    max_tensor_elements : int
+        Elements of one decoded tensor (default 2**31).
+    max_total_bytes : int
+        Decoded bytes of all tensors of a frame (default 16 GiB).
+    max_ndim : int
+        Dimensions of one tensor.
+    max_text : int
+        Bytes of a name, a codec config or the metadata.
+    """
+
+    max_tensors: int = 1_000_000
+    max_tensor_elements: int = 1 << 31
+    max_total_bytes: int = 16 << 30
+    max_ndim: int = 32
+    max_text: int = 1 << 20
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class StateTag:
+    """Round counter and digest of the mirrored state a record was encoded against."""
+
+    round: int
+    digest: bytes
+
+
+@dataclass
+class Record:
+    """One tensor of a frame: its name, codec (index into the codec table), spec and payload."""
+
+    name: str
+    codec_index: int
+    spec: TensorSpec
+    payload: bytes | memoryview
+    state: StateTag | None = None
+
+
+@dataclass
+class Frame:
+    """A decoded (or to-be-encoded) frame."""
+
+    kind: int
+    codecs: list[dict[str, Any]]
+    records: list[Record]
+    meta: dict[str, Any] = field(default_factory=dict)
+    version: int = VERSION
+
+    @property
+    def kind_name(self) -> str:
+        return _KINDS.get(self.kind, "?")
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+
+
+def pack(frame: Frame) -> bytes:
+    """Serialise a frame; the checksum covers every byte before it."""
+    w = Writer()
+    w.raw(MAGIC)
+    w.u8(VERSION)
+    w.u8(frame.kind)
+    w.u8(0)
+    w.varint(len(frame.codecs))
+    for cfg in frame.codecs:
+        w.blob(_json_bytes(cfg))
+    w.blob(_json_bytes(frame.meta) if frame.meta else b"")
+    w.varint(len(frame.records))
+    for rec in frame.records:
+        w.text(rec.name)
+        w.varint(rec.codec_index)
+        w.u8(dtype_code(rec.spec.dtype))
+        w.u8(len(rec.spec.shape))
+        for d in rec.spec.shape:
+            w.varint(int(d))
+        if rec.state is not None:
+            if len(rec.state.digest) != DIGEST_SIZE:
+                raise ValueError(f"state digest must be {DIGEST_SIZE} bytes")
+            w.u8(_REC_HAS_STATE)
+            w.varint(rec.state.round)
+            w.raw(rec.state.digest)
+        else:
+            w.u8(0)
+        w.varint(len(rec.payload))
+    for rec in frame.records:
+        w.raw(rec.payload)
+    body = w.getvalue()
+    return body + (zlib.crc32(body) & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def _json_obj(raw: memoryview, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(bytes(raw).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FormatError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise FormatError(f"{what} must be a JSON object")
+    return obj
+
+
+def peek_kind(blob: bytes | bytearray | memoryview) -> int:
+    """The kind byte of a frame after checking magic and version (no checksum)."""
+    view = memoryview(blob)
+    if len(view) < _PREFIX + _CRC:
+        raise FormatError(f"not a fedpress frame: only {len(view)} bytes")
+    if bytes(view[:4]) != MAGIC:
+        raise FormatError("not a fedpress frame: bad magic bytes")
+    if view[4] != VERSION:
+        raise FormatError(
+            f"fedpress frame version {view[4]} is not supported (this fedpress reads {VERSION})"
+        )
+    if view[5] not in _KINDS:
+        raise FormatError(f"unknown frame kind {view[5]}")
+    return int(view[5])
+
+
+def unpack(blob: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> Frame:
+    """Parse and validate a frame. Payloads are zero-copy views into ``blob``."""
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise FormatError(f"expected bytes, got {type(blob).__name__}")
+    view = memoryview(blob).cast("B") if isinstance(blob, memoryview) else memoryview(blob)
+    kind = peek_kind(view)
+    body = view[:-_CRC]
+    stored = int.from_bytes(view[-_CRC:], "little")
+    if zlib.crc32(body) & 0xFFFFFFFF != stored:
+        raise FormatError("fedpress frame checksum mismatch (corrupted or truncated)")
+    r = Reader(body, "frame")
+    r.take(_PREFIX - 1)
+    if r.u8() != 0:
+        raise FormatError("frame flags set that this version does not know")
+    n_codecs = r.varint(cap=min(limits.max_tensors, r.remaining), name="codec count")
+    codecs = [_json_obj(r.blob(cap=limits.max_text, name="codec config"), "codec config")
+              for _ in range(n_codecs)]
+    meta_raw = r.blob(cap=limits.max_text, name="metadata")
+    meta = _json_obj(meta_raw, "frame metadata") if len(meta_raw) else {}
+    n_rec = r.varint(cap=min(limits.max_tensors, r.remaining), name="tensor count")
+    if kind == KIND_TENSOR and n_rec != 1:
+        raise FormatError(f"a tensor frame holds 1 tensor, this one declares {n_rec}")
+    heads: list[tuple[str, int, TensorSpec, StateTag | None, int]] = []
+    total_bytes = 0
+    seen: set[str] = set()
+    for _ in range(n_rec):
+        name = r.text(cap=limits.max_text, name="tensor name")
+        if name in seen:
+            raise FormatError(f"tensor name {name!r} appears twice")
+        seen.add(name)
+        cidx = r.varint(cap=max(n_codecs - 1, 0), name="codec index")
+        if n_codecs == 0:
+            raise FormatError("frame has tensors but no codec table")
+        dtype = dtype_from_code(r.u8())
+        ndim = r.u8()
+        if ndim > limits.max_ndim:
+            raise FormatError(f"{ndim} dimensions exceed the limit {limits.max_ndim}")
+        shape = tuple(r.varint(cap=limits.max_tensor_elements, name="dimension")
+                      for _ in range(ndim))
+        spec = TensorSpec(shape, dtype)
+        if spec.size > limits.max_tensor_elements:
+            raise FormatError(
+                f"tensor {name!r} declares {spec.size} elements, over the limit "
+                f"{limits.max_tensor_elements} (see fedpress.Limits)"
+            )
+        total_bytes += spec.nbytes
+        if total_bytes > limits.max_total_bytes:
+            raise FormatError(
+                f"frame declares {total_bytes} decoded bytes, over the limit "
+                f"{limits.max_total_bytes} (see fedpress.Limits)"
+            )
+        flags = r.u8()
+        if flags & ~_REC_HAS_STATE:
+            raise FormatError(f"tensor {name!r}: unknown record flags {flags:#x}")
+        tag = None
+        if flags & _REC_HAS_STATE:
+            rnd = r.varint(name="round")
+            tag = StateTag(rnd, bytes(r.take(DIGEST_SIZE)))
+        plen = r.varint(cap=r.remaining, name="payload length")
+        heads.append((name, cidx, spec, tag, plen))
+    if sum(h[4] for h in heads) != r.remaining:
+        raise FormatError(
+            f"payload lengths add up to {sum(h[4] for h in heads)} bytes, "
+            f"{r.remaining} are present"
+        )
+    records = [Record(name, cidx, spec, r.take(plen), tag)
+               for name, cidx, spec, tag, plen in heads]
+    r.expect_end()
+    return Frame(kind, codecs, records, meta)

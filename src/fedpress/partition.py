@@ -1,0 +1,166 @@
+"""Plans: which codec (and bound) each tensor of a state dict gets.
+
+A :class:`Plan` is an ordered list of :class:`Rule` objects plus a default.
+Rules whose pattern is an exact tensor name are tried first, then ``re:``
+regex rules in order (``re.search``), then the default. A rule also has
+conditions (``min_elements``; lossy codecs only take floating tensors), and a
+tensor that no rule or default can take goes to the plan's ``lossless`` codec.
+
+Ready plans (``Plan.build``):
+
+``"fedsz"``
+    FedSZ (arXiv 2312.13461): tensors whose name contains ``weight`` and that
+    have more than ``threshold`` elements (default 1000) go to the
+    error-bounded codec ``lossy`` (default ``"sz2"``), everything else to
+    ``lossless`` (default ``"blosc-lz"``).
+any codec id ``C``
+    every floating tensor with at least ``threshold`` elements via ``C``, the
+    rest lossless; a lossless ``C`` takes every tensor.
+a dict
+    ``{"conv1.weight": "zfp", "re:bias$": "zstd", "default": "sz3"}``; values
+    are codec ids, codec config dicts (``{"id": "sz3", "eb": 1e-3}``) or
+    :class:`~fedpress.abc.Codec` objects.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+
+from .abc import Codec
+from .errors import ConfigError
+from .registry import codec_class, get_codec
+
+CodecSpec = Union[str, Mapping[str, Any], Codec]
+
+DEFAULT_LOSSY = "sz2"
+DEFAULT_LOSSLESS = "blosc-lz"
+DEFAULT_THRESHOLD = 1000
+
+
+def make_codec(spec: CodecSpec, mode: str = "rel", eb: float = 1e-2) -> Codec:
+    """Build a codec from an id, a config dict or a codec object.
+
+    Error-bounded codecs given by id (or by a dict without ``mode``/``eb``)
+    take ``mode`` and ``eb``; lossless codecs ignore them.
+    """
+    if isinstance(spec, Codec):
+        return spec
+    if isinstance(spec, str):
+        cfg: dict[str, Any] = {"id": spec}
+    elif isinstance(spec, Mapping) and isinstance(spec.get("id"), str):
+        cfg = dict(spec)
+    else:
+        raise ConfigError(f"a codec is given as an id, a config dict or a Codec, not {spec!r}")
+    cls = codec_class(cfg["id"])
+    if cls.error_bounded:
+        cfg.setdefault("mode", mode)
+        cfg.setdefault("eb", eb)
+    cid = cfg.pop("id")
+    return get_codec(cid, **cfg)
+
+
+@dataclass
+class Rule:
+    """Send tensors matching ``pattern`` (exact name or ``re:<regex>``) to ``codec``."""
+
+    pattern: str
+    codec: Codec
+    min_elements: int = 0
+    _regex: re.Pattern[str] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.pattern.startswith("re:"):
+            try:
+                self._regex = re.compile(self.pattern[3:])
+            except re.error as exc:
+                raise ConfigError(f"bad regex in plan rule {self.pattern!r}: {exc}") from exc
+
+    @property
+    def is_regex(self) -> bool:
+        return self._regex is not None
+
+    def matches(self, name: str, x: np.ndarray) -> bool:
+        if self._regex is not None:
+            hit = self._regex.search(name) is not None
+        else:
+            hit = name == self.pattern
+        return hit and x.size >= self.min_elements and self.codec.accepts(x.dtype)
+
+
+class Plan:
+    """Ordered rules, a default codec and a lossless fallback."""
+
+    def __init__(self, rules: list[Rule], default: Codec, lossless: Codec | None = None,
+                 name: str = "custom") -> None:
+        self.rules = list(rules)
+        self.default = default
+        self.lossless = lossless if lossless is not None else make_codec(DEFAULT_LOSSLESS)
+        if self.lossless.lossy:
+            raise ConfigError(f"the plan's lossless codec {self.lossless.codec_id!r} is lossy")
+        self.name = name
+
+    def codec_for(self, name: str, x: np.ndarray) -> Codec:
+        """The codec for tensor ``name`` with array ``x``."""
+        for rule in self.rules:
+            if not rule.is_regex and rule.matches(name, x):
+                return rule.codec
+        for rule in self.rules:
+            if rule.is_regex and rule.matches(name, x):
+                return rule.codec
+        if self.default.accepts(x.dtype):
+            return self.default
+        return self.lossless
+
+    def __repr__(self) -> str:
+        return f"Plan(name={self.name!r}, rules={self.rules!r}, default={self.default!r})"
+
+    @classmethod
+    def build(cls, plan: str | Mapping[str, CodecSpec] | Plan = "fedsz", mode: str = "rel",
+              eb: float = 1e-2, *, threshold: int = DEFAULT_THRESHOLD,
+              lossy: CodecSpec = DEFAULT_LOSSY, lossless: CodecSpec = DEFAULT_LOSSLESS,
+              **codec_options: Any) -> Plan:
+        """Build a plan from a name, a codec id or a rule dict (see the module docs).
+
+        ``codec_options`` go to the lossy (or named) codec, e.g. ``algorithm``
+        for ``sz3``.
+        """
+        if isinstance(plan, Plan):
+            if codec_options:
+                raise ConfigError(f"options {sorted(codec_options)} do not apply to a Plan object")
+            return plan
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
+            raise ConfigError(f"threshold must be a non-negative int, not {threshold!r}")
+        fallback = make_codec(lossless, mode, eb)
+
+        def with_opts(spec: CodecSpec) -> Codec:
+            if codec_options:
+                if isinstance(spec, Codec):
+                    raise ConfigError("codec options cannot be applied to a Codec object")
+                base = {"id": spec} if isinstance(spec, str) else dict(spec)
+                return make_codec({**base, **codec_options}, mode, eb)
+            return make_codec(spec, mode, eb)
+
+        if isinstance(plan, Mapping):
+            rules = []
+            default: Codec | None = None
+            for pattern, spec in plan.items():
+                codec = make_codec(spec, mode, eb)
+                if pattern == "default":
+                    default = codec
+                else:
+                    rules.append(Rule(pattern, codec))
+            return cls(rules, default or fallback, fallback, name="custom")
+        if not isinstance(plan, str):
+            raise ConfigError(f"plan must be a name, a codec id, a dict or a Plan, not {plan!r}")
+        if plan == "fedsz":
+            rule = Rule("re:weight", with_opts(lossy), min_elements=threshold + 1)
+            return cls([rule], fallback, fallback, name="fedsz")
+        codec = with_opts(plan)
+        if not codec.lossy:
+            return cls([], codec, fallback, name=plan)
+        return cls([Rule("re:", codec, min_elements=threshold)], fallback, fallback, name=plan)

@@ -1,0 +1,106 @@
+"""Codec registry: find codecs by id, list them, and load third-party ones.
+
+Third-party packages add codecs through the entry-point group
+``fedpress.codecs``; each entry point names a :class:`fedpress.abc.Codec`
+subclass, e.g. in ``pyproject.toml``::
+
+    [project.entry-points."fedpress.codecs"]
+    mycodec = "mypkg.codecs:MyCodec"
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Any
+
+from .abc import Codec
+from .errors import ConfigError, FormatError
+
+ENTRY_POINT_GROUP = "fedpress.codecs"
+
+_REGISTRY: dict[str, type[Codec]] = {}
+_BUILTIN_MODULES = (
+    "fedpress.backends.lossless",
+    "fedpress.backends.sz3",
+    "fedpress.backends.sz2",
+    "fedpress.backends.zfp",
+    "fedpress.eblc.szx",
+)
+_loaded = False
+
+
+def register_codec(cls: type[Codec]) -> type[Codec]:
+    """Register a codec class under its ``codec_id`` (usable as a decorator)."""
+    cid = getattr(cls, "codec_id", "")
+    if not cid or not isinstance(cid, str):
+        raise ConfigError(f"{cls!r} has no codec_id")
+    existing = _REGISTRY.get(cid)
+    if existing is not None and existing is not cls:
+        raise ConfigError(f"codec id {cid!r} is already registered by {existing!r}")
+    _REGISTRY[cid] = cls
+    return cls
+
+
+def unregister_codec(codec_id: str) -> None:
+    """Remove a codec id (mainly for tests)."""
+    _REGISTRY.pop(codec_id, None)
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in _BUILTIN_MODULES:
+        importlib.import_module(mod)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _REGISTRY:
+            continue
+        try:
+            cls = ep.load()
+        except Exception as exc:  # a broken plug-in must not break fedpress
+            import warnings
+
+            warnings.warn(f"fedpress: codec entry point {ep.name!r} failed to load: {exc}",
+                          stacklevel=2)
+            continue
+        register_codec(cls)
+
+
+def list_codecs() -> list[str]:
+    """Ids of all registered codecs, sorted."""
+    _load()
+    return sorted(_REGISTRY)
+
+
+def codec_class(codec_id: str) -> type[Codec]:
+    _load()
+    try:
+        return _REGISTRY[codec_id]
+    except KeyError:
+        raise ConfigError(
+            f"unknown codec {codec_id!r}; available: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def get_codec(codec_id: str, **config: Any) -> Codec:
+    """Instantiate the codec ``codec_id`` with its configuration."""
+    return codec_class(codec_id).from_config(config)
+
+
+def codec_from_config(config: dict[str, Any]) -> Codec:
+    """Rebuild a codec from a frame's config; FormatError if it is not valid."""
+    if not isinstance(config, dict) or not isinstance(config.get("id"), str):
+        raise FormatError("codec config must be an object with a string 'id'")
+    _load()
+    cls = _REGISTRY.get(config["id"])
+    if cls is None:
+        raise FormatError(
+            f"frame uses codec {config['id']!r}, which is not registered here "
+            "(a missing plug-in?)"
+        )
+    try:
+        return cls.from_config(config)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise FormatError(f"invalid config for codec {config['id']!r}: {exc}") from exc

@@ -1,0 +1,182 @@
+"""Update codec: a whole ``state_dict`` <-> one frame.
+
+:class:`UpdateEncoder` picks a codec per tensor with a :class:`~fedpress.partition.Plan`
+and packs all payloads into one update frame; :class:`UpdateDecoder` reverses it.
+Both hold a :class:`~fedpress.state.StateStore` for stateful codecs, so one
+encoder / decoder pair serves many rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .abc import Codec, Scope, StatefulCodec, TensorSpec
+from .dtypes import to_numpy
+from .errors import ConfigError, FormatError, StateDesyncError
+from .frame import DEFAULT_LIMITS, KIND_TENSOR, KIND_UPDATE, Frame, Limits, Record, StateTag
+from .frame import pack as pack_frame
+from .frame import unpack as unpack_frame
+from .partition import CodecSpec, Plan
+from .registry import codec_from_config
+from .state import MemoryStateStore, StateStore, TensorState
+
+
+def as_state_dict(obj: Any) -> dict[str, np.ndarray]:
+    """Numpy view of a state dict (a mapping of names to arrays/tensors, or a torch module)."""
+    if not isinstance(obj, Mapping) and callable(getattr(obj, "state_dict", None)):
+        obj = obj.state_dict()
+    if not isinstance(obj, Mapping):
+        raise ConfigError(f"expected a state dict (a mapping of names to tensors), got {type(obj)}")
+    out: dict[str, np.ndarray] = {}
+    for name, value in obj.items():
+        if not isinstance(name, str):
+            raise ConfigError(f"state dict keys must be strings, got {name!r}")
+        out[name] = to_numpy(value)
+    return out
+
+
+def _encode_one(codec: Codec, x: np.ndarray, state: TensorState | None) -> tuple[bytes, StateTag | None]:
+    """Encode one tensor; returns payload and (for mirrored codecs) the state tag."""
+    codec.check_input(x)
+    if isinstance(codec, StatefulCodec):
+        assert state is not None
+        tag = StateTag(state.round, state.digest()) if codec.scope is Scope.MIRRORED else None
+        payload = codec.encode(x, state)
+        state.round += 1
+        return bytes(payload), tag
+    return bytes(codec.encode(x)), None
+
+
+def _decode_one(codec: Codec, rec: Record, state: TensorState | None) -> np.ndarray:
+    if isinstance(codec, StatefulCodec):
+        if codec.scope is Scope.MIRRORED:
+            assert state is not None
+            if rec.state is None:
+                raise FormatError(f"tensor {rec.name!r}: mirrored codec frame without state tag")
+            if rec.state.round != state.round or rec.state.digest != state.digest():
+                raise StateDesyncError(
+                    f"tensor {rec.name!r}: frame was encoded against round {rec.state.round} "
+                    f"state {rec.state.digest.hex()}, decoder holds round {state.round} "
+                    f"state {state.digest().hex()}"
+                )
+            out = codec.decode(rec.payload, rec.spec, state)
+            state.round += 1
+        else:
+            out = codec.decode(rec.payload, rec.spec, None)
+    else:
+        out = codec.decode(rec.payload, rec.spec)
+    out = np.asarray(out)
+    if out.shape != rec.spec.shape or out.dtype != rec.spec.dtype:
+        raise FormatError(
+            f"tensor {rec.name!r}: codec {codec.codec_id!r} returned {out.dtype}{out.shape}, "
+            f"frame declares {rec.spec.dtype}{rec.spec.shape}"
+        )
+    return out
+
+
+class UpdateEncoder:
+    """Encode state dicts round after round with one plan.
+
+    Parameters
+    ----------
+    plan : str, dict or Plan
+        ``"fedsz"``, a codec id, a rule dict or a :class:`Plan` (see
+        :mod:`fedpress.partition`).
+    mode, eb : str, float
+        Error bound given to error-bounded codecs of the plan.
+    store : StateStore, optional
+        Where stateful codecs keep their state (default: in memory).
+    peer : str
+        Name under which this encoder's states are kept (its own identity).
+    **options
+        ``threshold``, ``lossy``, ``lossless`` and codec options, passed to
+        :meth:`Plan.build`.
+    """
+
+    def __init__(self, plan: str | Mapping[str, CodecSpec] | Plan = "fedsz", mode: str = "rel",
+                 eb: float = 1e-2, *, store: StateStore | None = None, peer: str = "default",
+                 **options: Any) -> None:
+        self.plan = Plan.build(plan, mode, eb, **options)
+        self.store = store if store is not None else MemoryStateStore()
+        self.peer = peer
+
+    def encode(self, state_dict: Any, meta: Mapping[str, Any] | None = None) -> bytes:
+        """Encode a state dict into one update frame (bytes)."""
+        tensors = as_state_dict(state_dict)
+        codecs: list[dict[str, Any]] = []
+        index: dict[str, int] = {}
+        records: list[Record] = []
+        new_states: dict[str, TensorState] = {}
+        for name, x in tensors.items():
+            codec = self.plan.codec_for(name, x)
+            state = None
+            if isinstance(codec, StatefulCodec):
+                state = self.store.get(self.peer, name)
+            payload, tag = _encode_one(codec, x, state)
+            if state is not None:
+                new_states[name] = state
+            cfg = codec.get_config()
+            key = repr(sorted(cfg.items()))
+            if key not in index:
+                index[key] = len(codecs)
+                codecs.append(cfg)
+            records.append(Record(name, index[key], TensorSpec.of(x), payload, tag))
+        blob = pack_frame(Frame(KIND_UPDATE, codecs, records, dict(meta or {})))
+        for name, state in new_states.items():
+            self.store.put(self.peer, name, state)
+        return blob
+
+
+class UpdateDecoder:
+    """Decode update frames, keeping mirrored state per sending peer.
+
+    Parameters
+    ----------
+    store : StateStore, optional
+        Where mirrored codec state is kept (default: in memory).
+    limits : Limits
+        Caps checked before allocating (see :class:`fedpress.Limits`).
+    """
+
+    def __init__(self, store: StateStore | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.store = store if store is not None else MemoryStateStore()
+        self.limits = limits
+
+    def decode(self, blob: bytes | bytearray | memoryview, peer: str = "default",
+               ) -> dict[str, np.ndarray]:
+        """Decode an update frame sent by ``peer``; states change only if all tensors decode."""
+        frame = unpack_frame(blob, self.limits)
+        if frame.kind != KIND_UPDATE:
+            raise FormatError(
+                "this is a single-tensor frame; use fedpress.decompress"
+                if frame.kind == KIND_TENSOR else "not an update frame"
+            )
+        codecs = [codec_from_config(cfg) for cfg in frame.codecs]
+        out: dict[str, np.ndarray] = {}
+        new_states: dict[str, TensorState] = {}
+        for rec in frame.records:
+            codec = codecs[rec.codec_index]
+            state = None
+            if isinstance(codec, StatefulCodec) and codec.scope is Scope.MIRRORED:
+                state = self.store.get(peer, rec.name)
+            out[rec.name] = _decode_one(codec, rec, state)
+            if state is not None:
+                new_states[rec.name] = state
+        for name, state in new_states.items():
+            self.store.put(peer, name, state)
+        return out
+
+
+def encode_update(state_dict: Any, plan: str | Mapping[str, CodecSpec] | Plan = "fedsz",
+                  mode: str = "rel", eb: float = 1e-2, **options: Any) -> bytes:
+    """Encode a state dict into one frame (see :class:`UpdateEncoder`)."""
+    return UpdateEncoder(plan, mode, eb, **options).encode(state_dict)
+
+
+def decode_update(blob: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS,
+                  ) -> dict[str, np.ndarray]:
+    """Decode one update frame into ``{name: numpy array}`` (see :class:`UpdateDecoder`)."""
+    return UpdateDecoder(limits=limits).decode(blob)
