@@ -65,7 +65,7 @@ def decompress(blob: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LI
     if frame.kind != KIND_TENSOR:
         raise FormatError("this is an update frame; use fedpress.decode_update")
     rec = frame.records[0]
-    c = codec_from_config(frame.codecs[rec.codec_index])
+    c = codec_from_config(frame.codecs[rec.codec_index], limits.codecs)
     if isinstance(c, StatefulCodec):
         raise FormatError(f"stateful codec {c.codec_id!r} in a single-tensor frame")
     out = np.asarray(c.decode(rec.payload, rec.spec))

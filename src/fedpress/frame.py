@@ -46,6 +46,12 @@ class Limits:
         Dimensions of one tensor.
     max_text : int
         Bytes of a name, a codec config or the metadata.
+    codecs : frozenset of str, optional
+        If given, the only codec ids this decoder accepts; a frame naming
+        another codec is a FormatError before any of its bytes reach a back
+        end. Servers that decode frames from untrusted peers should use it
+        to keep native back ends that are not hardened against crafted
+        streams (``sz2``) out (see ``docs/format.md``).
     """
 
     max_tensors: int = 1_000_000
@@ -53,6 +59,7 @@ class Limits:
     max_total_bytes: int = 16 << 30
     max_ndim: int = 32
     max_text: int = 1 << 20
+    codecs: frozenset[str] | None = None
 
 
 DEFAULT_LIMITS = Limits()

@@ -11,6 +11,7 @@ subclass, e.g. in ``pyproject.toml``::
 from __future__ import annotations
 
 import importlib
+from collections.abc import Collection
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -89,10 +90,15 @@ def get_codec(codec_id: str, **config: Any) -> Codec:
     return codec_class(codec_id).from_config(config)
 
 
-def codec_from_config(config: dict[str, Any]) -> Codec:
-    """Rebuild a codec from a frame's config; FormatError if it is not valid."""
+def codec_from_config(config: dict[str, Any], allowed: Collection[str] | None = None) -> Codec:
+    """Rebuild a codec from a frame's config; FormatError if it is not valid.
+
+    ``allowed``, if given, is the set of codec ids the caller accepts.
+    """
     if not isinstance(config, dict) or not isinstance(config.get("id"), str):
         raise FormatError("codec config must be an object with a string 'id'")
+    if allowed is not None and config["id"] not in allowed:
+        raise FormatError(f"codec {config['id']!r} is not accepted by this decoder")
     _load()
     cls = _REGISTRY.get(config["id"])
     if cls is None:

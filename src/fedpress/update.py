@@ -154,7 +154,7 @@ class UpdateDecoder:
                 "this is a single-tensor frame; use fedpress.decompress"
                 if frame.kind == KIND_TENSOR else "not an update frame"
             )
-        codecs = [codec_from_config(cfg) for cfg in frame.codecs]
+        codecs = [codec_from_config(cfg, self.limits.codecs) for cfg in frame.codecs]
         out: dict[str, np.ndarray] = {}
         new_states: dict[str, TensorState] = {}
         for rec in frame.records:

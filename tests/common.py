@@ -1,0 +1,69 @@
+"""Helpers every codec test uses (in the spirit of numcodecs' check_encode_decode)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import fedpress
+from fedpress.dtypes import BFLOAT16, FLOAT_DTYPES
+
+EB_CODECS = ("sz3", "sz2", "zfp", "szx")
+LOSSLESS_CODECS = ("zstd", "blosc-lz", "blosc-zstd", "zlib", "gzip", "xz", "lz4")
+
+
+def available(codec_ids: tuple[str, ...]) -> list[str]:
+    have = set(fedpress.list_codecs())
+    return [c for c in codec_ids if c in have]
+
+
+def abs_bound(x: np.ndarray, mode: str, eb: float) -> float:
+    """The absolute bound fedpress must honour for ``x`` (computed independently)."""
+    if mode == "abs":
+        return eb
+    v = np.asarray(x, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return 0.0
+    return eb * (float(v.max()) - float(v.min()))
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit-exact equality (NaN payloads and -0.0 included)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return a.tobytes() == b.tobytes()
+
+
+def check_error_bounded(x: np.ndarray, codec: str, mode: str = "rel", eb: float = 1e-2,
+                        **config: object) -> tuple[np.ndarray, bytes]:
+    """Round trip ``x`` through ``codec`` and assert every promise of an EB codec.
+
+    Shape and dtype kept, NaN/Inf bit-exact in place, and ``|x - x'| <= eb_abs``
+    on the output dtype for every finite value.
+    """
+    blob = fedpress.compress(x, codec=codec, mode=mode, eb=eb, **config)
+    y = fedpress.decompress(blob)
+    assert y.shape == x.shape and y.dtype == x.dtype, (y.shape, y.dtype)
+    x64 = x.astype(np.float64)
+    y64 = y.astype(np.float64)
+    fin = np.isfinite(x64)
+    assert same_bits(x[~fin], y[~fin]), "non-finite values must survive exactly"
+    bound = abs_bound(x, mode, eb)
+    if fin.any():
+        err = np.abs(x64[fin] - y64[fin])
+        assert float(err.max()) <= bound, (codec, float(err.max()), bound)
+    info = fedpress.inspect(blob)["tensors"][0]
+    if x.size and fin.any():
+        assert info["eb_abs"] == bound or np.isclose(info["eb_abs"], bound, rtol=1e-12)
+    return y, blob
+
+
+def check_lossless(x: np.ndarray, codec: str, **config: object) -> bytes:
+    blob = fedpress.compress(x, codec=codec, **config)
+    y = fedpress.decompress(blob)
+    assert same_bits(x, y)
+    return blob
+
+
+__all__ = ["BFLOAT16", "EB_CODECS", "FLOAT_DTYPES", "LOSSLESS_CODECS", "abs_bound",
+           "available", "check_error_bounded", "check_lossless", "same_bits"]

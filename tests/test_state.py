@@ -1,0 +1,191 @@
+"""Stateful codecs: both state scopes, desync detection, stores that resume."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+import fedpress
+from fedpress import Scope, StatefulCodec, TensorSpec, TensorState
+from fedpress.registry import register_codec, unregister_codec
+
+
+class XorDelta(StatefulCodec):
+    """Mirrored test codec: XOR of the bits with the previous decoded tensor."""
+
+    codec_id = "test-xor-delta"
+    scope = Scope.MIRRORED
+    config_keys: ClassVar[tuple[str, ...]] = ()
+
+    def encode(self, x: np.ndarray, state: Any = None) -> bytes:
+        prev = state.get("prev")
+        bits = x.astype(np.float32).view(np.uint32)
+        out = bits ^ prev.view(np.uint32) if prev is not None else bits
+        state["prev"] = x.astype(np.float32).copy()
+        return out.tobytes()
+
+    def decode(self, payload: Any, spec: TensorSpec, state: Any = None) -> np.ndarray:
+        bits = np.frombuffer(bytes(payload), dtype=np.uint32)
+        if bits.size != spec.size:
+            raise fedpress.FormatError("size")
+        prev = state.get("prev")
+        if prev is not None:
+            bits = bits ^ prev.reshape(-1).view(np.uint32)
+        out = bits.view(np.float32).reshape(spec.shape).astype(spec.dtype)
+        state["prev"] = out.copy()
+        return out
+
+
+class SignEF(StatefulCodec):
+    """Sender-scope test codec: 1-bit sign with scale and error feedback."""
+
+    codec_id = "test-sign-ef"
+    scope = Scope.SENDER
+    lossy = True
+    config_keys: ClassVar[tuple[str, ...]] = ()
+
+    def encode(self, x: np.ndarray, state: Any = None) -> bytes:
+        v = x.astype(np.float32).ravel() + state.get("residual", np.zeros(x.size, np.float32))
+        scale = np.float32(np.abs(v).mean())
+        sent = np.where(v >= 0, scale, -scale).astype(np.float32)
+        state["residual"] = v - sent
+        return scale.tobytes() + np.packbits(v >= 0).tobytes()
+
+    def decode(self, payload: Any, spec: TensorSpec, state: Any = None) -> np.ndarray:
+        assert state is None
+        raw = bytes(payload)
+        scale = np.frombuffer(raw[:4], np.float32)[0]
+        bits = np.unpackbits(np.frombuffer(raw[4:], np.uint8))[: spec.size]
+        return np.where(bits == 1, scale, -scale).astype(spec.dtype).reshape(spec.shape)
+
+
+@pytest.fixture(autouse=True)
+def _codecs() -> Iterator[None]:
+    register_codec(XorDelta)
+    register_codec(SignEF)
+    yield
+    unregister_codec(XorDelta.codec_id)
+    unregister_codec(SignEF.codec_id)
+
+
+def _rounds(rng: np.random.Generator, n: int) -> list[dict[str, np.ndarray]]:
+    base = rng.standard_normal((20, 30)).astype(np.float32)
+    return [{"w": base + 0.01 * i * rng.standard_normal((20, 30)).astype(np.float32),
+             "b": np.arange(5, dtype=np.float32) + i} for i in range(n)]
+
+
+def test_mirrored_state_advances_on_both_ends(rng: np.random.Generator) -> None:
+    enc = fedpress.UpdateEncoder(plan={"w": "test-xor-delta", "default": "zstd"}, peer="c1")
+    dec = fedpress.UpdateDecoder()
+    for r, sd in enumerate(_rounds(rng, 4)):
+        blob = enc.encode(sd)
+        tag = fedpress.inspect(blob)["tensors"][0]
+        assert tag["state_round"] == r
+        out = dec.decode(blob, peer="c1")
+        assert np.array_equal(out["w"], sd["w"]) and np.array_equal(out["b"], sd["b"])
+    assert enc.store.get("c1", "w").round == 4
+    assert dec.store.get("c1", "w").round == 4
+
+
+def test_desync_is_detected_not_decoded_wrong(rng: np.random.Generator) -> None:
+    rounds = _rounds(rng, 3)
+    enc = fedpress.UpdateEncoder(plan={"w": "test-xor-delta"})
+    dec = fedpress.UpdateDecoder()
+    dec.decode(enc.encode(rounds[0]))
+    enc.encode(rounds[1])  # lost on the way: the decoder never sees round 1
+    with pytest.raises(fedpress.StateDesyncError, match="round 2"):
+        dec.decode(enc.encode(rounds[2]))
+    # a decoder whose state has the right round but other contents
+    enc2 = fedpress.UpdateEncoder(plan={"w": "test-xor-delta"})
+    dec2 = fedpress.UpdateDecoder()
+    dec2.decode(enc2.encode(rounds[0]))
+    st = dec2.store.get("default", "w")
+    st["prev"] = st["prev"] + 1
+    dec2.store.put("default", "w", st)
+    with pytest.raises(fedpress.StateDesyncError):
+        dec2.decode(enc2.encode(rounds[1]))
+
+
+def test_failed_decode_leaves_state_untouched(rng: np.random.Generator) -> None:
+    rounds = _rounds(rng, 2)
+    enc = fedpress.UpdateEncoder(plan={"w": "test-xor-delta", "b": "test-xor-delta"})
+    dec = fedpress.UpdateDecoder()
+    dec.decode(enc.encode(rounds[0]))
+    good = enc.encode(rounds[1])
+    bad = bytearray(good)
+    bad[-10] ^= 0xFF
+    with pytest.raises(fedpress.FormatError):
+        dec.decode(bytes(bad))
+    assert dec.store.get("default", "w").round == 1
+    out = dec.decode(good)
+    assert np.array_equal(out["w"], rounds[1]["w"])
+
+
+def test_peers_have_separate_state(rng: np.random.Generator) -> None:
+    rounds = _rounds(rng, 2)
+    plan = {"w": "test-xor-delta"}
+    a, b = fedpress.UpdateEncoder(plan=plan, peer="a"), fedpress.UpdateEncoder(plan=plan, peer="b")
+    dec = fedpress.UpdateDecoder()
+    dec.decode(a.encode(rounds[0]), peer="a")
+    with pytest.raises(fedpress.StateDesyncError):
+        dec.decode(a.encode(rounds[1]), peer="b")  # b has no history yet
+    dec.decode(b.encode(rounds[0]), peer="b")
+
+
+def test_sender_scope_keeps_error_feedback_only_on_sender(rng: np.random.Generator) -> None:
+    enc = fedpress.UpdateEncoder(plan={"re:": "test-sign-ef"})
+    dec = fedpress.UpdateDecoder()
+    x = {"g": rng.standard_normal(1000).astype(np.float32)}
+    total_sent = np.zeros(1000)
+    for _ in range(50):
+        total_sent += dec.decode(enc.encode(x))["g"]
+    # error feedback conserves mass: what was sent plus the sender's residual is exactly
+    # what went in over all rounds (only true if the residual persisted between rounds)
+    residual = enc.store.get("default", "g")["residual"]
+    assert np.allclose(total_sent + residual, 50 * x["g"].astype(np.float64), atol=1e-3)
+    assert dec.store.keys() == []
+    with pytest.raises(fedpress.ConfigError, match="UpdateEncoder"):
+        fedpress.compress(x["g"], codec="test-sign-ef")
+
+
+def test_dir_store_lets_a_client_stop_and_resume(tmp_path: Any, rng: np.random.Generator) -> None:
+    rounds = _rounds(rng, 3)
+    plan = {"w": "test-xor-delta"}
+    dec = fedpress.UpdateDecoder(store=fedpress.DirStateStore(tmp_path / "server"))
+    enc = fedpress.UpdateEncoder(plan=plan, store=fedpress.DirStateStore(tmp_path / "client"))
+    dec.decode(enc.encode(rounds[0]))
+    del enc, dec  # both processes stop
+    enc = fedpress.UpdateEncoder(plan=plan, store=fedpress.DirStateStore(tmp_path / "client"))
+    dec = fedpress.UpdateDecoder(store=fedpress.DirStateStore(tmp_path / "server"))
+    out = dec.decode(enc.encode(rounds[1]))
+    assert np.array_equal(out["w"], rounds[1]["w"])
+    assert fedpress.DirStateStore(tmp_path / "server").keys() == [("default", "w")]
+
+
+def test_tensor_state_digest_and_store_copies() -> None:
+    s = TensorState({"a": np.arange(3)})
+    d = s.digest()
+    assert len(d) == 8
+    assert TensorState({"a": np.arange(3)}).digest() == d
+    assert TensorState({"a": np.arange(3, dtype=np.int32)}).digest() != d
+    store = fedpress.MemoryStateStore()
+    store.put("p", "t", s)
+    got = store.get("p", "t")
+    got["a"][0] = 99
+    assert store.get("p", "t")["a"][0] == 0
+    store.clear()
+    assert store.keys() == []
+    with pytest.raises(KeyError):
+        s["__round__"] = np.zeros(1)
+
+
+def test_corrupt_state_file_is_a_format_error(tmp_path: Any) -> None:
+    store = fedpress.DirStateStore(tmp_path)
+    store.put("p", "t", TensorState({"a": np.arange(3)}, round=2))
+    f = next(tmp_path.glob("*.npz"))
+    f.write_bytes(b"garbage")
+    with pytest.raises(fedpress.FormatError):
+        store.get("p", "t")
