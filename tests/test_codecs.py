@@ -101,7 +101,8 @@ def test_eb_empty_constant_and_special(codec: str) -> None:
 def test_eb_actually_compresses_noisy_weights(codec: str, rng: np.random.Generator) -> None:
     x = (rng.standard_normal(200_000) * 0.05).astype(np.float32)
     blob = fedpress.compress(x, codec=codec, eb=1e-2)
-    assert x.nbytes / len(blob) > 3.0
+    # SZx keeps ~15 leading bits of noise at this bound; the predictive codecs need ~5-6
+    assert x.nbytes / len(blob) > (2.0 if codec == "szx" else 3.0)
     loose = fedpress.compress(x, codec=codec, eb=1e-1)
     assert len(loose) < len(blob)
 

@@ -90,7 +90,7 @@ def test_wrong_magic_version_kind_flags() -> None:
 
 
 def _frame_with(spec_shape: tuple[int, ...], payload: bytes = b"", codec: str = "zstd",
-                dtype: np.dtype = np.dtype(np.float32)) -> bytes:
+                dtype: np.dtype = np.dtype(np.float32)) -> bytes:  # noqa: B008
     rec = Record("", 0, fedpress.TensorSpec(spec_shape, dtype), payload)
     return pack(Frame(ord("T"), [{"id": codec, "level": 3}], [rec]))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .errors import FormatError
 
@@ -118,7 +119,7 @@ class Reader:
         except UnicodeDecodeError as exc:
             raise FormatError(f"{self.what}: {name} is not valid UTF-8") from exc
 
-    def array(self, dtype: np.dtype | str, count: int) -> np.ndarray:
+    def array(self, dtype: DTypeLike, count: int) -> np.ndarray:
         """Read ``count`` little-endian items of ``dtype`` (a copy, owned)."""
         dt = np.dtype(dtype).newbyteorder("<")
         raw = self.take(count * dt.itemsize)

@@ -59,7 +59,8 @@ def compress(x: Any, codec: str | dict[str, Any] | Codec | None = None, mode: st
     return pack_frame(Frame(KIND_TENSOR, [c.get_config()], [rec]))
 
 
-def decompress(blob: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+def decompress(blob: bytes | bytearray | memoryview,
+               limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """Decode a frame made by :func:`compress` (same shape and dtype as the input)."""
     frame = unpack_frame(blob, limits)
     if frame.kind != KIND_TENSOR:
@@ -75,7 +76,8 @@ def decompress(blob: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LI
     return out
 
 
-def inspect(blob: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+def inspect(blob: bytes | bytearray | memoryview,
+            limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """Describe a frame without decoding its tensors.
 
     Returns a dict with ``kind``, ``version``, ``frame_bytes``,

@@ -152,8 +152,10 @@ class DirStateStore(StateStore):
         fd, tmp = tempfile.mkstemp(dir=self.path, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, __peer__=np.array(peer), __name__=np.array(name),
-                         __round__=np.array(state.round, dtype=np.int64), **state.arrays)
+                arrays: dict[str, np.ndarray] = {
+                    "__peer__": np.array(peer), "__name__": np.array(name),
+                    "__round__": np.array(state.round, dtype=np.int64), **state.arrays}
+                np.savez(fh, **arrays)  # type: ignore[arg-type]
             os.replace(tmp, f)
         except BaseException:
             if os.path.exists(tmp):

@@ -38,7 +38,8 @@ def as_state_dict(obj: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def _encode_one(codec: Codec, x: np.ndarray, state: TensorState | None) -> tuple[bytes, StateTag | None]:
+def _encode_one(codec: Codec, x: np.ndarray,
+                state: TensorState | None) -> tuple[bytes, StateTag | None]:
     """Encode one tensor; returns payload and (for mirrored codecs) the state tag."""
     codec.check_input(x)
     if isinstance(codec, StatefulCodec):

@@ -17,7 +17,7 @@ from ..errors import FormatError
 from ..registry import register_codec
 
 
-def _h5():  # noqa: ANN202
+def _h5():
     h5py = require("h5py", codec="sz2")
     hdf5plugin = require("hdf5plugin", codec="sz2")
     return h5py, hdf5plugin

@@ -40,7 +40,7 @@ class SZ3Codec(ErrorBoundedCodec):
             raise ConfigError(f"sz3: algorithm must be one of {sorted(_ALGOS)}")
         self.algorithm = algorithm
 
-    def _config(self, n: int, eb_abs: float):  # noqa: ANN202 - pysz type
+    def _config(self, n: int, eb_abs: float):
         pysz = require("pysz", codec=self.codec_id)
         cfg = pysz.szConfig((n,))
         cfg.errorBoundMode = pysz.szErrorBoundMode.ABS

@@ -40,7 +40,7 @@ class ZFPCodec(ErrorBoundedCodec):
         return np.asarray(zfpy.decompress_numpy(raw))
 
 
-def _header(zfpy, raw: bytes) -> tuple[tuple[int, ...], np.dtype]:  # noqa: ANN001
+def _header(zfpy, raw: bytes) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype declared by a zfp stream header (read with ``zfpy.header``)."""
     try:
         hdr = zfpy.header(raw)

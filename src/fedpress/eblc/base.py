@@ -91,14 +91,12 @@ class ErrorBoundedCodec(Codec):
             w.f64(0.0)
             w.varint(0)
             return w.getvalue()
-        x64 = flat.astype(np.float64)
-        finite = np.isfinite(x64)
+        # finiteness and range in a dtype where comparisons are exact
+        xs = flat if flat.dtype in (np.float32, np.float64) else flat.astype(np.float32)
+        finite = np.isfinite(xs)
         all_finite = bool(finite.all())
-        fin = x64 if all_finite else x64[finite]
-        if fin.size == 0:
-            lo = hi = 0.0
-        else:
-            lo, hi = float(fin.min()), float(fin.max())
+        fin = xs if all_finite else xs[finite]
+        lo, hi = (float(fin.min()), float(fin.max())) if fin.size else (0.0, 0.0)
         eb_abs = ErrorBound(self.mode, self.eb).absolute(lo, hi)
         bad_idx = np.zeros(0, dtype=np.int64) if all_finite else np.flatnonzero(~finite)
 
@@ -113,13 +111,10 @@ class ErrorBoundedCodec(Codec):
                 work[~finite] = lo
             body = bytes(self._encode_core(work, eb_abs))
             y = self._decode_core(memoryview(body), n, work.dtype, eb_abs)
-            y = np.asarray(y).reshape(-1).astype(flat.dtype).astype(np.float64)
-            with np.errstate(invalid="ignore"):
-                over = ~(np.abs(y - x64) <= eb_abs)
-            if not all_finite:
-                over &= finite
-            if over.any():
-                bad_idx = np.union1d(bad_idx, np.flatnonzero(over))
+            y = np.asarray(y).reshape(-1).astype(flat.dtype, copy=False)
+            over = _over_bound(xs, y, eb_abs)
+            if over.size:
+                bad_idx = np.union1d(bad_idx, over)
 
         w.u8(kind)
         w.f64(eb_abs)
@@ -168,7 +163,9 @@ class ErrorBoundedCodec(Codec):
             y = np.asarray(y)
             if y.size != n:
                 raise FormatError(f"{self.codec_id} payload: decoded {y.size} values, expected {n}")
-            out = y.reshape(-1).astype(dtype)
+            out = y.reshape(-1).astype(dtype, copy=False)
+            if not out.flags.writeable:
+                out = out.copy()
         else:
             raise FormatError(f"{self.codec_id} payload: unknown kind {kind}")
         if idx.size:
@@ -190,6 +187,26 @@ class ErrorBoundedCodec(Codec):
         if fin.size == 0:
             return ErrorBound(self.mode, self.eb).absolute(0.0, 0.0)
         return ErrorBound(self.mode, self.eb).absolute(float(fin.min()), float(fin.max()))
+
+
+def _over_bound(x: np.ndarray, y: np.ndarray, eb_abs: float) -> np.ndarray:
+    """Flat indices where ``|x - y| > eb_abs`` exactly (NaN in x never counts).
+
+    A first pass in x's own precision (float32 for float32/float16/bfloat16
+    tensors) flags candidates with a small safety margin; only those are
+    re-checked in float64, so the common case costs two float32 passes.
+    """
+    ys = y if y.dtype == x.dtype else y.astype(x.dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(ys - x)
+        margin = eb_abs * (1.0 - 1e-5)
+        cand = np.flatnonzero(~(diff <= x.dtype.type(margin)) & np.isfinite(x))
+    if not cand.size:
+        return cand
+    x64 = x[cand].astype(np.float64)
+    y64 = y[cand].astype(np.float64)
+    keep = ~(np.abs(y64 - x64) <= eb_abs)
+    return cand[keep]
 
 
 def _write_patches(w: Writer, flat: np.ndarray, idx: np.ndarray) -> None:
