@@ -84,7 +84,8 @@ def inspect(blob: bytes | bytearray | memoryview,
     ``original_bytes``, overall ``cr`` (frame bytes, headers included), the
     ``codecs`` table and per tensor: ``name``, ``codec``, ``config``,
     ``shape``, ``dtype``, ``payload_bytes``, ``original_bytes``, ``cr``
-    (payload only) and what the codec reports (e.g. ``eb_abs``).
+    (payload only; None for an empty payload) and what the codec reports
+    (e.g. ``eb_abs``).
     """
     frame = unpack_frame(blob, limits)
     tensors = []
@@ -98,7 +99,7 @@ def inspect(blob: bytes | bytearray | memoryview,
             "dtype": str(rec.spec.dtype),
             "payload_bytes": len(rec.payload),
             "original_bytes": rec.spec.nbytes,
-            "cr": rec.spec.nbytes / len(rec.payload) if len(rec.payload) else float("inf"),
+            "cr": rec.spec.nbytes / len(rec.payload) if len(rec.payload) else None,
         }
         if rec.state is not None:
             info["state_round"] = rec.state.round

@@ -91,9 +91,11 @@ def to_torch(arr: np.ndarray) -> Any:
     """Convert a decoded numpy array to a torch tensor (bfloat16 kept)."""
     import torch
 
+    if not arr.flags.c_contiguous or not arr.flags.writeable:
+        arr = arr.copy(order="C")  # (np.ascontiguousarray would turn 0-d into 1-d)
     if arr.dtype == BFLOAT16:
-        return torch.from_numpy(np.ascontiguousarray(arr).view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(arr))
+        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(arr)
 
 
 def le_bytes(arr: np.ndarray) -> bytes:
