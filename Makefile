@@ -11,7 +11,7 @@ demo: setup
 	$(BIN)/python -m fedpress.demo
 
 test: setup lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	bash scripts/run_tests.sh
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -176,3 +176,27 @@ def test_torch_tensor_input(rng: np.random.Generator) -> None:
     err = np.abs(yb.astype(np.float64) - tb.float().numpy().astype(np.float64)).max()
     rng_ = float(tb.float().max() - tb.float().min())
     assert err <= 1e-2 * rng_
+
+
+def test_sz2_tiny_tensors_in_subprocess() -> None:
+    """The HDF5 SZ filter passes tiny chunks through raw and SZ2's decoder calls exit() on
+    raw bytes; fedpress tags them. Run in a subprocess so a regression fails this test
+    instead of ending the test process."""
+    import subprocess
+    import sys
+
+    if "sz2" not in fedpress.list_codecs():
+        pytest.skip("sz2 not available")
+    script = (
+        "import numpy as np, fedpress\n"
+        "rng = np.random.default_rng(0)\n"
+        "for n in range(1, 70):\n"
+        "    for dt in (np.float32, np.float64):\n"
+        "        x = rng.standard_normal(n).astype(dt)\n"
+        "        y = fedpress.decompress(fedpress.compress(x, codec='sz2', eb=1e-3))\n"
+        "        assert np.abs(y - x).max() <= 1e-3 * (x.max() - x.min())\n"
+        "print('sz2-small-ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "sz2-small-ok" in proc.stdout, proc.stdout + proc.stderr

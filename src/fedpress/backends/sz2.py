@@ -3,8 +3,12 @@
 SZ2 has no maintained Python binding; hdf5plugin builds the real SZ2 library
 as an HDF5 filter. Each call writes the flattened tensor as one chunk into an
 in-memory HDF5 file (``driver="core"``, no backing store) and takes the raw
-filtered chunk; decoding writes the chunk back and reads the dataset. The
-payload is exactly SZ2's stream (it carries its own parameters).
+filtered chunk; decoding writes the chunk back and reads the dataset.
+
+Core layout: one tag byte, then either SZ2's stream (tag 0; it carries its own
+parameters) or the raw values (tag 1). The filter passes very small chunks
+(about 20 values and fewer) through unchanged, and SZ2's decoder, given such
+raw bytes, calls ``exit()``; the tag keeps them away from it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from .._deps import require
 from ..eblc.base import ErrorBoundedCodec
 from ..errors import FormatError
 from ..registry import register_codec
+
+_TAG_SZ2, _TAG_RAW = b"\x00", b"\x01"
 
 
 def _h5():
@@ -39,12 +45,22 @@ class SZ2Codec(ErrorBoundedCodec):
             mask, chunk = ds.id.read_direct_chunk((0,))
         if mask != 0:
             raise RuntimeError("HDF5 skipped the SZ2 filter; is hdf5plugin's SZ filter built?")
-        return bytes(chunk)
+        raw = x.tobytes()
+        if len(chunk) == len(raw) and bytes(chunk) == raw:
+            return _TAG_RAW + raw
+        return _TAG_SZ2 + bytes(chunk)
 
     def _decode_core(self, data: memoryview, n: int, dtype: np.dtype, eb_abs: float) -> np.ndarray:
-        h5py, hdf5plugin = _h5()
-        if len(data) == 0:
+        if len(data) < 2:
             raise FormatError("sz2 payload: empty SZ2 stream")
+        tag, data = bytes(data[:1]), data[1:]
+        if tag == _TAG_RAW:
+            if len(data) != n * dtype.itemsize:
+                raise FormatError("sz2 payload: raw chunk of the wrong size")
+            return np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype)
+        if tag != _TAG_SZ2:
+            raise FormatError(f"sz2 payload: unknown tag {tag!r}")
+        h5py, hdf5plugin = _h5()
         with h5py.File("sz2d.h5", "w", driver="core", backing_store=False) as f:
             ds = f.create_dataset("x", shape=(n,), dtype=dtype, chunks=(n,),
                                   **hdf5plugin.SZ(absolute=float(eb_abs) or 1.0))

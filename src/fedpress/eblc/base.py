@@ -106,9 +106,13 @@ class ErrorBoundedCodec(Codec):
             kind, body = KIND_LOSSLESS, None
         else:
             kind = KIND_CORE
-            work = flat.astype(self._core_dtype(flat.dtype))
+            core_dt = self._core_dtype(flat.dtype)
+            fmax = float(np.finfo(core_dt).max)
+            # float64 values beyond a float32 core's range are clipped (and patched later)
+            src = np.clip(flat, -fmax, fmax) if core_dt.itemsize < flat.dtype.itemsize else flat
+            work = src.astype(core_dt)
             if not all_finite:
-                work[~finite] = lo
+                work[~finite] = min(max(lo, -fmax), fmax)
             body = bytes(self._encode_core(work, eb_abs))
             y = self._decode_core(memoryview(body), n, work.dtype, eb_abs)
             y = np.asarray(y).reshape(-1).astype(flat.dtype, copy=False)
