@@ -14,7 +14,7 @@ test: setup lint
 	bash scripts/run_tests.sh
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check .
 
 bench: setup
 	$(BIN)/python benchmarks/bench_codecs.py
