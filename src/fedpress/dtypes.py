@@ -8,6 +8,7 @@ was encoded.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import ml_dtypes
@@ -104,3 +105,17 @@ def le_bytes(arr: np.ndarray) -> bytes:
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     return arr.tobytes()
+
+
+def as_state_dict(obj: Any) -> dict[str, np.ndarray]:
+    """Numpy view of a state dict (a mapping of names to arrays/tensors, or a torch module)."""
+    if not isinstance(obj, Mapping) and callable(getattr(obj, "state_dict", None)):
+        obj = obj.state_dict()
+    if not isinstance(obj, Mapping):
+        raise ConfigError(f"expected a state dict (a mapping of names to tensors), got {type(obj)}")
+    out: dict[str, np.ndarray] = {}
+    for name, value in obj.items():
+        if not isinstance(name, str):
+            raise ConfigError(f"state dict keys must be strings, got {name!r}")
+        out[name] = to_numpy(value)
+    return out

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from ._deps import require
-from .dtypes import BFLOAT16, to_numpy, to_torch
+from .dtypes import BFLOAT16, as_state_dict, to_numpy, to_torch
 from .errors import ConfigError, FedpressError, MissingDependencyError
 
 __all__ = ["SUPPORTED_EXTENSIONS", "format_of", "load_tensors", "save_tensors"]
@@ -141,13 +141,7 @@ def save_tensors(tensors: Mapping[str, Any], path: PathLike) -> None:
         ``torch`` or ``safetensors`` is needed and not installed.
     """
     fmt = format_of(path)
-    if not isinstance(tensors, Mapping):
-        raise ConfigError(f"expected a mapping of names to tensors, got {type(tensors).__name__}")
-    arrays: dict[str, np.ndarray] = {}
-    for name, value in tensors.items():
-        if not isinstance(name, str):
-            raise ConfigError(f"tensor names must be strings, got {name!r}")
-        arrays[name] = to_numpy(value)
+    arrays = as_state_dict(tensors)
     p = Path(path)
     {"npy": _save_npy, "npz": _save_npz, "safetensors": _save_safetensors,
      "torch": _save_torch}[fmt](arrays, p)

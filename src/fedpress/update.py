@@ -14,28 +14,14 @@ from typing import Any
 import numpy as np
 
 from .abc import Codec, Scope, StatefulCodec, TensorSpec
-from .dtypes import to_numpy
-from .errors import ConfigError, FormatError, StateDesyncError
+from .dtypes import as_state_dict
+from .errors import FormatError, StateDesyncError
 from .frame import DEFAULT_LIMITS, KIND_TENSOR, KIND_UPDATE, Frame, Limits, Record, StateTag
 from .frame import pack as pack_frame
 from .frame import unpack as unpack_frame
 from .partition import CodecSpec, Plan
 from .registry import codec_from_config
 from .state import MemoryStateStore, StateStore, TensorState
-
-
-def as_state_dict(obj: Any) -> dict[str, np.ndarray]:
-    """Numpy view of a state dict (a mapping of names to arrays/tensors, or a torch module)."""
-    if not isinstance(obj, Mapping) and callable(getattr(obj, "state_dict", None)):
-        obj = obj.state_dict()
-    if not isinstance(obj, Mapping):
-        raise ConfigError(f"expected a state dict (a mapping of names to tensors), got {type(obj)}")
-    out: dict[str, np.ndarray] = {}
-    for name, value in obj.items():
-        if not isinstance(name, str):
-            raise ConfigError(f"state dict keys must be strings, got {name!r}")
-        out[name] = to_numpy(value)
-    return out
 
 
 def _encode_one(codec: Codec, x: np.ndarray,
