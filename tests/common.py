@@ -7,7 +7,7 @@ import numpy as np
 import fedpress
 from fedpress.dtypes import BFLOAT16, FLOAT_DTYPES
 
-EB_CODECS = ("sz3", "sz2", "zfp", "szx")
+EB_CODECS = ("sz3", "sz2", "zfp", "szx", "fpz")
 LOSSLESS_CODECS = ("zstd", "blosc-lz", "blosc-zstd", "zlib", "gzip", "xz", "lz4")
 
 

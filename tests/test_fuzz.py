@@ -45,7 +45,7 @@ def _frames() -> dict[str, bytes]:
 
 
 FRAMES = _frames()
-PURE = [c for c in ("szx", *LOSSLESS_CODECS, "update") if c in FRAMES]
+PURE = [c for c in ("szx", "fpz", *LOSSLESS_CODECS, "update") if c in FRAMES]
 
 
 def _decode(blob: bytes) -> object:

@@ -27,6 +27,7 @@ _BUILTIN_MODULES = (
     "fedpress.backends.sz2",
     "fedpress.backends.zfp",
     "fedpress.eblc.szx",
+    "fedpress.eblc.fpz",
 )
 _loaded = False
 

@@ -1,0 +1,125 @@
+"""fpz and its stages: quantizer, predictors, ANS coder; the encoder's reconstruction is
+exactly what the decoder computes (the envelope trusts it instead of decoding)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import fedpress
+from fedpress._bytes import Reader, Writer
+from fedpress.stages import ans
+from fedpress.stages.predict import PREDICTORS
+from fedpress.stages.quantize import MAX_CODE, dequantize, quantize
+
+from .common import check_error_bounded
+
+codes = hnp.arrays(np.int64, st.integers(1, 3000), elements=st.integers(-5000, 5000))
+
+
+@given(codes)
+def test_ans_round_trip(sym: np.ndarray) -> None:
+    w = Writer()
+    ans.encode(sym, w)
+    out = ans.decode(Reader(w.getvalue()), sym.size)
+    assert np.array_equal(out, sym)
+
+
+def test_ans_size_is_close_to_entropy(rng: np.random.Generator) -> None:
+    sym = np.rint(rng.standard_normal(200_000) * 3).astype(np.int64)
+    w = Writer()
+    ans.encode(sym, w)
+    ideal = ans.entropy_bits(np.bincount(sym - sym.min())) / 8
+    assert len(w.getvalue()) < ideal * 1.01 + 200
+
+
+def test_ans_rejects_bad_histograms() -> None:
+    w = Writer()
+    ans.encode(np.array([1, 2, 2, 3], np.int64), w)
+    blob = w.getvalue()
+    with pytest.raises(fedpress.FormatError):
+        ans.decode(Reader(blob), 5)  # histogram sums to 4
+    with pytest.raises(fedpress.FormatError):
+        ans.decode(Reader(blob[:3]), 4)
+
+
+@given(codes)
+def test_predictors_invert_exactly(q: np.ndarray) -> None:
+    for _name, fwd, inv in PREDICTORS.values():
+        assert np.array_equal(inv(fwd(q)), q)
+
+
+def test_quantizer_bound_and_overflow(rng: np.random.Generator) -> None:
+    x = rng.standard_normal(10_000) * 5
+    q = quantize(x, 1e-3)
+    assert q is not None
+    assert np.abs(dequantize(q, 1e-3, np.dtype(np.float64)) - x).max() <= 1e-3 * (1 + 1e-12)
+    assert quantize(np.array([1.0, -1.0]), 0.25 / MAX_CODE) is None  # codes 2 * MAX_CODE
+    assert quantize(np.array([1.0, -1.0]), 1.0 / MAX_CODE) is not None  # codes MAX_CODE / 2
+
+
+@pytest.mark.parametrize("predictor", ["auto", "none", "lorenzo1d"])
+@pytest.mark.parametrize("coder", ["auto", "ans", "zstd"])
+def test_every_stage_combination(predictor: str, coder: str, rng: np.random.Generator) -> None:
+    smooth = np.sin(np.linspace(0, 30, 20_000)).astype(np.float32)
+    noise = (0.02 * rng.standard_normal(20_000)).astype(np.float32)
+    for x in (smooth, noise, smooth[:50]):
+        for rel in (1e-2, 1e-4):
+            check_error_bounded(x, "fpz", "rel", rel, predictor=predictor, coder=coder)
+
+
+def test_auto_choices(rng: np.random.Generator) -> None:
+    c = fedpress.get_codec("fpz")
+    smooth = np.sin(np.linspace(0, 30, 50_000)).astype(np.float32)
+    noise = rng.standard_normal(50_000).astype(np.float32)
+    eb = 1e-3 * 2
+    assert c._encode_core(smooth, eb)[2] == 1  # lorenzo1d on smooth data
+    assert c._encode_core(noise, eb)[2] == 0  # no prediction on noise
+
+
+@given(hnp.arrays(np.float32, st.integers(1, 500),
+                  elements=st.floats(-1e4, 1e4, width=32)),
+       st.sampled_from([1e-1, 1e-3, 1e-6]))
+def test_reconstruction_handed_to_envelope_is_what_decoder_computes(x: np.ndarray,
+                                                                    rel: float) -> None:
+    c = fedpress.get_codec("fpz", eb=rel)
+    eb = c.bound_for(x)
+    if eb == 0:
+        return
+    body, recon = c._encode_core_recon(x, eb)
+    out = c._decode_core(memoryview(body), x.size, np.dtype(np.float32), eb)
+    assert out.tobytes() == recon.tobytes()
+
+
+def test_tiny_bound_goes_lossless() -> None:
+    x = np.array([1e6, -1e6, 0.5] * 100, np.float32)
+    y, _ = check_error_bounded(x, "fpz", "abs", 1e-9)
+    assert np.array_equal(y, x)
+
+
+def test_bad_options() -> None:
+    with pytest.raises(fedpress.ConfigError):
+        fedpress.get_codec("fpz", predictor="magic")
+    with pytest.raises(fedpress.ConfigError):
+        fedpress.get_codec("fpz", coder="huffman")
+
+
+def test_crafted_core_payloads_are_format_errors(rng: np.random.Generator) -> None:
+    x = rng.standard_normal(3000).astype(np.float32)
+    c = fedpress.get_codec("fpz", eb=1e-3)
+    payload = c.encode(x)
+    spec = fedpress.TensorSpec(x.shape, x.dtype)
+    for i in range(400):
+        bad = bytearray(payload)
+        for _ in range(int(rng.integers(1, 4))):
+            bad[int(rng.integers(0, len(bad)))] = int(rng.integers(0, 256))
+        if i % 3 == 0:
+            bad = bad[: int(rng.integers(0, len(bad)))]
+        try:
+            out = c.decode(bytes(bad), spec)
+        except fedpress.FormatError:
+            continue
+        assert out.shape == x.shape and out.dtype == x.dtype
