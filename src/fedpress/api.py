@@ -14,6 +14,7 @@ from .frame import pack as pack_frame
 from .frame import unpack as unpack_frame
 from .partition import make_codec
 from .registry import codec_from_config
+from .update import decode_record
 
 #: the codec ``compress(x)`` uses when none is named: the best error-bounded one
 DEFAULT_CODEC = "sz3"
@@ -69,11 +70,7 @@ def decompress(blob: bytes | bytearray | memoryview,
     c = codec_from_config(frame.codecs[rec.codec_index], limits.codecs)
     if isinstance(c, StatefulCodec):
         raise FormatError(f"stateful codec {c.codec_id!r} in a single-tensor frame")
-    out = np.asarray(c.decode(rec.payload, rec.spec))
-    if out.shape != rec.spec.shape or out.dtype != rec.spec.dtype:
-        raise FormatError(f"codec {c.codec_id!r} decoded {out.dtype}{out.shape}, "
-                          f"frame declares {rec.spec.dtype}{rec.spec.shape}")
-    return out
+    return decode_record(c, rec)
 
 
 def inspect(blob: bytes | bytearray | memoryview,

@@ -20,6 +20,7 @@ import numpy as np
 from .errors import ConfigError
 
 MODES = ("abs", "rel")
+_FLOAT64_MAX = float(np.finfo(np.float64).max)
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,9 @@ class ErrorBound:
         """Absolute bound for a tensor whose finite values span ``[lo, hi]``."""
         if self.mode == "abs":
             return float(self.eb)
-        return float(self.eb) * (float(hi) - float(lo))
+        # eb*hi - eb*lo, not eb*(hi - lo): the range of float64 data can overflow
+        eb_abs = float(self.eb) * float(hi) - float(self.eb) * float(lo)
+        return min(eb_abs, _FLOAT64_MAX)
 
 
 def check_bound(mode: str, eb: float) -> None:
@@ -45,5 +48,9 @@ def check_bound(mode: str, eb: float) -> None:
         raise ConfigError(f"error-bound mode must be one of {MODES}, not {mode!r}")
     if isinstance(eb, bool) or not isinstance(eb, (int, float, np.floating, np.integer)):
         raise ConfigError(f"error bound must be a number, not {type(eb).__name__}")
-    if not math.isfinite(float(eb)) or float(eb) < 0:
+    try:
+        value = float(eb)
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value) or value < 0:
         raise ConfigError(f"error bound must be finite and >= 0, not {eb!r}")

@@ -41,7 +41,9 @@ class Limits:
     max_tensor_elements : int
         Elements of one decoded tensor (default 2**31).
     max_total_bytes : int
-        Decoded bytes of all tensors of a frame (default 16 GiB).
+        Decoded bytes of all tensors of a frame (default 4 GiB). A constant
+        tensor is a few bytes on the wire whatever its size, so this cap is
+        what bounds the memory a frame can make a decoder allocate.
     max_ndim : int
         Dimensions of one tensor.
     max_text : int
@@ -51,12 +53,13 @@ class Limits:
         another codec is a FormatError before any of its bytes reach a back
         end. Servers that decode frames from untrusted peers should use it
         to keep native back ends that are not hardened against crafted
-        streams (``sz2``) out (see ``docs/format.md``).
+        streams (``sz2``; ``zfp`` only survives through fedpress's padding) out
+        (see ``docs/format.md``).
     """
 
     max_tensors: int = 1_000_000
     max_tensor_elements: int = 1 << 31
-    max_total_bytes: int = 16 << 30
+    max_total_bytes: int = 4 << 30
     max_ndim: int = 32
     max_text: int = 1 << 20
     codecs: frozenset[str] | None = None
@@ -167,7 +170,10 @@ def unpack(blob: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
     """Parse and validate a frame. Payloads are zero-copy views into ``blob``."""
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise FormatError(f"expected bytes, got {type(blob).__name__}")
-    view = memoryview(blob).cast("B") if isinstance(blob, memoryview) else memoryview(blob)
+    view = memoryview(blob)
+    if not view.c_contiguous:
+        raise FormatError("frame buffer must be contiguous")
+    view = view.cast("B")
     kind = peek_kind(view)
     body = view[:-_CRC]
     stored = int.from_bytes(view[-_CRC:], "little")
@@ -230,5 +236,4 @@ def unpack(blob: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
         )
     records = [Record(name, cidx, spec, r.take(plen), tag)
                for name, cidx, spec, tag, plen in heads]
-    r.expect_end()
-    return Frame(kind, codecs, records, meta)
+    return Frame(kind, codecs, records, meta, version=int(view[4]))

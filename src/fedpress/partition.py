@@ -18,8 +18,10 @@ any codec id ``C``
     rest lossless; a lossless ``C`` takes every tensor.
 a dict
     ``{"conv1.weight": "zfp", "re:bias$": "zstd", "default": "sz3"}``; values
-    are codec ids, codec config dicts (``{"id": "sz3", "eb": 1e-3}``) or
-    :class:`~fedpress.abc.Codec` objects.
+    are codec ids, codec config dicts (``{"id": "sz3", "eb": 1e-3}``; a
+    config without ``mode`` or ``eb`` takes the plan's) or
+    :class:`~fedpress.abc.Codec` objects. ``lossless`` still names the codec
+    for tensors no rule and no default can take (integers under lossy rules).
 """
 
 from __future__ import annotations
@@ -146,6 +148,9 @@ class Plan:
             return make_codec(spec, mode, eb)
 
         if isinstance(plan, Mapping):
+            if codec_options or threshold != DEFAULT_THRESHOLD or lossy != DEFAULT_LOSSY:
+                raise ConfigError("threshold, lossy and codec options do not apply to a dict "
+                                  "plan: put them in the rules' codec configs")
             rules = []
             default: Codec | None = None
             for pattern, spec in plan.items():

@@ -11,6 +11,7 @@ subclass, e.g. in ``pyproject.toml``::
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Collection
 from importlib.metadata import entry_points
 from typing import Any
@@ -30,6 +31,8 @@ _BUILTIN_MODULES = (
     "fedpress.eblc.fpz",
 )
 _loaded = False
+_loading = False
+_LOCK = threading.RLock()
 
 
 def register_codec(cls: type[Codec]) -> type[Codec]:
@@ -50,24 +53,35 @@ def unregister_codec(codec_id: str) -> None:
 
 
 def _load() -> None:
-    global _loaded
+    """Import the built-in codecs, then the entry points' (once per process)."""
+    global _loaded, _loading
     if _loaded:
         return
-    _loaded = True
+    with _LOCK:  # other threads wait; a re-entrant call (a plug-in's import) returns
+        if _loaded or _loading:
+            return
+        _loading = True
+        try:
+            _load_all()
+        finally:
+            _loading = False
+        _loaded = True
+
+
+def _load_all() -> None:
     for mod in _BUILTIN_MODULES:
         importlib.import_module(mod)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTRY:
-            continue
         try:
             cls = ep.load()
-        except Exception as exc:  # a broken plug-in must not break fedpress
+            if _REGISTRY.get(getattr(cls, "codec_id", None)) is cls:
+                continue
+            register_codec(cls)
+        except Exception as exc:  # a broken or clashing plug-in must not break fedpress
             import warnings
 
-            warnings.warn(f"fedpress: codec entry point {ep.name!r} failed to load: {exc}",
+            warnings.warn(f"fedpress: codec entry point {ep.name!r} not registered: {exc}",
                           stacklevel=2)
-            continue
-        register_codec(cls)
 
 
 def list_codecs() -> list[str]:
@@ -109,5 +123,5 @@ def codec_from_config(config: dict[str, Any], allowed: Collection[str] | None = 
         )
     try:
         return cls.from_config(config)
-    except (ConfigError, TypeError, ValueError) as exc:
+    except Exception as exc:  # whatever a codec's constructor raises on bad values
         raise FormatError(f"invalid config for codec {config['id']!r}: {exc}") from exc

@@ -137,7 +137,7 @@ class DirStateStore(StateStore):
         try:
             with np.load(f, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # OSError, ValueError, EOFError, zipfile.BadZipFile, ...
             raise FormatError(f"state file {f} is unreadable: {exc}") from exc
         try:
             peer = str(arrays.pop("__peer__")[()])

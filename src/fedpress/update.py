@@ -15,7 +15,7 @@ import numpy as np
 
 from .abc import Codec, Scope, StatefulCodec, TensorSpec
 from .dtypes import as_state_dict
-from .errors import FormatError, StateDesyncError
+from .errors import FedpressError, FormatError, StateDesyncError
 from .frame import DEFAULT_LIMITS, KIND_TENSOR, KIND_UPDATE, Frame, Limits, Record, StateTag
 from .frame import pack as pack_frame
 from .frame import unpack as unpack_frame
@@ -37,9 +37,22 @@ def _encode_one(codec: Codec, x: np.ndarray,
     return bytes(codec.encode(x)), None
 
 
-def _decode_one(codec: Codec, rec: Record, state: TensorState | None) -> np.ndarray:
-    if isinstance(codec, StatefulCodec):
-        if codec.scope is Scope.MIRRORED:
+def decode_record(codec: Codec, rec: Record, state: TensorState | None = None) -> np.ndarray:
+    """Decode one record with its codec; every failure is a FormatError.
+
+    Checks what the frame claims against the codec (a lossy codec never
+    produces integer tensors; only mirrored codecs carry state tags), the
+    mirrored state tag against ``state``, and the result's shape and dtype.
+    """
+    if not codec.accepts(rec.spec.dtype):
+        raise FormatError(f"tensor {rec.name!r}: codec {codec.codec_id!r} cannot produce "
+                          f"{rec.spec.dtype} tensors")
+    mirrored = isinstance(codec, StatefulCodec) and codec.scope is Scope.MIRRORED
+    if rec.state is not None and not mirrored:
+        raise FormatError(f"tensor {rec.name!r}: state tag on codec {codec.codec_id!r}, "
+                          "which keeps no mirrored state")
+    try:
+        if mirrored:
             assert state is not None
             if rec.state is None:
                 raise FormatError(f"tensor {rec.name!r}: mirrored codec frame without state tag")
@@ -51,10 +64,14 @@ def _decode_one(codec: Codec, rec: Record, state: TensorState | None) -> np.ndar
                 )
             out = codec.decode(rec.payload, rec.spec, state)
             state.round += 1
-        else:
+        elif isinstance(codec, StatefulCodec):
             out = codec.decode(rec.payload, rec.spec, None)
-    else:
-        out = codec.decode(rec.payload, rec.spec)
+        else:
+            out = codec.decode(rec.payload, rec.spec)
+    except FedpressError:
+        raise
+    except Exception as exc:  # a codec's own error on bytes it cannot parse
+        raise FormatError(f"tensor {rec.name!r}: codec {codec.codec_id!r} failed: {exc}") from exc
     out = np.asarray(out)
     if out.shape != rec.spec.shape or out.dtype != rec.spec.dtype:
         raise FormatError(
@@ -149,7 +166,7 @@ class UpdateDecoder:
             state = None
             if isinstance(codec, StatefulCodec) and codec.scope is Scope.MIRRORED:
                 state = self.store.get(peer, rec.name)
-            out[rec.name] = _decode_one(codec, rec, state)
+            out[rec.name] = decode_record(codec, rec, state)
             if state is not None:
                 new_states[rec.name] = state
         for name, state in new_states.items():

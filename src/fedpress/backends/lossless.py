@@ -96,12 +96,21 @@ class ZstdCodec(LosslessCodec):
 
 
 def zstd_decompress(data: bytes, expected: int) -> bytes:
-    """Decompress one zstd frame into at most ``expected`` bytes."""
+    """Decompress exactly one zstd frame of exactly ``expected`` bytes.
+
+    The frame must declare its content size (fedpress always writes it), and
+    zstd checks the decoded size against it, so nothing larger is produced;
+    bytes after the frame are refused.
+    """
     zstd = require("zstandard", codec="zstd")
     params = zstd.get_frame_parameters(data)
-    if params.content_size not in (expected, zstd.CONTENTSIZE_UNKNOWN):
+    if params.content_size != expected:
         raise FormatError(f"zstd frame declares {params.content_size} bytes, expected {expected}")
-    return zstd.ZstdDecompressor().decompress(data, max_output_size=max(expected, 1))
+    dobj = zstd.ZstdDecompressor().decompressobj()
+    out = dobj.decompress(data)
+    if not dobj.eof or dobj.unused_data or len(out) != expected:
+        raise FormatError("zstd payload: truncated, trailing bytes or wrong size")
+    return out
 
 
 @register_codec

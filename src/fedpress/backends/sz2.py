@@ -13,6 +13,8 @@ raw bytes, calls ``exit()``; the tag keeps them away from it.
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 
 from .._deps import require
@@ -21,6 +23,11 @@ from ..errors import FormatError
 from ..registry import register_codec
 
 _TAG_SZ2, _TAG_RAW = b"\x00", b"\x01"
+
+
+def _name() -> str:
+    """A unique in-memory file name (HDF5 refuses two open files of one name: threads)."""
+    return f"fedpress-sz2-{uuid.uuid4().hex}.h5"
 
 
 def _h5():
@@ -38,7 +45,7 @@ class SZ2Codec(ErrorBoundedCodec):
 
     def _encode_core(self, x: np.ndarray, eb_abs: float) -> bytes:
         h5py, hdf5plugin = _h5()
-        with h5py.File("sz2.h5", "w", driver="core", backing_store=False) as f:
+        with h5py.File(_name(), "w", driver="core", backing_store=False) as f:
             ds = f.create_dataset("x", data=x, chunks=(x.size,),
                                   **hdf5plugin.SZ(absolute=float(eb_abs)))
             f.flush()
@@ -61,7 +68,7 @@ class SZ2Codec(ErrorBoundedCodec):
         if tag != _TAG_SZ2:
             raise FormatError(f"sz2 payload: unknown tag {tag!r}")
         h5py, hdf5plugin = _h5()
-        with h5py.File("sz2d.h5", "w", driver="core", backing_store=False) as f:
+        with h5py.File(_name(), "w", driver="core", backing_store=False) as f:
             ds = f.create_dataset("x", shape=(n,), dtype=dtype, chunks=(n,),
                                   **hdf5plugin.SZ(absolute=float(eb_abs) or 1.0))
             ds.id.write_direct_chunk((0,), bytes(data), filter_mask=0)

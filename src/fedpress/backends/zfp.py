@@ -37,7 +37,24 @@ class ZFPCodec(ErrorBoundedCodec):
         shape, ztype = _header(zfpy, raw)
         if shape != (n,) or ztype != dtype:
             raise FormatError(f"zfp payload: header says {shape} {ztype}, expected ({n},) {dtype}")
-        return np.asarray(zfpy.decompress_numpy(raw))
+        # zfp reads its stream without bounds checks: a truncated stream would make it
+        # read past the end of the buffer (seen: a segfault). Give it a zero-padded
+        # buffer as long as the largest stream n values can need (about 66 bits per
+        # float32 and 131 per float64 value in 1-D blocks of 4, plus headers), so it
+        # only ever reads zeros past the payload. np.zeros pages are mapped lazily.
+        room = _max_stream_bytes(n, dtype)
+        if len(raw) > room:
+            raise FormatError("zfp payload: longer than any zfp stream of this size")
+        buf = np.zeros(room, dtype=np.uint8)
+        buf[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        return np.asarray(zfpy.decompress_numpy(buf))
+
+
+def _max_stream_bytes(n: int, dtype: np.dtype) -> int:
+    """Upper bound of a 1-D zfp stream's size: 17 bits per bit of the value, plus slack."""
+    blocks = (n + 3) // 4
+    bits_per_block = 12 + 4 * dtype.itemsize * 8 * 2 + 64
+    return blocks * bits_per_block // 8 + 4096
 
 
 def _header(zfpy, raw: bytes) -> tuple[tuple[int, ...], np.dtype]:

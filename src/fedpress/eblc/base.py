@@ -35,11 +35,14 @@ import numpy as np
 
 from .._bytes import Reader, Writer
 from ..abc import Codec, TensorSpec
+from ..backends.lossless import ZstdCodec
 from ..bounds import ErrorBound, check_bound
 from ..dtypes import le_bytes
 from ..errors import FormatError
 
 KIND_EMPTY, KIND_CONSTANT, KIND_CORE, KIND_LOSSLESS = 0, 1, 2, 3
+_LOSSLESS = ZstdCodec(level=3)  # kind 3's coder
+_F32_TINY, _F32_HUGE = 1e-30, 1e30  # margins safely inside float32's normal range
 _KIND_NAMES = {0: "empty", 1: "constant", 2: "core", 3: "lossless"}
 
 
@@ -105,8 +108,7 @@ class ErrorBoundedCodec(Codec):
         xs = flat if flat.dtype in (np.float32, np.float64) else flat.astype(np.float32)
         finite = np.isfinite(xs)
         all_finite = bool(finite.all())
-        fin = xs if all_finite else xs[finite]
-        lo, hi = (float(fin.min()), float(fin.max())) if fin.size else (0.0, 0.0)
+        lo, hi = _finite_range(xs, None if all_finite else finite)
         eb_abs = ErrorBound(self.mode, self.eb).absolute(lo, hi)
         bad_idx = np.zeros(0, dtype=np.int64) if all_finite else np.flatnonzero(~finite)
 
@@ -138,9 +140,7 @@ class ErrorBoundedCodec(Codec):
         if kind == KIND_CONSTANT:
             w.f64(lo)
         elif kind == KIND_LOSSLESS:
-            import zstandard
-
-            w.raw(zstandard.ZstdCompressor(level=3).compress(le_bytes(flat)))
+            w.raw(_LOSSLESS.compress_bytes(le_bytes(flat), flat.dtype.itemsize))
         else:
             assert body is not None
             w.raw(body)
@@ -165,7 +165,7 @@ class ErrorBoundedCodec(Codec):
         if kind == KIND_CONSTANT:
             value = r.f64()
             r.expect_end()
-            out = np.full(n, value, dtype=np.float64).astype(dtype)
+            out = np.full(n, dtype.type(value), dtype=dtype)
         elif kind == KIND_LOSSLESS:
             out = _zstd_raw(r.rest(), n, dtype, self.codec_id)
         elif kind == KIND_CORE:
@@ -199,10 +199,13 @@ class ErrorBoundedCodec(Codec):
     def bound_for(self, x: np.ndarray) -> float:
         """The absolute bound this codec will use for ``x``."""
         x64 = np.asarray(x, dtype=np.float64).reshape(-1)
-        fin = x64[np.isfinite(x64)]
-        if fin.size == 0:
-            return ErrorBound(self.mode, self.eb).absolute(0.0, 0.0)
-        return ErrorBound(self.mode, self.eb).absolute(float(fin.min()), float(fin.max()))
+        return ErrorBound(self.mode, self.eb).absolute(*_finite_range(x64, np.isfinite(x64)))
+
+
+def _finite_range(x: np.ndarray, finite: np.ndarray | None) -> tuple[float, float]:
+    """(min, max) of the finite values of ``x`` (``finite``: their mask, None if all are)."""
+    fin = x if finite is None else x[finite]
+    return (float(fin.min()), float(fin.max())) if fin.size else (0.0, 0.0)
 
 
 def _over_bound(x: np.ndarray, y: np.ndarray, eb_abs: float) -> np.ndarray:
@@ -212,10 +215,12 @@ def _over_bound(x: np.ndarray, y: np.ndarray, eb_abs: float) -> np.ndarray:
     tensors) flags candidates with a small safety margin; only those are
     re-checked in float64, so the common case costs two float32 passes.
     """
+    margin = eb_abs * (1.0 - 1e-5)
+    if x.dtype != np.float64 and not (_F32_TINY < margin < _F32_HUGE):
+        x = x.astype(np.float64)  # the margin would not survive a cast to float32
     ys = y if y.dtype == x.dtype else y.astype(x.dtype)
     with np.errstate(invalid="ignore", over="ignore"):
         diff = np.abs(ys - x)
-        margin = eb_abs * (1.0 - 1e-5)
         cand = np.flatnonzero(~(diff <= x.dtype.type(margin)) & np.isfinite(x))
     if not cand.size:
         return cand
@@ -250,15 +255,4 @@ def _read_patches(r: Reader, n: int, dtype: np.dtype) -> tuple[np.ndarray, np.nd
 
 
 def _zstd_raw(data: memoryview, n: int, dtype: np.dtype, who: str) -> np.ndarray:
-    from ..backends.lossless import zstd_decompress
-
-    expected = n * dtype.itemsize
-    try:
-        raw = zstd_decompress(bytes(data), expected)
-    except FormatError:
-        raise
-    except Exception as exc:
-        raise FormatError(f"{who} payload: bad zstd data: {exc}") from exc
-    if len(raw) != expected:
-        raise FormatError(f"{who} payload: lossless part has {len(raw)} bytes, expected {expected}")
-    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
+    return _LOSSLESS.decode(data, TensorSpec((n,), dtype))
