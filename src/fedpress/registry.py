@@ -74,7 +74,7 @@ def _load_all() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             cls = ep.load()
-            if _REGISTRY.get(getattr(cls, "codec_id", None)) is cls:
+            if _REGISTRY.get(getattr(cls, "codec_id", "")) is cls:
                 continue
             register_codec(cls)
         except Exception as exc:  # a broken or clashing plug-in must not break fedpress

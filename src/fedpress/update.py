@@ -52,7 +52,7 @@ def decode_record(codec: Codec, rec: Record, state: TensorState | None = None) -
         raise FormatError(f"tensor {rec.name!r}: state tag on codec {codec.codec_id!r}, "
                           "which keeps no mirrored state")
     try:
-        if mirrored:
+        if mirrored and isinstance(codec, StatefulCodec):
             assert state is not None
             if rec.state is None:
                 raise FormatError(f"tensor {rec.name!r}: mirrored codec frame without state tag")
