@@ -111,7 +111,7 @@ class UpdateEncoder:
         """Encode a state dict into one update frame (bytes)."""
         tensors = as_state_dict(state_dict)
         codecs: list[dict[str, Any]] = []
-        index: dict[str, int] = {}
+        index: dict[Codec, int] = {}  # codecs compare and hash by their config
         records: list[Record] = []
         new_states: dict[str, TensorState] = {}
         for name, x in tensors.items():
@@ -122,12 +122,10 @@ class UpdateEncoder:
             payload, tag = _encode_one(codec, x, state)
             if state is not None:
                 new_states[name] = state
-            cfg = codec.get_config()
-            key = repr(sorted(cfg.items()))
-            if key not in index:
-                index[key] = len(codecs)
-                codecs.append(cfg)
-            records.append(Record(name, index[key], TensorSpec.of(x), payload, tag))
+            if codec not in index:
+                index[codec] = len(codecs)
+                codecs.append(codec.get_config())
+            records.append(Record(name, index[codec], TensorSpec.of(x), payload, tag))
         blob = pack_frame(Frame(KIND_UPDATE, codecs, records, dict(meta or {})))
         for name, state in new_states.items():
             self.store.put(self.peer, name, state)
