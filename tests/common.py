@@ -12,8 +12,10 @@ LOSSLESS_CODECS = ("zstd", "blosc-lz", "blosc-zstd", "zlib", "gzip", "xz", "lz4"
 
 
 def available(codec_ids: tuple[str, ...]) -> list[str]:
-    have = set(fedpress.list_codecs())
-    return [c for c in codec_ids if c in have]
+    """The codecs of ``codec_ids`` that work here (registered and with their library)."""
+    from fedpress.registry import unavailable_reason
+
+    return [c for c in codec_ids if unavailable_reason(c) is None]
 
 
 def abs_bound(x: np.ndarray, mode: str, eb: float) -> float:

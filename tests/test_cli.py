@@ -299,7 +299,7 @@ def test_corrupted_frame(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path, cmd: list[str]) -> None:
     res = run(*[c.format(d=tmp_path) for c in cmd])
     _assert_clean_error(res)
-    assert "missing" in res.output
+    assert "no such file" in res.output and "missing" in res.output
 
 
 def test_config_errors(tmp_path: Path, state_dict: dict[str, np.ndarray]) -> None:
@@ -322,3 +322,41 @@ def test_version_and_help() -> None:
     assert fedpress.__version__ in ok("--version").output
     res = runner.invoke(app, [])
     assert "compress" in res.output
+
+
+def test_options_that_have_their_own_flags_are_refused(tmp_path: Path,
+                                                       state_dict: dict[str, np.ndarray]) -> None:
+    src = tmp_path / "m.npz"
+    np.savez(src, **state_dict)
+    for opt in ("eb=0.5", "mode=abs", "threshold=3", "lossy=sz3"):
+        res = run("compress", str(src), "-o", str(tmp_path / "o.fpz"), "--codec", "szx",
+                  "-O", opt)
+        _assert_clean_error(res)
+        assert "instead" in res.output
+    res = run("compress", str(src), "-o", str(tmp_path / "o.fpz"), "--codec", "sz3",
+              "--plan", "fedsz")
+    _assert_clean_error(res)
+    res = run("compress", str(src), "-o", str(tmp_path / "o.fpz"), "--lossy", "zstd")
+    _assert_clean_error(res)
+    assert "lossless" in res.output
+
+
+def test_single_npy_under_fedsz_says_why_it_stayed_lossless(tmp_path: Path) -> None:
+    src = tmp_path / "grad.npy"
+    np.save(src, np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32))
+    res = run("compress", str(src), "-o", str(tmp_path / "g.fpz"))
+    assert res.exit_code == 0, res.output
+    assert "no tensor went to the lossy codec" in res.output
+    res = run("compress", str(src), "-o", str(tmp_path / "g2.fpz"), "--codec", "sz3")
+    assert res.exit_code == 0 and "no tensor went" not in res.output
+
+
+def test_bench_with_nothing_measurable_fails(tmp_path: Path,
+                                             state_dict: dict[str, np.ndarray]) -> None:
+    src = tmp_path / "m.npz"
+    np.savez(src, **state_dict)
+    res = run("bench", str(src), "--codecs", "nosuch", "--eb", "1e-2")
+    _assert_clean_error(res)
+    assert "no codec could be measured" in res.output
+    res = run("bench", str(src), "--codecs", "zstd", "--json", str(tmp_path / "nodir" / "r.json"))
+    _assert_clean_error(res)

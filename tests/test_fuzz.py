@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fedpress
+from fedpress.frame import unpack
 
 from .common import EB_CODECS, LOSSLESS_CODECS, available
 
@@ -87,13 +88,17 @@ def test_crafted_frames_never_crash_pure_decoders(name: str, data: st.DataObject
         blob[pos] = data.draw(st.integers(0, 255))
     if data.draw(st.booleans()):
         blob = blob[: data.draw(st.integers(0, len(blob)))]
+    crafted = _crc(bytes(blob))
     try:
-        out = _decode(_crc(bytes(blob)))
+        out = _decode(crafted)
     except fedpress.FormatError:
         return
-    arrays = out.values() if isinstance(out, dict) else [out]
-    for a in arrays:
+    declared = {r.name: r.spec for r in unpack(crafted).records}
+    arrays = out if isinstance(out, dict) else {"": out}
+    assert set(arrays) == set(declared)
+    for name, a in arrays.items():
         assert isinstance(a, np.ndarray)
+        assert a.shape == declared[name].shape and a.dtype == declared[name].dtype
 
 
 @given(st.binary(max_size=400))

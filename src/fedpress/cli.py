@@ -18,7 +18,9 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from enum import StrEnum
@@ -34,16 +36,16 @@ from rich.table import Table
 from rich.text import Text
 
 from . import io as fio
-from .abc import Codec, Scope, StatefulCodec, TensorSpec
+from .abc import Codec, StatefulCodec
+from .api import DEFAULT_CODEC
 from .api import compress as fp_compress
 from .api import decompress as fp_decompress
 from .api import inspect as fp_inspect
 from .dtypes import is_float
-from .errors import ConfigError, FedpressError, MissingDependencyError
+from .errors import ConfigError, FedpressError
 from .frame import KIND_TENSOR, peek_kind
-from .partition import DEFAULT_LOSSLESS, DEFAULT_LOSSY, DEFAULT_THRESHOLD, make_codec
-from .registry import codec_class, list_codecs
-from .state import TensorState
+from .partition import DEFAULT_LOSSLESS, DEFAULT_LOSSY, DEFAULT_THRESHOLD
+from .registry import codec_class, list_codecs, unavailable_reason
 from .update import decode_update, encode_update
 
 __all__ = ["app", "main"]
@@ -60,8 +62,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# resolved lazily: rich looks up sys.stdout / sys.stderr at each print
-console = Console()
+# resolved lazily: rich looks up sys.stdout / sys.stderr at each print. Piped output
+# gets a wide console: rich's 80-column default truncates the per-tensor tables.
+console = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 160)))
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -129,6 +132,10 @@ def _parse_plan(plan: str) -> str | dict[str, Any]:
     return text
 
 
+_RESERVED_OPTIONS = frozenset({"mode", "eb", "threshold", "lossy", "lossless", "plan", "codec",
+                               "store", "peer"})
+
+
 def _parse_options(options: list[str] | None) -> dict[str, Any]:
     """``key=value`` pairs; values are JSON when they parse (``level=19``), else strings."""
     out: dict[str, Any] = {}
@@ -136,6 +143,8 @@ def _parse_options(options: list[str] | None) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--option expects key=value, got {item!r}")
+        if key.strip() in _RESERVED_OPTIONS:
+            raise ConfigError(f"--option {key.strip()}=... : use --{key.strip()} instead")
         try:
             value: Any = json.loads(raw)
         except ValueError:
@@ -195,22 +204,9 @@ def _codec_kind(cls: type[Codec]) -> str:
 
 
 def _probe(codec_id: str) -> tuple[bool, str]:
-    """Whether codec ``codec_id`` works here: build it with defaults, encode and decode."""
-    try:
-        codec = make_codec(codec_id)
-        x = np.linspace(-1.0, 1.0, 256, dtype=np.float32)
-        spec = TensorSpec.of(x)
-        if isinstance(codec, StatefulCodec):
-            payload = codec.encode(x, TensorState())
-            peer = TensorState() if codec.scope is Scope.MIRRORED else None
-            codec.decode(payload, spec, peer)
-        else:
-            codec.decode(codec.encode(x), spec)
-    except MissingDependencyError as exc:
-        return False, str(exc)
-    except Exception as exc:  # anything a broken back end raises
-        return False, f"{type(exc).__name__}: {exc}"
-    return True, "ok"
+    """Whether codec ``codec_id`` works here (see :func:`fedpress.registry.unavailable_reason`)."""
+    reason = unavailable_reason(codec_id)
+    return reason is None, reason or "ok"
 
 
 def _version_callback(value: bool) -> None:
@@ -240,17 +236,19 @@ def compress(
                                                                ".safetensors, .pt/.pth.")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Frame to write.",
                                                 show_default="INPUT.fpz")] = None,
-    plan: Annotated[str, typer.Option(help="'fedsz', a codec id, or a JSON object of "
+    plan: Annotated[str | None, typer.Option(help="'fedsz', a codec id, or a JSON object of "
                                            "rules such as '{\"re:weight\": \"sz3\", "
-                                           "\"default\": \"zstd\"}'.")] = "fedsz",
+                                           "\"default\": \"zstd\"}' [default: fedsz]")]
+    = None,
     codec: Annotated[str | None, typer.Option(help="Shorthand for --plan ID: every floating "
                                                    "tensor with >= threshold elements via ID.")]
     = None,
     mode: Annotated[Mode, typer.Option(help="Error-bound mode.")] = Mode.rel,
     eb: Annotated[float, typer.Option(help="Error bound (relative to the value range "
                                            "in rel mode).")] = 1e-2,
-    threshold: Annotated[int, typer.Option(help="Element count from which tensors go "
-                                                "to the lossy codec.")] = DEFAULT_THRESHOLD,
+    threshold: Annotated[int, typer.Option(help="fedsz: tensors with MORE elements go to the "
+                                                "lossy codec; a codec-id plan: tensors with "
+                                                "at least this many.")] = DEFAULT_THRESHOLD,
     lossy: Annotated[str, typer.Option(help="Lossy codec of the fedsz plan.")] = DEFAULT_LOSSY,
     lossless: Annotated[str, typer.Option(help="Lossless codec for everything else.")]
     = DEFAULT_LOSSLESS,
@@ -259,9 +257,9 @@ def compress(
                                "(repeatable), e.g. -O algorithm=interp.")] = None,
 ) -> None:
     """Compress a tensor file into one fedpress update frame."""
-    if codec is not None and plan != "fedsz":
+    if codec is not None and plan is not None:
         raise ConfigError("give --plan or --codec, not both")
-    spec: str | dict[str, Any] = codec if codec is not None else _parse_plan(plan)
+    spec: str | dict[str, Any] = codec if codec is not None else _parse_plan(plan or "fedsz")
     out = output if output is not None else input.with_name(input.name + ".fpz")
     tensors = fio.load_tensors(input)
     if _same_file(out, input):
@@ -284,6 +282,11 @@ def compress(
     console.print(f"  {len(info['tensors'])} tensors ({parts})", highlight=False)
     console.print(f"  original {_fmt_bytes(orig)} B -> frame {_fmt_bytes(len(blob))} B, "
                   f"CR [bold]{_fmt_cr(info['cr'])}[/], {elapsed:.3f} s", highlight=False)
+    if spec == "fedsz" and not any("eb_abs" in t for t in info["tensors"]):
+        console.print("  [yellow]note:[/] no tensor went to the lossy codec: the fedsz plan "
+                      "takes tensors whose name contains 'weight' and that have more than "
+                      f"{threshold} elements; use --codec {DEFAULT_CODEC} to compress every "
+                      "floating tensor", highlight=False)
 
 
 # -- decompress ---------------------------------------------------------------
@@ -512,6 +515,8 @@ def bench(
 
     codec_ids = _split_list(codecs, "--codecs")
     ebs = _parse_floats(eb, "--eb")
+    if json_out is not None and str(json_out) != "-" and not json_out.parent.is_dir():
+        raise ConfigError(f"--json: directory {str(json_out.parent)!r} does not exist")
     loaded = fio.load_tensors(file)
     selected = {name: np.asarray(a, dtype=np.float32).reshape(-1)
                 for name, a in loaded.items() if is_float(a.dtype) and a.size >= min_elements}
@@ -554,6 +559,9 @@ def bench(
                 row = {"codec": cid, "eb": e, "available": True,
                        "error": f"{type(exc).__name__}: {exc}"}
             measured.append(row)
+    if not any(not r.get("error") for r in measured):
+        reasons = "; ".join(f"{r['codec']}: {r.get('error')}" for r in rows + measured)
+        raise ConfigError(f"no codec could be measured ({reasons})")
     rows = measured + rows
 
     result = {

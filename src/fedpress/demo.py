@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 import fedpress
+from fedpress.registry import unavailable_reason
 
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = {
@@ -343,12 +344,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"trained SmallCNN on {len(xtr)} samples for {a.epochs} epoch(s) in {t_train:.1f}s "
           f"(loss {loss:.4f}); test accuracy {base_acc:.4f} on {len(xte)} samples", flush=True)
 
-    have = set(fedpress.list_codecs())
     wanted = [c for c in a.codecs.split(",") if c]
-    codecs = [c for c in wanted if c in have]
-    skipped = [c for c in wanted if c not in have]
-    if skipped:
-        print(f"skipping unavailable codecs: {', '.join(skipped)}", flush=True)
+    reasons = {c: unavailable_reason(c) for c in wanted}
+    codecs = [c for c in wanted if reasons[c] is None]
+    for c in wanted:
+        if reasons[c] is not None:
+            print(f"skipping codec {c}: {reasons[c]}", flush=True)
     rels = [float(r) for r in a.rels.split(",") if r]
     t2 = time.perf_counter()
     rows = run_compression(model, xte, yte, base_acc, codecs, rels, a.repeats)
@@ -361,7 +362,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "epochs": a.epochs, "train_samples": len(xtr), "test_samples": len(xte),
         "seed": a.seed, "train_loss": loss, "test_acc": base_acc,
         "params": sum(p.numel() for p in model.parameters()),
-        "codecs": codecs, "skipped_codecs": skipped, "rels": rels, "repeats": a.repeats,
+        "codecs": codecs, "skipped_codecs": {c: r for c, r in reasons.items() if r},
+        "rels": rels, "repeats": a.repeats,
         "seconds": {"load": t_load, "train": t_train, "compress_and_evaluate": t_comp},
     }
     jpath, cpath = write_outputs(a.out, meta, rows)

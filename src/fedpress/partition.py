@@ -163,7 +163,11 @@ class Plan:
         if not isinstance(plan, str):
             raise ConfigError(f"plan must be a name, a codec id, a dict or a Plan, not {plan!r}")
         if plan == "fedsz":
-            rule = Rule("re:weight", with_opts(lossy), min_elements=threshold + 1)
+            lossy_codec = with_opts(lossy)
+            if not lossy_codec.lossy:
+                raise ConfigError(f"fedsz: lossy={lossy_codec.codec_id!r} is a lossless codec; "
+                                  "use plan=<codec id> for an all-lossless plan")
+            rule = Rule("re:weight", lossy_codec, min_elements=threshold + 1)
             return cls([rule], fallback, fallback, name="fedsz")
         codec = with_opts(plan)
         if not codec.lossy:

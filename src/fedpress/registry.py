@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from .abc import Codec
-from .errors import ConfigError, FormatError
+from .errors import ConfigError, FedpressError, FormatError
 
 ENTRY_POINT_GROUP = "fedpress.codecs"
 
@@ -125,3 +125,28 @@ def codec_from_config(config: dict[str, Any], allowed: Collection[str] | None = 
         return cls.from_config(config)
     except Exception as exc:  # whatever a codec's constructor raises on bad values
         raise FormatError(f"invalid config for codec {config['id']!r}: {exc}") from exc
+
+
+def unavailable_reason(codec_id: str) -> str | None:
+    """Why codec ``codec_id`` cannot be used here, or None if it works.
+
+    Registered is not enough: the back end library may be missing or broken,
+    so this builds the codec with its defaults and round-trips a small array.
+    """
+    import numpy as np
+
+    from .abc import Scope, StatefulCodec, TensorSpec
+    from .state import TensorState
+
+    try:
+        codec = codec_class(codec_id).from_config({})
+        x = np.linspace(-1.0, 1.0, 256, dtype=np.float32)
+        spec = TensorSpec.of(x)
+        if isinstance(codec, StatefulCodec):
+            payload = codec.encode(x, TensorState())
+            codec.decode(payload, spec, TensorState() if codec.scope is Scope.MIRRORED else None)
+        else:
+            codec.decode(codec.encode(x), spec)
+    except Exception as exc:  # missing library, broken back end, unknown id
+        return str(exc) if isinstance(exc, FedpressError) else f"{type(exc).__name__}: {exc}"
+    return None

@@ -133,6 +133,13 @@ class ErrorBoundedCodec(Codec):
             over = _over_bound(xs, y, eb_abs)
             if over.size:
                 bad_idx = np.union1d(bad_idx, over)
+            patch_bytes = bad_idx.size * (flat.dtype.itemsize + 8)
+            if patch_bytes + len(body) > flat.nbytes:
+                # the core cannot hold this bound (e.g. a float32 core below float64
+                # precision): storing the values exactly is smaller
+                kind, body = KIND_LOSSLESS, None
+        if kind == KIND_LOSSLESS:
+            bad_idx = np.zeros(0, dtype=np.int64)  # the lossless body holds NaN/Inf too
 
         w.u8(kind)
         w.f64(eb_abs)
