@@ -47,6 +47,7 @@ from .frame import KIND_TENSOR, peek_kind
 from .partition import DEFAULT_LOSSLESS, DEFAULT_LOSSY, DEFAULT_THRESHOLD
 from .registry import codec_class, list_codecs, unavailable_reason
 from .update import decode_update, encode_update
+from .verify import compare
 
 __all__ = ["app", "main"]
 
@@ -414,23 +415,6 @@ def codecs(
 # -- bench --------------------------------------------------------------------
 
 
-def _max_error(x: np.ndarray, y: np.ndarray) -> float:
-    """max |x - y| over finite x; inf if a non-finite value was not kept exactly."""
-    x64 = x.astype(np.float64).reshape(-1)
-    y64 = y.astype(np.float64).reshape(-1)
-    finite = np.isfinite(x64)
-    if not finite.all():
-        nx, ny = x64[~finite], y64[~finite]
-        if not np.array_equal(nx, ny, equal_nan=True):
-            return math.inf
-    if not finite.any():
-        return 0.0
-    with np.errstate(invalid="ignore"):
-        d = np.abs(x64[finite] - y64[finite])
-    m = float(d.max())
-    return m if math.isfinite(m) else math.inf
-
-
 def _bench_one(codec_id: str, cls: type[Codec], eb: float | None, mode: str,
                tensors: dict[str, np.ndarray], repeat: int,
                advance: Callable[[], None]) -> dict[str, Any]:
@@ -456,17 +440,16 @@ def _bench_one(codec_id: str, cls: type[Codec], eb: float | None, mode: str,
             y = fp_decompress(blob)
             decomp_t[i] += time.perf_counter() - t0
         frame_bytes += len(blob)
-        err = _max_error(x, y)
-        max_abs = max(max_abs, err)
         if cls.error_bounded:
-            eb_abs = float(fp_inspect(blob)["tensors"][0].get("eb_abs", math.nan))
-            ratio = err / eb_abs if eb_abs > 0 else (0.0 if err == 0 else math.inf)
+            bound: float | None = float(fp_inspect(blob)["tensors"][0].get("eb_abs", math.nan))
+        else:
+            bound = math.inf if cls.lossy else None  # lossy without a bound: report only
+        check = compare(x, y, bound)
+        max_abs = max(max_abs, check.max_error)
+        if cls.error_bounded:
             assert worst is not None
-            worst = max(worst, ratio)
-            if not err <= eb_abs:
-                violations += 1
-        elif not cls.lossy and not np.array_equal(x.view(np.uint8), y.view(np.uint8)):
-            violations += 1
+            worst = max(worst, check.ratio)
+        violations += check.violations > 0
         advance()
     orig = sum(x.nbytes for x in tensors.values())
     n_values = sum(x.size for x in tensors.values())

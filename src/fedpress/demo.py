@@ -36,6 +36,7 @@ import numpy as np
 
 import fedpress
 from fedpress.registry import unavailable_reason
+from fedpress.verify import compare
 
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = {
@@ -225,16 +226,13 @@ def compress_row(sd: dict[str, np.ndarray], plan: str, lossy: str | None, rel: f
     info = fedpress.inspect(blob)
     max_ratio, n_lossy, patches = 0.0, 0, 0
     for t in info["tensors"]:
-        x = sd[t["name"]].astype(np.float64)
-        err = np.abs(np.asarray(out[t["name"]]).astype(np.float64) - x)
-        emax = float(err.max()) if err.size else 0.0
-        if "eb_abs" in t:  # an error-bounded tensor
+        # error-bounded tensors against their eb_abs; lossless ones must be bit-exact
+        check = compare(sd[t["name"]], out[t["name"]], t.get("eb_abs"))
+        if "eb_abs" in t:
             n_lossy += 1
             patches += int(t.get("patches", 0))
-            eb_abs = float(t["eb_abs"])
-            ratio = emax / eb_abs if eb_abs > 0 else (0.0 if emax == 0 else float("inf"))
-            max_ratio = max(max_ratio, ratio)
-        elif emax != 0.0:  # lossless tensors must round-trip exactly
+            max_ratio = max(max_ratio, check.ratio)
+        elif check.violations:
             max_ratio = float("inf")
     raw = sum(v.nbytes for v in sd.values())
     row = {"plan": plan if lossy is None else f"{plan}+{lossy}", "lossy": lossy or "",
