@@ -18,6 +18,21 @@ def available(codec_ids: tuple[str, ...]) -> list[str]:
     return [c for c in codec_ids if unavailable_reason(c) is None]
 
 
+def run_isolated(script: str, sentinel: str, *args: str, timeout: int = 300) -> None:
+    """Run ``script`` in a fresh interpreter; assert it exits 0 and prints ``sentinel``.
+
+    For native back ends that can crash or exit(): a regression fails the test
+    instead of ending the test process.
+    """
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0 and sentinel in proc.stdout, (
+        f"rc={proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+
+
 def abs_bound(x: np.ndarray, mode: str, eb: float) -> float:
     """The absolute bound fedpress must honour for ``x`` (computed independently)."""
     if mode == "abs":
@@ -68,4 +83,4 @@ def check_lossless(x: np.ndarray, codec: str, **config: object) -> bytes:
 
 
 __all__ = ["BFLOAT16", "EB_CODECS", "FLOAT_DTYPES", "LOSSLESS_CODECS", "abs_bound",
-           "available", "check_error_bounded", "check_lossless", "same_bits"]
+           "available", "check_error_bounded", "check_lossless", "run_isolated", "same_bits"]

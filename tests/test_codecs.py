@@ -18,6 +18,7 @@ from .common import (
     available,
     check_error_bounded,
     check_lossless,
+    run_isolated,
     same_bits,
 )
 
@@ -182,10 +183,7 @@ def test_sz2_tiny_tensors_in_subprocess() -> None:
     """The HDF5 SZ filter passes tiny chunks through raw and SZ2's decoder calls exit() on
     raw bytes; fedpress tags them. Run in a subprocess so a regression fails this test
     instead of ending the test process."""
-    import subprocess
-    import sys
-
-    if "sz2" not in fedpress.list_codecs():
+    if not available(("sz2",)):
         pytest.skip("sz2 not available")
     script = (
         "import numpy as np, fedpress\n"
@@ -197,6 +195,4 @@ def test_sz2_tiny_tensors_in_subprocess() -> None:
         "        assert np.abs(y - x).max() <= 1e-3 * (x.max() - x.min())\n"
         "print('sz2-small-ok')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0 and "sz2-small-ok" in proc.stdout, proc.stdout + proc.stderr
+    run_isolated(script, "sz2-small-ok")

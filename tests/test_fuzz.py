@@ -13,8 +13,6 @@ Two layers are exercised:
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 import zlib
 
@@ -26,7 +24,7 @@ from hypothesis import strategies as st
 import fedpress
 from fedpress.frame import unpack
 
-from .common import EB_CODECS, LOSSLESS_CODECS, available
+from .common import EB_CODECS, LOSSLESS_CODECS, available, run_isolated
 
 
 def _crc(body: bytes) -> bytes:
@@ -145,7 +143,4 @@ _NATIVE_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("codec", [c for c in ("sz3", "zfp") if c in FRAMES])
 def test_crafted_frames_native_backends_in_subprocess(codec: str) -> None:
-    proc = subprocess.run([sys.executable, "-c", _NATIVE_SCRIPT, codec, "11", "400"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"done {codec}" in proc.stdout
+    run_isolated(_NATIVE_SCRIPT, f"done {codec}", codec, "11", "400")

@@ -3,8 +3,6 @@ exception type, a frame the decoder refused, or a missed bound check."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from typing import Any, ClassVar
 
@@ -17,7 +15,7 @@ from fedpress.eblc.base import ErrorBoundedCodec
 from fedpress.frame import KIND_TENSOR, KIND_UPDATE, Frame, Record, StateTag, pack
 from fedpress.registry import register_codec, unregister_codec
 
-from .common import EB_CODECS, available
+from .common import EB_CODECS, available, run_isolated
 
 
 def _frame(cfg: dict[str, Any], spec: TensorSpec, payload: bytes,
@@ -43,9 +41,7 @@ def test_truncated_zfp_stream_does_not_crash() -> None:
         "        pass\n"
         "print('zfp-truncated-ok')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0 and "zfp-truncated-ok" in proc.stdout, proc.stderr[-2000:]
+    run_isolated(script, "zfp-truncated-ok")
 
 
 @pytest.mark.parametrize("codec", available(EB_CODECS))
