@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeGuard
 
 import numpy as np
 
@@ -149,3 +149,8 @@ class StatefulCodec(Codec):
         self, payload: bytes | memoryview, spec: TensorSpec, state: Any = None
     ) -> np.ndarray:
         """Decode given this tensor's (mirrored) state, updating the state."""
+
+
+def is_mirrored(codec: Codec) -> TypeGuard[StatefulCodec]:
+    """Whether ``codec`` keeps state that both ends hold (``Scope.MIRRORED``)."""
+    return isinstance(codec, StatefulCodec) and codec.scope is Scope.MIRRORED

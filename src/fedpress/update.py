@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .abc import Codec, Scope, StatefulCodec, TensorSpec
+from .abc import Codec, Scope, StatefulCodec, TensorSpec, is_mirrored
 from .dtypes import as_state_dict
 from .errors import FedpressError, FormatError, StateDesyncError
 from .frame import DEFAULT_LIMITS, KIND_TENSOR, KIND_UPDATE, Frame, Limits, Record, StateTag
@@ -47,12 +47,11 @@ def decode_record(codec: Codec, rec: Record, state: TensorState | None = None) -
     if not codec.accepts(rec.spec.dtype):
         raise FormatError(f"tensor {rec.name!r}: codec {codec.codec_id!r} cannot produce "
                           f"{rec.spec.dtype} tensors")
-    mirrored = isinstance(codec, StatefulCodec) and codec.scope is Scope.MIRRORED
-    if rec.state is not None and not mirrored:
+    if rec.state is not None and not is_mirrored(codec):
         raise FormatError(f"tensor {rec.name!r}: state tag on codec {codec.codec_id!r}, "
                           "which keeps no mirrored state")
     try:
-        if mirrored and isinstance(codec, StatefulCodec):
+        if is_mirrored(codec):
             assert state is not None
             if rec.state is None:
                 raise FormatError(f"tensor {rec.name!r}: mirrored codec frame without state tag")
@@ -162,7 +161,7 @@ class UpdateDecoder:
         for rec in frame.records:
             codec = codecs[rec.codec_index]
             state = None
-            if isinstance(codec, StatefulCodec) and codec.scope is Scope.MIRRORED:
+            if is_mirrored(codec):
                 state = self.store.get(peer, rec.name)
             out[rec.name] = decode_record(codec, rec, state)
             if state is not None:

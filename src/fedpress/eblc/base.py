@@ -147,7 +147,7 @@ class ErrorBoundedCodec(Codec):
         if kind == KIND_CONSTANT:
             w.f64(lo)
         elif kind == KIND_LOSSLESS:
-            w.raw(_LOSSLESS.compress_bytes(le_bytes(flat), flat.dtype.itemsize))
+            w.raw(_LOSSLESS.encode(flat))
         else:
             assert body is not None
             w.raw(body)
@@ -174,7 +174,7 @@ class ErrorBoundedCodec(Codec):
             r.expect_end()
             out = np.full(n, dtype.type(value), dtype=dtype)
         elif kind == KIND_LOSSLESS:
-            out = _zstd_raw(r.rest(), n, dtype, self.codec_id)
+            out = _LOSSLESS.decode(r.rest(), TensorSpec((n,), dtype))
         elif kind == KIND_CORE:
             core_dtype = self._core_dtype(dtype)
             try:
@@ -259,7 +259,3 @@ def _read_patches(r: Reader, n: int, dtype: np.dtype) -> tuple[np.ndarray, np.nd
         raise FormatError("patch indices out of range or not increasing")
     vals = r.array(dtype, count).astype(dtype)
     return idx, vals
-
-
-def _zstd_raw(data: memoryview, n: int, dtype: np.dtype, who: str) -> np.ndarray:
-    return _LOSSLESS.decode(data, TensorSpec((n,), dtype))

@@ -30,6 +30,8 @@ from typing import ClassVar
 import numpy as np
 
 from .._bytes import Reader, Writer
+from ..abc import TensorSpec
+from ..backends.lossless import ZstdCodec
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
 from ..stages import ans
@@ -42,6 +44,7 @@ MODE_QUANT, MODE_LOSSLESS = 0, 1
 CODER_ANS, CODER_ZSTD = 0, 1
 _CODERS = {"ans": CODER_ANS, "zstd": CODER_ZSTD}
 _SAMPLE_CHUNKS, _CHUNK = 32, 2048
+_ZSTD = ZstdCodec(level=3)  # lossless mode and the zstd residual coder
 
 
 def _sample(q: np.ndarray) -> np.ndarray:
@@ -52,14 +55,14 @@ def _sample(q: np.ndarray) -> np.ndarray:
     return np.concatenate([q[s : s + _CHUNK] for s in starts])
 
 
-def _int_bytes(r: np.ndarray) -> tuple[int, bytes]:
-    """Narrowest little-endian signed integer encoding of ``r``: (width, bytes)."""
+def _narrow(r: np.ndarray) -> np.ndarray:
+    """``r`` in the narrowest signed integer type that holds it."""
     lo, hi = int(r.min()), int(r.max())
-    for width, dt in ((1, "<i1"), (2, "<i2"), (4, "<i4")):
+    for dt in (np.int8, np.int16, np.int32):
         info = np.iinfo(dt)
         if info.min <= lo and hi <= info.max:
-            return width, r.astype(dt).tobytes()
-    return 8, r.astype("<i8").tobytes()
+            return r.astype(dt)
+    return r.astype(np.int64)
 
 
 @register_codec
@@ -106,15 +109,12 @@ class FpzCodec(ErrorBoundedCodec):
         return self._encode_core_recon(x, eb_abs)[0]
 
     def _encode_core_recon(self, x: np.ndarray, eb_abs: float) -> tuple[bytes, np.ndarray]:
-        import zstandard
-
         w = Writer()
         w.u8(VERSION)
         q = quantize(x, eb_abs)
         if q is None:
             w.u8(MODE_LOSSLESS)
-            w.raw(zstandard.ZstdCompressor(level=3).compress(x.astype(x.dtype.newbyteorder("<"))
-                                                            .tobytes()))
+            w.raw(_ZSTD.encode(x))
             return w.getvalue(), x
         pid = self._choose_predictor(q)
         r = predictor(pid)[1](q)
@@ -125,8 +125,6 @@ class FpzCodec(ErrorBoundedCodec):
 
     def _code(self, r: np.ndarray) -> bytes:
         """Coder id byte + body, for residual symbols ``r``."""
-        import zstandard
-
         def with_ans() -> bytes | None:
             if int(r.max()) - int(r.min()) + 1 > ans.MAX_ALPHABET:
                 return None
@@ -136,8 +134,8 @@ class FpzCodec(ErrorBoundedCodec):
             return w.getvalue()
 
         def with_zstd() -> bytes:
-            width, raw = _int_bytes(r)
-            return bytes([CODER_ZSTD, width]) + zstandard.ZstdCompressor(level=3).compress(raw)
+            narrow = _narrow(r)
+            return bytes([CODER_ZSTD, narrow.dtype.itemsize]) + _ZSTD.encode(narrow)
 
         if self.coder == "zstd":
             return with_zstd()
@@ -157,17 +155,12 @@ class FpzCodec(ErrorBoundedCodec):
         return z if a is None or len(z) < len(a) else a
 
     def _decode_core(self, data: memoryview, n: int, dtype: np.dtype, eb_abs: float) -> np.ndarray:
-        from ..backends.lossless import zstd_decompress
-
         rd = Reader(data, "fpz payload")
         if rd.u8() != VERSION:
             raise FormatError("fpz payload: unknown version")
         mode = rd.u8()
         if mode == MODE_LOSSLESS:
-            raw = zstd_decompress(bytes(rd.rest()), n * dtype.itemsize)
-            if len(raw) != n * dtype.itemsize:
-                raise FormatError("fpz payload: lossless part has the wrong size")
-            return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
+            return _ZSTD.decode(rd.rest(), TensorSpec((n,), dtype))
         if mode != MODE_QUANT:
             raise FormatError(f"fpz payload: unknown mode {mode}")
         _, _, inverse = predictor(rd.u8())
@@ -178,10 +171,8 @@ class FpzCodec(ErrorBoundedCodec):
             width = rd.u8()
             if width not in (1, 2, 4, 8):
                 raise FormatError(f"fpz payload: bad integer width {width}")
-            raw = zstd_decompress(bytes(rd.rest()), n * width)
-            if len(raw) != n * width:
-                raise FormatError("fpz payload: residuals have the wrong size")
-            r = np.frombuffer(raw, dtype=f"<i{width}").astype(np.int64)
+            ints = np.dtype(f"i{width}")
+            r = _ZSTD.decode(rd.rest(), TensorSpec((n,), ints)).astype(np.int64)
         else:
             raise FormatError(f"fpz payload: unknown coder {coder}")
         q = inverse(r)
