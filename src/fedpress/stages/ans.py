@@ -18,10 +18,13 @@ import numpy as np
 
 from .._bytes import Reader, Writer
 from .._deps import require
+from ..abc import TensorSpec
+from ..backends.lossless import ZstdCodec
 from ..errors import FormatError
 
 #: largest alphabet coded with ANS (the histogram header grows with it)
 MAX_ALPHABET = 1 << 22
+_ZSTD = ZstdCodec(level=3)  # the histogram header's coder
 
 
 def zigzag(v: int) -> int:
@@ -41,8 +44,6 @@ def entropy_bits(counts: np.ndarray) -> float:
 
 def encode(sym: np.ndarray, w: Writer) -> None:
     """Append the ANS coding of int64 symbols ``sym`` to ``w``."""
-    import zstandard
-
     lo = int(sym.min())
     s = (sym - lo).astype(np.int32)
     counts = np.bincount(s).astype(np.uint32)
@@ -51,7 +52,7 @@ def encode(sym: np.ndarray, w: Writer) -> None:
         raise ValueError("alphabet too large for ANS")
     w.varint(zigzag(lo))
     w.varint(nsym)
-    w.blob(zstandard.ZstdCompressor(level=3).compress(counts.astype("<u4").tobytes()))
+    w.blob(_ZSTD.encode(counts))
     if nsym > 1:
         constriction = require("constriction", codec="fpz")
         model = constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
@@ -62,20 +63,13 @@ def encode(sym: np.ndarray, w: Writer) -> None:
 
 def decode(r: Reader, n: int) -> np.ndarray:
     """Read ``n`` int64 symbols written by :func:`encode`."""
-    from ..backends.lossless import zstd_decompress
-
     lo = unzigzag(r.varint(cap=1 << 62, name="ans lo"))
     nsym = r.varint(cap=MAX_ALPHABET, name="ans alphabet")
     if nsym < 1:
         raise FormatError("ans: empty alphabet")
     raw = r.blob(cap=r.remaining, name="ans counts")
-    try:
-        counts = np.frombuffer(zstd_decompress(bytes(raw), 4 * nsym), dtype="<u4")
-    except FormatError:
-        raise
-    except Exception as exc:
-        raise FormatError(f"ans: bad histogram: {exc}") from exc
-    if counts.size != nsym or int(counts.sum(dtype=np.uint64)) != n:
+    counts = _ZSTD.decode(raw, TensorSpec((nsym,), np.dtype(np.uint32)))
+    if int(counts.sum(dtype=np.uint64)) != n:
         raise FormatError("ans: histogram does not add up to the tensor size")
     if nsym == 1:
         r.expect_end()
