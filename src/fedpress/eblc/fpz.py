@@ -6,10 +6,12 @@ Pipeline per tensor (flattened, finite, float32 or float64 core):
 2. **predict** on the integer codes (``stages.predict``: ``none`` or
    ``lorenzo1d``), chosen per tensor by the order-0 entropy of the residuals
    on a sample of contiguous chunks, unless fixed by the ``predictor`` option;
-3. **entropy-code** the residuals: range-ANS with the exact histogram
-   (``stages.ans``), or zstd over the narrowest integer type when the
-   histogram header would cost more (large alphabets on small tensors);
-   ``coder="auto"`` compares estimated sizes.
+3. **skip zero blocks**: blocks of 128 codes that are all zero (dead neurons'
+   rows in gradients) are marked in a bitmap and not coded, when that pays;
+4. **entropy-code** the residuals: static rANS with an optional magnitude
+   context (``stages.rans``, the default), range-ANS with the exact histogram
+   (``stages.ans``, ``constriction``), or zstd over the narrowest integer type;
+   ``coder="auto"`` takes rANS, or zstd when that is smaller on small tensors.
 
 The reconstruction is ``q * 2eb`` whatever the predictor (dual quantization),
 and the encoder hands it to the envelope, which checks the bound on the output
@@ -18,13 +20,18 @@ would overflow (``max|x| / 2eb > 2**30``) make the tensor go to zstd losslessly.
 
 Payload (after the envelope)::
 
-    u8 version (1) | u8 mode (0 quantized, 1 lossless)
-    mode 0: u8 predictor id | u8 coder id (0 ans, 1 zstd) | coder body
+    u8 version (2; 1 still decodes) | u8 mode (0 quantized, 1 lossless)
+    mode 0: u8 predictor id | u8 flags | [blob zero-block bitmap] | u8 coder id | body
+            (version 1 has no flags and no bitmap)
+            flags bit 0: zero blocks skipped; the bitmap (zstd frame of
+            ``ceil(n / 128)`` bits, little-endian bit order) marks them
+            coder ids: 0 ans (constriction), 1 zstd, 2 rans
     mode 1: zstd frame of the raw values
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -34,17 +41,25 @@ from ..abc import TensorSpec
 from ..backends.lossless import ZstdCodec
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
-from ..stages import ans
+from ..stages import ans, rans
 from ..stages.predict import BY_NAME, PREDICTORS, predictor
-from ..stages.quantize import dequantize, quantize
+from ..stages.quantize import dequantize, quantize_values
 from .base import ErrorBoundedCodec
 
-VERSION = 1
+VERSION = 2
 MODE_QUANT, MODE_LOSSLESS = 0, 1
-CODER_ANS, CODER_ZSTD = 0, 1
-_CODERS = {"ans": CODER_ANS, "zstd": CODER_ZSTD}
+CODER_ANS, CODER_ZSTD, CODER_RANS = 0, 1, 2
+_CODERS = {"ans": CODER_ANS, "zstd": CODER_ZSTD, "rans": CODER_RANS}
+FLAG_ZERO_BLOCKS = 1
+ZERO_BLOCK = 128
+#: least share of all-zero blocks for the bitmap to be worth writing
+_ZERO_BLOCK_SHARE = 0.01
+#: tensors up to this size also try zstd under coder="auto"
+_SMALL = 1 << 14
 _SAMPLE_CHUNKS, _CHUNK = 32, 2048
-_ZSTD = ZstdCodec(level=3)  # lossless mode and the zstd residual coder
+#: predictor whose values the rANS decoding loop computes itself (dequantization fused)
+_FUSED = BY_NAME["none"]
+_ZSTD = ZstdCodec(level=3)  # lossless mode, the zstd residual coder, the bitmap
 
 
 def _sample(q: np.ndarray) -> np.ndarray:
@@ -65,6 +80,23 @@ def _narrow(r: np.ndarray) -> np.ndarray:
     return r.astype(np.int64)
 
 
+def zero_blocks(q: np.ndarray) -> np.ndarray | None:
+    """Mask of the all-zero blocks of ``q`` (the last one may be short), or None if few."""
+    nb = -(-q.size // ZERO_BLOCK)
+    full = q.size // ZERO_BLOCK
+    nz = np.zeros(nb, dtype=bool)
+    nz[:full] = np.any(q[: full * ZERO_BLOCK].reshape(full, ZERO_BLOCK) != 0, axis=1)
+    if full < nb:
+        nz[full] = bool(np.any(q[full * ZERO_BLOCK :] != 0))
+    zero = ~nz
+    return zero if zero.sum() >= max(1, _ZERO_BLOCK_SHARE * nb) else None
+
+
+def _block_mask(zero: np.ndarray, n: int) -> np.ndarray:
+    """Per-value mask of the values in zero blocks."""
+    return np.repeat(zero, ZERO_BLOCK)[:n]
+
+
 @register_codec
 class FpzCodec(ErrorBoundedCodec):
     """fedpress's quantize / predict / entropy-code compressor (see the module docs).
@@ -75,8 +107,9 @@ class FpzCodec(ErrorBoundedCodec):
         Error bound (see :mod:`fedpress.bounds`).
     predictor : {"auto", "none", "lorenzo1d"}
         Prediction on the codes; ``auto`` picks per tensor.
-    coder : {"auto", "ans", "zstd"}
-        Entropy coder; ``auto`` picks per tensor.
+    coder : {"auto", "rans", "ans", "zstd"}
+        Entropy coder; ``auto`` takes ``rans`` (or zstd on small tensors where
+        it is smaller).
     """
 
     codec_id = "fpz"
@@ -111,23 +144,35 @@ class FpzCodec(ErrorBoundedCodec):
     def _encode_core_recon(self, x: np.ndarray, eb_abs: float) -> tuple[bytes, np.ndarray]:
         w = Writer()
         w.u8(VERSION)
-        q = quantize(x, eb_abs)
-        if q is None:
+        qv = quantize_values(x, eb_abs)
+        if qv is None:
             w.u8(MODE_LOSSLESS)
             w.raw(_ZSTD.encode(x))
             return w.getvalue(), x
-        pid = self._choose_predictor(q)
-        r = predictor(pid)[1](q)
+        q, values = qv
         w.u8(MODE_QUANT)
+        zero = zero_blocks(q) if q.size >= 2 * ZERO_BLOCK else None
+        kept = q if zero is None else q[~_block_mask(zero, q.size)]
+        pid = self._choose_predictor(kept)
         w.u8(pid)
-        w.raw(self._code(r))
-        return w.getvalue(), dequantize(q, eb_abs, x.dtype)
+        w.u8(0 if zero is None else FLAG_ZERO_BLOCKS)
+        if zero is not None:
+            w.blob(_ZSTD.encode(np.packbits(zero, bitorder="little")))
+        if kept.size:
+            w.raw(self._code(predictor(pid)[1](kept)))
+        return w.getvalue(), values
 
     def _code(self, r: np.ndarray) -> bytes:
         """Coder id byte + body, for residual symbols ``r``."""
-        def with_ans() -> bytes | None:
+        def with_rans() -> bytes:
+            w = Writer()
+            w.u8(CODER_RANS)
+            rans.encode(r, w)
+            return w.getvalue()
+
+        def with_ans() -> bytes:
             if int(r.max()) - int(r.min()) + 1 > ans.MAX_ALPHABET:
-                return None
+                raise ConfigError("fpz: alphabet too large for coder='ans' at this bound")
             w = Writer()
             w.u8(CODER_ANS)
             ans.encode(r, w)
@@ -137,43 +182,64 @@ class FpzCodec(ErrorBoundedCodec):
             narrow = _narrow(r)
             return bytes([CODER_ZSTD, narrow.dtype.itemsize]) + _ZSTD.encode(narrow)
 
-        if self.coder == "zstd":
-            return with_zstd()
-        if self.coder == "ans":
-            out = with_ans()
-            if out is None:
-                raise ConfigError("fpz: alphabet too large for coder='ans' at this bound")
-            return out
-        # auto: ANS unless its histogram header dominates (large alphabet vs few values)
-        nsym = int(r.max()) - int(r.min()) + 1
-        if nsym * 4 < r.size:
-            out = with_ans()
-            if out is not None:
-                return out
-        a = with_ans()
-        z = with_zstd()
-        return z if a is None or len(z) < len(a) else a
+        if self.coder != "auto":
+            return {"rans": with_rans, "ans": with_ans, "zstd": with_zstd}[self.coder]()
+        out = with_rans()
+        if r.size <= _SMALL:
+            z = with_zstd()
+            out = z if len(z) < len(out) else out
+        return out
 
     def _decode_core(self, data: memoryview, n: int, dtype: np.dtype, eb_abs: float) -> np.ndarray:
         rd = Reader(data, "fpz payload")
-        if rd.u8() != VERSION:
-            raise FormatError("fpz payload: unknown version")
+        version = rd.u8()
+        if version not in (1, VERSION):
+            raise FormatError(f"fpz payload: unknown version {version}")
         mode = rd.u8()
         if mode == MODE_LOSSLESS:
             return _ZSTD.decode(rd.rest(), TensorSpec((n,), dtype))
         if mode != MODE_QUANT:
             raise FormatError(f"fpz payload: unknown mode {mode}")
-        _, _, inverse = predictor(rd.u8())
+        pid = rd.u8()
+        _, _, inverse = predictor(pid)
+        flags = rd.u8() if version >= 2 else 0
+        if flags & ~FLAG_ZERO_BLOCKS:
+            raise FormatError(f"fpz payload: unknown flags {flags}")
+        in_zero = None
+        if flags & FLAG_ZERO_BLOCKS:
+            nb = -(-n // ZERO_BLOCK)
+            bits = _ZSTD.decode(rd.blob(cap=rd.remaining, name="fpz zero blocks"),
+                                TensorSpec((-(-nb // 8),), np.dtype(np.uint8)))
+            zero = np.unpackbits(bits, count=nb, bitorder="little").astype(bool)
+            in_zero = _block_mask(zero, n)
+        m = n if in_zero is None else n - int(in_zero.sum())
+        if not m:
+            rd.expect_end()
+            return np.zeros(n, dtype=dtype)
+        kept = self._decode_values(rd, m, pid, inverse, 2.0 * eb_abs, dtype)
+        if in_zero is None:
+            return kept
+        out = np.zeros(n, dtype=dtype)
+        out[~in_zero] = kept
+        return out
+
+    @staticmethod
+    def _decode_values(rd: Reader, m: int, pid: int, inverse: Callable[[np.ndarray], np.ndarray],
+                       step: float, dtype: np.dtype) -> np.ndarray:
+        """The ``m`` coded values: residuals -> codes (``inverse``) -> ``codes * step``."""
         coder = rd.u8()
-        if coder == CODER_ANS:
-            r = ans.decode(rd, n)
+        if coder == CODER_RANS and pid == _FUSED:
+            return rans.decode(rd, m, step=step, dtype=dtype)
+        if coder == CODER_RANS:
+            r = rans.decode(rd, m)
+        elif coder == CODER_ANS:
+            r = ans.decode(rd, m)
         elif coder == CODER_ZSTD:
             width = rd.u8()
             if width not in (1, 2, 4, 8):
                 raise FormatError(f"fpz payload: bad integer width {width}")
             ints = np.dtype(f"i{width}")
-            r = _ZSTD.decode(rd.rest(), TensorSpec((n,), ints)).astype(np.int64)
+            r = _ZSTD.decode(rd.rest(), TensorSpec((m,), ints)).astype(np.int64)
         else:
             raise FormatError(f"fpz payload: unknown coder {coder}")
-        q = inverse(r)
-        return dequantize(q, eb_abs, dtype)
+        return dequantize(inverse(r), step / 2.0, dtype)

@@ -31,3 +31,19 @@ def quantize(x: np.ndarray, eb: float) -> np.ndarray | None:
 def dequantize(q: np.ndarray, eb: float, dtype: np.dtype) -> np.ndarray:
     """Values of codes ``q`` in ``dtype`` (the exact inverse the decoder runs)."""
     return (q.astype(np.float64) * (2.0 * float(eb))).astype(dtype)
+
+
+def quantize_values(x: np.ndarray, eb: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(codes, values)``: :func:`quantize` and :func:`dequantize` in one compiled pass.
+
+    ``values`` has ``x``'s dtype and is bit for bit what :func:`dequantize` gives;
+    None when a code would overflow (as :func:`quantize`).
+    """
+    from ._kernels import quantize as kernel
+
+    step = 2.0 * float(eb)
+    if not step > 0:
+        return None
+    y = np.empty_like(x)
+    q, ok = kernel(x, step, MAX_CODE, y)
+    return (q, y) if ok else None

@@ -1,0 +1,267 @@
+"""Static rANS coding of integer residuals, with an optional magnitude context.
+
+Written here (kernels in :mod:`._kernels`, compiled by numba) because the
+decode speed of a general-purpose ANS library is the bottleneck of ``fpz``.
+
+Symbols are the zigzag codes of the residuals (0, -1, 1, -2, ... -> 0, 1, 2, 3,
+...). Symbols ``>= k`` are *escaped*: coded as ``k`` in the rANS stream, their
+value stored beside it (zstd over the narrowest unsigned type), so rare outliers
+do not blow up the tables. Each tensor's tables are the exact symbol histograms
+normalised to ``2**pb`` slots and sent in the header.
+
+Context models (chosen per tensor by exact coded size, tables included):
+
+``0`` order-0: one table.
+``1`` magnitude: 12 tables selected by ``s[i-1] + s[i-2]`` (the magnitude of the
+    two previous symbols, bucketed on integer edges); pays on gradients and
+    early updates, whose magnitudes come in bursts (dead neurons, active inputs).
+
+Layout::
+
+    varint  k                escape symbol (alphabet 0..k)
+    u8      pb               table precision (slots = 2**pb)
+    u8      context model    0 or 1
+    blob    tables           zstd frame of C x (k + 1) uint32 frequencies
+    lanes - 1 times:         (lanes: 4 if n >= 4 * 2**14, else 1)
+      varint  words            rANS words of this lane
+      varint  escapes          escaped symbols of this lane
+    blob    escapes          u8 width (1, 2, 4, 8) + zstd frame of (value - k)
+    rest    words            uint16 little-endian, the lanes' rANS streams one
+                             after the other (the last lane takes what is left)
+
+Lane ``j`` codes symbols ``n * j // lanes`` to ``n * (j + 1) // lanes`` with
+a state of its own (contexts restart at each lane); the decoder runs the lanes
+side by side.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._bytes import Reader, Writer
+from ..abc import TensorSpec
+from ..backends.lossless import ZstdCodec
+from ..errors import FormatError
+
+MAX_K = (1 << 14) - 1
+#: streams of at least LANES * MIN_LANE symbols are cut into LANES lanes with
+#: states of their own, decoded side by side
+LANES, MIN_LANE = 4, 1 << 14
+#: share of symbols allowed to be escaped (the tail of the histogram)
+ESCAPE_SHARE = 1.0 / 1024
+_EDGES = np.array([0, 1, 2, 4, 6, 9, 14, 22, 34, 52, 80, 124], dtype=np.int64)
+#: context model id -> lookup table of ``s[i-1] + s[i-2]`` (integer edges only,
+#: so both ends build it bit for bit)
+LUTS: dict[int, np.ndarray] = {
+    0: np.zeros(1, dtype=np.uint8),
+    1: (np.searchsorted(_EDGES, np.arange(256), side="right") - 1).astype(np.uint8),
+}
+_ZSTD = ZstdCodec(level=3)
+
+
+def _kernels():
+    from . import _kernels
+
+    return _kernels
+
+
+def zigzag(r: np.ndarray) -> np.ndarray:
+    """Signed int64 -> unsigned codes as int64 (0, -1, 1, -2 -> 0, 1, 2, 3)."""
+    return (r << 1) ^ (r >> 63)
+
+
+def unzigzag(z: np.ndarray) -> np.ndarray:
+    return (z >> 1) ^ -(z & 1)
+
+
+def _escape_symbol(hist: np.ndarray, n: int) -> int:
+    """Smallest ``k`` with at most ``ESCAPE_SHARE`` of the symbols ``>= k``.
+
+    ``hist`` is the histogram of ``min(z, MAX_K + 1)``.
+    """
+    allowed = int(n * ESCAPE_SHARE)
+    tail = np.cumsum(hist[::-1])[::-1]  # tail[j] = #symbols >= j
+    ok = np.flatnonzero(tail <= allowed)
+    return min(int(ok[0]) if ok.size else MAX_K, MAX_K)
+
+
+def _precision(k: int) -> int:
+    return int(min(16, max(11, int(k + 1).bit_length() + 3)))
+
+
+def normalize(counts: np.ndarray, pb: int) -> np.ndarray:
+    """Frequencies summing to ``2**pb`` (rows of zeros stay zero), >= 1 where count > 0."""
+    total = 1 << pb
+    out = np.zeros(counts.shape, dtype=np.int64)
+    for row, c in enumerate(counts):
+        n = int(c.sum())
+        if n == 0:
+            continue
+        f = (c.astype(np.float64) * (total / n)).astype(np.int64)
+        f[(c > 0) & (f == 0)] = 1
+        d = total - int(f.sum())
+        if d > 0:
+            f[int(np.argmax(c))] += d
+        while d < 0:
+            i = int(np.argmax(f))
+            take = min(-d, max(1, int(f[i]) // 2), int(f[i]) - 1)
+            f[i] -= take
+            d += take
+        out[row] = f
+    return out
+
+
+@dataclass
+class _Model:
+    ctx_model: int
+    freq: np.ndarray  # (C, k + 1) int64
+    table_blob: bytes
+    est_bytes: float
+
+
+def _model(counts: np.ndarray, pb: int, ctx_model: int) -> _Model:
+    freq = normalize(counts, pb)
+    used = counts > 0
+    bits = float((counts[used] * (pb - np.log2(freq[used]))).sum())
+    blob = _ZSTD.encode(freq.astype(np.uint32))
+    return _Model(ctx_model, freq, blob, bits / 8 + len(blob))
+
+
+def encode(r: np.ndarray, w: Writer, ctx_model: int | None = None) -> None:
+    """Append the rANS coding of int64 residuals ``r`` to ``w``.
+
+    ``ctx_model`` None picks the context model with the smaller coded size.
+    """
+    kern = _kernels()
+    z, hist = kern.symbols(np.ascontiguousarray(r, dtype=np.int64), MAX_K + 1)
+    k = _escape_symbol(hist, z.size)
+    pb = _precision(k)
+    models = [ctx_model] if ctx_model is not None else list(LUTS)
+    best = None
+    for m in models:
+        if m == 0:
+            counts = np.append(hist[:k], hist[k:].sum())[None, :]
+        else:
+            counts = kern.context_counts(z, k, LUTS[m])
+        cand = _model(counts, pb, m)
+        if best is None or cand.est_bytes < best.est_bytes:
+            best = cand
+    assert best is not None
+    cum = np.zeros_like(best.freq)
+    np.cumsum(best.freq[:, :-1], axis=1, out=cum[:, 1:])
+    bounds = lane_bounds(z.size)
+    lut = LUTS[best.ctx_model]
+    words = [kern.encode(z[a:b], k, lut, best.freq, cum, pb) for a, b in itertools.pairwise(bounds)]
+    is_esc = z >= k
+    w.varint(k)
+    w.u8(pb)
+    w.u8(best.ctx_model)
+    w.blob(best.table_blob)
+    for (a, b), lane_words in list(zip(itertools.pairwise(bounds), words))[:-1]:
+        w.varint(lane_words.size)
+        w.varint(int(np.count_nonzero(is_esc[a:b])))
+    escaped = (z[is_esc] - k).astype(np.uint64)
+    width = _width(escaped)
+    w.blob(bytes([width]) + _ZSTD.encode(escaped.astype(f"<u{width}")))
+    for lane_words in words:
+        w.raw(lane_words.astype("<u2").tobytes())
+
+
+def lane_bounds(n: int) -> np.ndarray:
+    """Symbol ranges of the lanes: ``LANES`` equal parts of long streams, else one."""
+    lanes = LANES if n >= LANES * MIN_LANE else 1
+    return np.array([n * j // lanes for j in range(lanes + 1)], dtype=np.int64)
+
+
+def _width(v: np.ndarray) -> int:
+    top = int(v.max()) if v.size else 0
+    for width in (1, 2, 4):
+        if top < 1 << (8 * width):
+            return width
+    return 8
+
+
+def decode(rd: Reader, n: int, *, step: float = 0.0,
+           dtype: np.dtype | None = None) -> np.ndarray:
+    """Read ``n`` residuals written by :func:`encode`.
+
+    By default returns the int64 residuals. With ``step > 0`` returns
+    ``residual * step`` in ``dtype`` instead, computed in the decoding loop.
+    """
+    k = rd.varint(cap=MAX_K, name="rans escape symbol")
+    pb = rd.u8()
+    if not 1 <= pb <= 16 or (k + 1) > (1 << pb):
+        raise FormatError(f"rans: bad table precision {pb} for alphabet {k + 1}")
+    ctx_model = rd.u8()
+    if ctx_model not in LUTS:
+        raise FormatError(f"rans: unknown context model {ctx_model}")
+    lut = LUTS[ctx_model]
+    nctx = int(lut.max()) + 1
+    raw = rd.blob(cap=rd.remaining, name="rans tables")
+    freq = _ZSTD.decode(raw, TensorSpec((nctx, k + 1), np.dtype(np.uint32))).astype(np.int64)
+    table = _decode_table(freq, pb, k)
+    bounds = lane_bounds(n)
+    lanes = bounds.size - 1
+    nwords, nesc = [], []
+    for _ in range(lanes - 1):
+        nwords.append(rd.varint(cap=n + 2, name="rans lane words"))
+        nesc.append(rd.varint(cap=n, name="rans lane escapes"))
+    escapes = _read_escapes(rd, k, n)
+    words = rd.rest()
+    if len(words) % 2 or len(words) > 2 * (n + 2 * lanes):
+        raise FormatError("rans: bad stream length")
+    wbounds = np.cumsum([0, *nwords, 0], dtype=np.int64)
+    wbounds[-1] = len(words) // 2
+    ebounds = np.cumsum([0, *nesc, 0], dtype=np.int64)
+    ebounds[-1] = escapes.size
+    if np.any(np.diff(wbounds) < 0) or np.any(np.diff(ebounds) < 0):
+        raise FormatError("rans: lane sizes exceed the stream")
+    if step > 0.0:
+        out = np.empty(n, dtype=dtype if dtype is not None else np.float64)
+    else:
+        out = np.empty(n, dtype=np.int64)
+    status = _kernels().decode(np.frombuffer(words, dtype="<u2"), wbounds, bounds, ebounds, k,
+                               table, pb, lut, escapes, float(step), out)
+    if status:
+        raise FormatError(f"rans: corrupt stream (status {status})")
+    return out
+
+
+def _decode_table(freq: np.ndarray, pb: int, k: int) -> np.ndarray:
+    """Per context and slot: ``symbol | freq << 16 | (slot - cum) << 40`` (int64)."""
+    sums = freq.sum(axis=1)
+    if np.any((sums != 0) & (sums != 1 << pb)):
+        raise FormatError("rans: a frequency table does not add up to its precision")
+    slots = np.arange(1 << pb, dtype=np.int64)
+    table = np.full((freq.shape[0], 1 << pb), k + 1, dtype=np.int64)
+    symbols = np.arange(k + 1, dtype=np.int64)
+    for c in range(freq.shape[0]):
+        if sums[c]:
+            sym = np.repeat(symbols, freq[c])
+            cum = np.cumsum(freq[c]) - freq[c]
+            table[c] = sym | (freq[c][sym] << 16) | ((slots - cum[sym]) << 40)
+    return table
+
+
+def _read_escapes(rd: Reader, k: int, n: int) -> np.ndarray:
+    raw = rd.blob(cap=rd.remaining, name="rans escapes")
+    if not raw:
+        raise FormatError("rans: missing escape block")
+    width = raw[0]
+    if width not in (1, 2, 4, 8):
+        raise FormatError(f"rans: bad escape width {width}")
+    body = bytes(raw[1:])
+    from .._deps import require
+
+    zstd = require("zstandard")
+    size = zstd.frame_content_size(body) if body else 0
+    if size < 0 or size % width or size // width > n:
+        raise FormatError("rans: bad escape block")
+    vals = _ZSTD.decode(body, TensorSpec((size // width,), np.dtype(f"<u{width}")))
+    vals = vals.astype(np.uint64)
+    if vals.size and int(vals.max()) > (1 << 63) - 1 - k:
+        raise FormatError("rans: escape value out of range")
+    return vals.astype(np.int64) + k
