@@ -75,11 +75,11 @@ CLASSES = {
     "grad_r05": "grad_r05",
     "grad_r10": "grad_r10",
 }
-EB_CODECS = ("sz3", "sz2", "zfp", "szx")
+EB_CODECS = ("fpz", "sz3", "sz2", "zfp", "szx")
 LOSSLESS_CODECS = ("zstd", "blosc-lz", "blosc-zstd", "zlib", "gzip", "xz", "lz4")
 #: codecs slow enough that fewer runs are taken (runs actually used go to the CSV)
 SLOW_RUNS = {"xz": 1}
-FEDSZ_LOSSY = ("sz2", "sz3")
+FEDSZ_LOSSY = ("sz2", "sz3", "fpz")
 FIELDS = ["model", "data_class", "codec", "kind", "rel", "n_tensors", "n_elems", "orig_MB",
           "frame_bytes", "overhead_bytes", "cr", "bits_per_value", "comp_MBps", "decomp_MBps",
           "comp_s", "decomp_s", "max_err_over_eb", "violations", "viol_elems", "patches",
@@ -239,8 +239,8 @@ def warm_up(cid: str, kind: str) -> None:
 # --------------------------------------------------------------- metadata
 def versions() -> dict[str, str]:
     v = {"python": platform.python_version()}
-    for m in ("numpy", "fedpress", "pysz", "zfpy", "h5py", "hdf5plugin", "blosc2", "zstandard",
-              "lz4"):
+    for m in ("numpy", "fedpress", "numba", "pysz", "zfpy", "h5py", "hdf5plugin", "blosc2",
+              "zstandard", "lz4"):
         try:
             v[m] = version(m)
         except PackageNotFoundError:
@@ -352,12 +352,18 @@ def markdown(rows: list[dict[str, Any]], header: list[str], ref_rows: list[dict[
         out += [f"## CR at rel {rel:g} (per-tensor frames, tensors >= 1000 elements)", ""]
         cols = [*eb]
         hdr = ["model / class", *cols]
+        vs_sz3 = "fpz" in cols and "sz3" in cols
+        if vs_sz3:
+            hdr.append("fpz / sz3")
         if ref:
             hdr += ["SZ3 ref (pysz, results_peers.csv)", "sz3 / ref"]
         hdr += [f"FedSZ {c.split('+')[0].replace('fedsz_', '')} (whole sd)" for c in fz]
         out += ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
         for m, c in keys:
             vals = [cell(cr.get((m, c, k, rel))) for k in cols]
+            if vs_sz3:
+                a, b = cr.get((m, c, "fpz", rel)), cr.get((m, c, "sz3", rel))
+                vals.append(f"{a / b:.3f}" if a and b else "")
             if ref:
                 rv = ref.get((m, c, rel))
                 mine = cr.get((m, c, "sz3", rel))
@@ -365,6 +371,12 @@ def markdown(rows: list[dict[str, Any]], header: list[str], ref_rows: list[dict[
             vals += [cell(cr.get((m, c, k, rel))) for k in fz]
             out.append(f"| {m} / {c} | " + " | ".join(vals) + " |")
         out.append("")
+    pairs = [cr[(m, c, "fpz", rel)] / cr[(m, c, "sz3", rel)] for m, c in keys for rel in rels
+             if cr.get((m, c, "fpz", rel)) and cr.get((m, c, "sz3", rel))]
+    if pairs:
+        g = float(np.exp(np.mean(np.log(pairs))))
+        out += [f"**fpz / sz3 CR over {len(pairs)} (model, class, rel) cells: geometric mean "
+                f"{g:.3f}, min {min(pairs):.3f}, max {max(pairs):.3f}**", ""]
     if ll:
         out += ["## CR of the lossless codecs (per-tensor frames)", "",
                 "| model / class | " + " | ".join(ll) + " |", "|" + "---|" * (len(ll) + 1)]

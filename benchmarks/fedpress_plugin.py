@@ -2,7 +2,8 @@
 
 Registers, for each fedpress codec that is available here:
 
-``fedpress_sz3``, ``fedpress_sz2``, ``fedpress_zfp``, ``fedpress_szx`` (kind ``"eb"``)
+``fedpress_fpz``, ``fedpress_sz3``, ``fedpress_sz2``, ``fedpress_zfp``, ``fedpress_szx``
+(kind ``"eb"``)
     ``fedpress.compress(x, codec, mode="abs", eb=eb_abs)``: the whole fedpress
     frame (header, codec config, checksum, error-bound envelope with its
     encode-time verification and patches) is the blob that peers.py sizes and
@@ -25,8 +26,8 @@ import numpy as np
 
 import fedpress
 
-EB = {"fedpress_sz3": "sz3", "fedpress_sz2": "sz2", "fedpress_zfp": "zfp",
-      "fedpress_szx": "szx"}
+EB = {"fedpress_fpz": "fpz", "fedpress_sz3": "sz3", "fedpress_sz2": "sz2",
+      "fedpress_zfp": "zfp", "fedpress_szx": "szx"}
 LOSSLESS = {"fedpress_zstd": "zstd"}
 
 

@@ -160,10 +160,10 @@ def test_lossless_special_floats_and_bf16(codec: str, rng: np.random.Generator) 
     check_lossless(b, codec)
 
 
-def test_default_codec_is_sz3(rng: np.random.Generator) -> None:
+def test_default_codec_is_fpz(rng: np.random.Generator) -> None:
     x = rng.standard_normal(3000).astype(np.float32)
     info = fedpress.inspect(fedpress.compress(x))
-    assert info["tensors"][0]["codec"] == fedpress.DEFAULT_CODEC == "sz3"
+    assert info["tensors"][0]["codec"] == fedpress.DEFAULT_CODEC == "fpz"
 
 
 def test_torch_tensor_input(rng: np.random.Generator) -> None:

@@ -62,7 +62,7 @@ def test_quantizer_bound_and_overflow(rng: np.random.Generator) -> None:
 
 
 @pytest.mark.parametrize("predictor", ["auto", "none", "lorenzo1d"])
-@pytest.mark.parametrize("coder", ["auto", "ans", "zstd"])
+@pytest.mark.parametrize("coder", ["auto", "rans", "ans", "zstd"])
 def test_every_stage_combination(predictor: str, coder: str, rng: np.random.Generator) -> None:
     smooth = np.sin(np.linspace(0, 30, 20_000)).astype(np.float32)
     noise = (0.02 * rng.standard_normal(20_000)).astype(np.float32)
@@ -78,6 +78,51 @@ def test_auto_choices(rng: np.random.Generator) -> None:
     eb = 1e-3 * 2
     assert c._encode_core(smooth, eb)[2] == 1  # lorenzo1d on smooth data
     assert c._encode_core(noise, eb)[2] == 0  # no prediction on noise
+
+
+def _sparse_gradient(rng: np.random.Generator, rows: int = 64, cols: int = 1000) -> np.ndarray:
+    g = rng.laplace(0, 1, (rows, cols)) * rng.gamma(0.5, 1.0, (rows, 1))
+    g[rng.random(rows) < 0.3] = 0.0  # dead neurons' rows
+    return g.astype(np.float32)
+
+
+def _fpz_header(payload: bytes) -> dict[str, int]:
+    """Fields of an fpz payload (after the envelope, no patches expected)."""
+    rd = Reader(payload)
+    kind, _eb, patches = rd.u8(), rd.f64(), rd.varint()
+    assert kind == 2 and patches == 0
+    out = {"version": rd.u8(), "mode": rd.u8(), "predictor": rd.u8(), "flags": rd.u8()}
+    if out["flags"] & 1:
+        rd.blob()
+    out["coder"] = rd.u8()
+    return out
+
+
+@pytest.mark.parametrize("predictor", ["none", "lorenzo1d"])
+def test_zero_blocks_are_skipped(predictor: str, rng: np.random.Generator) -> None:
+    g = _sparse_gradient(rng)
+    c = fedpress.get_codec("fpz", eb=1e-2, predictor=predictor)
+    payload = c.encode(g)
+    head = _fpz_header(payload)
+    assert head["flags"] == 1 and head["version"] == 2 and head["coder"] == 2
+    check_error_bounded(g, "fpz", "rel", 1e-2, predictor=predictor)
+    # the dead rows cost (almost) nothing: the live rows alone are not much smaller
+    live = g[np.abs(g).sum(1) > 0]
+    assert len(payload) < 1.05 * len(c.encode(live)) + 64
+
+
+def test_all_codes_zero_but_not_constant() -> None:
+    x = np.zeros(1000, np.float32)
+    x[::7] = 1e-4  # within the bound of 0, but the tensor is not constant
+    y, _ = check_error_bounded(x, "fpz", "abs", 1e-3)
+    assert not np.any(y)
+
+
+def test_fpz_is_the_default_and_beats_sz3_on_a_gradient(rng: np.random.Generator) -> None:
+    g = _sparse_gradient(rng, 128, 2000)
+    assert fedpress.inspect(fedpress.compress(g))["tensors"][0]["codec"] == "fpz"
+    if "sz3" in fedpress.list_codecs():
+        assert len(fedpress.compress(g)) < len(fedpress.compress(g, codec="sz3"))
 
 
 @given(hnp.arrays(np.float32, st.integers(1, 500),
@@ -107,8 +152,10 @@ def test_bad_options() -> None:
         fedpress.get_codec("fpz", coder="huffman")
 
 
-def test_crafted_core_payloads_are_format_errors(rng: np.random.Generator) -> None:
-    x = rng.standard_normal(3000).astype(np.float32)
+@pytest.mark.parametrize("which", ["noise", "sparse"])
+def test_crafted_core_payloads_are_format_errors(which: str, rng: np.random.Generator) -> None:
+    x = (rng.standard_normal(3000).astype(np.float32) if which == "noise"
+         else _sparse_gradient(rng, 80, 1000))
     c = fedpress.get_codec("fpz", eb=1e-3)
     payload = c.encode(x)
     spec = fedpress.TensorSpec(x.shape, x.dtype)

@@ -17,7 +17,7 @@ from .registry import codec_from_config
 from .update import decode_record
 
 #: the codec ``compress(x)`` uses when none is named: the best error-bounded one
-DEFAULT_CODEC = "sz3"
+DEFAULT_CODEC = "fpz"
 
 
 def compress(x: Any, codec: str | dict[str, Any] | Codec | None = None, mode: str = "rel",

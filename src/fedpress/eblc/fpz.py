@@ -43,7 +43,7 @@ from ..errors import ConfigError, FormatError
 from ..registry import register_codec
 from ..stages import ans, rans
 from ..stages.predict import BY_NAME, PREDICTORS, predictor
-from ..stages.quantize import dequantize, quantize_values
+from ..stages.quantize import MAX_CODE, dequantize, quantize, quantize_values
 from .base import ErrorBoundedCodec
 
 VERSION = 2
@@ -88,8 +88,45 @@ def zero_blocks(q: np.ndarray) -> np.ndarray | None:
     nz[:full] = np.any(q[: full * ZERO_BLOCK].reshape(full, ZERO_BLOCK) != 0, axis=1)
     if full < nb:
         nz[full] = bool(np.any(q[full * ZERO_BLOCK :] != 0))
-    zero = ~nz
-    return zero if zero.sum() >= max(1, _ZERO_BLOCK_SHARE * nb) else None
+    return _worth_skipping(~nz)
+
+
+_Coded = tuple[np.ndarray, np.ndarray, "np.ndarray | None", np.ndarray]
+
+
+def _quantize_none(x: np.ndarray, eb_abs: float) -> _Coded | None:
+    """(zigzag codes of the kept values, their histogram, zero-block mask, values).
+
+    The no-prediction path in one compiled pass; None if codes would overflow.
+    """
+    from ..stages._kernels import quantize_symbols  # numba: loaded on first use
+
+    values = np.empty_like(x)
+    z, hist, nonzero, ok = quantize_symbols(x, 2.0 * eb_abs, MAX_CODE, values, rans.HIST_CAP,
+                                            ZERO_BLOCK.bit_length() - 1)
+    if not ok:
+        return None
+    zero = _worth_skipping(~nonzero) if x.size >= 2 * ZERO_BLOCK else None
+    if zero is not None:
+        z = z[~_block_mask(zero, z.size)]
+        hist = np.bincount(np.minimum(z, rans.HIST_CAP), minlength=rans.HIST_CAP + 1)
+    return z, hist, zero, values
+
+
+def _quantize_predict(x: np.ndarray, eb_abs: float, pid: int) -> _Coded | None:
+    """As :func:`_quantize_none`, for a predictor over the kept codes."""
+    qv = quantize_values(x, eb_abs)
+    if qv is None:
+        return None
+    q, values = qv
+    zero = zero_blocks(q) if q.size >= 2 * ZERO_BLOCK else None
+    kept = q if zero is None else q[~_block_mask(zero, q.size)]
+    z, hist = rans.symbols(predictor(pid)[1](kept))
+    return z, hist, zero, values
+
+
+def _worth_skipping(zero: np.ndarray) -> np.ndarray | None:
+    return zero if zero.sum() >= max(1, _ZERO_BLOCK_SHARE * zero.size) else None
 
 
 def _block_mask(zero: np.ndarray, n: int) -> np.ndarray:
@@ -126,13 +163,17 @@ class FpzCodec(ErrorBoundedCodec):
         self.predictor = predictor
         self.coder = coder
 
-    def _choose_predictor(self, q: np.ndarray) -> int:
+    def _choose_predictor(self, x: np.ndarray, eb_abs: float) -> int:
+        """Predictor id: fixed, or the one whose residuals have the least entropy
+        on a sample of the quantized values."""
         if self.predictor != "auto":
             return BY_NAME[self.predictor]
-        s = _sample(q)
+        q = quantize(_sample(x), eb_abs)
+        if q is None:
+            return BY_NAME["none"]
         best, best_bits = 0, float("inf")
         for pid, (_, fwd, _) in PREDICTORS.items():
-            r = fwd(s)
+            r = fwd(q)
             bits = ans.entropy_bits(np.bincount(r - r.min()))
             if bits < best_bits:
                 best, best_bits = pid, bits
@@ -142,35 +183,34 @@ class FpzCodec(ErrorBoundedCodec):
         return self._encode_core_recon(x, eb_abs)[0]
 
     def _encode_core_recon(self, x: np.ndarray, eb_abs: float) -> tuple[bytes, np.ndarray]:
+        pid = self._choose_predictor(x, eb_abs)
+        coded = _quantize_none(x, eb_abs) if pid == _FUSED else _quantize_predict(x, eb_abs, pid)
         w = Writer()
         w.u8(VERSION)
-        qv = quantize_values(x, eb_abs)
-        if qv is None:
+        if coded is None:
             w.u8(MODE_LOSSLESS)
             w.raw(_ZSTD.encode(x))
             return w.getvalue(), x
-        q, values = qv
+        z, hist, zero, values = coded
         w.u8(MODE_QUANT)
-        zero = zero_blocks(q) if q.size >= 2 * ZERO_BLOCK else None
-        kept = q if zero is None else q[~_block_mask(zero, q.size)]
-        pid = self._choose_predictor(kept)
         w.u8(pid)
         w.u8(0 if zero is None else FLAG_ZERO_BLOCKS)
         if zero is not None:
             w.blob(_ZSTD.encode(np.packbits(zero, bitorder="little")))
-        if kept.size:
-            w.raw(self._code(predictor(pid)[1](kept)))
+        if z.size:
+            w.raw(self._code(z, hist))
         return w.getvalue(), values
 
-    def _code(self, r: np.ndarray) -> bytes:
-        """Coder id byte + body, for residual symbols ``r``."""
+    def _code(self, z: np.ndarray, hist: np.ndarray) -> bytes:
+        """Coder id byte + body, for the residuals' zigzag codes ``z``."""
         def with_rans() -> bytes:
             w = Writer()
             w.u8(CODER_RANS)
-            rans.encode(r, w)
+            rans.encode_symbols(z, hist, w)
             return w.getvalue()
 
         def with_ans() -> bytes:
+            r = rans.unzigzag(z.astype(np.int64))
             if int(r.max()) - int(r.min()) + 1 > ans.MAX_ALPHABET:
                 raise ConfigError("fpz: alphabet too large for coder='ans' at this bound")
             w = Writer()
@@ -179,15 +219,15 @@ class FpzCodec(ErrorBoundedCodec):
             return w.getvalue()
 
         def with_zstd() -> bytes:
-            narrow = _narrow(r)
+            narrow = _narrow(rans.unzigzag(z.astype(np.int64)))
             return bytes([CODER_ZSTD, narrow.dtype.itemsize]) + _ZSTD.encode(narrow)
 
         if self.coder != "auto":
             return {"rans": with_rans, "ans": with_ans, "zstd": with_zstd}[self.coder]()
         out = with_rans()
-        if r.size <= _SMALL:
-            z = with_zstd()
-            out = z if len(z) < len(out) else out
+        if z.size <= _SMALL:
+            zs = with_zstd()
+            out = zs if len(zs) < len(out) else out
         return out
 
     def _decode_core(self, data: memoryview, n: int, dtype: np.dtype, eb_abs: float) -> np.ndarray:

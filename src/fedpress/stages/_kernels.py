@@ -43,17 +43,45 @@ def quantize(x, step, max_code, y):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
+def quantize_symbols(x, step, max_code, y, cap, block_bits):  # pragma: no cover - compiled
+    """Fused quantizer for the no-prediction path, one pass over ``x``.
+
+    Writes ``q * step`` into ``y`` and returns ``(z, hist, nonzero, ok)``: the
+    zigzag codes (uint32; codes stay below ``max_code <= 2**30``), the histogram
+    of ``min(z, cap)``, which blocks of ``2**block_bits`` codes hold a non-zero one, and
+    False as soon as a code would reach ``max_code``.
+    """
+    n = x.size
+    z = np.empty(n, np.uint32)
+    hist = np.zeros(cap + 1, np.int64)
+    nonzero = np.zeros((n + (1 << block_bits) - 1) >> block_bits, np.uint8)
+    lim = np.float64(max_code)
+    for i in range(n):
+        v = np.rint(np.float64(x[i]) / step)
+        if not abs(v) < lim:
+            return z, hist, nonzero.view(np.bool_), False
+        c = np.int64(v)
+        y[i] = np.float64(c) * step
+        u = (c << 1) ^ (c >> 63)
+        z[i] = u
+        hist[u if u < cap else cap] += 1
+        nonzero[i >> block_bits] |= u != 0
+    return z, hist, nonzero.view(np.bool_), True
+
+
+@njit(cache=True, nogil=True)
 def symbols(r, cap):  # pragma: no cover - compiled
     """Zigzag codes of ``r`` and the histogram of ``min(z, cap)``."""
     n = r.size
     z = np.empty(n, np.int64)
-    hist = np.zeros(cap + 1, np.int64)
+    # four histograms, so runs of one symbol do not wait on their own increments
+    hist = np.zeros((4, cap + 1), np.int64)
     for i in range(n):
         v = r[i]
         u = (v << 1) ^ (v >> 63)
         z[i] = u
-        hist[u if u < cap else cap] += 1
-    return z, hist
+        hist[i & 3, u if u < cap else cap] += 1
+    return z, hist.sum(axis=0)
 
 
 @njit(cache=True, nogil=True)
@@ -78,36 +106,73 @@ def context_counts(z, k, lut):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def encode(z, k, lut, freq, cum, pb):  # pragma: no cover - compiled
-    """rANS words (uint16) of ``s = min(z, k)`` under per-context tables ``freq``/``cum``."""
-    n = z.size
-    out = np.empty(n + 2, np.uint16)
-    pos = n + 2
-    x = np.int64(STATE_LO)
+def encode(z, bounds, k, lut, freq, cum, pb):  # pragma: no cover - compiled
+    """rANS words (uint16) of ``s = min(z, k)`` per lane, the lanes one after the other.
+
+    Lane ``j`` codes ``z[bounds[j]:bounds[j+1]]`` with its own state (contexts
+    restart at the lane's start). Returns the words and ``(lanes + 1)`` word
+    offsets.
+    """
+    lanes = bounds.size - 1
+    buf = np.empty(z.size + 2 * lanes, np.uint16)
+    pos = np.empty(lanes, np.int64)
+    x = np.full(lanes, STATE_LO, np.int64)
+    for j in range(lanes):
+        pos[j] = bounds[j + 1] + 2 * (j + 1)  # lane j fills buf[.. pos[j]) backwards
+    rcp = np.empty(freq.shape, np.float64)
+    for c in range(freq.shape[0]):
+        for v in range(freq.shape[1]):
+            rcp[c, v] = 1.0 / freq[c, v] if freq[c, v] > 0 else 0.0
     shift = 32 - pb
     top = lut.size - 1
-    for i in range(n - 1, -1, -1):
-        m = 0
-        if i >= 1:
-            a = z[i - 1]
-            m += a if a < k else k
-        if i >= 2:
-            b = z[i - 2]
-            m += b if b < k else k
-        c = lut[m if m < top else top]
-        v = z[i]
-        s = v if v < k else k
-        f = np.int64(freq[c, s])
-        if x >= (f << shift):
-            pos -= 1
-            out[pos] = x & 0xFFFF
-            x >>= 16
-        x = ((x // f) << pb) + (x % f) + cum[c, s]
-    pos -= 1
-    out[pos] = x & 0xFFFF
-    pos -= 1
-    out[pos] = x >> 16
-    return out[pos:]
+    for j in range(lanes):
+        lo = bounds[j]
+        xj = x[j]
+        p = pos[j]
+        for i in range(bounds[j + 1] - 1, lo - 1, -1):
+            m = 0
+            if i - 1 >= lo:
+                a = z[i - 1]
+                m += a if a < k else k
+                if i - 2 >= lo:
+                    b = z[i - 2]
+                    m += b if b < k else k
+            c = lut[m if m < top else top]
+            v = z[i]
+            s = v if v < k else k
+            f = freq[c, s]
+            # renormalise without a branch: the word is written either way and
+            # kept only if the state is too large for this symbol
+            out_ = xj >= (f << shift)
+            buf[p - 1] = xj & 0xFFFF
+            p -= out_
+            xj >>= 16 * out_
+            # xj // f through a float reciprocal, corrected to the exact quotient
+            d = np.int64(np.float64(xj) * rcp[c, s])
+            r = xj - d * f
+            if r < 0:
+                d -= 1
+                r += f
+            elif r >= f:
+                d += 1
+                r -= f
+            xj = (d << pb) + r + cum[c, s]
+        x[j] = xj
+        pos[j] = p
+    offsets = np.empty(lanes + 1, np.int64)
+    total = 0
+    for j in range(lanes):
+        pos[j] -= 1
+        buf[pos[j]] = x[j] & 0xFFFF
+        pos[j] -= 1
+        buf[pos[j]] = x[j] >> 16
+        offsets[j] = total
+        total += bounds[j + 1] + 2 * (j + 1) - pos[j]
+    offsets[lanes] = total
+    out = np.empty(total, np.uint16)
+    for j in range(lanes):
+        out[offsets[j]:offsets[j + 1]] = buf[pos[j]:bounds[j + 1] + 2 * (j + 1)]
+    return out, offsets
 
 
 @njit(cache=True, nogil=True)

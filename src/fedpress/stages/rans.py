@@ -36,7 +36,6 @@ side by side.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +49,8 @@ MAX_K = (1 << 14) - 1
 #: streams of at least LANES * MIN_LANE symbols are cut into LANES lanes with
 #: states of their own, decoded side by side
 LANES, MIN_LANE = 4, 1 << 14
+#: histograms handed to encode_symbols count min(z, HIST_CAP)
+HIST_CAP = MAX_K + 1
 #: share of symbols allowed to be escaped (the tail of the histogram)
 ESCAPE_SHARE = 1.0 / 1024
 _EDGES = np.array([0, 1, 2, 4, 6, 9, 14, 22, 34, 52, 80, 124], dtype=np.int64)
@@ -80,7 +81,7 @@ def unzigzag(z: np.ndarray) -> np.ndarray:
 def _escape_symbol(hist: np.ndarray, n: int) -> int:
     """Smallest ``k`` with at most ``ESCAPE_SHARE`` of the symbols ``>= k``.
 
-    ``hist`` is the histogram of ``min(z, MAX_K + 1)``.
+    ``hist`` is the histogram of ``min(z, HIST_CAP)``.
     """
     allowed = int(n * ESCAPE_SHARE)
     tail = np.cumsum(hist[::-1])[::-1]  # tail[j] = #symbols >= j
@@ -130,13 +131,24 @@ def _model(counts: np.ndarray, pb: int, ctx_model: int) -> _Model:
     return _Model(ctx_model, freq, blob, bits / 8 + len(blob))
 
 
+def symbols(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zigzag codes of int64 residuals ``r`` and the histogram :func:`encode_symbols` needs."""
+    return _kernels().symbols(np.ascontiguousarray(r, dtype=np.int64), HIST_CAP)
+
+
 def encode(r: np.ndarray, w: Writer, ctx_model: int | None = None) -> None:
     """Append the rANS coding of int64 residuals ``r`` to ``w``.
 
     ``ctx_model`` None picks the context model with the smaller coded size.
     """
+    encode_symbols(*symbols(r), w, ctx_model)
+
+
+def encode_symbols(z: np.ndarray, hist: np.ndarray, w: Writer,
+                   ctx_model: int | None = None) -> None:
+    """:func:`encode` from the zigzag codes ``z`` (uint32 or int64) and their
+    histogram ``hist`` of ``min(z, HIST_CAP)`` (as :func:`symbols` gives)."""
     kern = _kernels()
-    z, hist = kern.symbols(np.ascontiguousarray(r, dtype=np.int64), MAX_K + 1)
     k = _escape_symbol(hist, z.size)
     pb = _precision(k)
     models = [ctx_model] if ctx_model is not None else list(LUTS)
@@ -154,20 +166,19 @@ def encode(r: np.ndarray, w: Writer, ctx_model: int | None = None) -> None:
     np.cumsum(best.freq[:, :-1], axis=1, out=cum[:, 1:])
     bounds = lane_bounds(z.size)
     lut = LUTS[best.ctx_model]
-    words = [kern.encode(z[a:b], k, lut, best.freq, cum, pb) for a, b in itertools.pairwise(bounds)]
+    words, offsets = kern.encode(z, bounds, k, lut, best.freq, cum, pb)
     is_esc = z >= k
     w.varint(k)
     w.u8(pb)
     w.u8(best.ctx_model)
     w.blob(best.table_blob)
-    for (a, b), lane_words in list(zip(itertools.pairwise(bounds), words))[:-1]:
-        w.varint(lane_words.size)
-        w.varint(int(np.count_nonzero(is_esc[a:b])))
+    for j in range(bounds.size - 2):
+        w.varint(int(offsets[j + 1] - offsets[j]))
+        w.varint(int(np.count_nonzero(is_esc[bounds[j] : bounds[j + 1]])))
     escaped = (z[is_esc] - k).astype(np.uint64)
     width = _width(escaped)
     w.blob(bytes([width]) + _ZSTD.encode(escaped.astype(f"<u{width}")))
-    for lane_words in words:
-        w.raw(lane_words.astype("<u2").tobytes())
+    w.raw(words.astype("<u2").tobytes())
 
 
 def lane_bounds(n: int) -> np.ndarray:
