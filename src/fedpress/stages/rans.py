@@ -39,6 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import zstandard
 
 from .._bytes import Reader, Writer
 from ..abc import TensorSpec
@@ -265,10 +266,10 @@ def _read_escapes(rd: Reader, k: int, n: int) -> np.ndarray:
     if width not in (1, 2, 4, 8):
         raise FormatError(f"rans: bad escape width {width}")
     body = bytes(raw[1:])
-    from .._deps import require
-
-    zstd = require("zstandard")
-    size = zstd.frame_content_size(body) if body else 0
+    try:
+        size = zstandard.frame_content_size(body) if body else 0
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"rans: bad escape block: {exc}") from None
     if size < 0 or size % width or size // width > n:
         raise FormatError("rans: bad escape block")
     vals = _ZSTD.decode(body, TensorSpec((size // width,), np.dtype(f"<u{width}")))
