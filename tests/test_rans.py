@@ -47,6 +47,20 @@ def test_round_trip_sizes_and_lanes(n: int, rng: np.random.Generator) -> None:
     assert rans.lane_bounds(n).size - 1 == (rans.LANES if n >= rans.LANES * rans.MIN_LANE else 1)
 
 
+def test_contexts_restart_at_every_lane() -> None:
+    # a symbol seen only at lane starts, right after large values: its context is
+    # the "quiet" one only if the tables restart their contexts where the lanes do
+    n = rans.LANES * rans.MIN_LANE * 2
+    r = np.zeros(n, np.int64)
+    for at in range(1000, n - 1000, 500):  # 3 always follows 5, 5: never a quiet context
+        r[at : at + 3] = (5, 5, 3)
+    for b in rans.lane_bounds(n)[1:-1]:
+        r[b - 2 : b + 1] = (5, 5, 3)
+    blob = _encode(r, 1)
+    assert _header(blob)["k"] > 6  # 3 (zigzag 6) is in the tables, not escaped
+    assert np.array_equal(rans.decode(Reader(blob), n), r)
+
+
 def test_size_is_close_to_the_entropy(rng: np.random.Generator) -> None:
     r = np.rint(rng.standard_normal(400_000) * 3).astype(np.int64)
     ideal = ans.entropy_bits(np.bincount(r - r.min())) / 8

@@ -8,7 +8,7 @@ Run ``python -m fedpress.demo [--epochs 1] [--out out/demo] [--limit N]``.
    max-pool, FC 3136 -> 128 -> 10) for ``--epochs`` epochs (SGD lr 0.01,
    momentum 0.9, batch 64, fixed seed) and prints its test accuracy.
 3. Encodes its ``state_dict`` with FedSZ (``fedpress.encode_update(sd,
-   plan="fedsz", eb=rel, lossy=codec)``) for the codecs sz2, sz3, zfp and szx
+   plan="fedsz", eb=rel, lossy=codec)``) for the codecs fpz, sz2, sz3, zfp and szx
    (those available) at rel 1e-2 / 1e-3 / 1e-4, plus the lossless-only plans
    ``blosc-lz`` and ``zstd``, and shows per row: frame bytes, CR, max error /
    eb over the lossy tensors, encode and decode ms, and the test accuracy of
@@ -48,7 +48,7 @@ FILES = {
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set statistics
 BATCH, LR, MOMENTUM, SEED = 64, 0.01, 0.9, 1234
 RELS = (1e-2, 1e-3, 1e-4)
-LOSSY = ("sz2", "sz3", "zfp", "szx")
+LOSSY = ("fpz", "sz2", "sz3", "zfp", "szx")
 LOSSLESS_PLANS = ("blosc-lz", "zstd")
 FIELDS = ["plan", "lossy", "rel", "raw_bytes", "frame_bytes", "cr", "lossy_tensors",
           "max_err_over_eb", "patches", "encode_ms", "decode_ms", "test_acc", "acc_delta"]

@@ -85,23 +85,27 @@ def symbols(r, cap):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def context_counts(z, k, lut):  # pragma: no cover - compiled
-    """Histograms of ``s = min(z, k)`` per context of ``lut``: shape (contexts, k + 1)."""
+def context_counts(z, bounds, k, lut):  # pragma: no cover - compiled
+    """Histograms of ``s = min(z, k)`` per context of ``lut``: shape (contexts, k + 1).
+
+    Contexts restart at each lane start ``bounds[j]``, as the coder's do.
+    """
     nctx = 0
     for j in range(lut.size):
         if lut[j] + 1 > nctx:
             nctx = lut[j] + 1
     counts = np.zeros((nctx, k + 1), np.int64)
     top = lut.size - 1
-    p1 = 0
-    p2 = 0
-    for i in range(z.size):
-        m = p1 + p2
-        v = z[i]
-        s = v if v < k else k
-        counts[lut[m if m < top else top], s] += 1
-        p2 = p1
-        p1 = s
+    for j in range(bounds.size - 1):
+        p1 = 0
+        p2 = 0
+        for i in range(bounds[j], bounds[j + 1]):
+            m = p1 + p2
+            v = z[i]
+            s = v if v < k else k
+            counts[lut[m if m < top else top], s] += 1
+            p2 = p1
+            p1 = s
     return counts
 
 
@@ -141,6 +145,8 @@ def encode(z, bounds, k, lut, freq, cum, pb):  # pragma: no cover - compiled
             v = z[i]
             s = v if v < k else k
             f = freq[c, s]
+            if f <= 0:
+                raise ValueError("rans: a coded symbol has no frequency in its context")
             # renormalise without a branch: the word is written either way and
             # kept only if the state is too large for this symbol
             out_ = xj >= (f << shift)

@@ -153,19 +153,19 @@ def encode_symbols(z: np.ndarray, hist: np.ndarray, w: Writer,
     k = _escape_symbol(hist, z.size)
     pb = _precision(k)
     models = [ctx_model] if ctx_model is not None else list(LUTS)
+    bounds = lane_bounds(z.size)
     best = None
     for m in models:
         if m == 0:
             counts = np.append(hist[:k], hist[k:].sum())[None, :]
         else:
-            counts = kern.context_counts(z, k, LUTS[m])
+            counts = kern.context_counts(z, bounds, k, LUTS[m])
         cand = _model(counts, pb, m)
         if best is None or cand.est_bytes < best.est_bytes:
             best = cand
     assert best is not None
     cum = np.zeros_like(best.freq)
     np.cumsum(best.freq[:, :-1], axis=1, out=cum[:, 1:])
-    bounds = lane_bounds(z.size)
     lut = LUTS[best.ctx_model]
     words, offsets = kern.encode(z, bounds, k, lut, best.freq, cum, pb)
     is_esc = z >= k
