@@ -41,7 +41,7 @@ from ..abc import TensorSpec
 from ..backends.lossless import ZstdCodec
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
-from ..stages import ans, rans
+from ..stages import ans, kernels, rans
 from ..stages.predict import BY_NAME, PREDICTORS, predictor
 from ..stages.quantize import MAX_CODE, dequantize, quantize, quantize_values
 from .base import ErrorBoundedCodec
@@ -52,6 +52,7 @@ CODER_ANS, CODER_ZSTD, CODER_RANS = 0, 1, 2
 _CODERS = {"ans": CODER_ANS, "zstd": CODER_ZSTD, "rans": CODER_RANS}
 FLAG_ZERO_BLOCKS = 1
 ZERO_BLOCK = 128
+_BLOCK_BITS = ZERO_BLOCK.bit_length() - 1
 #: least share of all-zero blocks for the bitmap to be worth writing
 _ZERO_BLOCK_SHARE = 0.01
 #: tensors up to this size also try zstd under coder="auto"
@@ -99,16 +100,15 @@ def _quantize_none(x: np.ndarray, eb_abs: float) -> _Coded | None:
 
     The no-prediction path in one compiled pass; None if codes would overflow.
     """
-    from ..stages._kernels import quantize_symbols  # numba: loaded on first use
-
+    kern = kernels()
     values = np.empty_like(x)
-    z, hist, nonzero, ok = quantize_symbols(x, 2.0 * eb_abs, MAX_CODE, values, rans.HIST_CAP,
-                                            ZERO_BLOCK.bit_length() - 1)
+    z, hist, nonzero, ok = kern.quantize_symbols(x, 2.0 * eb_abs, MAX_CODE, values,
+                                                 rans.HIST_CAP, _BLOCK_BITS)
     if not ok:
         return None
     zero = _worth_skipping(~nonzero) if x.size >= 2 * ZERO_BLOCK else None
     if zero is not None:
-        z = z[~_block_mask(zero, z.size)]
+        z = kern.gather_blocks(z, zero, _BLOCK_BITS)
         hist = np.bincount(np.minimum(z, rans.HIST_CAP), minlength=rans.HIST_CAP + 1)
     return z, hist, zero, values
 
@@ -120,7 +120,7 @@ def _quantize_predict(x: np.ndarray, eb_abs: float, pid: int) -> _Coded | None:
         return None
     q, values = qv
     zero = zero_blocks(q) if q.size >= 2 * ZERO_BLOCK else None
-    kept = q if zero is None else q[~_block_mask(zero, q.size)]
+    kept = q if zero is None else kernels().gather_blocks(q, zero, _BLOCK_BITS)
     z, hist = rans.symbols(predictor(pid)[1](kept))
     return z, hist, zero, values
 
@@ -129,9 +129,12 @@ def _worth_skipping(zero: np.ndarray) -> np.ndarray | None:
     return zero if zero.sum() >= max(1, _ZERO_BLOCK_SHARE * zero.size) else None
 
 
-def _block_mask(zero: np.ndarray, n: int) -> np.ndarray:
-    """Per-value mask of the values in zero blocks."""
-    return np.repeat(zero, ZERO_BLOCK)[:n]
+def _zero_block_values(zero: np.ndarray, n: int) -> int:
+    """How many of the ``n`` values lie in the blocks marked in ``zero``."""
+    count = int(zero.sum()) * ZERO_BLOCK
+    if zero.size and zero[-1]:
+        count -= zero.size * ZERO_BLOCK - n  # the last block is short
+    return count
 
 
 @register_codec
@@ -245,22 +248,21 @@ class FpzCodec(ErrorBoundedCodec):
         flags = rd.u8() if version >= 2 else 0
         if flags & ~FLAG_ZERO_BLOCKS:
             raise FormatError(f"fpz payload: unknown flags {flags}")
-        in_zero = None
+        zero = None
         if flags & FLAG_ZERO_BLOCKS:
             nb = -(-n // ZERO_BLOCK)
             bits = _ZSTD.decode(rd.blob(cap=rd.remaining, name="fpz zero blocks"),
                                 TensorSpec((-(-nb // 8),), np.dtype(np.uint8)))
             zero = np.unpackbits(bits, count=nb, bitorder="little").astype(bool)
-            in_zero = _block_mask(zero, n)
-        m = n if in_zero is None else n - int(in_zero.sum())
+        m = n if zero is None else n - _zero_block_values(zero, n)
         if not m:
             rd.expect_end()
             return np.zeros(n, dtype=dtype)
         kept = self._decode_values(rd, m, pid, inverse, 2.0 * eb_abs, dtype)
-        if in_zero is None:
+        if zero is None:
             return kept
-        out = np.zeros(n, dtype=dtype)
-        out[~in_zero] = kept
+        out = np.empty(n, dtype=dtype)
+        kernels().scatter_blocks(kept, zero, _BLOCK_BITS, out)
         return out
 
     @staticmethod

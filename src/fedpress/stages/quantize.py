@@ -39,11 +39,11 @@ def quantize_values(x: np.ndarray, eb: float) -> tuple[np.ndarray, np.ndarray] |
     ``values`` has ``x``'s dtype and is bit for bit what :func:`dequantize` gives;
     None when a code would overflow (as :func:`quantize`).
     """
-    from ._kernels import quantize as kernel
+    from . import kernels
 
     step = 2.0 * float(eb)
     if not step > 0:
         return None
     y = np.empty_like(x)
-    q, ok = kernel(x, step, MAX_CODE, y)
+    q, ok = kernels().quantize(x, step, MAX_CODE, y)
     return (q, y) if ok else None

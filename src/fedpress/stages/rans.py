@@ -45,6 +45,7 @@ from .._bytes import Reader, Writer
 from ..abc import TensorSpec
 from ..backends.lossless import ZstdCodec
 from ..errors import FormatError
+from . import kernels
 
 MAX_K = (1 << 14) - 1
 #: streams of at least LANES * MIN_LANE symbols are cut into LANES lanes with
@@ -62,12 +63,6 @@ LUTS: dict[int, np.ndarray] = {
     1: (np.searchsorted(_EDGES, np.arange(256), side="right") - 1).astype(np.uint8),
 }
 _ZSTD = ZstdCodec(level=3)
-
-
-def _kernels():
-    from . import _kernels
-
-    return _kernels
 
 
 def zigzag(r: np.ndarray) -> np.ndarray:
@@ -134,7 +129,7 @@ def _model(counts: np.ndarray, pb: int, ctx_model: int) -> _Model:
 
 def symbols(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Zigzag codes of int64 residuals ``r`` and the histogram :func:`encode_symbols` needs."""
-    return _kernels().symbols(np.ascontiguousarray(r, dtype=np.int64), HIST_CAP)
+    return kernels().symbols(np.ascontiguousarray(r, dtype=np.int64), HIST_CAP)
 
 
 def encode(r: np.ndarray, w: Writer, ctx_model: int | None = None) -> None:
@@ -149,7 +144,7 @@ def encode_symbols(z: np.ndarray, hist: np.ndarray, w: Writer,
                    ctx_model: int | None = None) -> None:
     """:func:`encode` from the zigzag codes ``z`` (uint32 or int64) and their
     histogram ``hist`` of ``min(z, HIST_CAP)`` (as :func:`symbols` gives)."""
-    kern = _kernels()
+    kern = kernels()
     k = _escape_symbol(hist, z.size)
     pb = _precision(k)
     models = [ctx_model] if ctx_model is not None else list(LUTS)
@@ -235,7 +230,7 @@ def decode(rd: Reader, n: int, *, step: float = 0.0,
         out = np.empty(n, dtype=dtype if dtype is not None else np.float64)
     else:
         out = np.empty(n, dtype=np.int64)
-    status = _kernels().decode(np.frombuffer(words, dtype="<u2"), wbounds, bounds, ebounds, k,
+    status = kernels().decode(np.frombuffer(words, dtype="<u2"), wbounds, bounds, ebounds, k,
                                table, pb, lut, escapes, float(step), out)
     if status:
         raise FormatError(f"rans: corrupt stream (status {status})")
@@ -247,15 +242,7 @@ def _decode_table(freq: np.ndarray, pb: int, k: int) -> np.ndarray:
     sums = freq.sum(axis=1)
     if np.any((sums != 0) & (sums != 1 << pb)):
         raise FormatError("rans: a frequency table does not add up to its precision")
-    slots = np.arange(1 << pb, dtype=np.int64)
-    table = np.full((freq.shape[0], 1 << pb), k + 1, dtype=np.int64)
-    symbols = np.arange(k + 1, dtype=np.int64)
-    for c in range(freq.shape[0]):
-        if sums[c]:
-            sym = np.repeat(symbols, freq[c])
-            cum = np.cumsum(freq[c]) - freq[c]
-            table[c] = sym | (freq[c][sym] << 16) | ((slots - cum[sym]) << 40)
-    return table
+    return kernels().build_table(np.ascontiguousarray(freq), pb, k)
 
 
 def _read_escapes(rd: Reader, k: int, n: int) -> np.ndarray:
