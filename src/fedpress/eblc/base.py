@@ -122,7 +122,8 @@ class ErrorBoundedCodec(Codec):
             fmax = float(np.finfo(core_dt).max)
             # float64 values beyond a float32 core's range are clipped (and patched later)
             src = np.clip(flat, -fmax, fmax) if core_dt.itemsize < flat.dtype.itemsize else flat
-            work = src.astype(core_dt)
+            # cores never write to their input: no copy unless NaN/Inf must be replaced
+            work = src.astype(core_dt, copy=not all_finite)
             if not all_finite:
                 work[~finite] = min(max(lo, -fmax), fmax)
             body_, recon = self._encode_core_recon(work, eb_abs)
@@ -130,7 +131,7 @@ class ErrorBoundedCodec(Codec):
             y = recon if recon is not None else self._decode_core(
                 memoryview(body), n, work.dtype, eb_abs)
             y = np.asarray(y).reshape(-1).astype(flat.dtype, copy=False)
-            over = _over_bound(xs, y, eb_abs)
+            over = _over_bound(xs, y, eb_abs, all_finite)
             if over.size:
                 bad_idx = np.union1d(bad_idx, over)
             patch_bytes = bad_idx.size * (flat.dtype.itemsize + 8)
@@ -215,8 +216,11 @@ def _finite_range(x: np.ndarray, finite: np.ndarray | None) -> tuple[float, floa
     return (float(fin.min()), float(fin.max())) if fin.size else (0.0, 0.0)
 
 
-def _over_bound(x: np.ndarray, y: np.ndarray, eb_abs: float) -> np.ndarray:
+def _over_bound(x: np.ndarray, y: np.ndarray, eb_abs: float,
+                all_finite: bool = False) -> np.ndarray:
     """Flat indices where ``|x - y| > eb_abs`` exactly (NaN in x never counts).
+
+    ``all_finite`` says ``x`` has no NaN/Inf (the check for them is skipped).
 
     A first pass in x's own precision (float32 for float32/float16/bfloat16
     tensors) flags candidates with a small safety margin; only those are
@@ -228,7 +232,8 @@ def _over_bound(x: np.ndarray, y: np.ndarray, eb_abs: float) -> np.ndarray:
     ys = y if y.dtype == x.dtype else y.astype(x.dtype)
     with np.errstate(invalid="ignore", over="ignore"):
         diff = np.abs(ys - x)
-        cand = np.flatnonzero(~(diff <= x.dtype.type(margin)) & np.isfinite(x))
+        far = ~(diff <= x.dtype.type(margin))
+        cand = np.flatnonzero(far if all_finite else far & np.isfinite(x))
     if not cand.size:
         return cand
     x64 = x[cand].astype(np.float64)

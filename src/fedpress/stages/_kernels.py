@@ -53,35 +53,46 @@ def quantize_symbols(x, step, max_code, y, cap, block_bits):  # pragma: no cover
     """
     n = x.size
     z = np.empty(n, np.uint32)
-    hist = np.zeros(cap + 1, np.int64)
-    nonzero = np.zeros((n + (1 << block_bits) - 1) >> block_bits, np.uint8)
+    b = 1 << block_bits
+    nonzero = np.zeros((n + b - 1) >> block_bits, np.uint8)
     lim = np.float64(max_code)
-    for i in range(n):
-        v = np.rint(np.float64(x[i]) / step)
-        if not abs(v) < lim:
-            return z, hist, nonzero.view(np.bool_), False
-        c = np.int64(v)
-        y[i] = np.float64(c) * step
-        u = (c << 1) ^ (c >> 63)
-        z[i] = u
-        hist[u if u < cap else cap] += 1
-        nonzero[i >> block_bits] |= u != 0
+    for blk in range(nonzero.size):
+        # the block's flag stays in a register (a read-modify-write of one byte
+        # per value would chain every value to the previous one)
+        seen = np.int64(0)
+        for i in range(blk * b, min(n, blk * b + b)):
+            v = np.rint(np.float64(x[i]) / step)
+            if not abs(v) < lim:
+                return z, np.zeros(cap + 1, np.int64), nonzero.view(np.bool_), False
+            c = np.int64(v)
+            y[i] = np.float64(c) * step
+            u = (c << 1) ^ (c >> 63)
+            z[i] = u
+            seen |= u
+        nonzero[blk] = seen != 0
+    hist = histogram(z, cap)
     return z, hist, nonzero.view(np.bool_), True
+
+
+@njit(cache=True, nogil=True)
+def histogram(z, cap):  # pragma: no cover - compiled
+    """Histogram of ``min(z, cap)``, in four interleaved copies (runs of one symbol
+    would otherwise wait on their own increments)."""
+    h = np.zeros((4, cap + 1), np.int64)
+    for i in range(z.size):
+        u = z[i]
+        h[i & 3, u if u < cap else cap] += 1
+    return h[0] + h[1] + h[2] + h[3]
 
 
 @njit(cache=True, nogil=True)
 def symbols(r, cap):  # pragma: no cover - compiled
     """Zigzag codes of ``r`` and the histogram of ``min(z, cap)``."""
-    n = r.size
-    z = np.empty(n, np.int64)
-    # four histograms, so runs of one symbol do not wait on their own increments
-    hist = np.zeros((4, cap + 1), np.int64)
-    for i in range(n):
+    z = np.empty(r.size, np.int64)
+    for i in range(r.size):
         v = r[i]
-        u = (v << 1) ^ (v >> 63)
-        z[i] = u
-        hist[i & 3, u if u < cap else cap] += 1
-    return z, hist.sum(axis=0)
+        z[i] = (v << 1) ^ (v >> 63)
+    return z, histogram(z, cap)
 
 
 @njit(cache=True, nogil=True)
@@ -123,10 +134,6 @@ def encode(z, bounds, k, lut, freq, cum, pb):  # pragma: no cover - compiled
     x = np.full(lanes, STATE_LO, np.int64)
     for j in range(lanes):
         pos[j] = bounds[j + 1] + 2 * (j + 1)  # lane j fills buf[.. pos[j]) backwards
-    rcp = np.empty(freq.shape, np.float64)
-    for c in range(freq.shape[0]):
-        for v in range(freq.shape[1]):
-            rcp[c, v] = 1.0 / freq[c, v] if freq[c, v] > 0 else 0.0
     shift = 32 - pb
     top = lut.size - 1
     for j in range(lanes):
@@ -153,16 +160,11 @@ def encode(z, bounds, k, lut, freq, cum, pb):  # pragma: no cover - compiled
             buf[p - 1] = xj & 0xFFFF
             p -= out_
             xj >>= 16 * out_
-            # xj // f through a float reciprocal, corrected to the exact quotient
-            d = np.int64(np.float64(xj) * rcp[c, s])
-            r = xj - d * f
-            if r < 0:
-                d -= 1
-                r += f
-            elif r >= f:
-                d += 1
-                r -= f
-            xj = (d << pb) + r + cum[c, s]
+            # the state fits 32 bits here: 32-bit division is much faster than 64-bit
+            # (and than a float reciprocal with a correction)
+            xu = np.uint32(xj)
+            fu = np.uint32(f)
+            xj = (np.int64(xu // fu) << pb) + np.int64(xu % fu) + cum[c, s]
         x[j] = xj
         pos[j] = p
     offsets = np.empty(lanes + 1, np.int64)
