@@ -134,9 +134,25 @@ def test_reconstruction_handed_to_envelope_is_what_decoder_computes(x: np.ndarra
     eb = c.bound_for(x)
     if eb == 0:
         return
-    body, recon = c._encode_core_recon(x, eb)
+    body, recon, over = c._encode_core_recon(x, eb)
     out = c._decode_core(memoryview(body), x.size, np.dtype(np.float32), eb)
     assert out.tobytes() == recon.tobytes()
+    # a core that says "none over the bound" must be right
+    exact = np.flatnonzero(~(np.abs(out.astype(np.float64) - x.astype(np.float64)) <= eb))
+    if over is not None:
+        assert np.array_equal(over, exact)
+
+
+def test_reported_offenders_on_float32_rounding(rng: np.random.Generator) -> None:
+    # a bound of 0.6 float32 ulps: q * step may round to the neighbour float, one ulp away
+    x = (rng.uniform(1e3, 1e3 + 1, 20_000)).astype(np.float32)
+    eb = 0.6 * float(np.spacing(np.float32(1e3)))
+    c = fedpress.get_codec("fpz", mode="abs", eb=eb, predictor="none")
+    _body, recon, over = c._encode_core_recon(x, eb)
+    exact = np.flatnonzero(~(np.abs(recon.astype(np.float64) - x.astype(np.float64)) <= eb))
+    assert exact.size > 0 and over is None  # the envelope must look for them itself
+    y, _ = check_error_bounded(x, "fpz", "abs", eb)
+    assert np.array_equal(y[exact], x[exact])  # stored exactly
 
 
 def test_tiny_bound_goes_lossless() -> None:

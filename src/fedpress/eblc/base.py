@@ -78,15 +78,21 @@ class ErrorBoundedCodec(Codec):
     def _decode_core(self, data: memoryview, n: int, dtype: np.dtype, eb_abs: float) -> np.ndarray:
         """Return the ``n`` values (1-D, ``dtype``) that ``_encode_core`` encoded."""
 
-    def _encode_core_recon(self, x: np.ndarray, eb_abs: float) -> tuple[bytes, np.ndarray | None]:
-        """Encode and, where the core knows it, return the decoder's exact output too.
+    def _encode_core_recon(self, x: np.ndarray, eb_abs: float
+                           ) -> tuple[bytes, np.ndarray | None, np.ndarray | None]:
+        """Encode and, where the core knows them, return the decoder's exact output
+        and where it breaks the bound.
 
-        Cores that compute their reconstruction while encoding (quantizers)
-        override this so the envelope can check the bound without a decode;
-        their tests must show ``_decode_core`` returns exactly that array.
-        The default returns ``None`` and the envelope decodes the bytes.
+        Returns ``(body, recon, over)``. Cores that compute their reconstruction
+        while encoding (quantizers) return it as ``recon`` so the envelope can
+        check the bound without a decode; their tests must show ``_decode_core``
+        returns exactly that array. ``over``, if not None, holds every index with
+        ``|x - recon| > eb_abs`` exactly (float64, after ``recon``'s rounding to
+        ``x``'s dtype; usually empty): the envelope then skips its own check when
+        ``x`` is the tensor itself (finite values, same dtype). The default returns
+        ``(body, None, None)`` and the envelope decodes the bytes.
         """
-        return self._encode_core(x, eb_abs), None
+        return self._encode_core(x, eb_abs), None, None
 
     # -- envelope ---------------------------------------------------------
     def _core_dtype(self, dtype: np.dtype) -> np.dtype:
@@ -126,12 +132,13 @@ class ErrorBoundedCodec(Codec):
             work = src.astype(core_dt, copy=not all_finite)
             if not all_finite:
                 work[~finite] = min(max(lo, -fmax), fmax)
-            body_, recon = self._encode_core_recon(work, eb_abs)
+            body_, recon, over = self._encode_core_recon(work, eb_abs)
             body = bytes(body_)
-            y = recon if recon is not None else self._decode_core(
-                memoryview(body), n, work.dtype, eb_abs)
-            y = np.asarray(y).reshape(-1).astype(flat.dtype, copy=False)
-            over = _over_bound(xs, y, eb_abs, all_finite)
+            if over is None or not all_finite or work.dtype != flat.dtype:
+                y = recon if recon is not None else self._decode_core(
+                    memoryview(body), n, work.dtype, eb_abs)
+                y = np.asarray(y).reshape(-1).astype(flat.dtype, copy=False)
+                over = _over_bound(xs, y, eb_abs, all_finite)
             if over.size:
                 bad_idx = np.union1d(bad_idx, over)
             patch_bytes = bad_idx.size * (flat.dtype.itemsize + 8)

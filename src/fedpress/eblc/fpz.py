@@ -92,25 +92,27 @@ def zero_blocks(q: np.ndarray) -> np.ndarray | None:
     return _worth_skipping(~nz)
 
 
-_Coded = tuple[np.ndarray, np.ndarray, "np.ndarray | None", np.ndarray]
+#: (zigzag codes of the kept values, their histogram, zero-block mask or None,
+#:  the values the decoder will compute, indices over the bound or None if unchecked)
+_Coded = tuple[np.ndarray, np.ndarray, "np.ndarray | None", np.ndarray, "np.ndarray | None"]
 
 
 def _quantize_none(x: np.ndarray, eb_abs: float) -> _Coded | None:
-    """(zigzag codes of the kept values, their histogram, zero-block mask, values).
-
-    The no-prediction path in one compiled pass; None if codes would overflow.
-    """
+    """The no-prediction path in one compiled pass (see ``_Coded``); None if codes
+    would overflow."""
     kern = kernels()
     values = np.empty_like(x)
-    z, hist, nonzero, ok = kern.quantize_symbols(x, 2.0 * eb_abs, MAX_CODE, values,
-                                                 rans.HIST_CAP, _BLOCK_BITS)
+    z, hist, nonzero, n_over, ok = kern.quantize_symbols(x, 2.0 * eb_abs, MAX_CODE, values,
+                                                         rans.HIST_CAP, _BLOCK_BITS, eb_abs)
     if not ok:
         return None
+    # none over the bound: say so (the envelope skips its check); else let it find them
+    over = np.zeros(0, np.int64) if n_over == 0 else None
     zero = _worth_skipping(~nonzero) if x.size >= 2 * ZERO_BLOCK else None
     if zero is not None:
         z = kern.gather_blocks(z, zero, _BLOCK_BITS)
         hist = np.bincount(np.minimum(z, rans.HIST_CAP), minlength=rans.HIST_CAP + 1)
-    return z, hist, zero, values
+    return z, hist, zero, values, over
 
 
 def _quantize_predict(x: np.ndarray, eb_abs: float, pid: int) -> _Coded | None:
@@ -122,7 +124,7 @@ def _quantize_predict(x: np.ndarray, eb_abs: float, pid: int) -> _Coded | None:
     zero = zero_blocks(q) if q.size >= 2 * ZERO_BLOCK else None
     kept = q if zero is None else kernels().gather_blocks(q, zero, _BLOCK_BITS)
     z, hist = rans.symbols(predictor(pid)[1](kept))
-    return z, hist, zero, values
+    return z, hist, zero, values, None
 
 
 def _worth_skipping(zero: np.ndarray) -> np.ndarray | None:
@@ -185,7 +187,8 @@ class FpzCodec(ErrorBoundedCodec):
     def _encode_core(self, x: np.ndarray, eb_abs: float) -> bytes:
         return self._encode_core_recon(x, eb_abs)[0]
 
-    def _encode_core_recon(self, x: np.ndarray, eb_abs: float) -> tuple[bytes, np.ndarray]:
+    def _encode_core_recon(self, x: np.ndarray, eb_abs: float
+                           ) -> tuple[bytes, np.ndarray, np.ndarray | None]:
         pid = self._choose_predictor(x, eb_abs)
         coded = _quantize_none(x, eb_abs) if pid == _FUSED else _quantize_predict(x, eb_abs, pid)
         w = Writer()
@@ -193,8 +196,8 @@ class FpzCodec(ErrorBoundedCodec):
         if coded is None:
             w.u8(MODE_LOSSLESS)
             w.raw(_ZSTD.encode(x))
-            return w.getvalue(), x
-        z, hist, zero, values = coded
+            return w.getvalue(), x, np.zeros(0, np.int64)
+        z, hist, zero, values, over = coded
         w.u8(MODE_QUANT)
         w.u8(pid)
         w.u8(0 if zero is None else FLAG_ZERO_BLOCKS)
@@ -202,7 +205,7 @@ class FpzCodec(ErrorBoundedCodec):
             w.blob(_ZSTD.encode(np.packbits(zero, bitorder="little")))
         if z.size:
             w.raw(self._code(z, hist))
-        return w.getvalue(), values
+        return w.getvalue(), values, over
 
     def _code(self, z: np.ndarray, hist: np.ndarray) -> bytes:
         """Coder id byte + body, for the residuals' zigzag codes ``z``."""

@@ -43,35 +43,41 @@ def quantize(x, step, max_code, y):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def quantize_symbols(x, step, max_code, y, cap, block_bits):  # pragma: no cover - compiled
+def quantize_symbols(x, step, max_code, y, cap, block_bits, eb):  # pragma: no cover
     """Fused quantizer for the no-prediction path, one pass over ``x``.
 
-    Writes ``q * step`` into ``y`` and returns ``(z, hist, nonzero, ok)``: the
-    zigzag codes (uint32; codes stay below ``max_code <= 2**30``), the histogram
-    of ``min(z, cap)``, which blocks of ``2**block_bits`` codes hold a non-zero one, and
-    False as soon as a code would reach ``max_code``.
+    Writes ``q * step`` into ``y`` and returns ``(z, hist, nonzero, n_over, ok)``:
+    the zigzag codes (uint32; codes stay below ``max_code <= 2**30``), the
+    histogram of ``min(z, cap)``, which blocks of ``2**block_bits`` codes hold a
+    non-zero one, how many values have ``|x - y| > eb`` exactly (in float64,
+    after ``y``'s rounding: what the error-bound envelope would find; counting
+    costs less than collecting), and False as soon as a code would reach
+    ``max_code``.
     """
     n = x.size
     z = np.empty(n, np.uint32)
     b = 1 << block_bits
     nonzero = np.zeros((n + b - 1) >> block_bits, np.uint8)
+    n_over = 0
     lim = np.float64(max_code)
     for blk in range(nonzero.size):
         # the block's flag stays in a register (a read-modify-write of one byte
         # per value would chain every value to the previous one)
         seen = np.int64(0)
         for i in range(blk * b, min(n, blk * b + b)):
-            v = np.rint(np.float64(x[i]) / step)
+            xi = np.float64(x[i])
+            v = np.rint(xi / step)
             if not abs(v) < lim:
-                return z, np.zeros(cap + 1, np.int64), nonzero.view(np.bool_), False
+                return z, np.zeros(cap + 1, np.int64), nonzero.view(np.bool_), n_over, False
             c = np.int64(v)
             y[i] = np.float64(c) * step
+            n_over += abs(np.float64(y[i]) - xi) > eb
             u = (c << 1) ^ (c >> 63)
             z[i] = u
             seen |= u
         nonzero[blk] = seen != 0
     hist = histogram(z, cap)
-    return z, hist, nonzero.view(np.bool_), True
+    return z, hist, nonzero.view(np.bool_), n_over, True
 
 
 @njit(cache=True, nogil=True)
