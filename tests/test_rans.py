@@ -142,3 +142,13 @@ def test_mutated_streams_never_crash(data: st.DataObject) -> None:
     except fedpress.FormatError:
         return
     assert out.shape == r.shape and out.dtype == np.int64  # a well-formed array
+
+
+@given(hnp.arrays(np.int64, st.tuples(st.integers(1, 4), st.integers(1, 2048)),
+                  elements=st.one_of(st.just(0), st.integers(0, 10**9))),
+       st.integers(11, 14))
+def test_normalized_tables_are_valid(counts: np.ndarray, pb: int) -> None:
+    freq = rans.normalize(counts, pb)
+    sums = freq.sum(axis=1)
+    assert np.all((sums == 1 << pb) | (counts.sum(axis=1) == 0))
+    assert np.array_equal(freq > 0, counts > 0)  # every seen symbol stays codable

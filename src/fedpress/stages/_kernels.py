@@ -405,3 +405,31 @@ def scatter_blocks(kept, zero, block_bits, out):  # pragma: no cover - compiled
         else:
             out[lo:hi] = kept[at:at + hi - lo]
             at += hi - lo
+
+
+@njit(cache=True, nogil=True)
+def normalize(counts, pb):  # pragma: no cover - compiled
+    """Frequencies summing to ``2**pb`` per row (rows of zeros stay zero), >= 1 where
+    the count is > 0: counts scaled down, the rounding slack given to (or taken
+    from) the largest entries."""
+    total = 1 << pb
+    out = np.zeros(counts.shape, np.int64)
+    for row in range(counts.shape[0]):
+        c = counts[row]
+        n = c.sum()
+        if n == 0:
+            continue
+        scale = total / n
+        f = out[row]
+        for s in range(c.size):
+            v = np.int64(c[s] * scale)
+            f[s] = 1 if (v == 0 and c[s] > 0) else v
+        d = total - f.sum()
+        if d > 0:
+            f[np.argmax(c)] += d
+        while d < 0:
+            i = np.argmax(f)
+            take = min(-d, max(1, f[i] // 2), f[i] - 1)
+            f[i] -= take
+            d += take
+    return out

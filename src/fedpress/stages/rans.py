@@ -99,24 +99,7 @@ def _precision(k: int) -> int:
 
 def normalize(counts: np.ndarray, pb: int) -> np.ndarray:
     """Frequencies summing to ``2**pb`` (rows of zeros stay zero), >= 1 where count > 0."""
-    total = 1 << pb
-    out = np.zeros(counts.shape, dtype=np.int64)
-    for row, c in enumerate(counts):
-        n = int(c.sum())
-        if n == 0:
-            continue
-        f = (c.astype(np.float64) * (total / n)).astype(np.int64)
-        f[(c > 0) & (f == 0)] = 1
-        d = total - int(f.sum())
-        if d > 0:
-            f[int(np.argmax(c))] += d
-        while d < 0:
-            i = int(np.argmax(f))
-            take = min(-d, max(1, int(f[i]) // 2), int(f[i]) - 1)
-            f[i] -= take
-            d += take
-        out[row] = f
-    return out
+    return kernels().normalize(np.ascontiguousarray(counts, dtype=np.int64), pb)
 
 
 @dataclass
