@@ -30,9 +30,12 @@ def golden_inputs() -> dict[str, np.ndarray]:
     rng2 = np.random.default_rng(20261124)
     grad = rng2.laplace(0.0, 1.0, (80, 1000)) * rng2.gamma(0.5, 1.0, (80, 1))
     grad[rng2.random(80) < 0.3] = 0.0  # dead rows: zero blocks
+    rng3 = np.random.default_rng(20261125)
+    burst = rng3.laplace(0.0, 1.0, 100_000) * np.repeat(rng3.choice([0.02, 1.0], 1000), 100)
     return {
         "smooth": x.reshape(30, 100),
         "grad": grad.astype(np.float32),
+        "burst": burst.astype(np.float32).reshape(200, 500),
         "weights": (0.05 * rng.standard_normal((64, 3, 3, 3))).astype(np.float32),
         "ints": rng.integers(-1000, 1000, 500).astype(np.int64),
         "half": rng.standard_normal(1500).astype(np.float16),
@@ -47,11 +50,13 @@ def main() -> None:
     for codec in ("sz3", "sz2", "zfp", "szx", "fpz"):
         if codec in fedpress.list_codecs():
             frames[codec] = fedpress.compress(inputs["smooth"], codec=codec, eb=1e-3)
-    # fpz payload v2 (own rANS): smooth data (lorenzo1d, one lane) and a sparse
-    # gradient (zero blocks, magnitude context, four lanes)
+    # fpz payload v2 (own rANS): smooth data (lorenzo1d, one lane), a sparse
+    # gradient (zero blocks, magnitude context, one lane)
     if "fpz" in fedpress.list_codecs():
         frames["fpz2_smooth"] = fedpress.compress(inputs["smooth"], codec="fpz", eb=1e-3)
         frames["fpz2_grad"] = fedpress.compress(inputs["grad"], codec="fpz", eb=1e-2)
+        # four lanes with the magnitude context (bursts of large and small values)
+        frames["fpz2_lanes"] = fedpress.compress(inputs["burst"], codec="fpz", eb=1e-3)
     for codec in ("zstd", "blosc-lz", "blosc-zstd", "zlib", "gzip", "xz", "lz4"):
         frames[codec] = fedpress.compress(inputs["ints"], codec=codec)
     frames["update_fedsz"] = fedpress.encode_update(
