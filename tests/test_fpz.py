@@ -186,3 +186,13 @@ def test_crafted_core_payloads_are_format_errors(which: str, rng: np.random.Gene
         except fedpress.FormatError:
             continue
         assert out.shape == x.shape and out.dtype == x.dtype
+
+
+@pytest.mark.parametrize("x, mode, eb", [
+    (np.array([0.0, 1.0, 0.5, 0.25], np.float64), "abs", 1e308),
+    (np.linspace(0, 1.7e308, 1000), "rel", 0.6),
+])
+def test_bounds_too_large_to_quantize_still_hold(x: np.ndarray, mode: str, eb: float) -> None:
+    # 2 * eb overflows to inf: quantizing would give 0 * inf = NaN
+    y, _ = check_error_bounded(x, "fpz", mode, eb)
+    assert np.all(np.isfinite(y))

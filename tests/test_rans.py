@@ -152,3 +152,23 @@ def test_normalized_tables_are_valid(counts: np.ndarray, pb: int) -> None:
     sums = freq.sum(axis=1)
     assert np.all((sums == 1 << pb) | (counts.sum(axis=1) == 0))
     assert np.array_equal(freq > 0, counts > 0)  # every seen symbol stays codable
+
+
+def test_residuals_beyond_the_zigzag_range_are_refused() -> None:
+    w = Writer()
+    with pytest.raises(ValueError, match="2\\*\\*62"):
+        rans.encode(np.array([0, 1, 2**62, -(2**62), 3] * 10, np.int64), w)
+    r = np.array([0, 2**62 - 1, -(2**62), 2**53 + 1, 5] * 10, np.int64)  # just inside
+    assert np.array_equal(rans.decode(Reader(_encode(r)), r.size), r)  # exact, not via floats
+
+
+def test_normalize_refuses_more_symbols_than_slots_and_keeps_the_mode() -> None:
+    with pytest.raises(ValueError, match="slots"):
+        rans.normalize(np.ones((1, 5), np.int64), 2)
+    # a wide alphabet (every symbol seen once) beside one frequent symbol: the
+    # minimum of one slot each is paid by all in proportion, not by the mode alone
+    counts = np.ones((1, 3000), np.int64)
+    counts[0, 0] = 100_000
+    f = rans.normalize(counts, 12)
+    assert f.sum() == 4096 and f.min() == 1
+    assert f[0, 0] >= 1000  # its share (97%) of the 1096 slots left after the minimums

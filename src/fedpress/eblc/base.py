@@ -9,9 +9,12 @@ absolute bound to bytes and back (``_encode_core`` / ``_decode_core``):
   finite minimum instead);
 * stores empty and constant tensors without calling the core, and falls back
   to lossless zstd when the absolute bound is 0;
-* decodes the core's output at encode time, casts it to the tensor's dtype and
-  stores exactly every value with ``|x - x'| > eb_abs`` (float32 rounding,
-  float16/bfloat16 casts), so the bound holds on the output dtype.
+* decodes the core's output at encode time (or takes the reconstruction a
+  quantizing core computed), casts it to the tensor's dtype and stores exactly
+  every value with ``|x - x'| > eb_abs`` (float32 rounding, float16/bfloat16
+  casts), so the bound holds on the output dtype. A core that has itself checked
+  every value of a finite tensor in its own dtype and found none over spares the
+  envelope this pass (see ``_encode_core_recon``).
 
 Payload layout (little-endian)::
 

@@ -14,15 +14,18 @@ Pipeline per tensor (flattened, finite, float32 or float64 core):
    ``coder="auto"`` takes rANS, or zstd when that is smaller on small tensors.
 
 The reconstruction is ``q * 2eb`` whatever the predictor (dual quantization),
-and the encoder hands it to the envelope, which checks the bound on the output
-dtype and stores the rare float rounding offenders exactly. Values whose codes
+and the encoder hands it to the envelope, which stores the rare float rounding
+offenders exactly. On the no-prediction path the fused quantizer also counts the
+values over the bound on the output dtype (exactly, in float64; NaN counts): with
+none, the envelope need not check again; with some, it finds them itself. Values whose codes
 would overflow (``max|x| / 2eb > 2**30``) make the tensor go to zstd losslessly.
 
 Payload (after the envelope)::
 
     u8 version (2; 1 still decodes) | u8 mode (0 quantized, 1 lossless)
-    mode 0: u8 predictor id | u8 flags | [blob zero-block bitmap] | u8 coder id | body
-            (version 1 has no flags and no bitmap)
+    mode 0: u8 predictor id | u8 flags | [blob zero-block bitmap] | [u8 coder id | body]
+            (version 1 has no flags and no bitmap; coder and body are absent when
+            every value lies in a zero block)
             flags bit 0: zero blocks skipped; the bitmap (zstd frame of
             ``ceil(n / 128)`` bits, little-endian bit order) marks them
             coder ids: 0 ans (constriction), 1 zstd, 2 rans
@@ -43,7 +46,7 @@ from ..errors import ConfigError, FormatError
 from ..registry import register_codec
 from ..stages import ans, kernels, rans
 from ..stages.predict import BY_NAME, PREDICTORS, predictor
-from ..stages.quantize import MAX_CODE, dequantize, quantize, quantize_values
+from ..stages.quantize import MAX_CODE, dequantize, quantize, quantize_values, usable_step
 from .base import ErrorBoundedCodec
 
 VERSION = 2
@@ -100,6 +103,8 @@ _Coded = tuple[np.ndarray, np.ndarray, "np.ndarray | None", np.ndarray, "np.ndar
 def _quantize_none(x: np.ndarray, eb_abs: float) -> _Coded | None:
     """The no-prediction path in one compiled pass (see ``_Coded``); None if codes
     would overflow."""
+    if not usable_step(2.0 * eb_abs):
+        return None
     kern = kernels()
     values = np.empty_like(x)
     z, hist, nonzero, n_over, ok = kern.quantize_symbols(x, 2.0 * eb_abs, MAX_CODE, values,
@@ -261,7 +266,9 @@ class FpzCodec(ErrorBoundedCodec):
         if not m:
             rd.expect_end()
             return np.zeros(n, dtype=dtype)
-        kept = self._decode_values(rd, m, pid, inverse, 2.0 * eb_abs, dtype)
+        if not usable_step(2.0 * eb_abs):
+            raise FormatError(f"fpz payload: quantized values with bound {eb_abs}")
+        kept = self._decode_values(rd, m, pid, inverse, 2.0 * eb_abs, dtype, version)
         if zero is None:
             return kept
         out = np.empty(n, dtype=dtype)
@@ -270,9 +277,11 @@ class FpzCodec(ErrorBoundedCodec):
 
     @staticmethod
     def _decode_values(rd: Reader, m: int, pid: int, inverse: Callable[[np.ndarray], np.ndarray],
-                       step: float, dtype: np.dtype) -> np.ndarray:
+                       step: float, dtype: np.dtype, version: int) -> np.ndarray:
         """The ``m`` coded values: residuals -> codes (``inverse``) -> ``codes * step``."""
         coder = rd.u8()
+        if version == 1 and coder == CODER_RANS:
+            raise FormatError("fpz payload: coder 2 (rans) does not exist in version 1")
         if coder == CODER_RANS and pid == _FUSED:
             return rans.decode(rd, m, step=step, dtype=dtype)
         if coder == CODER_RANS:

@@ -71,7 +71,7 @@ def quantize_symbols(x, step, max_code, y, cap, block_bits, eb):  # pragma: no c
                 return z, np.zeros(cap + 1, np.int64), nonzero.view(np.bool_), n_over, False
             c = np.int64(v)
             y[i] = np.float64(c) * step
-            n_over += abs(np.float64(y[i]) - xi) > eb
+            n_over += not abs(np.float64(y[i]) - xi) <= eb  # NaN counts as over
             u = (c << 1) ^ (c >> 63)
             z[i] = u
             seen |= u
@@ -93,12 +93,16 @@ def histogram(z, cap):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def symbols(r, cap):  # pragma: no cover - compiled
-    """Zigzag codes of ``r`` and the histogram of ``min(z, cap)``."""
+    """Zigzag codes of ``r`` and the histogram of ``min(z, cap)``; ``ok`` is False
+    (and nothing else meaningful) if some ``|r| >= 2**62`` (its code would overflow)."""
     z = np.empty(r.size, np.int64)
+    lim = np.int64(1) << 62
     for i in range(r.size):
         v = r[i]
+        if v >= lim or v < -lim:
+            return z, np.zeros(cap + 1, np.int64), False
         z[i] = (v << 1) ^ (v >> 63)
-    return z, histogram(z, cap)
+    return z, histogram(z, cap), True
 
 
 @njit(cache=True, nogil=True)
@@ -190,9 +194,14 @@ def encode(z, bounds, k, lut, freq, cum, pb):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _value(u, step):  # pragma: no cover - compiled
+def _put(out, at, u, step):  # pragma: no cover - compiled
+    """``out[at]`` = the residual of zigzag code ``u`` (``step == 0``), else it times
+    ``step``; two stores, so the integer never passes through a float."""
     r = (u >> 1) ^ -(u & 1)
-    return r if step == 0.0 else np.float64(r) * step
+    if step == 0.0:
+        out[at] = r
+    else:
+        out[at] = np.float64(r) * step
 
 
 @njit(cache=True, nogil=True)
@@ -220,7 +229,7 @@ def _decode_lane(words, wend, x, pos, p1, p2, e, eend, start, end, k, table, pb,
                 return ERR_ESCAPES, x, pos, p1, p2, e
             s = escapes[e]
             e += 1
-        out[at] = _value(s, step)
+        _put(out, at, s, step)
     return 0, x, pos, p1, p2, e
 
 
@@ -344,10 +353,10 @@ def _decode4(words, wbounds, bounds, ebounds, k, table, pb, lut, escapes, step, 
                 return ERR_ESCAPES
             s3 = escapes[e3]
             e3 += 1
-        out[o0 + i] = _value(s0, step)
-        out[o1 + i] = _value(s1, step)
-        out[o2 + i] = _value(s2, step)
-        out[o3 + i] = _value(s3, step)
+        _put(out, o0 + i, s0, step)
+        _put(out, o1 + i, s1, step)
+        _put(out, o2 + i, s2, step)
+        _put(out, o3 + i, s3, step)
     x[0], x[1], x[2], x[3] = x0, x1, x2, x3
     pos[0], pos[1], pos[2], pos[3] = w0, w1, w2, w3
     p1[0], p1[1], p1[2], p1[3] = a0, a1, a2, a3
@@ -410,8 +419,10 @@ def scatter_blocks(kept, zero, block_bits, out):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True)
 def normalize(counts, pb):  # pragma: no cover - compiled
     """Frequencies summing to ``2**pb`` per row (rows of zeros stay zero), >= 1 where
-    the count is > 0: counts scaled down, the rounding slack given to (or taken
-    from) the largest entries."""
+    the count is > 0. Counts are scaled down; the slots the rare symbols' minimum of
+    1 costs are taken from the others in proportion to their size, the rounding
+    slack goes to the most frequent symbol. Raises ValueError if a row uses more
+    symbols than there are slots."""
     total = 1 << pb
     out = np.zeros(counts.shape, np.int64)
     for row in range(counts.shape[0]):
@@ -419,17 +430,31 @@ def normalize(counts, pb):  # pragma: no cover - compiled
         n = c.sum()
         if n == 0:
             continue
+        if np.count_nonzero(c) > total:
+            raise ValueError("rans: more symbols in use than table slots")
         scale = total / n
         f = out[row]
         for s in range(c.size):
             v = np.int64(c[s] * scale)
             f[s] = 1 if (v == 0 and c[s] > 0) else v
         d = total - f.sum()
+        if d < 0:
+            spare = 0  # slots above the minimum of 1
+            for s in range(c.size):
+                if f[s] > 1:
+                    spare += f[s] - 1
+            for s in range(c.size):
+                if f[s] > 1:
+                    f[s] -= ((f[s] - 1) * -d) // spare
+            d = total - f.sum()
+            order = np.argsort(-f)  # what rounding left over: one slot each from the largest
+            j = 0
+            while d < 0:
+                s = order[j % order.size]
+                if f[s] > 1:
+                    f[s] -= 1
+                    d += 1
+                j += 1
         if d > 0:
             f[np.argmax(c)] += d
-        while d < 0:
-            i = np.argmax(f)
-            take = min(-d, max(1, f[i] // 2), f[i] - 1)
-            f[i] -= take
-            d += take
     return out

@@ -9,21 +9,30 @@ values and lets prediction vectorise.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 #: codes are kept within int32 (and exactly representable in float64)
 MAX_CODE = (1 << 30) - 1
 
 
+def usable_step(step: float) -> bool:
+    """Whether a quantization step ``2 eb`` works: positive and finite (a bound above
+    half the largest double would make every value ``0 * inf = NaN``)."""
+    return 0.0 < step < math.inf
+
+
 def quantize(x: np.ndarray, eb: float) -> np.ndarray | None:
     """Integer codes (int64) of ``x`` for bound ``eb > 0``; None if they would overflow.
 
     ``x`` must be finite. None means the bound is too small for the value
-    range (``max|x| / (2 eb) > 2**30``); the caller then stores ``x`` losslessly.
+    range (``max|x| / (2 eb) > 2**30``) or too large to quantize with (see
+    :func:`usable_step`); the caller then stores ``x`` losslessly.
     """
     step = 2.0 * float(eb)
     amax = float(np.max(np.abs(x))) if x.size else 0.0
-    if not step > 0 or amax / step >= MAX_CODE:
+    if not usable_step(step) or amax / step >= MAX_CODE:
         return None
     return np.rint(x.astype(np.float64) / step).astype(np.int64)
 
@@ -42,7 +51,7 @@ def quantize_values(x: np.ndarray, eb: float) -> tuple[np.ndarray, np.ndarray] |
     from . import kernels
 
     step = 2.0 * float(eb)
-    if not step > 0:
+    if not usable_step(step):
         return None
     y = np.empty_like(x)
     q, ok = kernels().quantize(x, step, MAX_CODE, y)
