@@ -44,7 +44,7 @@ from ..abc import TensorSpec
 from ..backends.lossless import ZstdCodec
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
-from ..stages import ans, kernels, rans
+from ..stages import ans, kernels, rans, spread_chunks
 from ..stages.predict import BY_NAME, PREDICTORS, predictor
 from ..stages.quantize import MAX_CODE, dequantize, quantize, quantize_values, usable_step
 from .base import ErrorBoundedCodec
@@ -66,12 +66,9 @@ _FUSED = BY_NAME["none"]
 _ZSTD = ZstdCodec(level=3)  # lossless mode, the zstd residual coder, the bitmap
 
 
-def _sample(q: np.ndarray) -> np.ndarray:
-    """Contiguous chunks spread over ``q`` (all of it when small), for estimates."""
-    if q.size <= _SAMPLE_CHUNKS * _CHUNK * 2:
-        return q
-    starts = np.linspace(0, q.size - _CHUNK, _SAMPLE_CHUNKS).astype(np.int64)
-    return np.concatenate([q[s : s + _CHUNK] for s in starts])
+def _sample(v: np.ndarray) -> np.ndarray:
+    """Contiguous chunks spread over ``v`` (all of it when small), for estimates."""
+    return v if v.size <= _SAMPLE_CHUNKS * _CHUNK * 2 else spread_chunks(v, _SAMPLE_CHUNKS, _CHUNK)
 
 
 def _narrow(r: np.ndarray) -> np.ndarray:
@@ -116,7 +113,7 @@ def _quantize_none(x: np.ndarray, eb_abs: float) -> _Coded | None:
     zero = _worth_skipping(~nonzero) if x.size >= 2 * ZERO_BLOCK else None
     if zero is not None:
         z = kern.gather_blocks(z, zero, _BLOCK_BITS)
-        hist = np.bincount(np.minimum(z, rans.HIST_CAP), minlength=rans.HIST_CAP + 1)
+        hist[0] -= _zero_block_values(zero, x.size)  # the codes left out are all 0
     return z, hist, zero, values, over
 
 

@@ -7,9 +7,19 @@ gradient-aware codec and HGC later) assemble them without knowing their insides.
 
 from types import ModuleType
 
+import numpy as np
+
 
 def kernels() -> ModuleType:
     """The compiled (numba) kernels, imported on first use: numba is heavy to load."""
     from . import _kernels
 
     return _kernels
+
+
+def spread_chunks(v: np.ndarray, chunks: int, size: int) -> np.ndarray:
+    """``chunks`` contiguous runs of ``size`` elements spread evenly over ``v``, one
+    after the other (a sample that keeps neighbours together, for estimates);
+    ``v`` needs at least ``size`` elements."""
+    starts = np.linspace(0, v.size - size, chunks).astype(np.int64)
+    return np.concatenate([v[s : s + size] for s in starts])

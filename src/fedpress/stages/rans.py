@@ -48,7 +48,8 @@ from .._bytes import Reader, Writer
 from ..abc import TensorSpec
 from ..backends.lossless import ZstdCodec
 from ..errors import FormatError
-from . import kernels
+from . import kernels, spread_chunks
+from .ans import entropy_bits
 
 #: largest escape symbol a stream may declare (decoder's limit)
 MAX_K = (1 << 14) - 1
@@ -185,19 +186,11 @@ def _promising_models(z: np.ndarray, k: int) -> list[int]:
     sample of contiguous chunks says it saves at least ``_CTX_MIN_GAIN``."""
     if z.size < _CTX_SAMPLE_CHUNKS * _CTX_CHUNK * 4:
         return list(LUTS)
-    starts = np.linspace(0, z.size - _CTX_CHUNK, _CTX_SAMPLE_CHUNKS).astype(np.int64)
-    sample = np.concatenate([z[a : a + _CTX_CHUNK] for a in starts])
-    chunks = np.arange(_CTX_SAMPLE_CHUNKS + 1, dtype=np.int64) * _CTX_CHUNK
-    bits = [_entropy_bits(kernels().context_counts(sample, chunks, k, LUTS[m])) for m in LUTS]
+    sample = spread_chunks(z, _CTX_SAMPLE_CHUNKS, _CTX_CHUNK)
+    chunks = np.arange(_CTX_SAMPLE_CHUNKS + 1, dtype=np.int64) * _CTX_CHUNK  # contexts restart
+    bits = [sum(entropy_bits(row) for row in kernels().context_counts(sample, chunks, k, LUTS[m]))
+            for m in LUTS]
     return list(LUTS) if bits[1] < (1 - _CTX_MIN_GAIN) * bits[0] else [0]
-
-
-def _entropy_bits(counts: np.ndarray) -> float:
-    """Total bits of the symbols under the per-row (context) histograms ``counts``."""
-    tot = counts.sum(axis=1, keepdims=True)
-    c = counts.astype(np.float64)
-    used = c > 0
-    return float(-(c[used] * np.log2((c / np.maximum(tot, 1))[used])).sum())
 
 
 def lane_bounds(n: int) -> np.ndarray:
