@@ -9,9 +9,10 @@ Pipeline per tensor (flattened, finite, float32 or float64 core):
 3. **skip zero blocks**: blocks of 128 codes that are all zero (dead neurons'
    rows in gradients) are marked in a bitmap and not coded, when that pays;
 4. **entropy-code** the residuals: static rANS with an optional magnitude
-   context (``stages.rans``, the default), range-ANS with the exact histogram
-   (``stages.ans``, ``constriction``), or zstd over the narrowest integer type;
-   ``coder="auto"`` takes rANS, or zstd when that is smaller on small tensors.
+   context (``stages.rans``, the default), canonical Huffman (``stages.huffman``),
+   range-ANS with the exact histogram (``stages.ans``, ``constriction``), or zstd
+   over the narrowest integer type; ``coder="auto"`` takes rANS, or on small
+   tensors the smallest of rANS, Huffman and zstd.
 
 The reconstruction is ``q * 2eb`` whatever the predictor (dual quantization),
 and the encoder hands it to the envelope, which stores the rare float rounding
@@ -28,7 +29,7 @@ Payload (after the envelope)::
             every value lies in a zero block)
             flags bit 0: zero blocks skipped; the bitmap (zstd frame of
             ``ceil(n / 128)`` bits, little-endian bit order) marks them
-            coder ids: 0 ans (constriction), 1 zstd, 2 rans
+            coder ids: 0 ans (constriction), 1 zstd, 2 rans, 3 huffman
     mode 1: zstd frame of the raw values
 """
 
@@ -44,21 +45,21 @@ from ..abc import TensorSpec
 from ..backends.lossless import ZstdCodec
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
-from ..stages import ans, kernels, rans, spread_chunks
+from ..stages import ans, huffman, kernels, rans, spread_chunks
 from ..stages.predict import BY_NAME, PREDICTORS, predictor
 from ..stages.quantize import MAX_CODE, dequantize, quantize, quantize_values, usable_step
 from .base import ErrorBoundedCodec
 
 VERSION = 2
 MODE_QUANT, MODE_LOSSLESS = 0, 1
-CODER_ANS, CODER_ZSTD, CODER_RANS = 0, 1, 2
-_CODERS = {"ans": CODER_ANS, "zstd": CODER_ZSTD, "rans": CODER_RANS}
+CODER_ANS, CODER_ZSTD, CODER_RANS, CODER_HUFFMAN = 0, 1, 2, 3
+_CODERS = {"ans": CODER_ANS, "zstd": CODER_ZSTD, "rans": CODER_RANS, "huffman": CODER_HUFFMAN}
 FLAG_ZERO_BLOCKS = 1
 ZERO_BLOCK = 128
 _BLOCK_BITS = ZERO_BLOCK.bit_length() - 1
 #: least share of all-zero blocks for the bitmap to be worth writing
 _ZERO_BLOCK_SHARE = 0.01
-#: tensors up to this size also try zstd under coder="auto"
+#: tensors up to this size also try zstd and Huffman under coder="auto"
 _SMALL = 1 << 14
 _SAMPLE_CHUNKS, _CHUNK = 32, 2048
 #: predictor whose values the rANS decoding loop computes itself (dequantization fused)
@@ -151,9 +152,9 @@ class FpzCodec(ErrorBoundedCodec):
         Error bound (see :mod:`fedpress.bounds`).
     predictor : {"auto", "none", "lorenzo1d"}
         Prediction on the codes; ``auto`` picks per tensor.
-    coder : {"auto", "rans", "ans", "zstd"}
-        Entropy coder; ``auto`` takes ``rans`` (or zstd on small tensors where
-        it is smaller).
+    coder : {"auto", "rans", "huffman", "ans", "zstd"}
+        Entropy coder; ``auto`` takes ``rans``, or on small tensors the smallest
+        of rans, Huffman and zstd.
     """
 
     codec_id = "fpz"
@@ -230,13 +231,18 @@ class FpzCodec(ErrorBoundedCodec):
             narrow = _narrow(rans.unzigzag(z.astype(np.int64)))
             return bytes([CODER_ZSTD, narrow.dtype.itemsize]) + _ZSTD.encode(narrow)
 
+        def with_huffman() -> bytes:
+            w = Writer()
+            w.u8(CODER_HUFFMAN)
+            huffman.encode_symbols(z, hist, w)
+            return w.getvalue()
+
+        coders = {"rans": with_rans, "ans": with_ans, "zstd": with_zstd, "huffman": with_huffman}
         if self.coder != "auto":
-            return {"rans": with_rans, "ans": with_ans, "zstd": with_zstd}[self.coder]()
-        out = with_rans()
-        if z.size <= _SMALL:
-            zs = with_zstd()
-            out = zs if len(zs) < len(out) else out
-        return out
+            return coders[self.coder]()
+        if z.size > _SMALL:
+            return with_rans()
+        return min((with_rans(), with_zstd(), with_huffman()), key=len)
 
     def _decode_core(self, data: memoryview, n: int, dtype: np.dtype, eb_abs: float) -> np.ndarray:
         rd = Reader(data, "fpz payload")
@@ -277,12 +283,13 @@ class FpzCodec(ErrorBoundedCodec):
                        step: float, dtype: np.dtype, version: int) -> np.ndarray:
         """The ``m`` coded values: residuals -> codes (``inverse``) -> ``codes * step``."""
         coder = rd.u8()
-        if version == 1 and coder == CODER_RANS:
-            raise FormatError("fpz payload: coder 2 (rans) does not exist in version 1")
-        if coder == CODER_RANS and pid == _FUSED:
-            return rans.decode(rd, m, step=step, dtype=dtype)
-        if coder == CODER_RANS:
-            r = rans.decode(rd, m)
+        if version == 1 and coder in (CODER_RANS, CODER_HUFFMAN):
+            raise FormatError(f"fpz payload: coder {coder} does not exist in version 1")
+        own = {CODER_RANS: rans.decode, CODER_HUFFMAN: huffman.decode}
+        if coder in own and pid == _FUSED:
+            return own[coder](rd, m, step=step, dtype=dtype)
+        if coder in own:
+            r = own[coder](rd, m)
         elif coder == CODER_ANS:
             r = ans.decode(rd, m)
         elif coder == CODER_ZSTD:

@@ -15,6 +15,8 @@ out-of-bounds access.
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 from numba import njit
 
@@ -458,3 +460,90 @@ def normalize(counts, pb):  # pragma: no cover - compiled
         if d > 0:
             f[np.argmax(c)] += d
     return out
+
+
+@njit(cache=True, nogil=True)
+def huffman_encode(z, k, codes, lengths, nbits):  # pragma: no cover - compiled
+    """Bits (MSB first, whole bytes, zero-padded) of the codes of ``min(z, k)``."""
+    out = np.zeros((nbits + 7) >> 3, np.uint8)
+    acc = np.uint64(0)
+    have = 0  # bits in acc
+    pos = 0
+    for i in range(z.size):
+        v = z[i]
+        s = v if v < k else k
+        ln = lengths[s]
+        acc = (acc << np.uint64(ln)) | np.uint64(codes[s])
+        have += ln
+        while have >= 8:
+            have -= 8
+            out[pos] = np.uint8((acc >> np.uint64(have)) & np.uint64(0xFF))
+            pos += 1
+    if have:
+        out[pos] = np.uint8((acc << np.uint64(8 - have)) & np.uint64(0xFF))
+    return out
+
+
+@njit(cache=True, nogil=True)
+def huffman_decode(data, nbits, n, k, table, maxlen, escapes, step, out):  # pragma: no cover
+    """Decode ``n`` symbols with ``table[peek(maxlen)] = symbol << 5 | length``.
+
+    Returns a status: 0, or ERR_WORDS (bits run out), ERR_CONTEXT (a prefix no code
+    starts with), ERR_ESCAPES, ERR_STATE (not every bit used). Values as in
+    :func:`decode` (the residual, or it times ``step``).
+    """
+    acc = np.uint64(0)
+    have = 0
+    pos = 0
+    used = 0
+    e = 0
+    mask = (np.uint64(1) << np.uint64(maxlen)) - np.uint64(1)
+    for i in range(n):
+        while have < maxlen:  # refill (zero bits past the end)
+            b = np.uint64(data[pos]) if pos < data.size else np.uint64(0)
+            acc = ((acc << np.uint64(8)) | b) & np.uint64(0xFFFFFFFFFFFF)
+            pos += 1
+            have += 8
+        t = table[np.int64((acc >> np.uint64(have - maxlen)) & mask)]
+        ln = t & 31
+        if ln == 0:
+            return ERR_CONTEXT
+        have -= ln
+        used += ln
+        if used > nbits:
+            return ERR_WORDS
+        s = np.int64(t >> 5)
+        if s == k:
+            if e >= escapes.size:
+                return ERR_ESCAPES
+            s = escapes[e]
+            e += 1
+        _put(out, i, s, step)
+    if used != nbits or e != escapes.size:
+        return ERR_STATE
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def huffman_depths(weights):  # pragma: no cover - compiled
+    """Depth of each leaf in a Huffman tree of ``weights`` (int64, >= 2 leaves).
+
+    Nodes get ids in creation order (leaves first) and remember their parent; the
+    depths follow from the root down in reverse creation order.
+    """
+    n = weights.size
+    parent = np.zeros(2 * n - 1, np.int64)
+    heap = [(weights[i], np.int64(i)) for i in range(n)]
+    heapq.heapify(heap)
+    nxt = n
+    while len(heap) > 1:
+        wa, a = heapq.heappop(heap)
+        wb, b = heapq.heappop(heap)
+        parent[a] = nxt
+        parent[b] = nxt
+        heapq.heappush(heap, (wa + wb, np.int64(nxt)))
+        nxt += 1
+    depth = np.zeros(2 * n - 1, np.int64)
+    for node in range(2 * n - 3, -1, -1):  # the root (2n - 2) has depth 0
+        depth[node] = depth[parent[node]] + 1
+    return depth[:n]

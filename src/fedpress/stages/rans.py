@@ -175,10 +175,15 @@ def encode_symbols(z: np.ndarray, hist: np.ndarray, w: Writer,
     for j in range(bounds.size - 2):
         w.varint(int(offsets[j + 1] - offsets[j]))
         w.varint(int(np.count_nonzero(is_esc[bounds[j] : bounds[j + 1]])))
-    escaped = (z[is_esc] - k).astype(np.uint64)
-    width = _width(escaped)
-    w.blob(bytes([width]) + _ZSTD.encode(escaped.astype(f"<u{width}")))
+    write_escapes(w, z[is_esc], k)
     w.raw(words.astype("<u2").tobytes())
+
+
+def write_escapes(w: Writer, escaped: np.ndarray, k: int) -> None:
+    """The escape block: the values ``>= k`` of the escaped symbols, in order."""
+    rest = (escaped - k).astype(np.uint64)
+    width = _width(rest)
+    w.blob(bytes([width]) + _ZSTD.encode(rest.astype(f"<u{width}")))
 
 
 def _promising_models(z: np.ndarray, k: int) -> list[int]:
@@ -232,7 +237,7 @@ def decode(rd: Reader, n: int, *, step: float = 0.0,
     for _ in range(lanes - 1):
         nwords.append(rd.varint(cap=n + 2, name="rans lane words"))
         nesc.append(rd.varint(cap=n, name="rans lane escapes"))
-    escapes = _read_escapes(rd, k, n)
+    escapes = read_escapes(rd, k, n)
     words = rd.rest()
     if len(words) % 2 or len(words) > 2 * (n + 2 * lanes):
         raise FormatError("rans: bad stream length")
@@ -259,7 +264,8 @@ def _decode_table(freq: np.ndarray, pb: int, k: int) -> np.ndarray:
     return kernels().build_table(np.ascontiguousarray(freq), pb, k)
 
 
-def _read_escapes(rd: Reader, k: int, n: int) -> np.ndarray:
+def read_escapes(rd: Reader, k: int, n: int) -> np.ndarray:
+    """The escaped values written by :func:`write_escapes` (at most ``n``)."""
     raw = rd.blob(cap=rd.remaining, name="rans escapes")
     if not raw:
         raise FormatError("rans: missing escape block")
