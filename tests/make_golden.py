@@ -32,8 +32,12 @@ def golden_inputs() -> dict[str, np.ndarray]:
     grad[rng2.random(80) < 0.3] = 0.0  # dead rows: zero blocks
     rng3 = np.random.default_rng(20261125)
     burst = rng3.laplace(0.0, 1.0, 100_000) * np.repeat(rng3.choice([0.02, 1.0], 1000), 100)
+    rng4 = np.random.default_rng(20261126)
+    i, j = np.meshgrid(np.linspace(0, 3, 60), np.linspace(0, 4, 50), indexing="ij")
+    surface = np.sin(i) * np.cos(j) + 1e-4 * rng4.standard_normal(i.shape)
     return {
         "smooth": x.reshape(30, 100),
+        "surface": surface.astype(np.float32),
         "grad": grad.astype(np.float32),
         "burst": burst.astype(np.float32).reshape(200, 500),
         "weights": (0.05 * rng.standard_normal((64, 3, 3, 3))).astype(np.float32),
@@ -57,6 +61,8 @@ def main() -> None:
         frames["fpz2_grad"] = fedpress.compress(inputs["grad"], codec="fpz", eb=1e-2)
         # four lanes with the magnitude context (bursts of large and small values)
         frames["fpz2_lanes"] = fedpress.compress(inputs["burst"], codec="fpz", eb=1e-3)
+        # 2-D Lorenzo over the natural axes (a surface smooth along both)
+        frames["fpz2_lorenzo2d"] = fedpress.compress(inputs["surface"], codec="fpz", eb=1e-4)
     for codec in ("zstd", "blosc-lz", "blosc-zstd", "zlib", "gzip", "xz", "lz4"):
         frames[codec] = fedpress.compress(inputs["ints"], codec=codec)
     frames["update_fedsz"] = fedpress.encode_update(

@@ -48,8 +48,28 @@ def test_ans_rejects_bad_histograms() -> None:
 
 @given(codes)
 def test_predictors_invert_exactly(q: np.ndarray) -> None:
+    cols = next(c for c in (7, 5, 3, 2, 1) if q.size % c == 0)
     for _name, fwd, inv in PREDICTORS.values():
-        assert np.array_equal(inv(fwd(q)), q)
+        assert np.array_equal(inv(fwd(q, cols), cols), q)
+
+
+def test_lorenzo2d_follows_the_natural_axes(rng: np.random.Generator) -> None:
+    # smooth along both axes of a (rows, cols) matrix: 2-D Lorenzo is chosen and pays
+    i, j = np.meshgrid(np.linspace(0, 3, 120), np.linspace(0, 4, 90), indexing="ij")
+    x = (np.sin(i) * np.cos(j) + 1e-4 * rng.standard_normal(i.shape)).astype(np.float32)
+    c = fedpress.get_codec("fpz", eb=1e-4)
+    payload = c.encode(x)
+    assert _fpz_header(payload)["predictor"] == 2
+    check_error_bounded(x, "fpz", "rel", 1e-4)
+    for fixed in ("none", "lorenzo1d"):
+        assert len(payload) < len(fedpress.get_codec("fpz", eb=1e-4, predictor=fixed).encode(x))
+    # forced on a 1-D tensor it falls back to lorenzo1d
+    flat = x.reshape(-1)
+    one_d = fedpress.get_codec("fpz", eb=1e-4, predictor="lorenzo2d").encode(flat)
+    assert _fpz_header(one_d)["predictor"] == 1
+    check_error_bounded(flat, "fpz", "rel", 1e-4, predictor="lorenzo2d")
+    with pytest.raises(ValueError, match="rows"):
+        PREDICTORS[2][1](np.arange(10), 3)
 
 
 def test_quantizer_bound_and_overflow(rng: np.random.Generator) -> None:
@@ -61,7 +81,7 @@ def test_quantizer_bound_and_overflow(rng: np.random.Generator) -> None:
     assert quantize(np.array([1.0, -1.0]), 1.0 / MAX_CODE) is not None  # codes MAX_CODE / 2
 
 
-@pytest.mark.parametrize("predictor", ["auto", "none", "lorenzo1d"])
+@pytest.mark.parametrize("predictor", ["auto", "none", "lorenzo1d", "lorenzo2d"])
 @pytest.mark.parametrize("coder", ["auto", "rans", "huffman", "ans", "zstd"])
 def test_every_stage_combination(predictor: str, coder: str, rng: np.random.Generator) -> None:
     smooth = np.sin(np.linspace(0, 30, 20_000)).astype(np.float32)
@@ -91,7 +111,10 @@ def _fpz_header(payload: bytes) -> dict[str, int]:
     rd = Reader(payload)
     kind, _eb, patches = rd.u8(), rd.f64(), rd.varint()
     assert kind == 2 and patches == 0
-    out = {"version": rd.u8(), "mode": rd.u8(), "predictor": rd.u8(), "flags": rd.u8()}
+    out = {"version": rd.u8(), "mode": rd.u8(), "predictor": rd.u8()}
+    if out["predictor"] == 2:
+        out["cols"] = rd.varint()
+    out["flags"] = rd.u8()
     if out["flags"] & 1:
         rd.blob()
     out["coder"] = rd.u8()

@@ -81,10 +81,11 @@ class ErrorBoundedCodec(Codec):
     def _decode_core(self, data: memoryview, n: int, dtype: np.dtype, eb_abs: float) -> np.ndarray:
         """Return the ``n`` values (1-D, ``dtype``) that ``_encode_core`` encoded."""
 
-    def _encode_core_recon(self, x: np.ndarray, eb_abs: float
+    def _encode_core_recon(self, x: np.ndarray, eb_abs: float, shape: tuple[int, ...] = ()
                            ) -> tuple[bytes, np.ndarray | None, np.ndarray | None]:
         """Encode and, where the core knows them, return the decoder's exact output
-        and where it breaks the bound.
+        and where it breaks the bound. ``shape`` is the tensor's shape (``x`` is
+        flat), for cores that predict along its axes.
 
         Returns ``(body, recon, over)``. Cores that compute their reconstruction
         while encoding (quantizers) return it as ``recon`` so the envelope can
@@ -135,7 +136,7 @@ class ErrorBoundedCodec(Codec):
             work = src.astype(core_dt, copy=not all_finite)
             if not all_finite:
                 work[~finite] = min(max(lo, -fmax), fmax)
-            body_, recon, over = self._encode_core_recon(work, eb_abs)
+            body_, recon, over = self._encode_core_recon(work, eb_abs, np.shape(x))
             body = bytes(body_)
             if over is None or not all_finite or work.dtype != flat.dtype:
                 y = recon if recon is not None else self._decode_core(

@@ -3,9 +3,10 @@
 Pipeline per tensor (flattened, finite, float32 or float64 core):
 
 1. **quantize** the values (``stages.quantize``: ``q = rint(x / 2eb)``);
-2. **predict** on the integer codes (``stages.predict``: ``none`` or
-   ``lorenzo1d``), chosen per tensor by the order-0 entropy of the residuals
-   on a sample of contiguous chunks, unless fixed by the ``predictor`` option;
+2. **predict** on the integer codes (``stages.predict``: ``none``,
+   ``lorenzo1d`` or ``lorenzo2d`` over the natural axes), chosen per tensor by
+   the order-0 entropy per value of the residuals on a sample (contiguous
+   chunks; whole rows for 2-D), unless fixed by the ``predictor`` option;
 3. **skip zero blocks**: blocks of 128 codes that are all zero (dead neurons'
    rows in gradients) are marked in a bitmap and not coded, when that pays;
 4. **entropy-code** the residuals: static rANS with an optional magnitude
@@ -24,7 +25,8 @@ would overflow (``max|x| / 2eb > 2**30``) make the tensor go to zstd losslessly.
 Payload (after the envelope)::
 
     u8 version (2; 1 still decodes) | u8 mode (0 quantized, 1 lossless)
-    mode 0: u8 predictor id | u8 flags | [blob zero-block bitmap] | [u8 coder id | body]
+    mode 0: u8 predictor id | [varint columns, lorenzo2d only] | u8 flags
+            | [blob zero-block bitmap] | [u8 coder id | body]
             (version 1 has no flags and no bitmap; coder and body are absent when
             every value lies in a zero block)
             flags bit 0: zero blocks skipped; the bitmap (zstd frame of
@@ -46,7 +48,7 @@ from ..backends.lossless import ZstdCodec
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
 from ..stages import ans, huffman, kernels, rans, spread_chunks
-from ..stages.predict import BY_NAME, PREDICTORS, predictor
+from ..stages.predict import BY_NAME, NEEDS_COLS, PREDICTORS, predictor
 from ..stages.quantize import MAX_CODE, dequantize, quantize, quantize_values, usable_step
 from .base import ErrorBoundedCodec
 
@@ -118,16 +120,36 @@ def _quantize_none(x: np.ndarray, eb_abs: float) -> _Coded | None:
     return z, hist, zero, values, over
 
 
-def _quantize_predict(x: np.ndarray, eb_abs: float, pid: int) -> _Coded | None:
-    """As :func:`_quantize_none`, for a predictor over the kept codes."""
+def _quantize_predict(x: np.ndarray, eb_abs: float, pid: int, cols: int) -> _Coded | None:
+    """As :func:`_quantize_none`, for a predictor over the kept codes (all codes for
+    a 2-D predictor, which needs the rows whole)."""
     qv = quantize_values(x, eb_abs)
     if qv is None:
         return None
     q, values = qv
-    zero = zero_blocks(q) if q.size >= 2 * ZERO_BLOCK else None
+    zero = zero_blocks(q) if q.size >= 2 * ZERO_BLOCK and pid not in NEEDS_COLS else None
     kept = q if zero is None else kernels().gather_blocks(q, zero, _BLOCK_BITS)
-    z, hist = rans.symbols(predictor(pid)[1](kept))
+    z, hist = rans.symbols(predictor(pid)[1](kept, cols))
     return z, hist, zero, values, None
+
+
+def natural_cols(shape: tuple[int, ...]) -> int:
+    """Columns of the tensor seen as a matrix along its natural axes (first axis x
+    the rest), or 0 if that is not a matrix of at least 2 x 2."""
+    if len(shape) < 2 or shape[0] < 2:
+        return 0
+    cols = int(np.prod(shape[1:]))
+    return cols if cols >= 2 else 0
+
+
+def _row_bands(v: np.ndarray, cols: int) -> np.ndarray:
+    """Whole-row bands spread over ``v`` (a matrix of ``cols`` columns), for estimates."""
+    rows = v.size // cols
+    per = max(2, _CHUNK // cols)
+    if rows <= per * _SAMPLE_CHUNKS:
+        return v
+    starts = np.linspace(0, rows - per, _SAMPLE_CHUNKS).astype(np.int64)
+    return np.concatenate([v[s * cols : (s + per) * cols] for s in starts])
 
 
 def _worth_skipping(zero: np.ndarray) -> np.ndarray | None:
@@ -150,8 +172,10 @@ class FpzCodec(ErrorBoundedCodec):
     ----------
     mode, eb : str, float
         Error bound (see :mod:`fedpress.bounds`).
-    predictor : {"auto", "none", "lorenzo1d"}
-        Prediction on the codes; ``auto`` picks per tensor.
+    predictor : {"auto", "none", "lorenzo1d", "lorenzo2d"}
+        Prediction on the codes; ``auto`` picks per tensor (``lorenzo2d`` works
+        on the tensor as a matrix, first axis x the rest; on 1-D tensors it
+        falls back to ``lorenzo1d``).
     coder : {"auto", "rans", "huffman", "ans", "zstd"}
         Entropy coder; ``auto`` takes ``rans``, or on small tensors the smallest
         of rans, Huffman and zstd.
@@ -171,18 +195,23 @@ class FpzCodec(ErrorBoundedCodec):
         self.predictor = predictor
         self.coder = coder
 
-    def _choose_predictor(self, x: np.ndarray, eb_abs: float) -> int:
-        """Predictor id: fixed, or the one whose residuals have the least entropy
-        on a sample of the quantized values."""
+    def _choose_predictor(self, x: np.ndarray, eb_abs: float, cols: int) -> int:
+        """Predictor id: fixed, or the one whose residuals have the least entropy per
+        value on a sample of the quantized values (whole rows for 2-D ones)."""
         if self.predictor != "auto":
-            return BY_NAME[self.predictor]
-        q = quantize(_sample(x), eb_abs)
-        if q is None:
-            return BY_NAME["none"]
-        best, best_bits = 0, float("inf")
+            pid = BY_NAME[self.predictor]
+            if pid in NEEDS_COLS and not cols:
+                return BY_NAME["lorenzo1d"]  # not a matrix: its 1-D form
+            return pid
+        best, best_bits = BY_NAME["none"], float("inf")
         for pid, (_, fwd, _) in PREDICTORS.items():
-            r = fwd(q)
-            bits = ans.entropy_bits(np.bincount(r - r.min()))
+            if pid in NEEDS_COLS and not cols:
+                continue
+            q = quantize(_row_bands(x, cols) if pid in NEEDS_COLS else _sample(x), eb_abs)
+            if q is None:
+                return BY_NAME["none"]
+            r = fwd(q, cols)
+            bits = ans.entropy_bits(np.bincount(r - r.min())) / r.size
             if bits < best_bits:
                 best, best_bits = pid, bits
         return best
@@ -190,10 +219,12 @@ class FpzCodec(ErrorBoundedCodec):
     def _encode_core(self, x: np.ndarray, eb_abs: float) -> bytes:
         return self._encode_core_recon(x, eb_abs)[0]
 
-    def _encode_core_recon(self, x: np.ndarray, eb_abs: float
+    def _encode_core_recon(self, x: np.ndarray, eb_abs: float, shape: tuple[int, ...] = ()
                            ) -> tuple[bytes, np.ndarray, np.ndarray | None]:
-        pid = self._choose_predictor(x, eb_abs)
-        coded = _quantize_none(x, eb_abs) if pid == _FUSED else _quantize_predict(x, eb_abs, pid)
+        cols = natural_cols(shape) if x.size == int(np.prod(shape)) else 0
+        pid = self._choose_predictor(x, eb_abs, cols)
+        coded = (_quantize_none(x, eb_abs) if pid == _FUSED
+                 else _quantize_predict(x, eb_abs, pid, cols))
         w = Writer()
         w.u8(VERSION)
         if coded is None:
@@ -203,6 +234,8 @@ class FpzCodec(ErrorBoundedCodec):
         z, hist, zero, values, over = coded
         w.u8(MODE_QUANT)
         w.u8(pid)
+        if pid in NEEDS_COLS:
+            w.varint(cols)
         w.u8(0 if zero is None else FLAG_ZERO_BLOCKS)
         if zero is not None:
             w.blob(_ZSTD.encode(np.packbits(zero, bitorder="little")))
@@ -256,8 +289,13 @@ class FpzCodec(ErrorBoundedCodec):
             raise FormatError(f"fpz payload: unknown mode {mode}")
         pid = rd.u8()
         _, _, inverse = predictor(pid)
+        cols = 0
+        if pid in NEEDS_COLS:
+            cols = rd.varint(cap=n, name="fpz columns")
+            if version == 1 or cols < 1 or n % cols:
+                raise FormatError(f"fpz payload: {cols} columns for {n} values")
         flags = rd.u8() if version >= 2 else 0
-        if flags & ~FLAG_ZERO_BLOCKS:
+        if flags & ~FLAG_ZERO_BLOCKS or (flags and cols):
             raise FormatError(f"fpz payload: unknown flags {flags}")
         zero = None
         if flags & FLAG_ZERO_BLOCKS:
@@ -271,7 +309,8 @@ class FpzCodec(ErrorBoundedCodec):
             return np.zeros(n, dtype=dtype)
         if not usable_step(2.0 * eb_abs):
             raise FormatError(f"fpz payload: quantized values with bound {eb_abs}")
-        kept = self._decode_values(rd, m, pid, inverse, 2.0 * eb_abs, dtype, version)
+        kept = self._decode_values(rd, m, pid, lambda r: inverse(r, cols), 2.0 * eb_abs, dtype,
+                                   version)
         if zero is None:
             return kept
         out = np.empty(n, dtype=dtype)
