@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 import fedpress
@@ -84,3 +87,22 @@ def check_lossless(x: np.ndarray, codec: str, **config: object) -> bytes:
 
 __all__ = ["BFLOAT16", "EB_CODECS", "FLOAT_DTYPES", "LOSSLESS_CODECS", "abs_bound",
            "available", "check_error_bounded", "check_lossless", "run_isolated", "same_bits"]
+
+
+def check_mutated_residual_stream(data: Any, encode: Callable[[np.ndarray], bytes],
+                                  decode: Callable[[bytes, int], np.ndarray],
+                                  max_n: int) -> None:
+    """Encode random residuals, flip a few bytes (hypothesis ``data`` draws where), and
+    check the decoder answers with FormatError or a well-formed int64 array."""
+    import hypothesis.strategies as st
+
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    r = np.rint(rng.laplace(0, 2, data.draw(st.integers(1, max_n)))).astype(np.int64)
+    blob = bytearray(encode(r))
+    for _ in range(data.draw(st.integers(1, 4))):
+        blob[data.draw(st.integers(0, len(blob) - 1))] ^= data.draw(st.integers(1, 255))
+    try:
+        out = decode(bytes(blob), r.size)
+    except fedpress.FormatError:
+        return
+    assert out.shape == r.shape and out.dtype == np.int64  # a well-formed array
