@@ -1,92 +1,24 @@
-"""The Fashion-MNIST demo: its IDX reader (always) and a tiny end-to-end run (with the data)."""
+"""The Fashion-MNIST demo: a tiny end-to-end run (with the data)."""
 
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from fedpress import demo
-
-
-def idx_bytes(arr: np.ndarray, type_byte: int) -> bytes:
-    """An IDX file written independently of the reader: header, big-endian dims and values."""
-    dtype = demo.IDX_TYPES[type_byte]
-    head = bytes([0, 0, type_byte, arr.ndim])
-    head += b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-    return head + arr.astype(dtype).tobytes()
-
-
-# ------------------------------------------------------------------ IDX reader
-@pytest.mark.parametrize("compressed", [False, True])
-def test_read_idx_round_trips_uint8_images(tmp_path: Path, compressed: bool) -> None:
-    imgs = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
-    raw = idx_bytes(imgs, 0x08)
-    path = tmp_path / ("x.idx3-ubyte.gz" if compressed else "x.idx3-ubyte")
-    path.write_bytes(gzip.compress(raw) if compressed else raw)
-    out = demo.read_idx(path)
-    assert out.dtype == np.uint8
-    assert out.shape == (2, 3, 4)
-    np.testing.assert_array_equal(out, imgs)
-
-
-@pytest.mark.parametrize("type_byte,values", [
-    (0x09, [-128, -1, 0, 127]),
-    (0x0B, [-32768, -2, 7, 32767]),
-    (0x0C, [-(2**31), -5, 9, 2**31 - 1]),
-    (0x0D, [-1.5, 0.0, 3.25, 1e30]),
-    (0x0E, [-1e300, -0.5, 2.0, 1e-300]),
-])
-def test_read_idx_decodes_big_endian_types(tmp_path: Path, type_byte: int,
-                                           values: list[float]) -> None:
-    arr = np.array(values, dtype=demo.IDX_TYPES[type_byte])
-    path = tmp_path / "v.idx1"
-    path.write_bytes(idx_bytes(arr, type_byte))
-    out = demo.read_idx(path)
-    assert out.dtype.isnative
-    assert out.shape == (4,)
-    np.testing.assert_array_equal(out, np.array(values, dtype=out.dtype))
-
-
-def test_labels_file_is_one_dimensional(tmp_path: Path) -> None:
-    labels = np.array([9, 0, 0, 3, 0, 2], dtype=np.uint8)
-    path = tmp_path / "labels-idx1-ubyte.gz"
-    path.write_bytes(gzip.compress(idx_bytes(labels, 0x08)))
-    np.testing.assert_array_equal(demo.read_idx(path), labels)
-
-
-@pytest.mark.parametrize("raw,match", [
-    (b"\x00\x00", "too short"),
-    (b"\x01\x00\x08\x01\x00\x00\x00\x01\x05", "first two bytes"),
-    (b"\x00\x00\x07\x01\x00\x00\x00\x01\x05", "type byte"),
-    (b"\x00\x00\x08\x00", "0 dimensions"),
-    (b"\x00\x00\x08\x02\x00\x00\x00\x01", "ends early"),
-    (b"\x00\x00\x08\x01\x00\x00\x00\x03\x01\x02", "needs 11 bytes"),
-    (b"\x00\x00\x08\x01\x00\x00\x00\x01\x01\x02", "needs 9 bytes"),
-])
-def test_malformed_idx_raises_idx_format_error(raw: bytes, match: str) -> None:
-    with pytest.raises(demo.IDXFormatError, match=match):
-        demo.parse_idx(raw)
-    assert issubclass(demo.IDXFormatError, ValueError)
-
-
-def test_missing_dataset_says_how_to_install(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        demo.load_fashion_mnist(tmp_path)
-
+from fedpress.sim import data
 
 # ------------------------------------------------------------------ end to end
-HAVE_DATA = all((demo.DATA_DIR / name).is_file() for name in demo.FILES.values())
+HAVE_DATA = all((data.DATA_DIR / name).is_file() for name in data.FILES.values())
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-@pytest.mark.skipif(not HAVE_DATA, reason=f"Fashion-MNIST not in {demo.DATA_DIR} "
+@pytest.mark.skipif(not HAVE_DATA, reason=f"Fashion-MNIST not in {data.DATA_DIR} "
                     "(apt-get install dataset-fashion-mnist)")
 def test_demo_tiny_run_rows_are_consistent(tmp_path: Path) -> None:
     pytest.importorskip("torch")

@@ -24,7 +24,6 @@ import argparse
 import csv
 import datetime
 import functools
-import gzip
 import json
 import os
 import statistics
@@ -36,15 +35,9 @@ import numpy as np
 
 import fedpress
 from fedpress.registry import unavailable_reason
+from fedpress.sim.data import DATA_DIR, load_fashion_mnist
 from fedpress.verify import compare
 
-DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
-FILES = {
-    "train_images": "train-images-idx3-ubyte.gz",
-    "train_labels": "train-labels-idx1-ubyte.gz",
-    "test_images": "t10k-images-idx3-ubyte.gz",
-    "test_labels": "t10k-labels-idx1-ubyte.gz",
-}
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set statistics
 BATCH, LR, MOMENTUM, SEED = 64, 0.01, 0.9, 1234
 RELS = (1e-2, 1e-3, 1e-4)
@@ -52,77 +45,6 @@ LOSSY = ("fpz", "sz2", "sz3", "zfp", "szx")
 LOSSLESS_PLANS = ("blosc-lz", "zstd")
 FIELDS = ["plan", "lossy", "rel", "raw_bytes", "frame_bytes", "cr", "lossy_tensors",
           "max_err_over_eb", "patches", "encode_ms", "decode_ms", "test_acc", "acc_delta"]
-
-# ---------------------------------------------------------------- IDX files
-#: IDX type byte -> big-endian numpy dtype
-IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-class IDXFormatError(ValueError):
-    """A file that is not a well-formed IDX file."""
-
-
-def parse_idx(raw: bytes) -> np.ndarray:
-    """Parse the bytes of an IDX file (the MNIST format) into a native-endian array.
-
-    Layout: two zero bytes, a type byte (``IDX_TYPES``), the number of
-    dimensions, then one big-endian uint32 per dimension, then the values
-    (big-endian, C order).
-    """
-    if len(raw) < 4:
-        raise IDXFormatError(f"IDX data too short for a header ({len(raw)} bytes)")
-    if raw[0] != 0 or raw[1] != 0:
-        raise IDXFormatError("not an IDX file: the first two bytes must be zero")
-    dtype = IDX_TYPES.get(raw[2])
-    if dtype is None:
-        raise IDXFormatError(f"unknown IDX type byte {raw[2]:#04x}")
-    ndim = raw[3]
-    if ndim == 0:
-        raise IDXFormatError("IDX file declares 0 dimensions")
-    head = 4 + 4 * ndim
-    if len(raw) < head:
-        raise IDXFormatError(f"IDX header declares {ndim} dimensions but the data ends early")
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    dt = np.dtype(dtype)
-    count = 1
-    for d in dims:
-        count *= d
-    expected = head + count * dt.itemsize
-    if len(raw) != expected:
-        raise IDXFormatError(f"IDX file of shape {dims} and type {dt} needs {expected} bytes, "
-                             f"has {len(raw)}")
-    arr = np.frombuffer(raw, dtype=dt, count=count, offset=head).reshape(dims)
-    return arr.astype(dt.newbyteorder("="))
-
-
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an IDX file, gzip-compressed (detected by its magic bytes) or not."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    return parse_idx(raw)
-
-
-def load_fashion_mnist(data_dir: str | os.PathLike[str] = DATA_DIR,
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Train images, train labels, test images, test labels (images N x 28 x 28 uint8)."""
-    root = Path(data_dir)
-    missing = [name for name in FILES.values() if not (root / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"Fashion-MNIST not found in {root} (missing: {', '.join(missing)}). "
-            "Install the Debian package: apt-get install dataset-fashion-mnist "
-            "(after apt-get update), or pass --data-dir."
-        )
-    arrs = [read_idx(root / FILES[k]) for k in
-            ("train_images", "train_labels", "test_images", "test_labels")]
-    xtr, ytr, xte, yte = arrs
-    if xtr.shape[1:] != (28, 28) or xte.shape[1:] != (28, 28) or len(xtr) != len(ytr) \
-            or len(xte) != len(yte):
-        raise IDXFormatError(f"unexpected Fashion-MNIST shapes {[a.shape for a in arrs]}")
-    return xtr, ytr, xte, yte
-
 
 # -------------------------------------------------------------------- model
 def _torch() -> Any:

@@ -1,0 +1,1 @@
+"""The federated-learning simulator: datasets and partitions (``data``); more to come."""
