@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import functools
 import json
 import os
 import statistics
@@ -57,33 +56,12 @@ def _torch() -> Any:
     return torch
 
 
-@functools.cache
-def _small_cnn_class() -> Any:
-    torch = _torch()
-    nn = torch.nn
-    functional = torch.nn.functional
-
-    class SmallCNN(nn.Module):  # type: ignore[misc,name-defined]
-        """2 conv (32/64 channels, 3x3, pad 1, 2x2 max-pool) + FC 3136 -> 128 -> 10."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
-            self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
-            self.fc1 = nn.Linear(64 * 7 * 7, 128)
-            self.fc2 = nn.Linear(128, 10)
-
-        def forward(self, x: Any) -> Any:
-            x = functional.max_pool2d(functional.relu(self.conv1(x)), 2)
-            x = functional.max_pool2d(functional.relu(self.conv2(x)), 2)
-            return self.fc2(functional.relu(self.fc1(x.flatten(1))))
-
-    return SmallCNN
-
-
 def small_cnn() -> Any:
     """The small CNN of make_fl_data.py (421,642 parameters), freshly initialised."""
-    return _small_cnn_class()()
+    _torch()  # a clear message if PyTorch is missing
+    from .sim.models import build_model
+
+    return build_model("cnn", (1, 28, 28), 10)
 
 
 def to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[Any, Any]:
