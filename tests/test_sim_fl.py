@@ -1,0 +1,111 @@
+"""The FL loop on sklearn digits with tiny models: bit-for-bit equal to a plain PyTorch
+FedAvg loop when traffic is raw, compressed traffic counted and still learning, the
+algorithm variants consistent with each other, the network model, bad configs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fedpress
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+from fedpress.sim import data, fl  # noqa: E402
+from fedpress.sim.models import build_model  # noqa: E402
+from fedpress.sim.network import Network, per_client, transfer_s  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def digits() -> data.Dataset:
+    return data.load_dataset("digits")
+
+
+def _cfg(**kw: object) -> fl.FLConfig:
+    base = {"model": "mlp", "clients": 3, "rounds": 2, "batch_size": 32, "lr": 0.05}
+    base.update(kw)
+    return fl.FLConfig(**base)  # type: ignore[arg-type]
+
+
+def test_raw_fedavg_equals_a_plain_pytorch_loop(digits: data.Dataset) -> None:
+    torch.set_num_threads(1)
+    cfg = _cfg()
+    _, model = fl.simulate(digits, cfg)
+
+    # the reference: plain PyTorch, same seeds, same data order, same averaging
+    parts = data.partition(digits.y_train, 3, "iid", seed=0)
+    ref = build_model("mlp", digits.input_shape, 10, seed=0)
+    glob = {k: v.clone() for k, v in ref.state_dict().items()}
+    for rnd in (1, 2):
+        states, sizes = [], []
+        for k, p in enumerate(parts):
+            ref.load_state_dict(glob)
+            x = (torch.from_numpy(digits.x_train[p]).float() / 255 - 0.5) / 0.25
+            y = torch.from_numpy(digits.y_train[p])
+            gen = torch.Generator().manual_seed(0 * 1_000_003 + rnd * 1_009 + k)
+            opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
+            for idx in torch.randperm(len(y), generator=gen).split(32):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(ref(x[idx]), y[idx]).backward()
+                opt.step()
+            states.append({k2: v.clone() for k2, v in ref.state_dict().items()})
+            sizes.append(len(p))
+        w = [s / sum(sizes) for s in sizes]
+        glob = {k2: sum(wi * st[k2].double() for wi, st in zip(w, states)).float()
+                for k2 in glob}
+    got = model.state_dict()
+    assert all(torch.equal(got[k], glob[k]) for k in glob)
+
+
+def test_compressed_traffic_is_counted_and_still_learns(digits: data.Dataset) -> None:
+    raw, _ = fl.simulate(digits, _cfg(model="cnn", rounds=3))
+    fz, _ = fl.simulate(digits, _cfg(model="cnn", rounds=3, plan="fpz",
+                                     plan_options={"eb": 1e-2}, downlink_plan="fpz",
+                                     downlink_options={"eb": 1e-3}))
+    assert raw[-1].cr_up == raw[-1].cr_down == 1.0 and raw[-1].encode_s == 0.0
+    assert fz[-1].cr_up > 5 and fz[-1].cr_down > 2
+    assert fz[-1].bytes_up * 5 < raw[-1].bytes_up and fz[-1].encode_s > 0
+    assert fz[-1].comm_s < raw[-1].comm_s
+    assert raw[-1].accuracy > 0.8 and abs(fz[-1].accuracy - raw[-1].accuracy) < 0.05
+
+
+def test_variants_agree_where_they_should(digits: data.Dataset) -> None:
+    base, m_avg = fl.simulate(digits, _cfg())
+    _, m_mom0 = fl.simulate(digits, _cfg(algorithm="fedavgm", server_momentum=0.0))
+    _, m_upd = fl.simulate(digits, _cfg(send="update"))
+    for k, v in m_avg.state_dict().items():
+        assert torch.equal(m_mom0.state_dict()[k], v)  # no momentum, server lr 1: FedAvg
+        assert torch.allclose(m_upd.state_dict()[k], v, atol=1e-6)  # updates add up
+    grad, _ = fl.simulate(digits, _cfg(send="gradient", local_steps=2, rounds=3))
+    prox, _ = fl.simulate(digits, _cfg(algorithm="fedprox", mu=0.1))
+    assert len(grad) == 3 and 0 <= grad[-1].accuracy <= 1 and prox[-1].accuracy > 0.5
+    half, _ = fl.simulate(digits, _cfg(clients=4, fraction=0.5))
+    assert all(len(m.clients) == 2 for m in half)
+    assert base[0].row()["clients"] == "0 1 2"
+
+
+def test_network_model() -> None:
+    assert transfer_s(1_250_000, 10.0, 20.0) == pytest.approx(1.02)  # 10 Mb at 10 Mbps
+    net = Network.build(3, up_mbps=[1, 2, 4], down_mbps={"median": 10, "sigma": 0.5},
+                        latency_ms=5, seed=1)
+    assert net.upload_s(2, 500_000) == pytest.approx(1.005)
+    assert net.down_mbps.shape == (3,) and len(set(net.down_mbps)) == 3
+    again = Network.build(3, up_mbps=[1, 2, 4], down_mbps={"median": 10, "sigma": 0.5},
+                          latency_ms=5, seed=1)
+    assert np.array_equal(net.down_mbps, again.down_mbps)
+    for bad, match in (([-1.0, 1, 1], "> 0"), ([1, 2], "2 values for 3"),
+                       ({"sigma": 1}, "median")):
+        with pytest.raises(fedpress.ConfigError, match=match):
+            per_client(bad, 3, "uplink", 0)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"algorithm": "fedsgd"}, "choose one of fedavg"),
+    ({"send": "logits"}, "choose one of weights"),
+    ({"rounds": 0}, "rounds must be >= 1"),
+    ({"fraction": 0.0}, "fraction"),
+    ({"model": "vgg"}, "unknown model"),
+])
+def test_bad_configs_are_config_errors(digits: data.Dataset, kw: dict, match: str) -> None:
+    with pytest.raises(fedpress.ConfigError, match=match):
+        fl.simulate(digits, _cfg(**kw))
