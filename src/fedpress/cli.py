@@ -588,6 +588,131 @@ def bench(
         console.print(f"results written to {escape(str(json_out))}", highlight=False)
 
 
+def _sim_settings(config: Path | None, **flags: Any) -> dict[str, Any]:
+    """TOML settings (if any) overridden by the flags given on the command line."""
+    from .sim.run import load_config
+
+    settings = load_config(config) if config is not None else {}
+    for key in ("uplink_mbps", "downlink_mbps", "latency_ms"):
+        if isinstance(flags.get(key), str):
+            flags[key] = _parse_link(flags[key], key)
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    return settings
+
+
+def _parse_link(text: str, what: str) -> float | list[float]:
+    values = _parse_floats(text, f"--{what.replace('_', '-')}")
+    return values[0] if len(values) == 1 else values
+
+
+def _sim_flags() -> dict[str, Any]:
+    """The typer options shared by simulate and compare (None: not given)."""
+    opt = typer.Option
+    return {
+        "config": Annotated[Path | None, opt(help="TOML file of settings (flags override "
+                                                   "it).")],
+        "dataset": Annotated[str | None, opt(help="fashion-mnist, digits or cifar10.")],
+        "data_dir": Annotated[str | None, opt(help="Where the dataset lies (cifar10: its "
+                                                   "binary batches).")],
+        "model": Annotated[str | None, opt(help="mlp, cnn, resnet18, alexnet, mobilenetv2.")],
+        "clients": Annotated[int | None, opt(help="Number of clients.")],
+        "rounds": Annotated[int | None, opt(help="Number of rounds.")],
+        "fraction": Annotated[float | None, opt(help="Share of clients sampled per round.")],
+        "local_epochs": Annotated[int | None, opt(help="Local epochs per round.")],
+        "local_steps": Annotated[int | None, opt(help="Local minibatch steps (overrides "
+                                                      "epochs).")],
+        "batch_size": Annotated[int | None, opt(help="Local batch size.")],
+        "lr": Annotated[float | None, opt(help="Client learning rate.")],
+        "algorithm": Annotated[str | None, opt(help="fedavg, fedprox or fedavgm.")],
+        "mu": Annotated[float | None, opt(help="FedProx proximal weight.")],
+        "server_momentum": Annotated[float | None, opt(help="FedAvgM server momentum.")],
+        "send": Annotated[str | None, opt(help="What clients send: weights, update, "
+                                               "gradient.")],
+        "partition": Annotated[str | None, opt(help="iid, dirichlet or shards.")],
+        "alpha": Annotated[float | None, opt(help="Dirichlet concentration.")],
+        "eb": Annotated[float | None, opt(help="Error bound of the lossy codecs.")],
+        "mode": Annotated[str | None, opt(help="Error-bound mode: rel or abs.")],
+        "lossy": Annotated[str | None, opt(help="fedsz plan: its lossy codec.")],
+        "downlink_plan": Annotated[str | None, opt(help="Plan of the server's downlink "
+                                                        "('none': raw).")],
+        "uplink_mbps": Annotated[str | None, opt(help="Uplink Mbps: one number or one per "
+                                                      "client (comma-separated).")],
+        "downlink_mbps": Annotated[str | None, opt(help="Downlink Mbps, as --uplink-mbps.")],
+        "latency_ms": Annotated[str | None, opt(help="Latency in ms, as --uplink-mbps.")],
+        "seed": Annotated[int | None, opt(help="Seed of data split, model and sampling.")],
+        "test_limit": Annotated[int | None, opt(help="Evaluate on the first N test "
+                                                     "samples.")],
+        "threads": Annotated[int | None, opt(help="PyTorch threads.")],
+    }
+
+
+def _with_sim_flags(fn: F) -> F:
+    """Give ``fn`` (which takes ``**flags``) the shared simulation options."""
+    import inspect as _inspect
+
+    sig = _inspect.signature(fn)
+    params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+    params += [_inspect.Parameter(name, _inspect.Parameter.KEYWORD_ONLY, default=None,
+                                  annotation=ann) for name, ann in _sim_flags().items()]
+    fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return fn
+
+
+@app.command()
+@_handle_errors
+@_with_sim_flags
+def simulate(
+    plan: Annotated[str | None, typer.Option(help="Uplink plan: 'none' (raw float32), "
+                                                  "'fedsz', a codec id, or JSON rules.")]
+    = None,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("out/simulate"),
+    **flags: Any,
+) -> None:
+    """Federated training with compressed traffic: accuracy, bytes and time per round.
+
+    Writes metrics.csv, summary.json and PNG plots into --out.
+    """
+    from .sim.run import run
+
+    config = flags.pop("config", None)
+    settings = _sim_settings(config, plan=_parse_plan(plan) if plan else None, **flags)
+    result = run(settings, out)
+    _print_summary([result | {"plan": settings.get("plan", "none")}], out)
+
+
+@app.command("compare")
+@_handle_errors
+@_with_sim_flags
+def compare_plans(
+    plans: Annotated[str, typer.Option(help="Comma-separated uplink plans, e.g. "
+                                            "none,fedsz,sz3,fpz.")] = "none,fedsz,sz3,fpz",
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("out/compare"),
+    **flags: Any,
+) -> None:
+    """The same simulation once per plan; a side-by-side table and overlaid plots."""
+    from .sim.run import compare as run_compare
+
+    config = flags.pop("config", None)
+    settings = _sim_settings(config, **flags)
+    results = run_compare(settings, _split_list(plans, "--plans"), out)
+    _print_summary(results, out)
+
+
+def _print_summary(results: list[dict[str, Any]], out: Path) -> None:
+    from rich.table import Table
+
+    from .sim.run import COMPARE_COLUMNS, comparison_rows
+
+    table = Table(title="fedpress simulation")
+    for col in COMPARE_COLUMNS:
+        table.add_column(col, justify="left" if col == "plan" else "right")
+    for row in comparison_rows(results):
+        table.add_row(*(escape(str(row[c])) if c == "plan" else f"{row[c]:.4g}"
+                        for c in COMPARE_COLUMNS))
+    console.print(table)
+    console.print(f"outputs in {escape(str(out))}", highlight=False)
+
+
 def main() -> None:
     """Entry point of the ``fedpress`` console script."""
     app()

@@ -1,0 +1,201 @@
+"""Run simulations from settings (the CLI's flags or a TOML file) with a progress bar.
+
+Settings (all optional; defaults in ``DEFAULTS``): ``dataset``, ``data_dir``,
+``model``, ``clients``, ``rounds``, ``fraction``, ``local_epochs``, ``local_steps``,
+``batch_size``, ``lr``, ``momentum``, ``algorithm``, ``mu``, ``server_lr``,
+``server_momentum``, ``send``, ``partition``, ``alpha``, ``plan`` (``"none"`` = raw
+float32, or any fedpress plan), ``mode``, ``eb``, ``lossy``, ``lossless``,
+``threshold``, ``downlink_plan`` (same forms; default ``"none"``), ``uplink_mbps``,
+``downlink_mbps``, ``latency_ms`` (a number, a list or ``{median, sigma}``),
+``seed``, ``test_limit``, ``threads``, ``out``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+DEFAULTS: dict[str, Any] = {
+    "dataset": "fashion-mnist", "data_dir": None, "model": "cnn", "clients": 4, "rounds": 5,
+    "fraction": 1.0, "local_epochs": 1, "local_steps": None, "batch_size": 64, "lr": 0.01,
+    "momentum": 0.9, "algorithm": "fedavg", "mu": 0.01, "server_lr": 1.0,
+    "server_momentum": 0.9, "send": "weights", "partition": "iid", "alpha": 0.5,
+    "plan": "none", "mode": "rel", "eb": 1e-2, "lossy": None, "lossless": None,
+    "threshold": None, "downlink_plan": "none", "uplink_mbps": 10.0, "downlink_mbps": 10.0,
+    "latency_ms": 0.0, "seed": 0, "test_limit": None, "threads": 1, "out": "out/simulate",
+}
+PLAN_KEYS = ("mode", "eb", "lossy", "lossless", "threshold")
+
+
+def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Settings from a TOML file (top-level keys as in ``DEFAULTS``, dashes allowed)."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    settings = {k.replace("-", "_"): v for k, v in raw.items()}
+    unknown = sorted(set(settings) - set(DEFAULTS) - {"plans"})
+    if unknown:
+        raise ConfigError(f"config {path}: unknown keys {', '.join(unknown)}; known: "
+                          f"{', '.join(DEFAULTS)}")
+    return settings
+
+
+def resolve(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``DEFAULTS`` overridden by the non-None ``settings``, checked where cheap."""
+    unknown = sorted(set(settings) - set(DEFAULTS) - {"plans"})
+    if unknown:
+        raise ConfigError(f"unknown settings {', '.join(unknown)}")
+    out = dict(DEFAULTS)
+    out.update({k: v for k, v in settings.items() if v is not None})
+    if out["mode"] not in ("rel", "abs"):
+        raise ConfigError(f"mode must be 'rel' or 'abs', got {out['mode']!r}")
+    if not 0 <= float(out["eb"]) < (1 if out["mode"] == "rel" else float("inf")):
+        raise ConfigError(f"eb out of range for mode {out['mode']!r}: {out['eb']} "
+                          "(rel: 0 <= eb < 1; abs: eb >= 0)")
+    return out
+
+
+def _plan(spec: Any, settings: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(plan for UpdateEncoder or None for raw, its options)."""
+    if spec in (None, "none", "raw"):
+        return None, {}
+    options = {k: settings[k] for k in PLAN_KEYS if settings.get(k) is not None}
+    if spec != "fedsz":
+        options.pop("lossy", None)
+        options.pop("lossless", None)
+    if options.get("threshold") is None:
+        options.pop("threshold", None)
+    return spec, options
+
+
+def run(settings: Mapping[str, Any], out_dir: str | os.PathLike[str] | None = None,
+        progress: bool = True, label: str | None = None,
+        dataset: Any = None) -> dict[str, Any]:
+    """One simulation; writes its outputs to ``out_dir`` (default ``settings['out']``)
+    and returns the summary (with the per-round rows under ``"rows"``)."""
+    import torch
+
+    from . import report
+    from .data import load_dataset
+    from .fl import FLConfig, simulate
+    from .network import Network
+
+    s = resolve(settings)
+    torch.set_num_threads(int(s["threads"]))
+    ds = dataset if dataset is not None else load_dataset(s["dataset"], s["data_dir"])
+    plan, plan_options = _plan(s["plan"], s)
+    down, down_options = _plan(s["downlink_plan"], s)
+    cfg = FLConfig(
+        model=s["model"], clients=int(s["clients"]), rounds=int(s["rounds"]),
+        fraction=float(s["fraction"]), local_epochs=int(s["local_epochs"]),
+        local_steps=None if s["local_steps"] is None else int(s["local_steps"]),
+        batch_size=int(s["batch_size"]), lr=float(s["lr"]), momentum=float(s["momentum"]),
+        algorithm=s["algorithm"], mu=float(s["mu"]), server_lr=float(s["server_lr"]),
+        server_momentum=float(s["server_momentum"]), send=s["send"],
+        partition=s["partition"], alpha=float(s["alpha"]), plan=plan,
+        plan_options=plan_options, downlink_plan=down, downlink_options=down_options,
+        seed=int(s["seed"]))
+    network = Network.build(cfg.clients, s["uplink_mbps"], s["downlink_mbps"],
+                            s["latency_ms"], seed=cfg.seed)
+    with _progress(progress, label or str(s["plan"]), cfg.rounds) as tick:
+        history, _ = simulate(ds, cfg, network, on_round=tick,
+                              test_limit=None if s["test_limit"] is None
+                              else int(s["test_limit"]))
+    config = {k: v for k, v in s.items() if k != "out"} | {"network": network.describe()}
+    result = report.write_run(out_dir or s["out"], history, config)
+    result["rows"] = report.rows(history)
+    return result
+
+
+def compare(settings: Mapping[str, Any], plans: Sequence[str],
+            out_dir: str | os.PathLike[str], progress: bool = True) -> list[dict[str, Any]]:
+    """The same run (seed, data, clients) once per uplink plan; writes each run under
+    ``out_dir/<plan>/``, the side-by-side ``comparison.csv`` / ``comparison.md`` and
+    overlaid plots in ``out_dir``."""
+    from . import report
+    from .data import load_dataset
+
+    if not plans:
+        raise ConfigError("compare needs at least one plan")
+    s = resolve(settings)
+    ds = load_dataset(s["dataset"], s["data_dir"])
+    out = Path(out_dir)
+    results = []
+    for spec in plans:
+        name = _slug(spec)
+        results.append(run(dict(s, plan=spec), out / name, progress, label=name, dataset=ds)
+                       | {"plan": spec})
+    write_comparison(results, out)
+    report.plot({_slug(r["plan"]): r["rows"] for r in results}, out)
+    return results
+
+
+COMPARE_COLUMNS = ["plan", "final_accuracy", "best_accuracy", "cr_up", "cr_down", "mb_up",
+                   "mb_down", "encode_s", "decode_s", "comm_s", "round_s", "wall_s"]
+
+
+def comparison_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{"plan": r["plan"], "final_accuracy": r["final_accuracy"],
+             "best_accuracy": r["best_accuracy"], "cr_up": r["cr_up"], "cr_down": r["cr_down"],
+             "mb_up": r["bytes_up"] / 1e6, "mb_down": r["bytes_down"] / 1e6,
+             "encode_s": r["encode_s"], "decode_s": r["decode_s"], "comm_s": r["comm_s"],
+             "round_s": r["round_s"], "wall_s": r["wall_s"]} for r in results]
+
+
+def write_comparison(results: Sequence[Mapping[str, Any]], out: Path) -> None:
+    table = comparison_rows(results)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "comparison.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COMPARE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(table)
+    lines = ["| " + " | ".join(COMPARE_COLUMNS) + " |", "|" + "---|" * len(COMPARE_COLUMNS)]
+    for row in table:
+        lines.append("| " + " | ".join(row["plan"] if k == "plan" else _fmt(row[k])
+                                       for k in COMPARE_COLUMNS) + " |")
+    (out / "comparison.md").write_text("\n".join(lines) + "\n")
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4f}" if abs(v) < 1 else f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+
+
+def _slug(spec: Any) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(spec))
+
+
+class _progress:
+    """A rich progress bar over rounds (or nothing); ``tick(metrics)`` advances it."""
+
+    def __init__(self, enabled: bool, label: str, rounds: int) -> None:
+        self.enabled, self.label, self.rounds = enabled, label, rounds
+
+    def __enter__(self) -> Callable[[Any], None]:
+        if not self.enabled:
+            return lambda m: None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            TextColumn("round {task.completed}/{task.total}"),
+                            TextColumn("{task.fields[status]}"), TimeElapsedColumn())
+        self.bar.__enter__()
+        task = self.bar.add_task(self.label, total=self.rounds, status="")
+
+        def tick(m: Any) -> None:
+            self.bar.update(task, advance=1, status=f"acc {m.accuracy:.4f}  up CR "
+                                                    f"{m.cr_up:.2f}")
+        return tick
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)
