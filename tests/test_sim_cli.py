@@ -72,3 +72,24 @@ def test_bad_settings_give_one_line_errors(tmp_path: Path, args: list[str],
     code, out = _run("simulate", *TINY, *args, "--out", tmp_path)
     assert code == 2
     assert message in out and "Traceback" not in out
+
+
+def test_advise_break_even_bandwidth(tmp_path: Path) -> None:
+    import numpy as np
+
+    from fedpress.sim import advise
+
+    rng = np.random.default_rng(0)
+    state = {"fc.weight": rng.standard_normal((64, 128)).astype(np.float32),
+             "fc.bias": np.zeros(64, np.float32)}
+    rows = advise.advise(state, ["fpz", "fedsz:sz3"], [1e-2], repeats=1)
+    for r in rows:
+        assert r["cr"] > 2
+        # at the break-even bandwidth both ways take the same time
+        b = np.array([r["break_even_mbps"]])
+        assert advise.comm_seconds(r, b)[0] == pytest.approx(8 * r["raw_bytes"] / (b[0] * 1e6))
+    np.savez(tmp_path / "m.npz", **state)
+    code, out = _run("advise", tmp_path / "m.npz", "--codecs", "fpz", "--eb", "1e-2",
+                     "--repeat", "1", "--plot", tmp_path / "adv.png")
+    assert code == 0, out
+    assert "pays below (Mbps)" in out and (tmp_path / "adv.png").stat().st_size > 1000

@@ -698,6 +698,44 @@ def compare_plans(
     _print_summary(results, out)
 
 
+@app.command()
+@_handle_errors
+def advise(
+    file: Annotated[Path, typer.Argument(metavar="MODEL_FILE", help="State dict: .npz, "
+                                                                    ".safetensors, .pt/.pth.")],
+    codecs: Annotated[str, typer.Option(help="Comma-separated plans: codec ids, or "
+                                             "fedsz:<lossy codec>.")] = "fedsz:sz2,sz3,fpz",
+    eb: Annotated[str, typer.Option(help="Comma-separated error bounds.")] = "1e-2,1e-3",
+    mode: Annotated[Mode, typer.Option(help="Error-bound mode.")] = Mode.rel,
+    repeat: Annotated[int, typer.Option(min=1, help="Timing repetitions (median).")] = 3,
+    plot: Annotated[Path, typer.Option(help="Where to draw communication time against "
+                                            "bandwidth.")] = Path("out/advise.png"),
+) -> None:
+    """Below which bandwidth does each codec pay for itself? (FedSZ's Eq. 1)
+
+    Compression pays when t_C + t_D + S'/B < S/B, i.e. below B* = (S - S') / (t_C + t_D),
+    with S, S' the raw and compressed bytes and t_C, t_D the measured encode and
+    decode seconds on this machine.
+    """
+    from rich.table import Table
+
+    from .io import load_tensors
+    from .sim import advise as adv
+
+    rows = adv.advise(load_tensors(file), _split_list(codecs, "--codecs"),
+                      _parse_floats(eb, "--eb"), mode.value, repeat)
+    table = Table(title=f"break-even bandwidth, {escape(str(file))} "
+                        f"({_fmt_bytes(rows[0]['raw_bytes'])} raw)")
+    for col in ("codec", "eb", "CR", "encode s", "decode s", "pays below (Mbps)"):
+        table.add_column(col, justify="left" if col == "codec" else "right")
+    for r in rows:
+        table.add_row(escape(r["codec"]), f"{r['eb']:g}", f"{r['cr']:.2f}",
+                      f"{r['encode_s']:.3f}", f"{r['decode_s']:.3f}",
+                      f"{r['break_even_mbps']:.0f}")
+    console.print(table)
+    console.print(f"plot: {escape(str(adv.plot(rows, plot)))}", highlight=False)
+
+
 def _print_summary(results: list[dict[str, Any]], out: Path) -> None:
     from rich.table import Table
 
