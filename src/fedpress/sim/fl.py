@@ -21,6 +21,7 @@ equals a plain PyTorch loop doing the same (see the tests).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -251,6 +252,7 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
     params = frozenset(n for n, _ in model.named_parameters())
     up = Link(cfg.plan, cfg.plan_options, cfg.clients)
     down = Link(cfg.downlink_plan, cfg.downlink_options, cfg.clients)
+    _warm_up(model, xs[0][:cfg.batch_size], ys[0][:cfg.batch_size])
     velocity: State | None = None
     rng = np.random.default_rng(cfg.seed)
     per_round = max(1, round(cfg.fraction * cfg.clients))
@@ -304,6 +306,20 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
         if on_round is not None:
             on_round(m)
     return history, model
+
+
+def _warm_up(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 10) -> None:
+    """A few untimed SGD steps on a copy, so PyTorch's first-call costs (allocator,
+    thread pool, kernels) are not counted in round 1; the global RNG (dropout) is
+    restored, so results do not change."""
+    rng_state = torch.get_rng_state()
+    probe = copy.deepcopy(model).train()
+    opt = torch.optim.SGD(probe.parameters(), lr=0.0)
+    for _ in range(steps):
+        opt.zero_grad()
+        functional.cross_entropy(probe(x), y).backward()
+        opt.step()
+    torch.set_rng_state(rng_state)
 
 
 def _aggregate(global_state: State, replies: list[State], weights: list[float], cfg: FLConfig,
