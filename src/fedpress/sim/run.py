@@ -73,8 +73,6 @@ def _plan(spec: Any, settings: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     if spec != "fedsz":
         options.pop("lossy", None)
         options.pop("lossless", None)
-    if options.get("threshold") is None:
-        options.pop("threshold", None)
     return spec, options
 
 
