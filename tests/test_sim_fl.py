@@ -109,3 +109,27 @@ def test_network_model() -> None:
 def test_bad_configs_are_config_errors(digits: data.Dataset, kw: dict, match: str) -> None:
     with pytest.raises(fedpress.ConfigError, match=match):
         fl.simulate(digits, _cfg(**kw))
+
+
+def test_a_process_pool_gives_the_same_run(digits: data.Dataset) -> None:
+    torch.set_num_threads(1)
+    cfg = _cfg(clients=3, plan="fpz", plan_options={"eb": 1e-2})
+    one, m_one = fl.simulate(digits, cfg, threads=1)
+    two, m_two = fl.simulate(digits, cfg, workers=2, threads=1)
+    for k, v in m_one.state_dict().items():
+        assert torch.equal(m_two.state_dict()[k], v)
+    assert [m.bytes_up for m in one] == [m.bytes_up for m in two]
+    assert [m.accuracy for m in one] == [m.accuracy for m in two]
+    with pytest.raises(fedpress.ConfigError, match="workers"):
+        fl.simulate(digits, cfg, workers=0)
+
+
+def test_a_stateless_downlink_is_encoded_once_and_broadcast() -> None:
+    state = {"w.weight": np.random.default_rng(1).standard_normal(4096).astype(np.float32)}
+    down = fl.Downlink("fpz", {"eb": 1e-2}, clients=3)
+    messages, sizes, seconds = down.send([0, 2], state)
+    assert down.broadcast and messages[0] is messages[2] and seconds > 0
+    assert sizes == {0: len(messages[0]), 2: len(messages[0])}
+    raw = fl.Downlink(None, {}, clients=3)
+    messages, sizes, seconds = raw.send([1], state)
+    assert messages[1] is state and sizes == {1: 16384} and seconds == 0.0

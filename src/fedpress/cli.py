@@ -642,7 +642,9 @@ def _sim_flags() -> dict[str, Any]:
         "seed": Annotated[int | None, opt(help="Seed of data split, model and sampling.")],
         "test_limit": Annotated[int | None, opt(help="Evaluate on the first N test "
                                                      "samples.")],
-        "threads": Annotated[int | None, opt(help="PyTorch threads.")],
+        "threads": Annotated[int | None, opt(help="PyTorch threads per process.")],
+        "workers": Annotated[int | None, opt(help="Client processes (1: the clients run "
+                                                  "in the main process).")],
     }
 
 

@@ -33,7 +33,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .abc import Codec
+from .abc import Codec, StatefulCodec
 from .errors import ConfigError
 from .registry import codec_class, get_codec
 
@@ -117,6 +117,13 @@ class Plan:
         if self.default.accepts(x.dtype):
             return self.default
         return self.lossless
+
+    @property
+    def stateful(self) -> bool:
+        """Whether any codec of the plan keeps state between rounds (then the same
+        tensors give different frames round after round, and per peer)."""
+        return any(isinstance(c, StatefulCodec)
+                   for c in [r.codec for r in self.rules] + [self.default, self.lossless])
 
     def __repr__(self) -> str:
         return f"Plan(name={self.name!r}, rules={self.rules!r}, default={self.default!r})"

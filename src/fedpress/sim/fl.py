@@ -1,12 +1,15 @@
 """The federated-learning loop: FedAvg, FedProx and FedAvgM with compressed traffic.
 
 One round: the server encodes the global weights for the downlink (``downlink_plan``;
-``None`` sends raw float32), each sampled client decodes them, trains locally and
-encodes what it sends (``send``: its ``weights``, its ``update`` = local - start, or a
-``gradient`` = the mean gradient of ``local_steps`` minibatches at the start weights,
-FedSGD style) with its own :class:`fedpress.UpdateEncoder` (``plan``; ``None`` = raw),
-the server decodes every reply (one :class:`fedpress.UpdateDecoder`, state per
-client) and aggregates, weighted by the clients' sample counts.
+``None`` sends raw float32; a stateless plan is encoded once and broadcast, a stateful
+one per client), each sampled client (:mod:`fedpress.sim.client`) decodes them, trains
+locally and encodes what it sends (``send``: its ``weights``, its ``update`` = local -
+start, or a ``gradient`` = the mean gradient of ``local_steps`` minibatches at the
+start weights, FedSGD style) with its own :class:`fedpress.UpdateEncoder` (``plan``;
+``None`` = raw), the server decodes every reply (one :class:`fedpress.UpdateDecoder`,
+state per client) and aggregates, weighted by the clients' sample counts. Clients run
+in this process or in worker processes (:mod:`fedpress.sim.pool`); only messages
+(frames or raw state dicts) pass between them and the server.
 
 Bytes are the real frame lengths (raw: the tensors' bytes). Encode, decode, training
 and aggregation times are measured; transfer times come from the
@@ -14,14 +17,14 @@ and aggregation times are measured; transfer times come from the
 download + decode + training + encode + upload, plus the server's decode,
 aggregation and encode.
 
-Determinism: client ``k`` of round ``r`` shuffles its data with a torch generator
-seeded ``seed * 1_000_003 + r * 1_009 + k``; with raw traffic and FedAvg the result
-equals a plain PyTorch loop doing the same (see the tests).
+Determinism: client ``k`` of round ``r`` shuffles its data (and draws its dropout
+masks) with torch generators seeded ``seed * 1_000_003 + r * 1_009 + k``; with raw
+traffic and FedAvg the result equals a plain PyTorch loop doing the same (see the
+tests), whichever pool runs the clients.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,9 +37,20 @@ from torch.nn import functional
 import fedpress
 
 from ..errors import ConfigError
+from .client import (
+    Message,
+    State,
+    load_state,
+    make_encoder,
+    normalise,
+    raw_bytes,
+    state_of,
+    warm_codecs,
+)
 from .data import Dataset, partition
 from .models import build_model
 from .network import Network
+from .pool import make_pool
 
 ALGORITHMS = ("fedavg", "fedprox", "fedavgm")
 SENDS = ("weights", "update", "gradient")
@@ -117,70 +131,6 @@ class RoundMetrics:
         return out
 
 
-State = dict[str, np.ndarray]
-
-
-def state_of(model: torch.nn.Module) -> State:
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
-
-
-def load_state(model: torch.nn.Module, state: Mapping[str, np.ndarray]) -> None:
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
-
-
-def raw_bytes(state: Mapping[str, np.ndarray]) -> int:
-    return int(sum(v.nbytes for v in state.values()))
-
-
-def normalise(x: np.ndarray) -> torch.Tensor:
-    """uint8 images -> float32 in [0, 1], standardised with the batch-independent
-    constants 0.5 / 0.25 (the same for every client and the test set)."""
-    return torch.from_numpy((x.astype(np.float32) / 255.0 - 0.5) / 0.25)
-
-
-def client_generator(seed: int, rnd: int, client: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + rnd * 1_009 + client)
-
-
-def local_train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FLConfig,
-                gen: torch.Generator, anchor: Mapping[str, torch.Tensor] | None = None) -> None:
-    """SGD with momentum for ``local_steps`` minibatches or ``local_epochs`` epochs;
-    FedProx adds ``mu/2 ||w - anchor||^2``."""
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-    model.train()
-    steps = 0
-    while True:
-        for idx in torch.randperm(len(y), generator=gen).split(cfg.batch_size):
-            opt.zero_grad()
-            loss = functional.cross_entropy(model(x[idx]), y[idx])
-            if anchor is not None:
-                prox = sum(((p - anchor[n]) ** 2).sum() for n, p in model.named_parameters())
-                loss = loss + 0.5 * cfg.mu * prox
-            loss.backward()
-            opt.step()
-            steps += 1
-            if cfg.local_steps is not None and steps >= cfg.local_steps:
-                return
-        if cfg.local_steps is None and steps >= cfg.local_epochs * -(-len(y) // cfg.batch_size):
-            return
-
-
-def mean_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FLConfig,
-                  gen: torch.Generator) -> State:
-    """Mean gradient of ``local_steps`` (default 1) minibatches at the current weights."""
-    model.train()
-    model.zero_grad()
-    steps = cfg.local_steps or 1
-    batches = torch.randperm(len(y), generator=gen).split(cfg.batch_size)
-    for i in range(steps):
-        idx = batches[i % len(batches)]
-        (functional.cross_entropy(model(x[idx]), y[idx]) / steps).backward()
-    out = state_of(model)  # buffers (BatchNorm statistics) travel as they are
-    for n, p in model.named_parameters():
-        out[n] = p.grad.detach().numpy().copy()
-    return out
-
-
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
              batch: int = 1000) -> tuple[float, float]:
     model.eval()
@@ -205,120 +155,109 @@ def weighted_mean(states: list[State], weights: list[float]) -> State:
     return out
 
 
-class Link:
-    """One direction's codec: raw float32 bytes (``plan=None``) or fedpress frames."""
-
-    def __init__(self, plan: str | Mapping[str, Any] | None, options: Mapping[str, Any],
-                 peers: int) -> None:
-        self.plan = plan
-        self.encoders = ([fedpress.UpdateEncoder(plan, **options) for _ in range(peers)]
-                         if plan is not None else [])
-        self.decoder = fedpress.UpdateDecoder() if plan is not None else None
-        if plan is not None:  # load the codecs' compiled kernels before anything is timed
-            probe = {"probe.weight": np.random.default_rng(0).standard_normal(8192, np.float32)}
-            fedpress.decode_update(fedpress.UpdateEncoder(plan, **options).encode(probe))
-
-    def send(self, peer: int, state: State) -> tuple[State, int, float, float]:
-        """(what the receiver gets, bytes on the wire, encode s, decode s)."""
-        if self.plan is None:
-            return {k: v.copy() for k, v in state.items()}, raw_bytes(state), 0.0, 0.0
-        t0 = time.perf_counter()
-        blob = self.encoders[peer].encode(state)
-        t1 = time.perf_counter()
-        assert self.decoder is not None
-        got = self.decoder.decode(blob, peer=str(peer))
-        t2 = time.perf_counter()
-        return got, len(blob), t1 - t0, t2 - t1
-
-
 def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
              on_round: Callable[[RoundMetrics], None] | None = None,
-             test_limit: int | None = None) -> tuple[list[RoundMetrics], torch.nn.Module]:
-    """Run ``cfg.rounds`` rounds; returns the metrics and the final global model."""
+             test_limit: int | None = None, workers: int = 1,
+             threads: int | None = None) -> tuple[list[RoundMetrics], torch.nn.Module]:
+    """Run ``cfg.rounds`` rounds; returns the metrics and the final global model.
+
+    ``workers > 1`` runs the clients in that many processes with ``threads`` PyTorch
+    threads each (default: this process's threads shared out); see
+    :mod:`fedpress.sim.pool`.
+    """
     cfg.check()
     network = network or Network.build(cfg.clients)
     if network.up_mbps.size != cfg.clients:
         raise ConfigError(f"the network has {network.up_mbps.size} clients, the run "
                           f"{cfg.clients}")
     parts = partition(ds.y_train, cfg.clients, cfg.partition, alpha=cfg.alpha, seed=cfg.seed)
-    xs = [normalise(ds.x_train[p]) for p in parts]
-    ys = [torch.from_numpy(ds.y_train[p]) for p in parts]
     n_test = len(ds.y_test) if test_limit is None else min(test_limit, len(ds.y_test))
     x_test, y_test = normalise(ds.x_test[:n_test]), torch.from_numpy(ds.y_test[:n_test])
 
     model = build_model(cfg.model, ds.input_shape, ds.num_classes, seed=cfg.seed)
     global_state = state_of(model)
     params = frozenset(n for n, _ in model.named_parameters())
-    up = Link(cfg.plan, cfg.plan_options, cfg.clients)
-    down = Link(cfg.downlink_plan, cfg.downlink_options, cfg.clients)
-    _warm_up(model, xs[0][:cfg.batch_size], ys[0][:cfg.batch_size])
-    velocity: State | None = None
-    rng = np.random.default_rng(cfg.seed)
-    per_round = max(1, round(cfg.fraction * cfg.clients))
-    history: list[RoundMetrics] = []
-    for rnd in range(1, cfg.rounds + 1):
-        wall0 = time.perf_counter()
-        chosen = sorted(rng.choice(cfg.clients, per_round, replace=False).tolist())
-        replies, weights = [], []
-        bytes_up = bytes_down = raw_up = raw_down = 0
-        enc_s = dec_s = train_s = slowest = comm_s = server_s = 0.0
-        for k in chosen:
-            start, nb_down, e_s, d_s = down.send(k, global_state)
-            bytes_down += nb_down
-            raw_down += raw_bytes(global_state)
-            load_state(model, start)
-            gen = client_generator(cfg.seed, rnd, k)
+    down = Downlink(cfg.downlink_plan, cfg.downlink_options, cfg.clients)
+    up_decoder = fedpress.UpdateDecoder() if cfg.plan is not None else None
+    warm_codecs(cfg.plan, cfg.plan_options)
+    if threads is None:
+        threads = max(1, torch.get_num_threads() // max(1, workers))
+    pool = make_pool(cfg, [(ds.x_train[p], ds.y_train[p]) for p in parts], ds.input_shape,
+                     ds.num_classes, workers, threads)
+    try:
+        velocity: State | None = None
+        rng = np.random.default_rng(cfg.seed)
+        per_round = max(1, round(cfg.fraction * cfg.clients))
+        history: list[RoundMetrics] = []
+        for rnd in range(1, cfg.rounds + 1):
+            wall0 = time.perf_counter()
+            chosen = sorted(rng.choice(cfg.clients, per_round, replace=False).tolist())
+            messages, down_bytes, server_s = down.send(chosen, global_state)
+            results = pool.run(rnd, messages)
+            replies, weights = [], []
+            bytes_up = raw_up = 0
+            enc_s, dec_s = server_s, 0.0
+            train_s = slowest = comm_s = 0.0
+            for r in results:
+                if isinstance(r.message, dict):
+                    got, d_up = r.message, 0.0
+                else:
+                    assert up_decoder is not None
+                    t0 = time.perf_counter()
+                    got = up_decoder.decode(r.message, peer=str(r.client))
+                    d_up = time.perf_counter() - t0
+                replies.append(got)
+                weights.append(r.samples)
+                bytes_up += r.nbytes
+                raw_up += r.raw_bytes
+                enc_s += r.encode_s
+                dec_s += r.decode_s + d_up
+                train_s += r.train_s
+                transfer = (network.download_s(r.client, down_bytes[r.client])
+                            + network.upload_s(r.client, r.nbytes))
+                comm_s = max(comm_s, transfer)
+                slowest = max(slowest, transfer + r.decode_s + r.train_s + r.encode_s)
+                server_s += d_up
             t0 = time.perf_counter()
-            if cfg.send == "gradient":
-                local = mean_gradient(model, xs[k], ys[k], cfg, gen)
-            else:
-                anchor = ({n: p.detach().clone() for n, p in model.named_parameters()}
-                          if cfg.algorithm == "fedprox" else None)
-                local_train(model, xs[k], ys[k], cfg, gen, anchor)
-                local = state_of(model)
-                if cfg.send == "update":
-                    local = {n: local[n] - start[n] if np.issubdtype(local[n].dtype, np.floating)
-                             else local[n] for n in local}
-            t_train = time.perf_counter() - t0
-            got, nb_up, e2, d2 = up.send(k, local)
-            replies.append(got)
-            weights.append(len(ys[k]))
-            bytes_up += nb_up
-            raw_up += raw_bytes(local)
-            enc_s += e_s + e2
-            dec_s += d_s + d2
-            train_s += t_train
-            transfer = network.download_s(k, nb_down) + network.upload_s(k, nb_up)
-            comm_s = max(comm_s, transfer)
-            slowest = max(slowest, transfer + d_s + t_train + e2)  # the client's own path
-            server_s += e_s + d2  # the server encodes the downlink, decodes the reply
-        t0 = time.perf_counter()
-        global_state, velocity = _aggregate(global_state, replies, weights, cfg, velocity,
-                                            params)
-        server_s += time.perf_counter() - t0
-        load_state(model, global_state)
-        acc, loss = evaluate(model, x_test, y_test)
-        m = RoundMetrics(rnd, acc, loss, bytes_up, bytes_down, raw_up, raw_down, enc_s, dec_s,
-                         train_s, comm_s, slowest + server_s, time.perf_counter() - wall0,
-                         chosen)
-        history.append(m)
-        if on_round is not None:
-            on_round(m)
+            global_state, velocity = _aggregate(global_state, replies, weights, cfg, velocity,
+                                                params)
+            server_s += time.perf_counter() - t0
+            load_state(model, global_state)
+            acc, loss = evaluate(model, x_test, y_test)
+            m = RoundMetrics(rnd, acc, loss, bytes_up, sum(down_bytes.values()), raw_up,
+                             raw_bytes(global_state) * len(chosen), enc_s, dec_s, train_s,
+                             comm_s, slowest + server_s, time.perf_counter() - wall0, chosen)
+            history.append(m)
+            if on_round is not None:
+                on_round(m)
+    finally:
+        pool.close()
     return history, model
 
 
-def _warm_up(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 10) -> None:
-    """A few untimed SGD steps on a copy, so PyTorch's first-call costs (allocator,
-    thread pool, kernels) are not counted in round 1; the global RNG (dropout) is
-    restored, so results do not change."""
-    rng_state = torch.get_rng_state()
-    probe = copy.deepcopy(model).train()
-    opt = torch.optim.SGD(probe.parameters(), lr=0.0)
-    for _ in range(steps):
-        opt.zero_grad()
-        functional.cross_entropy(probe(x), y).backward()
-        opt.step()
-    torch.set_rng_state(rng_state)
+class Downlink:
+    """The server's end of the downlink: raw, one frame broadcast to all (stateless
+    plans), or one encoder per client (stateful plans keep per-client state)."""
+
+    def __init__(self, plan: Any, options: Mapping[str, Any], clients: int) -> None:
+        warm_codecs(plan, options)
+        self.encoders = [make_encoder(plan, options, peer="server")
+                         for _ in range(clients if plan is not None else 0)]
+        self.broadcast = bool(self.encoders) and not self.encoders[0].plan.stateful
+
+    def send(self, chosen: list[int], state: State,
+             ) -> tuple[dict[int, Message], dict[int, int], float]:
+        """({client: message}, {client: bytes on the wire}, the server's encode seconds)."""
+        if not self.encoders:
+            return ({k: state for k in chosen}, {k: raw_bytes(state) for k in chosen}, 0.0)
+        t0 = time.perf_counter()
+        if self.broadcast:
+            blob = self.encoders[0].encode(state)
+            messages: dict[int, Message] = {k: blob for k in chosen}
+        else:
+            messages = {k: self.encoders[k].encode(state) for k in chosen}
+        seconds = time.perf_counter() - t0
+        return messages, {k: len(m) for k, m in messages.items()}, seconds  # type: ignore[arg-type]
 
 
 def _aggregate(global_state: State, replies: list[State], weights: list[float], cfg: FLConfig,

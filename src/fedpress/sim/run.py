@@ -7,7 +7,8 @@ Settings (all optional; defaults in ``DEFAULTS``): ``dataset``, ``data_dir``,
 float32, or any fedpress plan), ``mode``, ``eb``, ``lossy``, ``lossless``,
 ``threshold``, ``downlink_plan`` (same forms; default ``"none"``), ``uplink_mbps``,
 ``downlink_mbps``, ``latency_ms`` (a number, a list or ``{median, sigma}``),
-``seed``, ``test_limit``, ``threads``, ``out``.
+``seed``, ``test_limit``, ``threads`` (PyTorch threads per process), ``workers``
+(client processes; 1 = the clients run in this process), ``out``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "server_momentum": 0.9, "send": "weights", "partition": "iid", "alpha": 0.5,
     "plan": "none", "mode": "rel", "eb": 1e-2, "lossy": None, "lossless": None,
     "threshold": None, "downlink_plan": "none", "uplink_mbps": 10.0, "downlink_mbps": 10.0,
-    "latency_ms": 0.0, "seed": 0, "test_limit": None, "threads": 1, "out": "out/simulate",
+    "latency_ms": 0.0, "seed": 0, "test_limit": None, "threads": 1, "workers": 1,
+    "out": "out/simulate",
 }
 PLAN_KEYS = ("mode", "eb", "lossy", "lossless", "threshold")
 
@@ -108,7 +110,8 @@ def run(settings: Mapping[str, Any], out_dir: str | os.PathLike[str] | None = No
     with _progress(progress, label or str(s["plan"]), cfg.rounds) as tick:
         history, _ = simulate(ds, cfg, network, on_round=tick,
                               test_limit=None if s["test_limit"] is None
-                              else int(s["test_limit"]))
+                              else int(s["test_limit"]), workers=int(s["workers"]),
+                              threads=int(s["threads"]))
     config = {k: v for k, v in s.items() if k != "out"} | {"network": network.describe()}
     result = report.write_run(out_dir or s["out"], history, config)
     result["rows"] = report.rows(history)

@@ -1,0 +1,195 @@
+"""The client side of a simulated round: decode the downlink, train, encode the reply.
+
+A :class:`SimClient` holds one client's data and codecs (its uplink
+:class:`fedpress.UpdateEncoder`, its downlink :class:`fedpress.UpdateDecoder`);
+a :class:`Trainer` holds the model that the clients of one process take turns on.
+What crosses between server and client is a :data:`Message`: fedpress frame bytes,
+or the raw ``state_dict`` when a direction is uncompressed. Nothing else is shared,
+so the client loop can run in this process, in worker processes
+(:mod:`fedpress.sim.pool`), or be replaced by another FL framework's clients.
+
+Determinism: client ``k`` of round ``r`` draws its minibatches and its dropout masks
+from generators seeded ``seed * 1_000_003 + r * 1_009 + k``, so a client's result does
+not depend on which process ran it or on the order of the clients.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.nn import functional
+
+import fedpress
+
+from .models import build_model
+
+if TYPE_CHECKING:
+    from .fl import FLConfig
+
+State = dict[str, np.ndarray]
+Message = bytes | State  # a fedpress frame, or the raw state dict
+
+
+def state_of(model: torch.nn.Module) -> State:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def load_state(model: torch.nn.Module, state: Mapping[str, np.ndarray]) -> None:
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+
+
+def raw_bytes(state: Mapping[str, np.ndarray]) -> int:
+    return int(sum(v.nbytes for v in state.values()))
+
+
+def normalise(x: np.ndarray) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1], standardised with the batch-independent
+    constants 0.5 / 0.25 (the same for every client and the test set)."""
+    return torch.from_numpy((x.astype(np.float32) / 255.0 - 0.5) / 0.25)
+
+
+def client_seed(seed: int, rnd: int, client: int) -> int:
+    return seed * 1_000_003 + rnd * 1_009 + client
+
+
+def client_generator(seed: int, rnd: int, client: int) -> torch.Generator:
+    return torch.Generator().manual_seed(client_seed(seed, rnd, client))
+
+
+def make_encoder(plan: Any, options: Mapping[str, Any],
+                 peer: str = "default") -> fedpress.UpdateEncoder | None:
+    """An encoder for ``plan`` (``None``: raw traffic, no encoder)."""
+    return None if plan is None else fedpress.UpdateEncoder(plan, peer=peer, **options)
+
+
+def warm_codecs(plan: Any, options: Mapping[str, Any]) -> None:
+    """Encode and decode a probe once, so compiled kernels load before anything is timed."""
+    if plan is not None:
+        probe = {"probe.weight": np.random.default_rng(0).standard_normal(8192, np.float32)}
+        fedpress.decode_update(fedpress.UpdateEncoder(plan, **options).encode(probe))
+
+
+def local_train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FLConfig,
+                gen: torch.Generator, anchor: Mapping[str, torch.Tensor] | None = None) -> None:
+    """SGD with momentum for ``local_steps`` minibatches or ``local_epochs`` epochs;
+    FedProx adds ``mu/2 ||w - anchor||^2``."""
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    model.train()
+    steps = 0
+    while True:
+        for idx in torch.randperm(len(y), generator=gen).split(cfg.batch_size):
+            opt.zero_grad()
+            loss = functional.cross_entropy(model(x[idx]), y[idx])
+            if anchor is not None:
+                prox = sum(((p - anchor[n]) ** 2).sum() for n, p in model.named_parameters())
+                loss = loss + 0.5 * cfg.mu * prox
+            loss.backward()
+            opt.step()
+            steps += 1
+            if cfg.local_steps is not None and steps >= cfg.local_steps:
+                return
+        if cfg.local_steps is None and steps >= cfg.local_epochs * -(-len(y) // cfg.batch_size):
+            return
+
+
+def mean_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FLConfig,
+                  gen: torch.Generator) -> State:
+    """Mean gradient of ``local_steps`` (default 1) minibatches at the current weights."""
+    model.train()
+    model.zero_grad()
+    steps = cfg.local_steps or 1
+    batches = torch.randperm(len(y), generator=gen).split(cfg.batch_size)
+    for i in range(steps):
+        idx = batches[i % len(batches)]
+        (functional.cross_entropy(model(x[idx]), y[idx]) / steps).backward()
+    out = state_of(model)  # buffers (BatchNorm statistics) travel as they are
+    for n, p in model.named_parameters():
+        out[n] = p.grad.detach().numpy().copy()
+    return out
+
+
+def warm_up(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 10) -> None:
+    """A few untimed SGD steps on a copy, so PyTorch's first-call costs (allocator,
+    thread pool, kernels) are not counted in round 1; the global RNG is restored."""
+    with torch.random.fork_rng(devices=[]):
+        probe = copy.deepcopy(model).train()
+        opt = torch.optim.SGD(probe.parameters(), lr=0.0)
+        for _ in range(steps):
+            opt.zero_grad()
+            functional.cross_entropy(probe(x), y).backward()
+            opt.step()
+
+
+class Trainer:
+    """The model the clients of one process train in turn (one copy per process)."""
+
+    def __init__(self, cfg: FLConfig, input_shape: tuple[int, ...], classes: int) -> None:
+        self.model = build_model(cfg.model, input_shape, classes, seed=cfg.seed)
+
+
+@dataclass
+class ClientResult:
+    """What one client returns to the server after a round."""
+
+    client: int
+    message: Message
+    nbytes: int  # on the wire: the frame length, or the raw tensors' bytes
+    raw_bytes: int  # what the same content takes as raw tensors
+    samples: int
+    decode_s: float
+    train_s: float
+    encode_s: float
+
+
+class SimClient:
+    """One client: its data (uint8 images, labels) and its two codec ends."""
+
+    def __init__(self, cid: int, x: np.ndarray, y: np.ndarray, cfg: FLConfig) -> None:
+        self.cid, self.cfg = cid, cfg
+        self.x, self.y = normalise(x), torch.from_numpy(np.asarray(y))
+        self.encoder = make_encoder(cfg.plan, cfg.plan_options, peer=str(cid))
+        self.decoder = fedpress.UpdateDecoder() if cfg.downlink_plan is not None else None
+
+    def round(self, rnd: int, message: Message, trainer: Trainer) -> ClientResult:
+        """Decode ``message`` (the global model), train, encode the reply."""
+        cfg, model = self.cfg, trainer.model
+        t0 = time.perf_counter()
+        if isinstance(message, dict):
+            start = message
+        else:
+            assert self.decoder is not None
+            start = self.decoder.decode(message, peer="server")
+        t1 = time.perf_counter()
+        load_state(model, start)
+        seed = client_seed(cfg.seed, rnd, self.cid)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # dropout masks
+            if cfg.send == "gradient":
+                local = mean_gradient(model, self.x, self.y, cfg, gen)
+            else:
+                anchor = ({n: p.detach().clone() for n, p in model.named_parameters()}
+                          if cfg.algorithm == "fedprox" else None)
+                local_train(model, self.x, self.y, cfg, gen, anchor)
+                local = state_of(model)
+                if cfg.send == "update":
+                    local = {n: local[n] - start[n]
+                             if np.issubdtype(local[n].dtype, np.floating) else local[n]
+                             for n in local}
+        t2 = time.perf_counter()
+        if self.encoder is None:
+            reply: Message = local
+            nbytes = raw_bytes(local)
+        else:
+            reply = self.encoder.encode(local)
+            nbytes = len(reply)
+        t3 = time.perf_counter()
+        return ClientResult(self.cid, reply, nbytes, raw_bytes(local), len(self.y),
+                            0.0 if self.decoder is None else t1 - t0, t2 - t1,
+                            0.0 if self.encoder is None else t3 - t2)

@@ -1,0 +1,126 @@
+"""Where the simulated clients run: in this process, or in worker processes.
+
+Both pools take the round's messages (``{client: Message}``) and return the clients'
+:class:`~fedpress.sim.client.ClientResult` s in client order; the server loop does
+not know which one it talks to. A client always runs in the same worker (client
+``k`` in worker ``k % workers``), so its codec state (error-feedback residuals,
+mirrored predictors) stays where it was built. Results are the same in both pools
+for the same settings and PyTorch thread count (see the tests).
+
+Worker processes are started with ``spawn`` (safe next to PyTorch's thread pools);
+each loads its clients' data once, warms up its codecs and model, and then serves
+rounds. Training times are measured inside the workers, so they stay per-client
+compute times; only the wall time shrinks.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .client import ClientResult, Message, SimClient, Trainer, warm_codecs, warm_up
+
+if TYPE_CHECKING:
+    from .fl import FLConfig
+
+
+class ClientPool(Protocol):
+    def run(self, rnd: int, messages: Mapping[int, Message]) -> list[ClientResult]: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessPool:
+    """The clients run one after another in this process (the default)."""
+
+    def __init__(self, cfg: FLConfig, shards: Sequence[tuple[np.ndarray, np.ndarray]],
+                 input_shape: tuple[int, ...], classes: int,
+                 ids: Sequence[int] | None = None) -> None:
+        ids = list(range(len(shards))) if ids is None else list(ids)
+        self.clients = {k: SimClient(k, x, y, cfg) for k, (x, y) in zip(ids, shards)}
+        self.trainer = Trainer(cfg, input_shape, classes)
+        warm_codecs(cfg.plan, cfg.plan_options)
+        warm_codecs(cfg.downlink_plan, cfg.downlink_options)
+        first = self.clients[ids[0]]
+        warm_up(self.trainer.model, first.x[:cfg.batch_size], first.y[:cfg.batch_size])
+
+    def run(self, rnd: int, messages: Mapping[int, Message]) -> list[ClientResult]:
+        return [self.clients[k].round(rnd, messages[k], self.trainer) for k in sorted(messages)]
+
+    def close(self) -> None:
+        pass
+
+
+_WORKER: InProcessPool | None = None  # the clients of a worker process
+
+
+def _start_worker(cfg: FLConfig, shards: list[tuple[np.ndarray, np.ndarray]],
+                  input_shape: tuple[int, ...], classes: int, ids: list[int],
+                  threads: int) -> None:
+    global _WORKER
+    torch.set_num_threads(threads)
+    _WORKER = InProcessPool(cfg, shards, input_shape, classes, ids)
+
+
+def _serve(rnd: int, messages: dict[int, Message]) -> list[ClientResult]:
+    if _WORKER is None:  # pragma: no cover - _start_worker always runs first
+        raise RuntimeError("worker process not started")
+    return _WORKER.run(rnd, messages)
+
+
+class ProcessPool:
+    """The clients run in ``workers`` processes, ``threads`` PyTorch threads each."""
+
+    def __init__(self, cfg: FLConfig, shards: Sequence[tuple[np.ndarray, np.ndarray]],
+                 input_shape: tuple[int, ...], classes: int, workers: int,
+                 threads: int = 1) -> None:
+        if workers < 2:
+            raise ConfigError(f"a process pool needs >= 2 workers, got {workers}")
+        workers = min(workers, len(shards))
+        context = multiprocessing.get_context("spawn")
+        self.workers = workers
+        self.executors: list[ProcessPoolExecutor] = []
+        started: list[Future[None]] = []
+        try:
+            for w in range(workers):
+                ids = list(range(w, len(shards), workers))
+                executor = ProcessPoolExecutor(1, mp_context=context)
+                self.executors.append(executor)
+                started.append(executor.submit(_start_worker, cfg, [shards[k] for k in ids],
+                                               input_shape, classes, ids, threads))
+            for job in started:  # the workers start side by side; errors surface here
+                job.result()
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, rnd: int, messages: Mapping[int, Message]) -> list[ClientResult]:
+        jobs: list[Future[list[ClientResult]]] = []
+        for w, executor in enumerate(self.executors):
+            mine = {k: m for k, m in messages.items() if k % self.workers == w}
+            if mine:
+                jobs.append(executor.submit(_serve, rnd, mine))
+        results = [r for job in jobs for r in job.result()]
+        return sorted(results, key=lambda r: r.client)
+
+    def close(self) -> None:
+        for executor in self.executors:
+            executor.shutdown(wait=True, cancel_futures=True)
+        self.executors = []
+
+
+def make_pool(cfg: FLConfig, shards: Sequence[tuple[np.ndarray, np.ndarray]],
+              input_shape: tuple[int, ...], classes: int, workers: int = 1,
+              threads: int = 1) -> ClientPool:
+    """An :class:`InProcessPool` for ``workers <= 1``, else a :class:`ProcessPool`."""
+    if workers < 1 or threads < 1:
+        raise ConfigError(f"workers and threads must be >= 1, got {workers} and {threads}")
+    if workers == 1:
+        return InProcessPool(cfg, shards, input_shape, classes)
+    return ProcessPool(cfg, shards, input_shape, classes, workers, threads)
