@@ -13,6 +13,8 @@ Ready plans (``Plan.build``):
     have more than ``threshold`` elements (default 1000) go to the
     error-bounded codec ``lossy`` (default ``"sz2"``), everything else to
     ``lossless`` (default ``"blosc-lz"``).
+``"ef:C"``
+    codec ``C`` inside error feedback (:mod:`fedpress.grad.ef`), as ``C`` below.
 any codec id ``C``
     every floating tensor with at least ``threshold`` elements via ``C``, the
     rest lossless; a lossless ``C`` takes every tensor.
@@ -58,6 +60,9 @@ def make_codec(spec: CodecSpec, mode: str = "rel", eb: float = 1e-2) -> Codec:
         cfg = dict(spec)
     else:
         raise ConfigError(f"a codec is given as an id, a config dict or a Codec, not {spec!r}")
+    if cfg["id"].startswith("ef:"):  # error feedback around the named codec
+        inner = make_codec({**cfg, "id": cfg["id"][3:]}, mode, eb)
+        return get_codec("ef", inner=inner.get_config())
     cls = codec_class(cfg["id"])
     if cls.error_bounded:
         cfg.setdefault("mode", mode)

@@ -29,6 +29,8 @@ _BUILTIN_MODULES = (
     "fedpress.backends.zfp",
     "fedpress.eblc.szx",
     "fedpress.eblc.fpz",
+    "fedpress.grad.ef",
+    "fedpress.grad.topk",
 )
 _loaded = False
 _loading = False

@@ -1,0 +1,119 @@
+"""What the gradient compressors share: the lossy-codec base, finite-input checks,
+seeded randomness, and the sparse payload (indices + values).
+
+Gradient compressors are lossy without an error bound: they keep what matters for
+descent (the largest entries, the signs, an unbiased estimate) and rely on error
+feedback (:mod:`fedpress.grad.ef`) or unbiasedness for convergence. They take
+floating tensors only and refuse NaN/Inf with a :class:`fedpress.ConfigError`
+(a diverged client must be noticed, not averaged in).
+
+Sparse payload layout (``topk``, ``threshold``, ``dgc``)::
+
+    varint  k          number of kept entries
+    ...     indices    :mod:`fedpress.grad.indices` (cheapest of four codings)
+    k x     values     the kept entries, little-endian, in the tensor's dtype
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .._bytes import Reader, Writer
+from ..abc import Codec, TensorSpec
+from ..errors import ConfigError, FormatError
+from .indices import read_indices, write_indices
+
+
+def check_ratio(codec_id: str, ratio: Any) -> float:
+    """A density in (0, 1]."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+        raise ConfigError(f"codec {codec_id!r}: ratio must be a number in (0, 1], got {ratio!r}")
+    return float(ratio)
+
+
+def check_seed(codec_id: str, seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ConfigError(f"codec {codec_id!r}: seed must be an int in [0, 2**63), got {seed!r}")
+    return seed
+
+
+def keep_count(n: int, ratio: float) -> int:
+    """Entries kept at density ``ratio``: ``ceil(ratio * n)``, at least 1 (0 if n is 0)."""
+    return min(n, max(1, int(np.ceil(ratio * n)))) if n else 0
+
+
+def data_rng(seed: int, x: np.ndarray) -> np.random.Generator:
+    """A generator seeded by ``seed`` and the tensor's bytes: reproducible for the same
+    input, different from tensor to tensor and round to round."""
+    return np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(x).view(np.uint8))])
+
+
+class GradientCodec(Codec):
+    """Base of the gradient compressors: lossy, floating tensors only, finite values."""
+
+    lossy = True
+    error_bounded = False
+    config_keys: ClassVar[tuple[str, ...]] = ()
+
+    def check_input(self, x: np.ndarray) -> None:
+        super().check_input(x)
+        if x.size and not np.isfinite(x).all():
+            raise ConfigError(f"codec {self.codec_id!r}: the tensor holds NaN or Inf; "
+                              "gradient compressors need finite values")
+
+    def encode(self, x: np.ndarray) -> bytes:
+        return self.encode_with_recon(x)[0]
+
+    def encode_with_recon(self, x: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """The payload and what the decoder will return (error feedback needs it)."""
+        self.check_input(x)
+        return self._encode(np.ascontiguousarray(x))
+
+    def _encode(self, x: np.ndarray) -> tuple[bytes, np.ndarray]:
+        raise NotImplementedError
+
+    def decode(self, payload: bytes | memoryview, spec: TensorSpec) -> np.ndarray:
+        rd = Reader(payload, f"{self.codec_id} payload")
+        out = self._decode(rd, spec)
+        rd.expect_end()
+        return out
+
+    def _decode(self, rd: Reader, spec: TensorSpec) -> np.ndarray:
+        raise NotImplementedError
+
+
+def write_sparse(w: Writer, idx: np.ndarray, values: np.ndarray, n: int) -> None:
+    """The sparse payload: count, indices, values (in ``values``' dtype)."""
+    w.varint(int(idx.size))
+    write_indices(w, idx, n)
+    w.raw(np.ascontiguousarray(values).astype(values.dtype.newbyteorder("<")).tobytes())
+
+
+def read_sparse(rd: Reader, spec: TensorSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, values) of a sparse payload for a tensor of ``spec``."""
+    n = spec.size
+    k = rd.varint(cap=n, name="kept entries")
+    idx = read_indices(rd, k, n)
+    return idx, rd.array(spec.dtype, k)
+
+
+def scatter(idx: np.ndarray, values: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """A dense tensor of ``spec`` with ``values`` at ``idx`` and zeros elsewhere."""
+    out = np.zeros(spec.size, dtype=spec.dtype)
+    out[idx] = values
+    return out.reshape(spec.shape)
+
+
+def sparse_payload(idx: np.ndarray, values: np.ndarray, x: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """Payload and reconstruction of keeping ``values`` at ``idx`` of ``x``."""
+    w = Writer()
+    write_sparse(w, idx, values, x.size)
+    return w.getvalue(), scatter(idx, values, TensorSpec.of(x))
+
+
+def require_format(cond: bool, message: str) -> None:
+    if not cond:
+        raise FormatError(message)

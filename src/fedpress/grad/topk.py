@@ -1,0 +1,159 @@
+"""Sparsifiers: ``topk``, ``randk`` and ``threshold``.
+
+- ``topk`` keeps the ``k = ceil(ratio * n)`` entries of largest magnitude
+  (Aji & Heafield, "Sparse Communication for Distributed Gradient Descent",
+  EMNLP 2017; Stich et al., "Sparsified SGD with Memory", NeurIPS 2018). With
+  ``approx=True`` the threshold is the top-``ratio`` quantile of a random sample of
+  ``sample`` of the magnitudes, as in DGC (Lin et al., "Deep Gradient Compression",
+  ICLR 2018): the entries over it are kept, trimmed to the ``k`` largest when the
+  sample's guess lets more than ``1.3 k`` through, so ``k`` is an upper bound.
+- ``randk`` keeps ``k`` positions drawn from a seed (Stich et al. 2018); the
+  payload carries the 8-byte seed instead of the indices, and both ends draw the
+  same positions. ``scale=True`` multiplies by ``n / k``, which makes it unbiased.
+- ``threshold`` keeps every entry with ``|x| >= tau`` (Strom, "Scalable
+  distributed DNN training using commodity GPU cloud computing", Interspeech 2015).
+
+All three are stateless; wrap them in error feedback with ``plan="ef:topk"``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from .._bytes import Reader, Writer
+from ..abc import TensorSpec
+from ..errors import ConfigError, FormatError
+from ..registry import register_codec
+from .base import (
+    GradientCodec,
+    check_ratio,
+    check_seed,
+    data_rng,
+    keep_count,
+    read_sparse,
+    scatter,
+    sparse_payload,
+)
+
+
+def top_indices(a: np.ndarray, k: int) -> np.ndarray:
+    """Sorted positions of the ``k`` largest entries of ``a`` (1-D, non-negative)."""
+    if k >= a.size:
+        return np.arange(a.size, dtype=np.int64)
+    return np.sort(np.argpartition(a, a.size - k)[a.size - k:]).astype(np.int64)
+
+
+def approx_top_indices(a: np.ndarray, k: int, sample: float,
+                       rng: np.random.Generator) -> np.ndarray:
+    """DGC's sampled threshold: positions of ``a`` over the sample's top quantile,
+    at most ``k`` of them (trimmed exactly when the guess lets too many through)."""
+    m = max(1, min(a.size, int(np.ceil(sample * a.size))))
+    if m >= a.size or k >= a.size:
+        return top_indices(a, k)
+    picks = a[rng.integers(0, a.size, m)]
+    kk = max(1, round(k * m / a.size))
+    thr = np.partition(picks, m - kk)[m - kk]
+    idx = np.flatnonzero(a >= thr).astype(np.int64)
+    if idx.size > k:  # too many: an exact top-k among the candidates
+        idx = np.sort(idx[top_indices(a[idx], k)])
+    return idx
+
+
+@register_codec
+class TopK(GradientCodec):
+    """Keep the ``ratio`` share of entries of largest magnitude."""
+
+    codec_id = "topk"
+    config_keys: ClassVar[tuple[str, ...]] = ("ratio", "approx", "sample", "seed")
+
+    def __init__(self, ratio: float = 0.01, approx: bool = False, sample: float = 0.01,
+                 seed: int = 0) -> None:
+        self.ratio = check_ratio(self.codec_id, ratio)
+        if not isinstance(approx, bool):
+            raise ConfigError(f"codec 'topk': approx must be true or false, got {approx!r}")
+        self.approx = approx
+        self.sample = check_ratio(self.codec_id, sample)
+        self.seed = check_seed(self.codec_id, seed)
+
+    def select(self, x: np.ndarray) -> np.ndarray:
+        flat = np.abs(x.reshape(-1))
+        k = keep_count(x.size, self.ratio)
+        if self.approx:
+            return approx_top_indices(flat, k, self.sample, data_rng(self.seed, x))
+        return top_indices(flat, k)
+
+    def _encode(self, x: np.ndarray) -> tuple[bytes, np.ndarray]:
+        idx = self.select(x)
+        return sparse_payload(idx, x.reshape(-1)[idx], x)
+
+    def _decode(self, rd: Reader, spec: TensorSpec) -> np.ndarray:
+        return scatter(*read_sparse(rd, spec), spec)
+
+
+@register_codec
+class Threshold(GradientCodec):
+    """Keep the entries with ``|x| >= tau``."""
+
+    codec_id = "threshold"
+    config_keys: ClassVar[tuple[str, ...]] = ("tau",)
+
+    def __init__(self, tau: float = 1e-3) -> None:
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau >= 0 \
+                or not np.isfinite(tau):
+            raise ConfigError(f"codec 'threshold': tau must be a finite number >= 0, got "
+                              f"{tau!r}")
+        self.tau = float(tau)
+
+    def _encode(self, x: np.ndarray) -> tuple[bytes, np.ndarray]:
+        flat = x.reshape(-1)
+        idx = np.flatnonzero(np.abs(flat) >= self.tau).astype(np.int64)
+        return sparse_payload(idx, flat[idx], x)
+
+    def _decode(self, rd: Reader, spec: TensorSpec) -> np.ndarray:
+        return scatter(*read_sparse(rd, spec), spec)
+
+
+@register_codec
+class RandK(GradientCodec):
+    """Keep ``ratio`` of the entries at positions drawn from a seed sent in the payload.
+
+    Layout: ``u64`` draw seed, then the ``k`` values (little-endian, tensor dtype).
+    """
+
+    codec_id = "randk"
+    config_keys: ClassVar[tuple[str, ...]] = ("ratio", "seed", "scale")
+
+    def __init__(self, ratio: float = 0.01, seed: int = 0, scale: bool = False) -> None:
+        self.ratio = check_ratio(self.codec_id, ratio)
+        self.seed = check_seed(self.codec_id, seed)
+        if not isinstance(scale, bool):
+            raise ConfigError(f"codec 'randk': scale must be true or false, got {scale!r}")
+        self.scale = scale
+
+    @staticmethod
+    def positions(draw: int, n: int, k: int) -> np.ndarray:
+        """The ``k`` sorted positions both ends draw from ``draw``."""
+        rng = np.random.default_rng(draw)
+        return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
+
+    def _encode(self, x: np.ndarray) -> tuple[bytes, np.ndarray]:
+        k = keep_count(x.size, self.ratio)
+        draw = int(data_rng(self.seed, x).integers(0, 2**63))
+        idx = self.positions(draw, x.size, k)
+        values = x.reshape(-1)[idx]
+        if self.scale and k:
+            values = (values * (x.size / k)).astype(x.dtype)
+        w = Writer()
+        w.raw(np.uint64(draw).astype("<u8").tobytes())
+        w.raw(values.astype(values.dtype.newbyteorder("<")).tobytes())
+        return w.getvalue(), scatter(idx, values, TensorSpec.of(x))
+
+    def _decode(self, rd: Reader, spec: TensorSpec) -> np.ndarray:
+        draw = int(rd.array(np.uint64, 1)[0])
+        if draw >= 2**63:
+            raise FormatError("randk payload: bad draw seed")
+        k = keep_count(spec.size, self.ratio)
+        values = rd.array(spec.dtype, k)
+        return scatter(self.positions(draw, spec.size, k), values, spec)
