@@ -31,6 +31,7 @@ _BUILTIN_MODULES = (
     "fedpress.eblc.fpz",
     "fedpress.grad.ef",
     "fedpress.grad.topk",
+    "fedpress.grad.powersgd",
 )
 _loaded = False
 _loading = False
