@@ -645,6 +645,11 @@ def _sim_flags() -> dict[str, Any]:
         "threads": Annotated[int | None, opt(help="PyTorch threads per process.")],
         "workers": Annotated[int | None, opt(help="Client processes (1: the clients run "
                                                   "in the main process).")],
+        "aggregate": Annotated[str | None, opt(help="Server aggregation: mean, or vote "
+                                                    "(signSGD majority vote).")],
+        "downlink_send": Annotated[str | None, opt(help="Downlink content: weights, or "
+                                                        "update (change since each "
+                                                        "client's copy).")],
     }
 
 
@@ -687,7 +692,9 @@ def simulate(
 @_with_sim_flags
 def compare_plans(
     plans: Annotated[str, typer.Option(help="Comma-separated uplink plans, e.g. "
-                                            "none,fedsz,sz3,fpz.")] = "none,fedsz,sz3,fpz",
+                                            "none,fedsz,sz3,fpz or 'none,ef:topk(ratio="
+                                            "0.01),powersgd(rank=2)'.")]
+    = "none,fedsz,sz3,fpz",
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("out/compare"),
     **flags: Any,
 ) -> None:
@@ -696,7 +703,9 @@ def compare_plans(
 
     config = flags.pop("config", None)
     settings = _sim_settings(config, **flags)
-    results = run_compare(settings, _split_list(plans, "--plans"), out)
+    from .sim.run import split_plans
+
+    results = run_compare(settings, split_plans(plans), out)
     _print_summary(results, out)
 
 

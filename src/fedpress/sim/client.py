@@ -62,6 +62,13 @@ def client_generator(seed: int, rnd: int, client: int) -> torch.Generator:
     return torch.Generator().manual_seed(client_seed(seed, rnd, client))
 
 
+def apply_changes(held: State, got: State) -> State:
+    """``held`` moved by decoded changes: float tensors add, the others are replaced
+    (the server mirrors this arithmetic exactly)."""
+    return {k: (held[k] + v).astype(held[k].dtype, copy=False)
+            if np.issubdtype(v.dtype, np.floating) else v for k, v in got.items()}
+
+
 def make_encoder(plan: Any, options: Mapping[str, Any],
                  peer: str = "default") -> fedpress.UpdateEncoder | None:
     """An encoder for ``plan`` (``None``: raw traffic, no encoder)."""
@@ -155,16 +162,21 @@ class SimClient:
         self.x, self.y = normalise(x), torch.from_numpy(np.asarray(y))
         self.encoder = make_encoder(cfg.plan, cfg.plan_options, peer=str(cid))
         self.decoder = fedpress.UpdateDecoder() if cfg.downlink_plan is not None else None
+        self.held: State | None = None  # the model it holds (downlink updates)
 
     def round(self, rnd: int, message: Message, trainer: Trainer) -> ClientResult:
         """Decode ``message`` (the global model), train, encode the reply."""
         cfg, model = self.cfg, trainer.model
         t0 = time.perf_counter()
         if isinstance(message, dict):
-            start = message
+            got = message
         else:
             assert self.decoder is not None
-            start = self.decoder.decode(message, peer="server")
+            got = self.decoder.decode(message, peer="server")
+        if cfg.downlink_send == "update":  # the change since the copy it holds
+            assert self.held is not None
+            got = self.held = apply_changes(self.held, got)
+        start = got
         t1 = time.perf_counter()
         load_state(model, start)
         seed = client_seed(cfg.seed, rnd, self.cid)

@@ -40,6 +40,7 @@ from ..errors import ConfigError
 from .client import (
     Message,
     State,
+    apply_changes,
     load_state,
     make_encoder,
     normalise,
@@ -54,6 +55,8 @@ from .pool import make_pool
 
 ALGORITHMS = ("fedavg", "fedprox", "fedavgm")
 SENDS = ("weights", "update", "gradient")
+AGGREGATES = ("mean", "vote")
+DOWNLINK_SENDS = ("weights", "update")
 
 
 @dataclass
@@ -80,6 +83,8 @@ class FLConfig:
     plan_options: dict[str, Any] = field(default_factory=dict)
     downlink_plan: str | Mapping[str, Any] | None = None
     downlink_options: dict[str, Any] = field(default_factory=dict)
+    downlink_send: str = "weights"  # or "update": the change since each client's copy
+    aggregate: str = "mean"  # or "vote": signSGD's majority vote
     seed: int = 0
 
     def check(self) -> None:
@@ -88,6 +93,15 @@ class FLConfig:
                               f"{', '.join(ALGORITHMS)}")
         if self.send not in SENDS:
             raise ConfigError(f"unknown send {self.send!r}; choose one of {', '.join(SENDS)}")
+        if self.aggregate not in AGGREGATES:
+            raise ConfigError(f"unknown aggregate {self.aggregate!r}; choose one of "
+                              f"{', '.join(AGGREGATES)}")
+        if self.downlink_send not in DOWNLINK_SENDS:
+            raise ConfigError(f"unknown downlink_send {self.downlink_send!r}; choose one of "
+                              f"{', '.join(DOWNLINK_SENDS)}")
+        if self.aggregate == "vote" and self.send == "weights":
+            raise ConfigError("aggregate='vote' takes signs of gradients or updates; use "
+                              "send='gradient' or 'update'")
         for name in ("clients", "rounds", "batch_size", "local_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -177,7 +191,8 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
     model = build_model(cfg.model, ds.input_shape, ds.num_classes, seed=cfg.seed)
     global_state = state_of(model)
     params = frozenset(n for n, _ in model.named_parameters())
-    down = Downlink(cfg.downlink_plan, cfg.downlink_options, cfg.clients)
+    down = Downlink(cfg.downlink_plan, cfg.downlink_options, cfg.clients,
+                    cfg.downlink_send, global_state)
     up_decoder = fedpress.UpdateDecoder() if cfg.plan is not None else None
     warm_codecs(cfg.plan, cfg.plan_options)
     if threads is None:
@@ -236,28 +251,67 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
 
 
 class Downlink:
-    """The server's end of the downlink: raw, one frame broadcast to all (stateless
-    plans), or one encoder per client (stateful plans keep per-client state)."""
+    """The server's end of the downlink.
 
-    def __init__(self, plan: Any, options: Mapping[str, Any], clients: int) -> None:
+    ``send="weights"``: the global model, raw, or encoded once and broadcast
+    (stateless plans), or encoded per client (stateful plans keep per-client state).
+    ``send="update"``: each client gets the change from the model it holds to the
+    global model; the server decodes its own frames to mirror what every client
+    holds, so what a lossy downlink dropped is sent again later (error feedback
+    for free). Clients that hold the same copy share one frame when the plan is
+    stateless. Both ends start from the seeded initial model.
+    """
+
+    def __init__(self, plan: Any, options: Mapping[str, Any], clients: int,
+                 send: str = "weights", initial: State | None = None) -> None:
         warm_codecs(plan, options)
+        self.plan, self.send_mode = plan, send
         self.encoders = [make_encoder(plan, options, peer="server")
                          for _ in range(clients if plan is not None else 0)]
-        self.broadcast = bool(self.encoders) and not self.encoders[0].plan.stateful
+        self.broadcast = not self.encoders or not self.encoders[0].plan.stateful
+        self.decoder = fedpress.UpdateDecoder()
+        if send == "update" and initial is None:
+            raise ValueError("downlink updates need the initial model")
+        self.held = [initial] * clients  # what each client holds (update mode)
+        self.version = [0] * clients  # equal versions: equal copies
+        self._next_version = 1
 
     def send(self, chosen: list[int], state: State,
              ) -> tuple[dict[int, Message], dict[int, int], float]:
         """({client: message}, {client: bytes on the wire}, the server's encode seconds)."""
-        if not self.encoders:
-            return ({k: state for k in chosen}, {k: raw_bytes(state) for k in chosen}, 0.0)
         t0 = time.perf_counter()
-        if self.broadcast:
-            blob = self.encoders[0].encode(state)
-            messages: dict[int, Message] = {k: blob for k in chosen}
-        else:
-            messages = {k: self.encoders[k].encode(state) for k in chosen}
-        seconds = time.perf_counter() - t0
-        return messages, {k: len(m) for k, m in messages.items()}, seconds  # type: ignore[arg-type]
+        groups: dict[Any, list[int]] = {}
+        for k in chosen:
+            key = (self.version[k] if self.send_mode == "update" else 0) if self.broadcast \
+                else ("own", k)
+            groups.setdefault(key, []).append(k)
+        messages: dict[int, Message] = {}
+        for members in groups.values():
+            first = members[0]
+            content = state if self.send_mode == "weights" else \
+                changes(self.held[first], state)
+            message: Message = content if self.plan is None else \
+                self.encoders[first].encode(content)
+            if self.send_mode == "update":
+                got = content if isinstance(message, dict) else \
+                    self.decoder.decode(message, peer=str(first))
+                held = apply_changes(self.held[first], got)
+                version, self._next_version = self._next_version, self._next_version + 1
+                for k in members:
+                    self.held[k], self.version[k] = held, version
+            for k in members:
+                messages[k] = message
+        seconds = time.perf_counter() - t0 if self.plan is not None else 0.0
+        sizes = {k: raw_bytes(m) if isinstance(m, dict) else len(m)
+                 for k, m in messages.items()}
+        return messages, sizes, seconds
+
+
+def changes(held: State, target: State) -> State:
+    """What turns ``held`` into ``target``: differences of float tensors, the values
+    of the others (integer buffers)."""
+    return {k: target[k] - held[k] if np.issubdtype(v.dtype, np.floating) else v
+            for k, v in target.items()}
 
 
 def _aggregate(global_state: State, replies: list[State], weights: list[float], cfg: FLConfig,
@@ -270,6 +324,11 @@ def _aggregate(global_state: State, replies: list[State], weights: list[float], 
     mean = weighted_mean(replies, weights)
     floats = [k for k, v in global_state.items() if np.issubdtype(v.dtype, np.floating)
               and (cfg.send != "gradient" or k in params)]
+    if cfg.aggregate == "vote":  # signSGD: the majority of the clients' signs
+        from ..grad.sign import majority_vote
+
+        for k in params:
+            mean[k] = majority_vote([r[k] for r in replies], weights)
     if cfg.send == "weights" and cfg.algorithm != "fedavgm" and cfg.server_lr == 1.0:
         return mean, velocity  # plain FedAvg / FedProx on weights
     # a pseudo-gradient: what the clients want the global model to move by

@@ -24,7 +24,15 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .client import ClientResult, Message, SimClient, Trainer, warm_codecs, warm_up
+from .client import (
+    ClientResult,
+    Message,
+    SimClient,
+    Trainer,
+    state_of,
+    warm_codecs,
+    warm_up,
+)
 
 if TYPE_CHECKING:
     from .fl import FLConfig
@@ -45,6 +53,9 @@ class InProcessPool:
         ids = list(range(len(shards))) if ids is None else list(ids)
         self.clients = {k: SimClient(k, x, y, cfg) for k, (x, y) in zip(ids, shards)}
         self.trainer = Trainer(cfg, input_shape, classes)
+        initial = state_of(self.trainer.model)  # both ends start from the seeded model
+        for client in self.clients.values():
+            client.held = initial
         warm_codecs(cfg.plan, cfg.plan_options)
         warm_codecs(cfg.downlink_plan, cfg.downlink_options)
         first = self.clients[ids[0]]

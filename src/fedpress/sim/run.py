@@ -4,8 +4,11 @@ Settings (all optional; defaults in ``DEFAULTS``): ``dataset``, ``data_dir``,
 ``model``, ``clients``, ``rounds``, ``fraction``, ``local_epochs``, ``local_steps``,
 ``batch_size``, ``lr``, ``momentum``, ``algorithm``, ``mu``, ``server_lr``,
 ``server_momentum``, ``send``, ``partition``, ``alpha``, ``plan`` (``"none"`` = raw
-float32, or any fedpress plan), ``mode``, ``eb``, ``lossy``, ``lossless``,
-``threshold``, ``downlink_plan`` (same forms; default ``"none"``), ``uplink_mbps``,
+float32, any fedpress plan, or ``name(key=value, ...)`` with codec options, e.g.
+``ef:topk(ratio=0.01)``), ``mode``, ``eb``, ``lossy``, ``lossless``,
+``threshold``, ``downlink_plan`` (same forms; default ``"none"``), ``downlink_send`` (``weights``:
+the global model; ``update``: its change since what each client holds),
+``aggregate`` (``mean``, or ``vote``: signSGD's majority vote), ``uplink_mbps``,
 ``downlink_mbps``, ``latency_ms`` (a number, a list or ``{median, sigma}``),
 ``seed``, ``test_limit``, ``threads`` (PyTorch threads per process), ``workers``
 (client processes; 1 = the clients run in this process), ``out``.
@@ -30,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "plan": "none", "mode": "rel", "eb": 1e-2, "lossy": None, "lossless": None,
     "threshold": None, "downlink_plan": "none", "uplink_mbps": 10.0, "downlink_mbps": 10.0,
     "latency_ms": 0.0, "seed": 0, "test_limit": None, "threads": 1, "workers": 1,
+    "aggregate": "mean", "downlink_send": "weights",
     "out": "out/simulate",
 }
 PLAN_KEYS = ("mode", "eb", "lossy", "lossless", "threshold")
@@ -67,15 +71,63 @@ def resolve(settings: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def split_plans(text: str) -> list[str]:
+    """Comma-separated plan specs; commas inside parentheses belong to a spec."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur.strip())
+    if depth != 0:
+        raise ConfigError(f"unbalanced parentheses in plans {text!r}")
+    return [p for p in out if p]
+
+
+def parse_plan_spec(spec: Any) -> tuple[Any, dict[str, Any]]:
+    """``"topk(ratio=0.01, approx=true)"`` -> ``("topk", {"ratio": 0.01, "approx": True})``;
+    other specs (names, rule dicts) pass through with no options."""
+    if not isinstance(spec, str) or "(" not in spec:
+        return spec, {}
+    name, _, rest = spec.partition("(")
+    if not rest.endswith(")") or not name.strip():
+        raise ConfigError(f"plan {spec!r}: write options as name(key=value, ...)")
+    options: dict[str, Any] = {}
+    for item in split_plans(rest[:-1]):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise ConfigError(f"plan {spec!r}: {item!r} is not key=value")
+        options[key.strip()] = _value(value.strip())
+    return name.strip(), options
+
+
+def _value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _plan(spec: Any, settings: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     """(plan for UpdateEncoder or None for raw, its options)."""
+    spec, extra = parse_plan_spec(spec)
     if spec in (None, "none", "raw"):
         return None, {}
     options = {k: settings[k] for k in PLAN_KEYS if settings.get(k) is not None}
     if spec != "fedsz":
         options.pop("lossy", None)
         options.pop("lossless", None)
-    return spec, options
+    return spec, options | extra
 
 
 def run(settings: Mapping[str, Any], out_dir: str | os.PathLike[str] | None = None,
@@ -104,7 +156,7 @@ def run(settings: Mapping[str, Any], out_dir: str | os.PathLike[str] | None = No
         server_momentum=float(s["server_momentum"]), send=s["send"],
         partition=s["partition"], alpha=float(s["alpha"]), plan=plan,
         plan_options=plan_options, downlink_plan=down, downlink_options=down_options,
-        seed=int(s["seed"]))
+        seed=int(s["seed"]), aggregate=s["aggregate"], downlink_send=s["downlink_send"])
     network = Network.build(cfg.clients, s["uplink_mbps"], s["downlink_mbps"],
                             s["latency_ms"], seed=cfg.seed)
     with _progress(progress, label or str(s["plan"]), cfg.rounds) as tick:
