@@ -93,3 +93,35 @@ def test_advise_break_even_bandwidth(tmp_path: Path) -> None:
                      "--repeat", "1", "--plot", tmp_path / "adv.png")
     assert code == 0, out
     assert "pays below (Mbps)" in out and (tmp_path / "adv.png").stat().st_size > 1000
+
+
+def test_compare_gradient_compressors_with_plan_options(tmp_path: Path) -> None:
+    code, out = _run("compare", *TINY, "--send", "gradient", "--local-steps", "2",
+                     "--plans", "none,ef:topk(ratio=0.05),powersgd(rank=2)",
+                     "--workers", "1", "--out", tmp_path)
+    assert code == 0, out
+    with open(tmp_path / "comparison.csv") as f:
+        table = {r["plan"]: r for r in csv.DictReader(f)}
+    assert set(table) == {"none", "ef:topk(ratio=0.05)", "powersgd(rank=2)"}
+    assert float(table["ef:topk(ratio=0.05)"]["cr_up"]) > 5
+    assert float(table["powersgd(rank=2)"]["cr_up"]) > 2
+
+
+def test_plan_specs_and_the_heterogeneous_example() -> None:
+    from fedpress.errors import ConfigError
+    from fedpress.sim.network import Network
+    from fedpress.sim.run import load_config, parse_plan_spec, resolve, split_plans
+
+    assert split_plans("none, topk(ratio=0.01, approx=true),fpz") == [
+        "none", "topk(ratio=0.01, approx=true)", "fpz"]
+    assert parse_plan_spec("ef:topk(ratio=0.01, approx=true, name=x)") == (
+        "ef:topk", {"ratio": 0.01, "approx": True, "name": "x"})
+    assert parse_plan_spec("fpz") == ("fpz", {})
+    for bad in ("topk(ratio)", "topk(ratio=1", "(x=1)"):
+        with pytest.raises(ConfigError):
+            split_plans(bad) and parse_plan_spec(bad)
+    example = Path(__file__).parents[1] / "examples" / "heterogeneous.toml"
+    s = resolve(load_config(example))
+    net = Network.build(s["clients"], s["uplink_mbps"], s["downlink_mbps"], s["latency_ms"],
+                        seed=s["seed"])
+    assert len(set(net.up_mbps.tolist())) == 8 and net.latency_ms[-1] == 150
