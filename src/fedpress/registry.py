@@ -32,6 +32,10 @@ _BUILTIN_MODULES = (
     "fedpress.grad.ef",
     "fedpress.grad.topk",
     "fedpress.grad.powersgd",
+    "fedpress.grad.quant",
+    "fedpress.grad.sign",
+    "fedpress.grad.dgc",
+    "fedpress.grad.stc",
 )
 _loaded = False
 _loading = False

@@ -70,7 +70,8 @@ class GradientCodec(Codec):
     def encode_with_recon(self, x: np.ndarray) -> tuple[bytes, np.ndarray]:
         """The payload and what the decoder will return (error feedback needs it)."""
         self.check_input(x)
-        return self._encode(np.ascontiguousarray(x))
+        payload, recon = self._encode(np.ascontiguousarray(x).reshape(x.shape))  # 0-d stays
+        return payload, recon.reshape(x.shape)
 
     def _encode(self, x: np.ndarray) -> tuple[bytes, np.ndarray]:
         raise NotImplementedError
