@@ -10,8 +10,8 @@ written in the output table:
 * ``dgc`` does its momentum correction on the clients, so its server steps
   without momentum (``algorithm=fedavg``), as in the paper (the workers' momentum
   replaces the optimizer's);
-* ``signsgd`` is aggregated by majority vote (``aggregate=vote``), the other
-  plans by the weighted mean.
+* ``signsgd`` is aggregated by majority vote (``aggregate=vote``); ``signsgd-mean``
+  is the same codec averaged like the other plans.
 
 The downlink sends the global weights raw (CR 1), so the uplink columns carry the
 comparison. Writes one directory per plan (metrics.csv, summary.json, plots),
@@ -43,8 +43,9 @@ PLANS: dict[str, tuple[str, dict[str, Any]]] = {
     "none": ("none", {}),
     "topk": ("topk(ratio=0.01)", {}),
     "ef:topk": ("ef:topk(ratio=0.01)", {}),
-    "dgc": ("dgc(ratio=0.001)", {"algorithm": "fedavg"}),
+    "dgc": ("dgc(ratio=0.001, warmup=40)", {"algorithm": "fedavg"}),
     "signsgd": ("signsgd", {"aggregate": "vote"}),
+    "signsgd-mean": ("signsgd", {}),
     "efsignsgd": ("efsignsgd", {}),
     "qsgd": ("qsgd(levels=16)", {}),
     "terngrad": ("terngrad", {}),

@@ -90,7 +90,11 @@ def test_density_schedule_formula() -> None:
                                                                0.01, 0.01]
     assert [_dgc(ratio=0.5).density(t) for t in range(5)] == [0.5] * 5
     assert [_dgc(ratio=0.001, warmup=0).density(t) for t in range(3)] == [0.001] * 3
-    assert [_dgc(ratio=0.001, warmup=2).density(t) for t in range(3)] == [0.25, 0.0625, 0.001]
+    assert [_dgc(ratio=0.001, warmup=2).density(t) for t in range(3)] == [0.25, 0.015625,
+                                                                          0.001]
+    # longer warm-ups hold each stage for warmup / 4 rounds
+    assert [_dgc(ratio=0.001, warmup=8).density(t) for t in range(9)] == [
+        0.25, 0.25, 0.0625, 0.0625, 0.015625, 0.015625, 0.00390625, 0.00390625, 0.001]
 
 
 def test_warmup_counts_at_each_boundary_round(rng: np.random.Generator) -> None:

@@ -21,16 +21,16 @@ sender-scope state (arrays ``"u"`` and ``"v"`` of the tensor's
 decodes like a ``topk`` one (:mod:`fedpress.grad.base`'s sparse payload: ``varint k``,
 the indices, ``k`` values in the tensor's dtype).
 
-Sparsity warm-up (the paper's schedule: the density drops four-fold per round,
-75%, 93.75%, 98.4375%, 99.6% sparsity, then the target)::
+Sparsity warm-up (the paper's schedule: over the warm-up the density drops four-fold
+per stage, 75%, 93.75%, 98.4375%, 99.6% sparsity, then the target; the paper's
+stages are epochs, here they are ``warmup / 4`` rounds each)::
 
-    d(t) = max(ratio, 0.25 ** (t + 1))   for t < warmup
-    d(t) = ratio                         for t >= warmup
+    d(t) = max(ratio, 0.25 ** (floor(4 t / warmup) + 1))   for t < warmup
+    d(t) = ratio                                          for t >= warmup
 
 With the defaults (``ratio=0.001``, ``warmup=4``) that is 0.25, 0.0625, 0.015625,
-0.00390625, then 0.001 from round 4 on; ``warmup=0`` turns it off. The density never
-goes below ``ratio``, and a short ``warmup`` with a small ``ratio`` jumps straight to
-``ratio`` at round ``warmup``.
+0.00390625, then 0.001 from round 4 on; ``warmup=40`` holds each density for 10
+rounds; ``warmup=0`` turns it off. The density never goes below ``ratio``.
 
 ``dgc`` applies momentum itself, on the client: it is meant for
 ``send="gradient"`` (the client sends its raw gradient; the server applies the
@@ -111,10 +111,10 @@ class DGC(StatefulCodec):
     # -- schedule -----------------------------------------------------------------------
 
     def density(self, t: int) -> float:
-        """The density of round ``t``: ``max(ratio, 0.25 ** (t + 1))`` during the
-        ``warmup`` first rounds, ``ratio`` after."""
+        """The density of round ``t``: ``max(ratio, 0.25 ** (4 t // warmup + 1))``
+        during the ``warmup`` first rounds, ``ratio`` after."""
         if 0 <= t < self.warmup:
-            return max(self.ratio, WARMUP_START ** (t + 1))
+            return max(self.ratio, WARMUP_START ** (4 * t // self.warmup + 1))
         return self.ratio
 
     def max_kept(self, n: int) -> int:
