@@ -65,6 +65,17 @@ def main() -> None:
         frames["fpz2_lorenzo2d"] = fedpress.compress(inputs["surface"], codec="fpz", eb=1e-4)
     for codec in ("zstd", "blosc-lz", "blosc-zstd", "zlib", "gzip", "xz", "lz4"):
         frames[codec] = fedpress.compress(inputs["ints"], codec=codec)
+    # the gradient compressors (single tensors, and stateful ones in update frames)
+    grad_codecs = {"topk": {"ratio": 0.01}, "randk": {"ratio": 0.01}, "threshold": {"tau": 2.0},
+                   "qsgd": {"levels": 16}, "terngrad": {}, "signsgd": {}}
+    for codec, opts in grad_codecs.items():
+        frames[f"grad_{codec}"] = fedpress.compress(inputs["grad"], codec=codec, **opts)
+    for plan, opts in {"ef:topk": {"ratio": 0.01}, "dgc": {"ratio": 0.01},
+                       "stc": {"ratio": 0.01}, "powersgd": {"rank": 2},
+                       "efsignsgd": {}}.items():
+        frames[f"update_grad_{plan.replace(':', '_')}"] = fedpress.encode_update(
+            {"fc.weight": inputs["grad"], "bn.num_batches_tracked": np.array(3, np.int64)},
+            plan=plan, **opts)
     frames["update_fedsz"] = fedpress.encode_update(
         {"conv.weight": inputs["weights"], "fc.weight": inputs["smooth"],
          "bn.num_batches_tracked": np.array(3, np.int64), "emb.weight": inputs["half"]},
@@ -85,7 +96,7 @@ def main() -> None:
                 expected.setdefault(f"{name}/{k}", v)
         else:
             expected.setdefault(name, fedpress.decompress(blob))
-    np.savez(exp_file, **expected)
+    np.savez_compressed(exp_file, **expected)
     print(f"wrote {written} new golden frames to {DATA}")
 
 
