@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .._bytes import Reader, Writer
-from ..abc import Codec, TensorSpec
+from ..abc import Codec, Scope, StatefulCodec, TensorSpec
 from ..errors import ConfigError, FormatError
 from .indices import read_indices, write_indices
 
@@ -51,6 +51,28 @@ def data_rng(seed: int, x: np.ndarray) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(x).view(np.uint8))])
 
 
+def require_finite(codec_id: str, x: np.ndarray) -> None:
+    """ConfigError if ``x`` holds NaN or Inf."""
+    with np.errstate(invalid="ignore"):  # signalling NaNs of float16
+        finite = bool(np.isfinite(x).all()) if x.size else True
+    if not finite:
+        raise ConfigError(f"codec {codec_id!r}: the tensor holds NaN or Inf; gradient "
+                          "compressors need finite values")
+
+
+class StatefulGradientCodec(StatefulCodec):
+    """Base of the stateful gradient compressors (``dgc``, ``stc``, ``powersgd``):
+    lossy, floating tensors only, finite values, state on the sender's side only."""
+
+    lossy = True
+    error_bounded = False
+    scope = Scope.SENDER
+
+    def check_input(self, x: np.ndarray) -> None:
+        super().check_input(x)
+        require_finite(self.codec_id, x)
+
+
 class GradientCodec(Codec):
     """Base of the gradient compressors: lossy, floating tensors only, finite values."""
 
@@ -60,9 +82,7 @@ class GradientCodec(Codec):
 
     def check_input(self, x: np.ndarray) -> None:
         super().check_input(x)
-        if x.size and not np.isfinite(x).all():
-            raise ConfigError(f"codec {self.codec_id!r}: the tensor holds NaN or Inf; "
-                              "gradient compressors need finite values")
+        require_finite(self.codec_id, x)
 
     def encode(self, x: np.ndarray) -> bytes:
         return self.encode_with_recon(x)[0]

@@ -49,11 +49,19 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .._bytes import Reader, Writer
-from ..abc import Scope, StatefulCodec, TensorSpec
+from ..abc import TensorSpec
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
 from ..state import TensorState
-from .base import check_ratio, check_seed, data_rng, keep_count, scatter, write_sparse
+from .base import (
+    StatefulGradientCodec,
+    check_ratio,
+    check_seed,
+    data_rng,
+    keep_count,
+    scatter,
+    write_sparse,
+)
 from .ef import residual_of
 from .indices import METHODS, read_indices
 from .topk import approx_top_indices, top_indices
@@ -74,15 +82,12 @@ def l2_norm(x: np.ndarray) -> float:
 
 
 @register_codec
-class DGC(StatefulCodec):
+class DGC(StatefulGradientCodec):
     """Deep Gradient Compression: momentum-corrected, accumulated top-k (client state)."""
 
     codec_id = "dgc"
     config_keys: ClassVar[tuple[str, ...]] = ("ratio", "momentum", "clip", "warmup", "approx",
                                               "sample", "seed")
-    lossy = True
-    error_bounded = False
-    scope = Scope.SENDER
 
     def __init__(self, ratio: float = 0.001, momentum: float = 0.9, clip: float | None = None,
                  warmup: int = 4, approx: bool = True, sample: float = 0.01,
@@ -123,13 +128,6 @@ class DGC(StatefulCodec):
 
     # -- encoding -----------------------------------------------------------------------
 
-    def check_input(self, x: np.ndarray) -> None:
-        super().check_input(x)
-        with np.errstate(invalid="ignore"):  # signalling NaNs of float16
-            finite = bool(np.isfinite(x).all())
-        if not finite:
-            raise ConfigError(f"codec {self.codec_id!r}: the tensor holds NaN or Inf; "
-                              "gradient compressors need finite values")
 
     def clipped(self, g: np.ndarray) -> np.ndarray:
         """``g`` scaled to L2 norm ``clip`` if it is longer (up to rounding)."""

@@ -33,12 +33,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .._bytes import Reader, Writer
-from ..abc import Scope, StatefulCodec, TensorSpec
-from ..dtypes import is_float
+from ..abc import TensorSpec
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
 from ..state import TensorState
-from .base import check_seed
+from .base import StatefulGradientCodec, check_seed
 from .ef import residual_of
 
 DENSE, LOW_RANK = 0, 1
@@ -62,13 +61,11 @@ def orthonormalize(p: np.ndarray) -> np.ndarray:
 
 
 @register_codec
-class PowerSGD(StatefulCodec):
+class PowerSGD(StatefulGradientCodec):
     """Rank-``rank`` factors by one warm-started power iteration, with error feedback."""
 
     codec_id = "powersgd"
     config_keys: ClassVar[tuple[str, ...]] = ("rank", "seed", "error_feedback")
-    lossy = True
-    scope = Scope.SENDER
 
     def __init__(self, rank: int = 2, seed: int = 0, error_feedback: bool = True) -> None:
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= 1024:
@@ -79,14 +76,6 @@ class PowerSGD(StatefulCodec):
         self.seed = check_seed(self.codec_id, seed)
         self.error_feedback = error_feedback
 
-    def accepts(self, dtype: np.dtype) -> bool:
-        return is_float(dtype)
-
-    def check_input(self, x: np.ndarray) -> None:
-        super().check_input(x)
-        if x.size and not np.isfinite(x).all():
-            raise ConfigError("codec 'powersgd': the tensor holds NaN or Inf; gradient "
-                              "compressors need finite values")
 
     def low_rank(self, shape: tuple[int, ...]) -> bool:
         n, m = matrix_shape(shape)

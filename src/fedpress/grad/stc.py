@@ -54,11 +54,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .._bytes import Reader, Writer
-from ..abc import Scope, StatefulCodec, TensorSpec
+from ..abc import TensorSpec
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
 from ..state import TensorState
-from .base import check_ratio, keep_count, scatter
+from .base import StatefulGradientCodec, check_ratio, keep_count, scatter
 from .ef import residual_of
 from .indices import METHODS, read_indices, write_indices
 from .topk import top_indices
@@ -82,25 +82,15 @@ def golomb_bits_per_position(p: float) -> float:
 
 
 @register_codec
-class STC(StatefulCodec):
+class STC(StatefulGradientCodec):
     """Sparse Ternary Compression with built-in error accumulation (sender state)."""
 
     codec_id = "stc"
     config_keys: ClassVar[tuple[str, ...]] = ("ratio",)
-    lossy = True
-    error_bounded = False
-    scope = Scope.SENDER
 
     def __init__(self, ratio: float = 0.01) -> None:
         self.ratio = check_ratio(self.codec_id, ratio)
 
-    def check_input(self, x: np.ndarray) -> None:
-        super().check_input(x)
-        with np.errstate(invalid="ignore"):  # signalling NaNs of float16
-            finite = bool(np.isfinite(x).all())
-        if not finite:
-            raise ConfigError(f"codec {self.codec_id!r}: the tensor holds NaN or Inf; "
-                              "gradient compressors need finite values")
 
     def encode(self, x: np.ndarray, state: TensorState | None = None) -> bytes:
         self.check_input(x)
