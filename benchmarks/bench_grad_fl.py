@@ -10,6 +10,9 @@ written in the output table:
 * ``dgc`` does its momentum correction on the clients, so its server steps
   without momentum (``algorithm=fedavg``), as in the paper (the workers' momentum
   replaces the optimizer's);
+* ``powersgd2`` / ``powersgd4`` run PowerSGD's two-phase exchange
+  (``aggregate=powersgd``: P up, orthogonalised P down, Q up; Q and P travel on the
+  downlink, so its CR drops below 1);
 * ``signsgd`` is aggregated by majority vote (``aggregate=vote``); ``signsgd-mean``
   is the same codec averaged like the other plans.
 
@@ -50,8 +53,10 @@ PLANS: dict[str, tuple[str, dict[str, Any]]] = {
     "qsgd": ("qsgd(levels=16)", {}),
     "terngrad": ("terngrad", {}),
     "stc": ("stc(ratio=0.01)", {}),
-    "powersgd2": ("powersgd(rank=2)", {}),
-    "powersgd4": ("powersgd(rank=4)", {}),
+    "stc-both": ("stc(ratio=0.01)", {"downlink_plan": "stc(ratio=0.01)",
+                                     "downlink_send": "update"}),
+    "powersgd2": ("powersgd(rank=2)", {"aggregate": "powersgd"}),
+    "powersgd4": ("powersgd(rank=4)", {"aggregate": "powersgd"}),
 }
 COLUMNS = ["label", "plan", "overrides", "final_accuracy", "best_accuracy", "cr_up",
            "cr_down", "mb_up", "mb_down", "encode_s", "decode_s", "comm_s", "round_s",

@@ -27,7 +27,10 @@ from torch.nn import functional
 
 import fedpress
 
+from ..grad.powersgd_exchange import PowerSGDClient, low_rank_names
 from .models import build_model
+
+P_PREFIX = "powersgd.P/"  # phase-1 factors in a reply (the server's fl.P_PREFIX)
 
 if TYPE_CHECKING:
     from .fl import FLConfig
@@ -163,10 +166,21 @@ class SimClient:
         self.encoder = make_encoder(cfg.plan, cfg.plan_options, peer=str(cid))
         self.decoder = fedpress.UpdateDecoder() if cfg.downlink_plan is not None else None
         self.held: State | None = None  # the model it holds (downlink updates)
+        self.lowrank = (PowerSGDClient(int(cfg.plan_options.get("rank", 2)),
+                                       bool(cfg.plan_options.get("error_feedback", True)))
+                        if cfg.aggregate == "powersgd" else None)
+        self.threshold = int(cfg.plan_options.get("threshold", 1000))
 
-    def round(self, rnd: int, message: Message, trainer: Trainer) -> ClientResult:
-        """Decode ``message`` (the global model), train, encode the reply."""
+    def round(self, rnd: int, message: Message | tuple[Message, State],
+              trainer: Trainer) -> ClientResult:
+        """Decode ``message`` (the global model), train, encode the reply.
+
+        With PowerSGD's exchange the message also carries the shared ``Q`` and the
+        reply holds the phase-1 factors (``P/<name>``) and the other tensors raw."""
         cfg, model = self.cfg, trainer.model
+        shared_q: State = {}
+        if isinstance(message, tuple):
+            message, shared_q = message
         t0 = time.perf_counter()
         if isinstance(message, dict):
             got = message
@@ -195,6 +209,15 @@ class SimClient:
                              if np.issubdtype(local[n].dtype, np.floating) else local[n]
                              for n in local}
         t2 = time.perf_counter()
+        if self.lowrank is not None:
+            params = frozenset(n for n, _ in model.named_parameters())
+            names = low_rank_names(local, self.lowrank.rank, self.threshold, params)
+            ps, rest = self.lowrank.first(local, names, shared_q)
+            reply = rest | {P_PREFIX + k: v for k, v in ps.items()}
+            nbytes = raw_bytes(reply)
+            return ClientResult(self.cid, reply, nbytes, raw_bytes(local), len(self.y),
+                                0.0 if self.decoder is None else t1 - t0, t2 - t1,
+                                time.perf_counter() - t2)
         if self.encoder is None:
             reply: Message = local
             nbytes = raw_bytes(local)
@@ -205,3 +228,12 @@ class SimClient:
         return ClientResult(self.cid, reply, nbytes, raw_bytes(local), len(self.y),
                             0.0 if self.decoder is None else t1 - t0, t2 - t1,
                             0.0 if self.encoder is None else t3 - t2)
+
+    def powersgd_second(self, rnd: int, p_hat: State) -> ClientResult:
+        """PowerSGD's phase 2: ``Q_i = M_i^T P^`` (and the client's new errors)."""
+        assert self.lowrank is not None
+        t0 = time.perf_counter()
+        qs = self.lowrank.second(p_hat)
+        nbytes = raw_bytes(qs)
+        return ClientResult(self.cid, qs, nbytes, nbytes, len(self.y), 0.0, 0.0,
+                            time.perf_counter() - t0)

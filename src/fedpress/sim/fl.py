@@ -37,6 +37,7 @@ from torch.nn import functional
 import fedpress
 
 from ..errors import ConfigError
+from ..grad.powersgd_exchange import PowerSGDServer, low_rank_names
 from .client import (
     Message,
     State,
@@ -53,9 +54,11 @@ from .models import build_model
 from .network import Network
 from .pool import make_pool
 
+P_PREFIX = "powersgd.P/"  # phase-1 factors in a client's reply
+
 ALGORITHMS = ("fedavg", "fedprox", "fedavgm")
 SENDS = ("weights", "update", "gradient")
-AGGREGATES = ("mean", "vote")
+AGGREGATES = ("mean", "vote", "powersgd")
 DOWNLINK_SENDS = ("weights", "update")
 
 
@@ -84,7 +87,7 @@ class FLConfig:
     downlink_plan: str | Mapping[str, Any] | None = None
     downlink_options: dict[str, Any] = field(default_factory=dict)
     downlink_send: str = "weights"  # or "update": the change since each client's copy
-    aggregate: str = "mean"  # or "vote": signSGD's majority vote
+    aggregate: str = "mean"  # "vote": signSGD's majority vote; "powersgd": its exchange
     seed: int = 0
 
     def check(self) -> None:
@@ -99,6 +102,11 @@ class FLConfig:
         if self.downlink_send not in DOWNLINK_SENDS:
             raise ConfigError(f"unknown downlink_send {self.downlink_send!r}; choose one of "
                               f"{', '.join(DOWNLINK_SENDS)}")
+        if self.aggregate == "powersgd" and (self.plan != "powersgd"
+                                             or self.send == "weights"):
+            raise ConfigError("aggregate='powersgd' runs PowerSGD's two-phase exchange: "
+                              "use plan='powersgd' (options: rank, seed, error_feedback) "
+                              "with send='gradient' or 'update'")
         if self.aggregate == "vote" and self.send == "weights":
             raise ConfigError("aggregate='vote' takes signs of gradients or updates; use "
                               "send='gradient' or 'update'")
@@ -199,6 +207,7 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
         threads = max(1, torch.get_num_threads() // max(1, workers))
     pool = make_pool(cfg, [(ds.x_train[p], ds.y_train[p]) for p in parts], ds.input_shape,
                      ds.num_classes, workers, threads)
+    lowrank = powersgd_server(cfg, global_state, params)
     try:
         velocity: State | None = None
         rng = np.random.default_rng(cfg.seed)
@@ -208,6 +217,9 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
             wall0 = time.perf_counter()
             chosen = sorted(rng.choice(cfg.clients, per_round, replace=False).tolist())
             messages, down_bytes, server_s = down.send(chosen, global_state)
+            if lowrank is not None:  # the shared Q travels with the weights
+                messages = {k: (m, lowrank.q) for k, m in messages.items()}  # type: ignore
+                down_bytes = {k: b + raw_bytes(lowrank.q) for k, b in down_bytes.items()}
             results = pool.run(rnd, messages)
             replies, weights = [], []
             bytes_up = raw_up = 0
@@ -233,9 +245,30 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
                 comm_s = max(comm_s, transfer)
                 slowest = max(slowest, transfer + r.decode_s + r.train_s + r.encode_s)
                 server_s += d_up
+            factored: State = {}
+            if lowrank is not None:  # phase 2: P^ down, Q_i up
+                t0 = time.perf_counter()
+                p_hat = lowrank.orthogonal_p([{k: rep.pop(P_PREFIX + k) for k in lowrank.names}
+                                              for rep in replies], weights)
+                server_s += time.perf_counter() - t0
+                second = pool.call("powersgd_second", rnd, {k: p_hat for k in chosen})
+                phase2 = comm2 = 0.0
+                for r in second:
+                    bytes_up += r.nbytes
+                    down_bytes[r.client] += raw_bytes(p_hat)
+                    enc_s += r.encode_s
+                    transfer = (network.download_s(r.client, raw_bytes(p_hat))
+                                + network.upload_s(r.client, r.nbytes))
+                    comm2 = max(comm2, transfer)
+                    phase2 = max(phase2, transfer + r.encode_s)
+                comm_s += comm2
+                slowest += phase2
+                t0 = time.perf_counter()
+                factored = lowrank.aggregate(p_hat, [r.message for r in second], weights)
+                server_s += time.perf_counter() - t0
             t0 = time.perf_counter()
             global_state, velocity = _aggregate(global_state, replies, weights, cfg, velocity,
-                                                params)
+                                                params, factored)
             server_s += time.perf_counter() - t0
             load_state(model, global_state)
             acc, loss = evaluate(model, x_test, y_test)
@@ -314,14 +347,26 @@ def changes(held: State, target: State) -> State:
             for k, v in target.items()}
 
 
+def powersgd_server(cfg: FLConfig, state: State, params: frozenset[str],
+                    ) -> PowerSGDServer | None:
+    """The server's side of PowerSGD's exchange when ``cfg.aggregate == "powersgd"``."""
+    if cfg.aggregate != "powersgd":
+        return None
+    rank, seed = int(cfg.plan_options.get("rank", 2)), int(cfg.plan_options.get("seed", 0))
+    names = low_rank_names(state, rank, int(cfg.plan_options.get("threshold", 1000)), params)
+    return PowerSGDServer({k: state[k].shape for k in names}, names, rank, seed)
+
+
 def _aggregate(global_state: State, replies: list[State], weights: list[float], cfg: FLConfig,
-               velocity: State | None, params: frozenset[str]) -> tuple[State, State | None]:
-    """The new global state (and FedAvgM's velocity) from the decoded replies.
+               velocity: State | None, params: frozenset[str],
+               factored: State | None = None) -> tuple[State, State | None]:
+    """The new global state (and FedAvgM's velocity) from the decoded replies
+    (``factored``: tensors already averaged by PowerSGD's exchange).
 
     Gradients move the parameters only; with ``send="gradient"`` the buffers
     (BatchNorm statistics) take the clients' mean, like integer buffers always do.
     """
-    mean = weighted_mean(replies, weights)
+    mean = weighted_mean(replies, weights) | dict(factored or {})
     floats = [k for k, v in global_state.items() if np.issubdtype(v.dtype, np.floating)
               and (cfg.send != "gradient" or k in params)]
     if cfg.aggregate == "vote":  # signSGD: the majority of the clients' signs

@@ -18,7 +18,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -26,7 +26,6 @@ import torch
 from ..errors import ConfigError
 from .client import (
     ClientResult,
-    Message,
     SimClient,
     Trainer,
     state_of,
@@ -39,7 +38,10 @@ if TYPE_CHECKING:
 
 
 class ClientPool(Protocol):
-    def run(self, rnd: int, messages: Mapping[int, Message]) -> list[ClientResult]: ...
+    def run(self, rnd: int, messages: Mapping[int, Any]) -> list[ClientResult]: ...
+
+    def call(self, method: str, rnd: int, messages: Mapping[int, Any],
+             ) -> list[ClientResult]: ...
 
     def close(self) -> None: ...
 
@@ -61,8 +63,12 @@ class InProcessPool:
         first = self.clients[ids[0]]
         warm_up(self.trainer.model, first.x[:cfg.batch_size], first.y[:cfg.batch_size])
 
-    def run(self, rnd: int, messages: Mapping[int, Message]) -> list[ClientResult]:
+    def run(self, rnd: int, messages: Mapping[int, Any]) -> list[ClientResult]:
         return [self.clients[k].round(rnd, messages[k], self.trainer) for k in sorted(messages)]
+
+    def call(self, method: str, rnd: int, messages: Mapping[int, Any]) -> list[ClientResult]:
+        """A later phase of the round: ``client.<method>(rnd, message)``."""
+        return [getattr(self.clients[k], method)(rnd, messages[k]) for k in sorted(messages)]
 
     def close(self) -> None:
         pass
@@ -79,10 +85,12 @@ def _start_worker(cfg: FLConfig, shards: list[tuple[np.ndarray, np.ndarray]],
     _WORKER = InProcessPool(cfg, shards, input_shape, classes, ids)
 
 
-def _serve(rnd: int, messages: dict[int, Message]) -> list[ClientResult]:
+def _serve(method: str, rnd: int, messages: dict[int, Any]) -> list[ClientResult]:
     if _WORKER is None:  # pragma: no cover - _start_worker always runs first
         raise RuntimeError("worker process not started")
-    return _WORKER.run(rnd, messages)
+    if method == "round":
+        return _WORKER.run(rnd, messages)
+    return _WORKER.call(method, rnd, messages)
 
 
 class ProcessPool:
@@ -111,12 +119,15 @@ class ProcessPool:
             self.close()
             raise
 
-    def run(self, rnd: int, messages: Mapping[int, Message]) -> list[ClientResult]:
+    def run(self, rnd: int, messages: Mapping[int, Any]) -> list[ClientResult]:
+        return self.call("round", rnd, messages)
+
+    def call(self, method: str, rnd: int, messages: Mapping[int, Any]) -> list[ClientResult]:
         jobs: list[Future[list[ClientResult]]] = []
         for w, executor in enumerate(self.executors):
             mine = {k: m for k, m in messages.items() if k % self.workers == w}
             if mine:
-                jobs.append(executor.submit(_serve, rnd, mine))
+                jobs.append(executor.submit(_serve, method, rnd, mine))
         results = [r for job in jobs for r in job.result()]
         return sorted(results, key=lambda r: r.client)
 

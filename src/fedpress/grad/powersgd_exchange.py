@@ -1,0 +1,126 @@
+"""PowerSGD's two-phase exchange between clients and a server (Vogels et al. 2019,
+Algorithm 1 with the all-reduces done by the server).
+
+Per round and per low-rank tensor (matrix view ``M``, first axis x the rest), with
+each client's error ``e_i`` and the shared ``Q`` (seeded on the first round, then
+the previous round's average: warm start)::
+
+    client i:  M_i = g_i + e_i;  send P_i = M_i Q                    (phase 1, uplink)
+    server:    P = weighted mean of P_i;  send P^ = orth(P)           (downlink)
+    client i:  send Q_i = M_i^T P^;  e_i = M_i - P^ Q_i^T             (phase 2, uplink)
+    server:    Q = weighted mean of Q_i;  aggregate = P^ Q^T          (Q goes out with
+                                                                     the next round)
+
+Because every client multiplies by the same ``Q`` and the same ``P^``, the factors
+are aligned and averaging them is averaging the clients' matrices projected on one
+subspace: ``P^ Q^T = P^ P^T mean(M_i)``, exactly what the paper's all-reduce gives.
+Tensors that are not worth factoring (vectors, small or thin matrices, and tensors
+under ``threshold`` elements) travel raw in phase 1 and are averaged as they are.
+
+:class:`PowerSGDClient` is a client's side (its errors and the matrices between the
+phases); :class:`PowerSGDServer` the server's (``Q``, the averages). Both exchange
+plain ``{name: array}`` dicts of float32 factors; their bytes are the traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError
+from .powersgd import matrix_shape, orthonormalize
+
+State = dict[str, np.ndarray]
+
+
+def low_rank_names(state: Mapping[str, np.ndarray], rank: int, threshold: int,
+                   names: frozenset[str] | None = None) -> list[str]:
+    """Tensors worth factoring at ``rank``: floating, 2-D or more, at least
+    ``threshold`` elements, and smaller as factors (``(n + m) r < n m``)."""
+    out = []
+    for k, v in state.items():
+        if names is not None and k not in names:
+            continue
+        n, m = matrix_shape(v.shape)
+        r = min(rank, n, m)
+        if (np.issubdtype(v.dtype, np.floating) and v.ndim >= 2 and v.size >= threshold
+                and (n + m) * r < n * m):
+            out.append(k)
+    return out
+
+
+def initial_q(name: str, shape: tuple[int, ...], rank: int, seed: int) -> np.ndarray:
+    """The first round's shared ``Q`` of tensor ``name`` (both ends draw it)."""
+    n, m = matrix_shape(shape)
+    r = min(rank, n, m)
+    tag = int.from_bytes(name.encode()[:16].ljust(16, b"\0"), "little")
+    return np.random.default_rng([seed, tag, n, m]).standard_normal((m, r)).astype(np.float32)
+
+
+class PowerSGDClient:
+    """One client's side: ``first`` (P), then ``second`` (Q)."""
+
+    def __init__(self, rank: int = 2, error_feedback: bool = True) -> None:
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ConfigError(f"powersgd: rank must be an int >= 1, got {rank!r}")
+        self.rank, self.error_feedback = rank, error_feedback
+        self.errors: State = {}
+        self._m: dict[str, np.ndarray] = {}
+
+    def first(self, grads: Mapping[str, np.ndarray], names: Sequence[str],
+              q: Mapping[str, np.ndarray]) -> tuple[State, State]:
+        """({name: P_i} of the low-rank tensors, {name: tensor} of the others)."""
+        ps: State = {}
+        self._m = {}
+        for k in names:
+            g = grads[k]
+            n, m = matrix_shape(g.shape)
+            mat = g.reshape(n, m).astype(np.float32)
+            e = self.errors.get(k)
+            if e is not None:
+                mat = mat + e
+            self._m[k] = mat
+            ps[k] = mat @ q[k]
+        rest = {k: v for k, v in grads.items() if k not in self._m}
+        return ps, rest
+
+    def second(self, p_hat: Mapping[str, np.ndarray]) -> State:
+        """{name: Q_i}; updates the errors with what rank ``r`` left out."""
+        qs: State = {}
+        for k, mat in self._m.items():
+            qi = mat.T @ p_hat[k]
+            qs[k] = qi
+            if self.error_feedback:
+                self.errors[k] = mat - p_hat[k] @ qi.T
+        self._m = {}
+        return qs
+
+
+class PowerSGDServer:
+    """The server's side: the shared ``Q`` of each tensor and the two averages."""
+
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], names: Sequence[str],
+                 rank: int = 2, seed: int = 0) -> None:
+        self.names, self.shapes = list(names), dict(shapes)
+        self.q: State = {k: initial_q(k, self.shapes[k], rank, seed) for k in self.names}
+
+    def orthogonal_p(self, ps: Sequence[Mapping[str, np.ndarray]],
+                     weights: Sequence[float]) -> State:
+        """``P^ = orth(weighted mean of the P_i)`` for each tensor."""
+        w = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+        return {k: orthonormalize(sum(wi * p[k].astype(np.float64)
+                                      for wi, p in zip(w, ps))).astype(np.float32)
+                for k in self.names}
+
+    def aggregate(self, p_hat: Mapping[str, np.ndarray],
+                  qs: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> State:
+        """``P^ Q^T`` with ``Q`` the weighted mean of the ``Q_i`` (kept for the next
+        round), shaped like the tensors."""
+        w = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+        out: State = {}
+        for k in self.names:
+            q = sum(wi * qi[k].astype(np.float64) for wi, qi in zip(w, qs))
+            self.q[k] = np.asarray(q, dtype=np.float32)
+            out[k] = (p_hat[k] @ self.q[k].T).reshape(self.shapes[k])
+        return out
