@@ -47,6 +47,7 @@ PLANS: dict[str, tuple[str, dict[str, Any]]] = {
     "topk": ("topk(ratio=0.01)", {}),
     "ef:topk": ("ef:topk(ratio=0.01)", {}),
     "dgc": ("dgc(ratio=0.001, warmup=40)", {"algorithm": "fedavg"}),
+    "dgc-w8": ("dgc(ratio=0.001, warmup=8)", {"algorithm": "fedavg"}),
     "signsgd": ("signsgd", {"aggregate": "vote"}),
     "signsgd-mean": ("signsgd", {}),
     "efsignsgd": ("efsignsgd", {}),
