@@ -54,7 +54,7 @@ PLANS: dict[str, tuple[str, dict[str, Any]]] = {
     "qsgd": ("qsgd(levels=16)", {}),
     "terngrad": ("terngrad", {}),
     "stc": ("stc(ratio=0.01)", {}),
-    "stc-both": ("stc(ratio=0.01)", {"downlink_plan": "stc(ratio=0.01)",
+    "stc-both": ("stc(ratio=0.01)", {"downlink_plan": "ternary(ratio=0.01)",
                                      "downlink_send": "update"}),
     "powersgd2": ("powersgd(rank=2)", {"aggregate": "powersgd"}),
     "powersgd4": ("powersgd(rank=4)", {"aggregate": "powersgd"}),

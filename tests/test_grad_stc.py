@@ -326,3 +326,14 @@ def test_fuzzed_frames_are_format_errors(seed: int, data: st.DataObject) -> None
         return
     for a in out.values():
         assert isinstance(a, np.ndarray)
+
+
+def test_ternary_is_stc_without_the_residual() -> None:
+    x = np.random.default_rng(5).standard_normal((40, 50)).astype(np.float32)
+    blob = fedpress.compress(x, codec="ternary", ratio=0.05)
+    y = fedpress.decompress(blob)
+    stc_first = fedpress.decode_update(
+        fedpress.encode_update({"w.weight": x}, plan="stc", ratio=0.05))["w.weight"]
+    assert np.array_equal(y, stc_first)  # round 1 of stc: no residual yet
+    assert len(np.unique(np.abs(y[y != 0]))) == 1 and np.count_nonzero(y) == 100
+    assert not fedpress.Plan.build("ternary").stateful and fedpress.Plan.build("stc").stateful

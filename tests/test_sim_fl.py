@@ -142,7 +142,7 @@ def test_downlink_updates_mirror_each_clients_copy(digits: data.Dataset) -> None
     for k, v in m_weights.state_dict().items():
         assert torch.allclose(m_update.state_dict()[k], v, atol=1e-5)
     # a lossy downlink: the server's mirror equals what the client holds, bit for bit
-    cfg = _cfg(clients=4, fraction=0.5, downlink_send="update", downlink_plan="ef:topk",
+    cfg = _cfg(clients=4, fraction=0.5, downlink_send="update", downlink_plan="topk",
                downlink_options={"ratio": 0.2})
     parts = data.partition(digits.y_train, 4, "iid", seed=0)
     from fedpress.sim.pool import InProcessPool
@@ -151,7 +151,7 @@ def test_downlink_updates_mirror_each_clients_copy(digits: data.Dataset) -> None
                          digits.input_shape, 10)
     model = build_model("mlp", digits.input_shape, 10, seed=0)
     state = fl.state_of(model)
-    down = fl.Downlink("ef:topk", {"ratio": 0.2}, 4, "update", state)
+    down = fl.Downlink("topk", {"ratio": 0.2}, 4, "update", state)
     for rnd in (1, 2, 3):
         target = {k: v + 0.01 * rnd for k, v in state.items()}
         messages, sizes, _ = down.send([0, 2] if rnd % 2 else [1, 2], target)
@@ -162,3 +162,10 @@ def test_downlink_updates_mirror_each_clients_copy(digits: data.Dataset) -> None
             assert all(np.array_equal(held[n], down.held[k][n]) for n in held)
         assert all(s < fl.raw_bytes(target) for s in sizes.values())
     assert down.version[2] != down.version[0]  # client 0 missed round 2: its own copy
+    # the mirror is the downlink's error feedback: a fixed target is reached
+    target = {k: v + 1.0 for k, v in state.items() if v.dtype.kind == "f"}
+    for _ in range(12):
+        down.send([3], target)
+    assert all(np.abs(down.held[3][k] - target[k]).max() < 1e-5 for k in target)
+    with pytest.raises(fedpress.ConfigError, match="stateless form"):
+        fl.Downlink("ef:topk", {"ratio": 0.2}, 4, "update", state)

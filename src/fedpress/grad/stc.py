@@ -16,11 +16,11 @@ so ``sent + r_t == x_t + r_{t-1}`` up to one rounding of the tensor's dtype at t
 (array ``"residual"`` of the tensor's :class:`fedpress.state.TensorState`); the
 decoder holds none.
 
-The same codec serves both directions, as in the paper: a client's
-:class:`fedpress.UpdateEncoder` keeps each client's residual, and the server's
-encoder for the downlink keeps its own (a different
-:class:`fedpress.StateStore`, under its own ``peer`` name), so the broadcast global
-update is compressed with error accumulation too.
+Both directions, as in the paper: a client's :class:`fedpress.UpdateEncoder`
+keeps each client's residual; for the server's downlink of the global update the
+simulator's ``downlink_send="update"`` mirrors what each client holds, which is the
+downlink residual already, so it takes the stateless ``ternary`` codec (this
+module: the same compression step and payload, no residual) instead of ``stc``.
 
 Payload layout::
 
@@ -58,7 +58,7 @@ from ..abc import TensorSpec
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
 from ..state import TensorState
-from .base import StatefulGradientCodec, check_ratio, keep_count, scatter
+from .base import GradientCodec, StatefulGradientCodec, check_ratio, keep_count, scatter
 from .ef import residual_of
 from .indices import METHODS, read_indices, write_indices
 from .topk import top_indices
@@ -79,6 +79,24 @@ def golomb_bits_per_position(p: float) -> float:
     ``b* + 1 / (1 - (1 - p) ** (2 ** b*))``."""
     b = golomb_parameter(p)
     return b + 1 / (1 - (1 - p) ** (2**b))
+
+
+def sparse_ternary(a: np.ndarray, ratio: float) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """STC's compression step on ``a``: (payload, kept positions, their values)."""
+    dt = a.dtype
+    flat = a.reshape(-1)
+    k = keep_count(a.size, ratio)
+    idx = top_indices(np.abs(flat), k)
+    vals = flat[idx]
+    mu = np.asarray(np.abs(vals.astype(np.float64)).mean() if k else 0.0, dtype=dt)
+    neg = vals < 0
+    recon = np.where(neg, -mu, mu).astype(dt, copy=False)
+    w = Writer()
+    w.raw(mu.reshape(1).astype(dt.newbyteorder("<")).tobytes())
+    w.varint(k)
+    write_indices(w, idx, a.size)
+    w.raw(np.packbits(neg).tobytes())
+    return w.getvalue(), idx, recon
 
 
 @register_codec
@@ -103,21 +121,11 @@ class STC(StatefulGradientCodec):
         if a.size and not np.isfinite(a).all():
             raise ConfigError(f"codec 'stc': tensor plus residual overflowed {dt}; scale "
                               "the tensor down")
+        payload, idx, recon = sparse_ternary(a, self.ratio)
         flat = a.reshape(-1)
-        k = keep_count(a.size, self.ratio)
-        idx = top_indices(np.abs(flat), k)
-        vals = flat[idx]
-        mu = np.asarray(np.abs(vals.astype(np.float64)).mean() if k else 0.0, dtype=dt)
-        neg = vals < 0
-        recon = np.where(neg, -mu, mu).astype(dt, copy=False)
-        w = Writer()
-        w.raw(mu.reshape(1).astype(dt.newbyteorder("<")).tobytes())
-        w.varint(k)
-        write_indices(w, idx, a.size)
-        w.raw(np.packbits(neg).tobytes())
-        flat[idx] = vals - recon  # the residual: a - reconstruction
+        flat[idx] -= recon  # the residual: a - reconstruction
         state["residual"] = a
-        return w.getvalue()
+        return payload
 
     def _read(self, rd: Reader, spec: TensorSpec) -> tuple[np.ndarray, np.ndarray]:
         n = spec.size
@@ -153,3 +161,23 @@ class STC(StatefulGradientCodec):
         k = rd.varint(cap=spec.size, name="kept entries")
         method = rd.u8()
         return {"kept": k, "mu": mu, "index_coding": METHODS.get(method, f"unknown ({method})")}
+
+
+@register_codec
+class SparseTernary(GradientCodec):
+    """STC's compression step without the residual (stateless), same payload as
+    ``stc``: for a server's downlink in ``downlink_send="update"`` mode, where the
+    server's mirror of each client's copy already re-sends what was dropped."""
+
+    codec_id = "ternary"
+    config_keys: ClassVar[tuple[str, ...]] = ("ratio",)
+
+    def __init__(self, ratio: float = 0.01) -> None:
+        self.ratio = check_ratio(self.codec_id, ratio)
+
+    def _encode(self, x: np.ndarray) -> tuple[bytes, np.ndarray]:
+        payload, idx, recon = sparse_ternary(x, self.ratio)
+        return payload, scatter(idx, recon, TensorSpec.of(x))
+
+    def _decode(self, rd: Reader, spec: TensorSpec) -> np.ndarray:
+        return scatter(*STC(self.ratio)._read(rd, spec), spec)

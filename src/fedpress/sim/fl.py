@@ -302,6 +302,12 @@ class Downlink:
         self.encoders = [make_encoder(plan, options, peer="server")
                          for _ in range(clients if plan is not None else 0)]
         self.broadcast = not self.encoders or not self.encoders[0].plan.stateful
+        if send == "update" and not self.broadcast:
+            raise ConfigError(f"downlink plan {plan!r} keeps state (error feedback or a "
+                              "residual), but downlink updates already re-send what was "
+                              "dropped (the server mirrors each client's copy): use its "
+                              "stateless form, e.g. 'topk' for 'ef:topk', 'ternary' for "
+                              "'stc', 'signsgd' for 'efsignsgd'")
         self.decoder = fedpress.UpdateDecoder()
         if send == "update" and initial is None:
             raise ValueError("downlink updates need the initial model")
