@@ -215,3 +215,35 @@ def test_sparse_payloads_fuzzed_are_format_errors() -> None:
                 fedpress.decompress(bytes(bad))
             except fedpress.FormatError:
                 pass
+
+
+def test_a_decoders_codec_allowlist_reaches_inside_error_feedback() -> None:
+    x = RNG.standard_normal(5000).astype(np.float32)
+    blob = fedpress.encode_update({"a.weight": x}, plan="ef:topk", ratio=0.1)
+    only_ef = fedpress.Limits(codecs=frozenset({"ef", "blosc-lz"}))
+    with pytest.raises(fedpress.FormatError, match="'topk' is not accepted"):
+        fedpress.UpdateDecoder(limits=only_ef).decode(blob)
+    both = fedpress.Limits(codecs=frozenset({"ef", "topk", "blosc-lz"}))
+    assert fedpress.UpdateDecoder(limits=both).decode(blob)["a.weight"].shape == (5000,)
+
+
+def test_non_finite_values_never_come_off_the_wire_or_out_of_an_overflow() -> None:
+    x = RNG.standard_normal(3000).astype(np.float32)
+    spec = TensorSpec.of(x)
+    for codec in (fedpress.get_codec("topk", ratio=0.01), fedpress.get_codec("randk")):
+        payload = bytearray(codec.encode(x))
+        payload[-4:] = np.float32(np.nan).tobytes()  # the last value sent
+        with pytest.raises(fedpress.FormatError, match="non-finite"):
+            codec.decode(bytes(payload), spec)
+    psgd = fedpress.get_codec("powersgd")
+    m = RNG.standard_normal((40, 30)).astype(np.float32)
+    payload = bytearray(psgd.encode(m))
+    payload[-4:] = np.float32(np.inf).tobytes()
+    with pytest.raises(fedpress.FormatError, match="non-finite"):
+        psgd.decode(bytes(payload), TensorSpec.of(m))
+    with pytest.raises(fedpress.ConfigError, match="overflows"):
+        fedpress.compress(np.full(2000, 1000, np.float16), codec="randk", ratio=0.01,
+                          scale=True)
+    with pytest.raises(fedpress.ConfigError, match="overflow"):
+        fedpress.encode_update({"w.weight": np.full((100, 100), 30000, np.float16)},
+                               plan="powersgd")

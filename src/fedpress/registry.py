@@ -119,8 +119,13 @@ def codec_from_config(config: dict[str, Any], allowed: Collection[str] | None = 
     """
     if not isinstance(config, dict) or not isinstance(config.get("id"), str):
         raise FormatError("codec config must be an object with a string 'id'")
-    if allowed is not None and config["id"] not in allowed:
-        raise FormatError(f"codec {config['id']!r} is not accepted by this decoder")
+    if allowed is not None:
+        nested = config  # wrappers name their inner codec: every level must be allowed
+        while isinstance(nested, dict):
+            if nested.get("id") not in allowed:
+                raise FormatError(f"codec {nested.get('id')!r} is not accepted by this "
+                                  "decoder")
+            nested = nested.get("inner")
     _load()
     cls = _REGISTRY.get(config["id"])
     if cls is None:

@@ -118,7 +118,16 @@ def read_sparse(rd: Reader, spec: TensorSpec) -> tuple[np.ndarray, np.ndarray]:
     n = spec.size
     k = rd.varint(cap=n, name="kept entries")
     idx = read_indices(rd, k, n)
-    return idx, rd.array(spec.dtype, k)
+    return idx, finite_values(rd.array(spec.dtype, k), "sparse payload")
+
+
+def finite_values(values: np.ndarray, what: str) -> np.ndarray:
+    """``values`` if all finite, else FormatError (no NaN/Inf from the wire)."""
+    with np.errstate(invalid="ignore"):  # signalling NaNs of float16
+        finite = bool(np.isfinite(values).all()) if values.size else True
+    if not finite:
+        raise FormatError(f"{what}: non-finite values")
+    return values
 
 
 def scatter(idx: np.ndarray, values: np.ndarray, spec: TensorSpec) -> np.ndarray:

@@ -37,7 +37,7 @@ from ..abc import TensorSpec
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
 from ..state import TensorState
-from .base import StatefulGradientCodec, check_seed
+from .base import StatefulGradientCodec, check_seed, finite_values
 from .ef import residual_of
 
 DENSE, LOW_RANK = 0, 1
@@ -99,10 +99,15 @@ class PowerSGD(StatefulGradientCodec):
         if q is None or q.shape != (m, r):
             q = np.random.default_rng([self.seed, n, m]).standard_normal((m, r))
         p = orthonormalize(mat @ q).astype(x.dtype)
-        q_new = (mat.T @ p.astype(np.float64)).astype(x.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            q_new = (mat.T @ p.astype(np.float64)).astype(x.dtype)
+            error = ((x + err) - rebuild(p, q_new, x.shape)).astype(x.dtype)
+        if not (np.isfinite(q_new).all() and np.isfinite(error).all()):
+            raise ConfigError(f"codec 'powersgd': the factors overflow {x.dtype}; scale the "
+                              "tensor down or send it in a wider dtype")
         state["q"] = q_new
         if self.error_feedback:
-            state["error"] = ((x + err) - rebuild(p, q_new, x.shape)).astype(x.dtype)
+            state["error"] = error
         w.u8(LOW_RANK)
         w.varint(r)
         w.raw(p.astype(p.dtype.newbyteorder("<")).tobytes())
@@ -114,14 +119,15 @@ class PowerSGD(StatefulGradientCodec):
         rd = Reader(payload, "powersgd payload")
         form = rd.u8()
         if form == DENSE:
-            out = rd.array(spec.dtype, spec.size).reshape(spec.shape)
+            out = finite_values(rd.array(spec.dtype, spec.size), "powersgd payload")
+            out = out.reshape(spec.shape)
         elif form == LOW_RANK:
             n, m = matrix_shape(spec.shape)
             r = rd.varint(cap=min(n, m), name="rank")
             if r < 1 or len(spec.shape) < 2:
                 raise FormatError("powersgd payload: bad rank or shape for low-rank form")
-            p = rd.array(spec.dtype, n * r).reshape(n, r)
-            q = rd.array(spec.dtype, m * r).reshape(m, r)
+            p = finite_values(rd.array(spec.dtype, n * r), "powersgd payload").reshape(n, r)
+            q = finite_values(rd.array(spec.dtype, m * r), "powersgd payload").reshape(m, r)
             out = rebuild(p, q, spec.shape)
         else:
             raise FormatError(f"powersgd payload: unknown form {form}")

@@ -31,6 +31,7 @@ from .base import (
     check_ratio,
     check_seed,
     data_rng,
+    finite_values,
     keep_count,
     read_sparse,
     scatter,
@@ -144,7 +145,11 @@ class RandK(GradientCodec):
         idx = self.positions(draw, x.size, k)
         values = x.reshape(-1)[idx]
         if self.scale and k:
-            values = (values * (x.size / k)).astype(x.dtype)
+            with np.errstate(over="ignore"):
+                values = (values.astype(np.float64) * (x.size / k)).astype(x.dtype)
+            if not np.isfinite(values).all():
+                raise ConfigError(f"codec 'randk': scaling by n/k overflows {x.dtype}; use "
+                                  "scale=false or a wider dtype")
         w = Writer()
         w.raw(np.uint64(draw).astype("<u8").tobytes())
         w.raw(values.astype(values.dtype.newbyteorder("<")).tobytes())
@@ -155,5 +160,5 @@ class RandK(GradientCodec):
         if draw >= 2**63:
             raise FormatError("randk payload: bad draw seed")
         k = keep_count(spec.size, self.ratio)
-        values = rd.array(spec.dtype, k)
+        values = finite_values(rd.array(spec.dtype, k), "randk payload")
         return scatter(self.positions(draw, spec.size, k), values, spec)
