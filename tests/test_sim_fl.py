@@ -169,3 +169,12 @@ def test_downlink_updates_mirror_each_clients_copy(digits: data.Dataset) -> None
     assert all(np.abs(down.held[3][k] - target[k]).max() < 1e-5 for k in target)
     with pytest.raises(fedpress.ConfigError, match="stateless form"):
         fl.Downlink("ef:topk", {"ratio": 0.2}, 4, "update", state)
+
+
+def test_gradient_compressors_are_refused_on_weights(digits: data.Dataset) -> None:
+    with pytest.raises(fedpress.ConfigError, match="not weights.*'update' or 'gradient'"):
+        fl.simulate(digits, _cfg(plan="topk"))
+    with pytest.raises(fedpress.ConfigError, match="downlink_send to 'update'"):
+        fl.simulate(digits, _cfg(send="update", downlink_plan="ef:signsgd"))
+    assert fl.gradient_compressor("fpz", {}) is None
+    assert fl.gradient_compressor("ef:qsgd", {}) == "ef"

@@ -341,9 +341,9 @@ class TernGrad(GradientCodec):
             raise FormatError("terngrad payload: the scale is negative or not finite")
         if (coding == ZERO) != (s == 0):
             raise FormatError("terngrad payload: the scale does not match the coding")
-        if coding == ZERO:
-            sym = np.zeros(n, dtype=np.int64)
-        elif coding == PACK2:
+        if coding == ZERO:  # nothing but zeros: no symbol array
+            return np.zeros(spec.shape, dtype=spec.dtype)
+        if coding == PACK2:
             sym = unpack2(rd.take((n + 3) // 4), n)
         else:
             sym = rans.decode(rd, n)

@@ -184,10 +184,20 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
     """Run ``cfg.rounds`` rounds; returns the metrics and the final global model.
 
     ``workers > 1`` runs the clients in that many processes with ``threads`` PyTorch
-    threads each (default: this process's threads shared out); see
-    :mod:`fedpress.sim.pool`.
+    threads each; ``threads`` defaults to this process's thread count shared out
+    (with one worker, the clients train with ``threads`` threads here). Runs agree
+    across pools at equal thread counts; see :mod:`fedpress.sim.pool`.
     """
     cfg.check()
+    for plan, options, sends, what in ((cfg.plan, cfg.plan_options, cfg.send, "send"),
+                                       (cfg.downlink_plan, cfg.downlink_options,
+                                        cfg.downlink_send, "downlink_send")):
+        gradient_codec = gradient_compressor(plan, options)
+        if gradient_codec is not None and sends == "weights":
+            raise ConfigError(f"{gradient_codec!r} compresses gradients or updates, not "
+                              f"weights (it would sparsify or sign the model itself): set "
+                              f"{what} to 'update'" + (" or 'gradient'" if what == "send"
+                                                      else ""))
     network = network or Network.build(cfg.clients)
     if network.up_mbps.size != cfg.clients:
         raise ConfigError(f"the network has {network.up_mbps.size} clients, the run "
@@ -205,9 +215,9 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
     warm_codecs(cfg.plan, cfg.plan_options)
     if threads is None:
         threads = max(1, torch.get_num_threads() // max(1, workers))
+    lowrank = powersgd_server(cfg, global_state, params)
     pool = make_pool(cfg, [(ds.x_train[p], ds.y_train[p]) for p in parts], ds.input_shape,
                      ds.num_classes, workers, threads)
-    lowrank = powersgd_server(cfg, global_state, params)
     try:
         velocity: State | None = None
         rng = np.random.default_rng(cfg.seed)
@@ -351,6 +361,22 @@ def changes(held: State, target: State) -> State:
     of the others (integer buffers)."""
     return {k: target[k] - held[k] if np.issubdtype(v.dtype, np.floating) else v
             for k, v in target.items()}
+
+
+def gradient_compressor(plan: Any, options: Mapping[str, Any]) -> str | None:
+    """The id of a gradient compressor in ``plan`` (wrapped in ``ef`` or not), if any."""
+    from ..grad.base import GradientCodec, StatefulGradientCodec
+    from ..grad.ef import ErrorFeedback
+
+    encoder = make_encoder(plan, options)
+    if encoder is None:
+        return None
+    p = encoder.plan
+    for codec in [r.codec for r in p.rules] + [p.default]:
+        inner = codec.codec if isinstance(codec, ErrorFeedback) else codec
+        if isinstance(inner, (GradientCodec, StatefulGradientCodec)):
+            return codec.codec_id
+    return None
 
 
 def powersgd_server(cfg: FLConfig, state: State, params: frozenset[str],

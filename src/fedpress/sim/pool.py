@@ -16,6 +16,8 @@ compute times; only the wall time shrinks.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
@@ -77,10 +79,23 @@ class InProcessPool:
 _WORKER: InProcessPool | None = None  # the clients of a worker process
 
 
+def _exit_with_parent() -> None:
+    """End this worker when the parent process dies (even by SIGKILL), so no worker
+    outlives a killed simulation holding its data and model."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        def watch() -> None:
+            parent.join()
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True, name="fedpress-parent-watch").start()
+
+
 def _start_worker(cfg: FLConfig, shards: list[tuple[np.ndarray, np.ndarray]],
                   input_shape: tuple[int, ...], classes: int, ids: list[int],
                   threads: int) -> None:
     global _WORKER
+    _exit_with_parent()
     torch.set_num_threads(threads)
     _WORKER = InProcessPool(cfg, shards, input_shape, classes, ids)
 
@@ -144,5 +159,6 @@ def make_pool(cfg: FLConfig, shards: Sequence[tuple[np.ndarray, np.ndarray]],
     if workers < 1 or threads < 1:
         raise ConfigError(f"workers and threads must be >= 1, got {workers} and {threads}")
     if workers == 1:
+        torch.set_num_threads(threads)
         return InProcessPool(cfg, shards, input_shape, classes)
     return ProcessPool(cfg, shards, input_shape, classes, workers, threads)
