@@ -10,9 +10,10 @@ and adds it to the next tensor before compressing::
 so no part of a gradient is lost for good, only delayed. The residual is computed
 as ``c_t - D(C(c_t))`` in the tensor's dtype, so ``sent + residual == input +
 previous residual`` holds exactly where nothing was sent (all of a sparsifier's
-dropped entries) and to one rounding of the dtype elsewhere. The residual ``e`` is sender-scope state (kept in the
-encoder's :class:`fedpress.StateStore` under the tensor's name, checkpointable
-with a :class:`fedpress.DirStateStore`); the decoder needs no state, so a frame of
+dropped entries) and to one rounding of the dtype elsewhere. The residual ``e`` is
+sender-scope state (kept in the encoder's :class:`fedpress.StateStore` under the
+tensor's name, checkpointable with a :class:`fedpress.DirStateStore`); the decoder
+needs no state, so a frame of
 ``ef:topk`` decodes like one of ``topk``.
 
 Spelling: ``plan="ef:topk"`` (options such as ``ratio`` go to the inner codec), or
