@@ -13,6 +13,9 @@ written in the output table:
 * ``powersgd2`` / ``powersgd4`` run PowerSGD's two-phase exchange
   (``aggregate=powersgd``: P up, orthogonalised P down, Q up; Q and P travel on the
   downlink, so its CR drops below 1);
+* ``signsgd-sgd`` / ``efsignsgd-sgd``: the server steps without momentum at ten
+  times the learning rate (the same step size in the long run), to separate error
+  feedback from its interplay with momentum;
 * ``signsgd`` is aggregated by majority vote (``aggregate=vote``); ``signsgd-mean``
   is the same codec averaged like the other plans.
 
@@ -51,6 +54,8 @@ PLANS: dict[str, tuple[str, dict[str, Any]]] = {
     "signsgd": ("signsgd", {"aggregate": "vote"}),
     "signsgd-mean": ("signsgd", {}),
     "efsignsgd": ("efsignsgd", {}),
+    "signsgd-sgd": ("signsgd", {"algorithm": "fedavg", "lr": 0.5}),
+    "efsignsgd-sgd": ("efsignsgd", {"algorithm": "fedavg", "lr": 0.5}),
     "qsgd": ("qsgd(levels=16)", {}),
     "terngrad": ("terngrad", {}),
     "stc": ("stc(ratio=0.01)", {}),
