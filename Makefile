@@ -7,11 +7,16 @@ BIN := $(VENV)/bin
 setup:
 	@bash scripts/setup.sh
 
-# the simulator: Fashion-MNIST CNN, 4 clients, raw vs FedSZ (SZ2) vs SZ3 vs fpz at 10 Mbps
+# the simulator: Fashion-MNIST CNN, 4 clients at 10 Mbps: weights raw vs FedSZ (SZ2) vs SZ3
+# vs fpz; then gradients (FedSGD) raw vs EF top-k, DGC, QSGD, STC, PowerSGD
 demo: setup
 	$(BIN)/fedpress compare --dataset fashion-mnist --model cnn --clients 4 --rounds 3 \
 	    --local-steps 100 --plans none,fedsz,sz3,fpz --eb 1e-2 --uplink-mbps 10 \
 	    --downlink-mbps 10 --threads 2 --out out/demo
+	$(BIN)/fedpress compare --dataset fashion-mnist --model cnn --clients 4 --rounds 40 \
+	    --send gradient --local-steps 1 --algorithm fedavgm --lr 0.05 --test-limit 2000 \
+	    --plans 'none,ef:topk(ratio=0.01),dgc(ratio=0.001,warmup=20,algorithm=fedavg),qsgd(levels=16),stc(ratio=0.01),powersgd(rank=2,aggregate=powersgd)' \
+	    --uplink-mbps 10 --downlink-mbps 10 --threads 2 --out out/demo-grad
 
 # the earlier demo: one model trained centrally, FedSZ on its state dict at 3 bounds
 demo-fedsz: setup

@@ -125,3 +125,15 @@ def test_plan_specs_and_the_heterogeneous_example() -> None:
     net = Network.build(s["clients"], s["uplink_mbps"], s["downlink_mbps"], s["latency_ms"],
                         seed=s["seed"])
     assert len(set(net.up_mbps.tolist())) == 8 and net.latency_ms[-1] == 150
+
+
+def test_a_plan_spec_can_carry_its_own_run_settings(tmp_path: Path) -> None:
+    code, out = _run("compare", *TINY, "--send", "gradient", "--plans",
+                     "signsgd(aggregate=vote),powersgd(rank=1, aggregate=powersgd)",
+                     "--out", tmp_path)
+    assert code == 0, out
+    vote = json.loads((tmp_path / "signsgd_aggregate_vote_" / "summary.json").read_text())
+    assert vote["config"]["aggregate"] == "vote"
+    low = json.loads((tmp_path / "powersgd_rank_1__aggregate_powersgd_" /
+                      "summary.json").read_text())
+    assert low["config"]["aggregate"] == "powersgd" and low["cr_down"] < 1

@@ -5,7 +5,8 @@ Settings (all optional; defaults in ``DEFAULTS``): ``dataset``, ``data_dir``,
 ``batch_size``, ``lr``, ``momentum``, ``algorithm``, ``mu``, ``server_lr``,
 ``server_momentum``, ``send``, ``partition``, ``alpha``, ``plan`` (``"none"`` = raw
 float32, any fedpress plan, or ``name(key=value, ...)`` with codec options, e.g.
-``ef:topk(ratio=0.01)``), ``mode``, ``eb``, ``lossy``, ``lossless``,
+``ef:topk(ratio=0.01)``, and run settings of ``SIM_KEYS`` for that plan's run, e.g.
+``signsgd(aggregate=vote)``), ``mode``, ``eb``, ``lossy``, ``lossless``,
 ``threshold``, ``downlink_plan`` (same forms; default ``"none"``), ``downlink_send`` (``weights``:
 the global model; ``update``: its change since what each client holds),
 ``aggregate`` (``mean``, or ``vote``: signSGD's majority vote), ``uplink_mbps``,
@@ -37,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "out": "out/simulate",
 }
 PLAN_KEYS = ("mode", "eb", "lossy", "lossless", "threshold")
+#: run settings a plan spec may carry for its own run (in ``compare``)
+SIM_KEYS = ("aggregate", "algorithm", "lr", "server_lr", "server_momentum", "momentum",
+            "downlink_plan", "downlink_send", "send", "local_steps", "local_epochs")
 
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -121,6 +125,7 @@ def _value(text: str) -> Any:
 def _plan(spec: Any, settings: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     """(plan for UpdateEncoder or None for raw, its options)."""
     spec, extra = parse_plan_spec(spec)
+    extra = {k: v for k, v in extra.items() if k not in SIM_KEYS}  # run settings
     if spec in (None, "none", "raw"):
         return None, {}
     options = {k: settings[k] for k in PLAN_KEYS if settings.get(k) is not None}
@@ -143,6 +148,9 @@ def run(settings: Mapping[str, Any], out_dir: str | os.PathLike[str] | None = No
     from .network import Network
 
     s = resolve(settings)
+    # run settings given inside the uplink plan spec: "signsgd(aggregate=vote)"
+    s.update({k: v for k, v in parse_plan_spec(s["plan"])[1].items() if k in SIM_KEYS})
+    s = resolve(s)
     torch.set_num_threads(int(s["threads"]))
     ds = dataset if dataset is not None else load_dataset(s["dataset"], s["data_dir"])
     plan, plan_options = _plan(s["plan"], s)
