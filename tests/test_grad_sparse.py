@@ -41,6 +41,12 @@ def test_bit_codes_refuse_bad_streams() -> None:
         golomb.gamma_unpack(b"\x00" * 10, 1, 1 << 62)  # 80 zero bits: no code
     with pytest.raises(ValueError):
         golomb.gamma_pack(np.array([0]))
+    # one stream, one encoding: no trailing byte, no set padding bit
+    with pytest.raises(fedpress.FormatError, match="trailing"):
+        golomb.rice_unpack(data + b"\x00", 50, 4, 1000)
+    tail = golomb.gamma_pack(np.array([1]))  # one bit: "1", seven padding bits
+    with pytest.raises(fedpress.FormatError, match="padding"):
+        golomb.gamma_unpack(bytes([tail[0] | 1]), 1, 10)
 
 
 def test_best_rice_parameter_is_near_the_entropy_of_geometric_gaps() -> None:

@@ -172,7 +172,7 @@ def test_downlink_updates_mirror_each_clients_copy(digits: data.Dataset) -> None
 
 
 def test_gradient_compressors_are_refused_on_weights(digits: data.Dataset) -> None:
-    with pytest.raises(fedpress.ConfigError, match="not weights.*'update' or 'gradient'"):
+    with pytest.raises(fedpress.ConfigError, match=r"not weights.*'update' or 'gradient'"):
         fl.simulate(digits, _cfg(plan="topk"))
     with pytest.raises(fedpress.ConfigError, match="downlink_send to 'update'"):
         fl.simulate(digits, _cfg(send="update", downlink_plan="ef:signsgd"))

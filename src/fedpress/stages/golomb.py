@@ -12,7 +12,8 @@ magnitude.
 
 The ``*_pack`` functions return whole bytes (the last one zero-padded); the
 ``*_unpack`` functions take the count and a cap on the values and raise
-:class:`fedpress.FormatError` on streams that run out or exceed the cap.
+:class:`fedpress.FormatError` on streams that run out, exceed the cap, or leave
+bytes or non-zero padding bits after the last code (one stream, one encoding).
 """
 
 from __future__ import annotations
@@ -79,11 +80,21 @@ def rice_unpack(data: bytes | memoryview, n: int, b: int, cap: int) -> np.ndarra
     if n > 8 * len(data):  # every code takes at least one bit
         raise FormatError(f"rice: {n} codes cannot fit in {len(data)} bytes")
     out = np.empty(n, dtype=np.int64)
-    status = _bits().rice_decode(np.frombuffer(data, dtype=np.uint8), n, b, cap, out)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    status = _bits().rice_decode(buf, n, b, cap, out)
     if status < 0:
         raise FormatError("rice: stream ends early" if status == _bits().ERR_BITS
                           else f"rice: value exceeds {cap}")
+    _check_end(buf, int(status), "rice")
     return out
+
+
+def _check_end(buf: np.ndarray, bits: int, what: str) -> None:
+    """The codes must fill the bytes exactly: no extra byte, zero padding bits."""
+    if (bits + 7) // 8 != buf.size:
+        raise FormatError(f"{what}: {buf.size - (bits + 7) // 8} unexpected trailing bytes")
+    if bits % 8 and buf[-1] & (0xFF >> (bits % 8)):
+        raise FormatError(f"{what}: padding bits are not zero")
 
 
 def gamma_size(v: np.ndarray) -> int:
@@ -106,8 +117,10 @@ def gamma_unpack(data: bytes | memoryview, n: int, cap: int) -> np.ndarray:
     if n > 8 * len(data):
         raise FormatError(f"gamma: {n} codes cannot fit in {len(data)} bytes")
     out = np.empty(n, dtype=np.int64)
-    status = _bits().gamma_decode(np.frombuffer(data, dtype=np.uint8), n, cap, out)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    status = _bits().gamma_decode(buf, n, cap, out)
     if status < 0:
         raise FormatError("gamma: stream ends early" if status == _bits().ERR_BITS
                           else f"gamma: value exceeds {cap}")
+    _check_end(buf, int(status), "gamma")
     return out
