@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     rows = []
     t0 = time.time()
+    args.commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True, check=False).stdout.strip()  # the code measured
     for label in args.plans.split(","):
         spec, overrides = PLANS[label]
         settings = base | {"plan": spec} | overrides
@@ -129,10 +131,9 @@ def _fmt(v: object) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False).stdout.strip()
     head = (f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC "
-            f"({seconds / 60:.0f} min), commit {commit}, {os.cpu_count()} CPUs, Python "
+            f"({seconds / 60:.0f} min), commit {args.commit} (at the start), "
+            f"{os.cpu_count()} CPUs, Python "
             f"{platform.python_version()}, torch {version('torch')}, numpy "
             f"{version('numpy')}. Fashion-MNIST, {args.model}, {args.clients} IID clients, "
             f"{args.rounds} rounds of FedSGD ({args.local_steps} minibatch(es) of "
