@@ -49,6 +49,8 @@ PLANS: dict[str, tuple[str, dict[str, Any]]] = {
     "none": ("none", {}),
     "topk": ("topk(ratio=0.01)", {}),
     "ef:topk": ("ef:topk(ratio=0.01)", {}),
+    "ef:randk": ("ef:randk(ratio=0.01)", {}),
+    "ef:threshold": ("ef:threshold(tau=0.007)", {}),
     "dgc": ("dgc(ratio=0.001, warmup=40)", {"algorithm": "fedavg"}),
     "dgc-w8": ("dgc(ratio=0.001, warmup=8)", {"algorithm": "fedavg"}),
     "signsgd": ("signsgd", {"aggregate": "vote"}),
