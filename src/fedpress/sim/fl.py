@@ -15,7 +15,8 @@ Bytes are the real frame lengths (raw: the tensors' bytes). Encode, decode, trai
 and aggregation times are measured; transfer times come from the
 :class:`~fedpress.sim.network.Network`. Round time = the slowest sampled client's
 download + decode + training + encode + upload, plus the server's decode,
-aggregation and encode.
+aggregation and encode; PowerSGD's exchange (``aggregate="powersgd"``) adds its
+second phase (the slowest client's download of ``P^``, its ``Q_i`` and upload).
 
 Determinism: client ``k`` of round ``r`` shuffles its data (and draws its dropout
 masks) with torch generators seeded ``seed * 1_000_003 + r * 1_009 + k``; with raw
