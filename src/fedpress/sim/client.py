@@ -30,7 +30,7 @@ import fedpress
 from ..grad.powersgd_exchange import PowerSGDClient, low_rank_names
 from .models import build_model
 
-P_PREFIX = "powersgd.P/"  # phase-1 factors in a reply (the server's fl.P_PREFIX)
+P_PREFIX = "powersgd.P/"  # PowerSGD's phase-1 factors in a reply
 
 if TYPE_CHECKING:
     from .fl import FLConfig
@@ -59,10 +59,6 @@ def normalise(x: np.ndarray) -> torch.Tensor:
 
 def client_seed(seed: int, rnd: int, client: int) -> int:
     return seed * 1_000_003 + rnd * 1_009 + client
-
-
-def client_generator(seed: int, rnd: int, client: int) -> torch.Generator:
-    return torch.Generator().manual_seed(client_seed(seed, rnd, client))
 
 
 def apply_changes(held: State, got: State) -> State:

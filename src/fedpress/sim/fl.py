@@ -40,6 +40,7 @@ import fedpress
 from ..errors import ConfigError
 from ..grad.powersgd_exchange import PowerSGDServer, low_rank_names
 from .client import (
+    P_PREFIX,
     Message,
     State,
     apply_changes,
@@ -54,8 +55,6 @@ from .data import Dataset, partition
 from .models import build_model
 from .network import Network
 from .pool import make_pool
-
-P_PREFIX = "powersgd.P/"  # phase-1 factors in a client's reply
 
 ALGORITHMS = ("fedavg", "fedprox", "fedavgm")
 SENDS = ("weights", "update", "gradient")
