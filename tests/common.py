@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pytest
 
 import fedpress
 from fedpress.dtypes import BFLOAT16, FLOAT_DTYPES
@@ -106,3 +107,25 @@ def check_mutated_residual_stream(data: Any, encode: Callable[[np.ndarray], byte
     except fedpress.FormatError:
         return
     assert out.shape == r.shape and out.dtype == np.int64  # a well-formed array
+
+
+def check_edited_update_frame(frame: bytes, pos: int, flip: int) -> None:
+    """One byte of an update frame edited: the checksum catches it; the same edit
+    behind a recomputed checksum decodes to a FormatError or to arrays (never
+    another exception)."""
+    import zlib
+
+    import fedpress
+
+    blob = bytearray(frame)
+    blob[pos] ^= flip
+    with pytest.raises(fedpress.FormatError):
+        fedpress.decode_update(bytes(blob))
+    body = bytearray(frame[:-4])
+    body[pos % len(body)] ^= flip
+    resealed = bytes(body) + (zlib.crc32(body) & 0xFFFFFFFF).to_bytes(4, "little")
+    try:
+        out = fedpress.decode_update(resealed)
+    except fedpress.FormatError:
+        return
+    assert all(isinstance(a, np.ndarray) for a in out.values())
