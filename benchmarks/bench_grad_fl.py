@@ -44,6 +44,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from _table import markdown_table  # benchmarks/ is on the path when run as a script
+
 # label -> (plan spec, settings overrides)
 PLANS: dict[str, tuple[str, dict[str, Any]]] = {
     "none": ("none", {}),
@@ -144,10 +146,7 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: floa
             f"accuracy on the first {args.test_limit} test images.\n\n")
     cols = ["label", "plan", "overrides", "final_accuracy", "best_accuracy", "cr_up",
             "mb_up", "comm_s", "encode_s", "decode_s"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
-    return head + "\n".join(lines) + "\n"
+    return head + markdown_table(rows, cols, _fmt)
 
 
 if __name__ == "__main__":

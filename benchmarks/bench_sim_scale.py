@@ -36,6 +36,8 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+from _table import markdown_table  # benchmarks/ is on the path when run as a script
+
 DEFAULT_GRID = "mlp:4,mlp:16,mlp:64,cnn:4,cnn:16,cnn:64,resnet18:4"
 COLUMNS = ["model", "params", "clients", "workers", "threads", "local_steps", "start_s",
            "round_s", "rounds_per_min", "client_steps_per_s", "final_accuracy"]
@@ -112,10 +114,7 @@ def markdown(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
             f"per client, fpz REL 1e-2 uplink.\n\n")
     cols = ["model", "params", "clients", "workers", "threads", "start_s", "round_s",
             "rounds_per_min", "client_steps_per_s"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
-    return head + "\n".join(lines) + "\n"
+    return head + markdown_table(rows, cols, _fmt)
 
 
 if __name__ == "__main__":
