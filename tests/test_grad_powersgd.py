@@ -86,6 +86,13 @@ def test_bad_options_input_and_payloads() -> None:
     for cut in range(0, len(blob), 97):
         with pytest.raises(fedpress.FormatError):
             fedpress.decode_update(bytes(blob[:cut]))
+    # finite factors whose product overflows float32: refused, not decoded to Inf
+    from fedpress.abc import TensorSpec
+
+    m = _rank(2)
+    huge = bytes([1, 2]) + np.full((64 + 90) * 2, 1e30, np.float32).tobytes()
+    with pytest.raises(fedpress.FormatError, match="non-finite"):
+        fedpress.get_codec("powersgd").decode(huge, TensorSpec.of(m))
     rng = np.random.default_rng(0)
     for _ in range(200):
         bad = bytearray(blob)

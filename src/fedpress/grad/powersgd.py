@@ -128,7 +128,8 @@ class PowerSGD(StatefulGradientCodec):
                 raise FormatError("powersgd payload: bad rank or shape for low-rank form")
             p = finite_values(rd.array(spec.dtype, n * r), "powersgd payload").reshape(n, r)
             q = finite_values(rd.array(spec.dtype, m * r), "powersgd payload").reshape(m, r)
-            out = rebuild(p, q, spec.shape)
+            with np.errstate(over="ignore", invalid="ignore"):
+                out = finite_values(rebuild(p, q, spec.shape), "powersgd payload")
         else:
             raise FormatError(f"powersgd payload: unknown form {form}")
         rd.expect_end()
