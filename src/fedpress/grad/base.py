@@ -23,6 +23,7 @@ import numpy as np
 
 from .._bytes import Reader, Writer
 from ..abc import Codec, Scope, StatefulCodec, TensorSpec
+from ..dtypes import le_bytes
 from ..errors import ConfigError, FormatError
 from .indices import read_indices, write_indices
 
@@ -110,15 +111,17 @@ def write_sparse(w: Writer, idx: np.ndarray, values: np.ndarray, n: int) -> None
     """The sparse payload: count, indices, values (in ``values``' dtype)."""
     w.varint(int(idx.size))
     write_indices(w, idx, n)
-    w.raw(np.ascontiguousarray(values).astype(values.dtype.newbyteorder("<")).tobytes())
+    w.raw(le_bytes(values))
 
 
-def read_sparse(rd: Reader, spec: TensorSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, values) of a sparse payload for a tensor of ``spec``."""
+def read_sparse(rd: Reader, spec: TensorSpec, cap: int | None = None,
+                what: str = "sparse payload") -> tuple[np.ndarray, np.ndarray]:
+    """(indices, values) of a sparse payload for a tensor of ``spec``; at most ``cap``
+    entries (default: the tensor's size)."""
     n = spec.size
-    k = rd.varint(cap=n, name="kept entries")
+    k = rd.varint(cap=n if cap is None else cap, name="kept entries")
     idx = read_indices(rd, k, n)
-    return idx, finite_values(rd.array(spec.dtype, k), "sparse payload")
+    return idx, finite_values(rd.array(spec.dtype, k), what)
 
 
 def finite_values(values: np.ndarray, what: str) -> np.ndarray:

@@ -52,7 +52,7 @@ import numpy as np
 
 from .._bytes import Reader, Writer
 from ..abc import TensorSpec
-from ..errors import ConfigError, FormatError
+from ..errors import ConfigError
 from ..registry import register_codec
 from ..state import TensorState
 from .base import (
@@ -61,11 +61,12 @@ from .base import (
     check_seed,
     data_rng,
     keep_count,
+    read_sparse,
     scatter,
     write_sparse,
 )
 from .ef import residual_of
-from .indices import METHODS, read_indices
+from .indices import METHODS
 from .topk import approx_top_indices, top_indices
 
 #: the first warm-up round's density; each further warm-up round divides it by 4
@@ -173,21 +174,10 @@ class DGC(StatefulGradientCodec):
 
     # -- decoding -----------------------------------------------------------------------
 
-    def _read(self, rd: Reader, spec: TensorSpec) -> tuple[np.ndarray, np.ndarray]:
-        n = spec.size
-        k = rd.varint(cap=self.max_kept(n), name="kept entries")
-        idx = read_indices(rd, k, n)
-        values = rd.array(spec.dtype, k)
-        with np.errstate(invalid="ignore"):  # signalling NaNs of float16
-            finite = bool(np.isfinite(values).all())
-        if not finite:
-            raise FormatError("dgc payload: non-finite values")
-        return idx, values
-
     def decode(self, payload: bytes | memoryview, spec: TensorSpec,
                state: TensorState | None = None) -> np.ndarray:
         rd = Reader(payload, "dgc payload")
-        idx, values = self._read(rd, spec)
+        idx, values = read_sparse(rd, spec, self.max_kept(spec.size), "dgc payload")
         rd.expect_end()
         return scatter(idx, values, spec)
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from .._bytes import Reader, Writer
 from ..abc import TensorSpec
+from ..dtypes import le_bytes
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
 from ..state import TensorState
@@ -88,7 +89,7 @@ class PowerSGD(StatefulGradientCodec):
         w = Writer()
         if not self.low_rank(x.shape):
             w.u8(DENSE)
-            w.raw(np.ascontiguousarray(x).astype(x.dtype.newbyteorder("<")).tobytes())
+            w.raw(le_bytes(x))
             return w.getvalue()
         n, m = matrix_shape(x.shape)
         r = min(self.rank, n, m)
@@ -110,8 +111,8 @@ class PowerSGD(StatefulGradientCodec):
             state["error"] = error
         w.u8(LOW_RANK)
         w.varint(r)
-        w.raw(p.astype(p.dtype.newbyteorder("<")).tobytes())
-        w.raw(q_new.astype(q_new.dtype.newbyteorder("<")).tobytes())
+        w.raw(le_bytes(p))
+        w.raw(le_bytes(q_new))
         return w.getvalue()
 
     def decode(self, payload: bytes | memoryview, spec: TensorSpec,

@@ -62,6 +62,7 @@ import numpy as np
 
 from .._bytes import Reader, Writer
 from ..abc import TensorSpec
+from ..dtypes import le_bytes
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
 from ..stages import golomb, rans
@@ -314,7 +315,7 @@ class TernGrad(GradientCodec):
         if s == 0:
             sym = np.zeros(v.size, dtype=np.int64)
             w.u8(ZERO)
-            w.raw(scale.astype(scale.dtype.newbyteorder("<")).tobytes())
+            w.raw(le_bytes(scale))
             return w.getvalue(), ternary_values(sym, scale, spec)
         p = np.minimum(np.abs(v) / s, 1.0)
         hit = data_rng(self.seed, x).random(v.size) < p
@@ -326,7 +327,7 @@ class TernGrad(GradientCodec):
             bodies[RANS] = sub.getvalue()
         coding = min(bodies, key=lambda c: (len(bodies[c]), c))
         w.u8(coding)
-        w.raw(scale.astype(scale.dtype.newbyteorder("<")).tobytes())
+        w.raw(le_bytes(scale))
         w.raw(bodies[coding])
         return w.getvalue(), ternary_values(sym, scale, spec)
 

@@ -55,6 +55,7 @@ import numpy as np
 
 from .._bytes import Reader, Writer
 from ..abc import TensorSpec
+from ..dtypes import le_bytes
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
 from ..state import TensorState
@@ -92,7 +93,7 @@ def sparse_ternary(a: np.ndarray, ratio: float) -> tuple[bytes, np.ndarray, np.n
     neg = vals < 0
     recon = np.where(neg, -mu, mu).astype(dt, copy=False)
     w = Writer()
-    w.raw(mu.reshape(1).astype(dt.newbyteorder("<")).tobytes())
+    w.raw(le_bytes(mu.reshape(1)))
     w.varint(k)
     write_indices(w, idx, a.size)
     w.raw(np.packbits(neg).tobytes())

@@ -26,6 +26,7 @@ import numpy as np
 
 from .._bytes import Reader, Writer
 from ..abc import TensorSpec
+from ..dtypes import le_bytes
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
 from .base import (
@@ -176,7 +177,7 @@ class RandK(GradientCodec):
                                   "scale=false or a wider dtype")
         w = Writer()
         w.raw(np.uint64(draw).astype("<u8").tobytes())
-        w.raw(values.astype(values.dtype.newbyteorder("<")).tobytes())
+        w.raw(le_bytes(values))
         return w.getvalue(), scatter(idx, values, TensorSpec.of(x))
 
     def _decode(self, rd: Reader, spec: TensorSpec) -> np.ndarray:
