@@ -147,10 +147,9 @@ def run(settings: Mapping[str, Any], out_dir: str | os.PathLike[str] | None = No
     from .fl import FLConfig, simulate
     from .network import Network
 
-    s = resolve(settings)
     # run settings given inside the uplink plan spec: "signsgd(aggregate=vote)"
-    s.update({k: v for k, v in parse_plan_spec(s["plan"])[1].items() if k in SIM_KEYS})
-    s = resolve(s)
+    spec_settings = parse_plan_spec(settings.get("plan"))[1]
+    s = resolve({**settings, **{k: v for k, v in spec_settings.items() if k in SIM_KEYS}})
     torch.set_num_threads(int(s["threads"]))
     ds = dataset if dataset is not None else load_dataset(s["dataset"], s["data_dir"])
     plan, plan_options = _plan(s["plan"], s)
