@@ -100,12 +100,6 @@ class SignSGD(GradientCodec):
                               f"got {scale!r}")
         self.scale = scale
 
-    def encode_with_recon(self, x: np.ndarray) -> tuple[bytes, np.ndarray]:
-        payload, recon = super().encode_with_recon(x)
-        # the base hands _encode np.ascontiguousarray(x), which makes a 0-d tensor 1-d;
-        # error feedback needs the reconstruction in x's own shape
-        return payload, recon.reshape(np.shape(x))
-
     def _encode(self, x: np.ndarray) -> tuple[bytes, np.ndarray]:
         s = _in_dtype(mean_abs(x), x.dtype) if self.scale == "l1" else 1.0
         positive = (x >= 0).reshape(-1)  # zeros and -0.0 count as positive
