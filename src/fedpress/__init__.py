@@ -21,6 +21,7 @@ from .errors import (
     FedpressError,
     FormatError,
     MissingDependencyError,
+    ReferenceMismatchError,
     StateDesyncError,
 )
 from .frame import Limits
@@ -33,7 +34,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_CODEC", "Codec", "ConfigError", "DirStateStore", "ErrorBound", "FedpressError",
-    "FormatError", "Limits", "MemoryStateStore", "MissingDependencyError", "Plan", "Rule",
+    "FormatError", "Limits", "MemoryStateStore", "MissingDependencyError", "Plan",
+    "ReferenceMismatchError", "Rule",
     "Scope", "StateDesyncError", "StateStore", "StatefulCodec", "TensorSpec", "TensorState",
     "UpdateDecoder", "UpdateEncoder", "codec_from_config", "compress", "decode_update",
     "decompress", "encode_update", "get_codec", "inspect", "list_codecs", "make_codec",

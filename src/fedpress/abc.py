@@ -70,6 +70,9 @@ class Codec(ABC):
     lossy: ClassVar[bool] = False
     #: True for codecs that guarantee ``max|x - x'| <= eb_abs``
     error_bounded: ClassVar[bool] = False
+    #: True for codecs whose ``encode`` / ``decode`` take ``reference=``: an array
+    #: both ends hold (e.g. the model a client started from) to code the tensor against
+    takes_reference: ClassVar[bool] = False
 
     @abstractmethod
     def encode(self, x: np.ndarray) -> bytes:

@@ -25,6 +25,11 @@ class StateDesyncError(FedpressError, RuntimeError):
     """The decoder's mirrored state differs from the state the encoder used."""
 
 
+class ReferenceMismatchError(StateDesyncError):
+    """A tensor was coded against a reference the decoder does not hold (another
+    model, or none)."""
+
+
 class MissingDependencyError(FedpressError, ImportError):
     """An optional back end library is not installed.
 

@@ -9,14 +9,17 @@ failure is a :class:`fedpress.FormatError`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ._bytes import Reader, Writer
 from .abc import TensorSpec
-from .dtypes import dtype_code, dtype_from_code
+from .dtypes import dtype_code, dtype_from_code, le_bytes
 from .errors import FormatError
 
 MAGIC = b"\x89FPZ"
@@ -25,6 +28,7 @@ KIND_TENSOR = ord("T")
 KIND_UPDATE = ord("U")
 _KINDS = {KIND_TENSOR: "tensor", KIND_UPDATE: "update"}
 _REC_HAS_STATE = 0x01
+_REC_HAS_REFERENCE = 0x02
 DIGEST_SIZE = 8
 _PREFIX = len(MAGIC) + 3
 _CRC = 4
@@ -85,6 +89,8 @@ class Record:
     spec: TensorSpec
     payload: bytes | memoryview
     state: StateTag | None = None
+    #: digest of the reference the tensor was coded against (see :func:`reference_digest`)
+    reference: bytes | None = None
 
 
 @dataclass
@@ -100,6 +106,17 @@ class Frame:
     @property
     def kind_name(self) -> str:
         return _KINDS.get(self.kind, "?")
+
+
+def reference_digest(reference: np.ndarray) -> bytes:
+    """8-byte BLAKE2b digest of a reference tensor (dtype, shape and bytes), so a
+    decoder holding another reference is told so instead of returning wrong values."""
+    a = np.ascontiguousarray(reference)
+    h = hashlib.blake2b(digest_size=DIGEST_SIZE)
+    h.update(a.dtype.str.encode())
+    h.update(repr(a.shape).encode())
+    h.update(le_bytes(a))
+    return h.digest()
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -125,14 +142,17 @@ def pack(frame: Frame) -> bytes:
         w.u8(len(rec.spec.shape))
         for d in rec.spec.shape:
             w.varint(int(d))
+        if rec.state is not None and len(rec.state.digest) != DIGEST_SIZE:
+            raise ValueError(f"state digest must be {DIGEST_SIZE} bytes")
+        if rec.reference is not None and len(rec.reference) != DIGEST_SIZE:
+            raise ValueError(f"reference digest must be {DIGEST_SIZE} bytes")
+        w.u8((_REC_HAS_STATE if rec.state is not None else 0)
+             | (_REC_HAS_REFERENCE if rec.reference is not None else 0))
         if rec.state is not None:
-            if len(rec.state.digest) != DIGEST_SIZE:
-                raise ValueError(f"state digest must be {DIGEST_SIZE} bytes")
-            w.u8(_REC_HAS_STATE)
             w.varint(rec.state.round)
             w.raw(rec.state.digest)
-        else:
-            w.u8(0)
+        if rec.reference is not None:
+            w.raw(rec.reference)
         w.varint(len(rec.payload))
     for rec in frame.records:
         w.raw(rec.payload)
@@ -191,7 +211,7 @@ def unpack(blob: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
     n_rec = r.varint(cap=min(limits.max_tensors, r.remaining), name="tensor count")
     if kind == KIND_TENSOR and n_rec != 1:
         raise FormatError(f"a tensor frame holds 1 tensor, this one declares {n_rec}")
-    heads: list[tuple[str, int, TensorSpec, StateTag | None, int]] = []
+    heads: list[tuple[str, int, TensorSpec, StateTag | None, bytes | None, int]] = []
     total_bytes = 0
     seen: set[str] = set()
     for _ in range(n_rec):
@@ -221,19 +241,20 @@ def unpack(blob: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
                 f"{limits.max_total_bytes} (see fedpress.Limits)"
             )
         flags = r.u8()
-        if flags & ~_REC_HAS_STATE:
+        if flags & ~(_REC_HAS_STATE | _REC_HAS_REFERENCE):
             raise FormatError(f"tensor {name!r}: unknown record flags {flags:#x}")
         tag = None
         if flags & _REC_HAS_STATE:
             rnd = r.varint(name="round")
             tag = StateTag(rnd, bytes(r.take(DIGEST_SIZE)))
+        ref = bytes(r.take(DIGEST_SIZE)) if flags & _REC_HAS_REFERENCE else None
         plen = r.varint(cap=r.remaining, name="payload length")
-        heads.append((name, cidx, spec, tag, plen))
-    if sum(h[4] for h in heads) != r.remaining:
+        heads.append((name, cidx, spec, tag, ref, plen))
+    if sum(h[-1] for h in heads) != r.remaining:
         raise FormatError(
-            f"payload lengths add up to {sum(h[4] for h in heads)} bytes, "
+            f"payload lengths add up to {sum(h[-1] for h in heads)} bytes, "
             f"{r.remaining} are present"
         )
-    records = [Record(name, cidx, spec, r.take(plen), tag)
-               for name, cidx, spec, tag, plen in heads]
+    records = [Record(name, cidx, spec, r.take(plen), tag, ref)
+               for name, cidx, spec, tag, ref, plen in heads]
     return Frame(kind, codecs, records, meta, version=int(view[4]))

@@ -15,8 +15,23 @@ import numpy as np
 
 from .abc import Codec, Scope, StatefulCodec, TensorSpec, is_mirrored
 from .dtypes import as_state_dict
-from .errors import FedpressError, FormatError, StateDesyncError
-from .frame import DEFAULT_LIMITS, KIND_TENSOR, KIND_UPDATE, Frame, Limits, Record, StateTag
+from .errors import (
+    ConfigError,
+    FedpressError,
+    FormatError,
+    ReferenceMismatchError,
+    StateDesyncError,
+)
+from .frame import (
+    DEFAULT_LIMITS,
+    KIND_TENSOR,
+    KIND_UPDATE,
+    Frame,
+    Limits,
+    Record,
+    StateTag,
+    reference_digest,
+)
 from .frame import pack as pack_frame
 from .frame import unpack as unpack_frame
 from .partition import CodecSpec, Plan
@@ -24,25 +39,42 @@ from .registry import codec_from_config
 from .state import MemoryStateStore, StateStore, TensorState
 
 
-def _encode_one(codec: Codec, x: np.ndarray,
-                state: TensorState | None) -> tuple[bytes, StateTag | None]:
+def _encode_one(codec: Codec, x: np.ndarray, state: TensorState | None,
+                reference: np.ndarray | None = None) -> tuple[bytes, StateTag | None]:
     """Encode one tensor; returns payload and (for mirrored codecs) the state tag."""
     codec.check_input(x)
+    kw = {} if reference is None else {"reference": reference}
     if isinstance(codec, StatefulCodec):
         assert state is not None
         tag = StateTag(state.round, state.digest()) if codec.scope is Scope.MIRRORED else None
-        payload = codec.encode(x, state)
+        payload = codec.encode(x, state, **kw)
         state.round += 1
         return bytes(payload), tag
-    return bytes(codec.encode(x)), None
+    return bytes(codec.encode(x, **kw)), None
 
 
-def decode_record(codec: Codec, rec: Record, state: TensorState | None = None) -> np.ndarray:
+def _usable_reference(codec: Codec, name: str, x: np.ndarray,
+                      reference: Mapping[str, np.ndarray] | None) -> np.ndarray | None:
+    """The reference tensor ``x`` is coded against, or None (no reference for this
+    name, or a codec that takes none). A reference of another shape is a ConfigError."""
+    if reference is None or name not in reference or not codec.takes_reference:
+        return None
+    ref = np.asarray(reference[name])
+    if ref.shape != x.shape:
+        raise ConfigError(f"tensor {name!r}: reference has shape {ref.shape}, "
+                          f"the tensor {x.shape}")
+    return ref
+
+
+def decode_record(codec: Codec, rec: Record, state: TensorState | None = None,
+                  reference: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
     """Decode one record with its codec; every failure is a FormatError.
 
     Checks what the frame claims against the codec (a lossy codec never
-    produces integer tensors; only mirrored codecs carry state tags), the
-    mirrored state tag against ``state``, and the result's shape and dtype.
+    produces integer tensors; only mirrored codecs carry state tags; only codecs
+    that take references carry reference digests), the mirrored state tag against
+    ``state``, the reference digest against ``reference[rec.name]``
+    (:class:`ReferenceMismatchError`), and the result's shape and dtype.
     """
     if not codec.accepts(rec.spec.dtype):
         raise FormatError(f"tensor {rec.name!r}: codec {codec.codec_id!r} cannot produce "
@@ -50,6 +82,22 @@ def decode_record(codec: Codec, rec: Record, state: TensorState | None = None) -
     if rec.state is not None and not is_mirrored(codec):
         raise FormatError(f"tensor {rec.name!r}: state tag on codec {codec.codec_id!r}, "
                           "which keeps no mirrored state")
+    kw: dict[str, Any] = {}
+    if rec.reference is not None:
+        if not codec.takes_reference:
+            raise FormatError(f"tensor {rec.name!r}: reference digest on codec "
+                              f"{codec.codec_id!r}, which takes no reference")
+        ref = None if reference is None else reference.get(rec.name)
+        if ref is None:
+            raise ReferenceMismatchError(
+                f"tensor {rec.name!r} was coded against a reference; pass the same "
+                "reference (e.g. the model the sender started from) to decode it")
+        ref = np.asarray(ref)
+        if reference_digest(ref) != rec.reference:
+            raise ReferenceMismatchError(
+                f"tensor {rec.name!r}: the reference given ({ref.dtype}{ref.shape}) is not "
+                "the one it was coded against")
+        kw["reference"] = ref
     try:
         if is_mirrored(codec):
             assert state is not None
@@ -61,12 +109,12 @@ def decode_record(codec: Codec, rec: Record, state: TensorState | None = None) -
                     f"state {rec.state.digest.hex()}, decoder holds round {state.round} "
                     f"state {state.digest().hex()}"
                 )
-            out = codec.decode(rec.payload, rec.spec, state)
+            out = codec.decode(rec.payload, rec.spec, state, **kw)
             state.round += 1
         elif isinstance(codec, StatefulCodec):
-            out = codec.decode(rec.payload, rec.spec, None)
+            out = codec.decode(rec.payload, rec.spec, None, **kw)
         else:
-            out = codec.decode(rec.payload, rec.spec)
+            out = codec.decode(rec.payload, rec.spec, **kw)
     except FedpressError:
         raise
     except Exception as exc:  # a codec's own error on bytes it cannot parse
@@ -106,9 +154,18 @@ class UpdateEncoder:
         self.store = store if store is not None else MemoryStateStore()
         self.peer = peer
 
-    def encode(self, state_dict: Any, meta: Mapping[str, Any] | None = None) -> bytes:
-        """Encode a state dict into one update frame (bytes)."""
+    def encode(self, state_dict: Any, meta: Mapping[str, Any] | None = None, *,
+               reference: Any = None) -> bytes:
+        """Encode a state dict into one update frame (bytes).
+
+        ``reference`` (a state dict both ends hold, e.g. the global model this
+        client started from) makes every tensor whose codec takes a reference (the
+        error-bounded ones) and whose name it holds be coded as its difference from
+        it, under the bound computed from the tensor itself. The frame records a
+        digest of each reference tensor used; decode with the same reference.
+        """
         tensors = as_state_dict(state_dict)
+        refs = None if reference is None else as_state_dict(reference)
         codecs: list[dict[str, Any]] = []
         index: dict[Codec, int] = {}  # codecs compare and hash by their config
         records: list[Record] = []
@@ -118,13 +175,15 @@ class UpdateEncoder:
             state = None
             if isinstance(codec, StatefulCodec):
                 state = self.store.get(self.peer, name)
-            payload, tag = _encode_one(codec, x, state)
+            ref = _usable_reference(codec, name, x, refs)
+            payload, tag = _encode_one(codec, x, state, ref)
             if state is not None:
                 new_states[name] = state
             if codec not in index:
                 index[codec] = len(codecs)
                 codecs.append(codec.get_config())
-            records.append(Record(name, index[codec], TensorSpec.of(x), payload, tag))
+            records.append(Record(name, index[codec], TensorSpec.of(x), payload, tag,
+                                  None if ref is None else reference_digest(ref)))
         blob = pack_frame(Frame(KIND_UPDATE, codecs, records, dict(meta or {})))
         for name, state in new_states.items():
             self.store.put(self.peer, name, state)
@@ -146,10 +205,16 @@ class UpdateDecoder:
         self.store = store if store is not None else MemoryStateStore()
         self.limits = limits
 
-    def decode(self, blob: bytes | bytearray | memoryview, peer: str = "default",
-               ) -> dict[str, np.ndarray]:
-        """Decode an update frame sent by ``peer``; states change only if all tensors decode."""
+    def decode(self, blob: bytes | bytearray | memoryview, peer: str = "default", *,
+               reference: Any = None) -> dict[str, np.ndarray]:
+        """Decode an update frame sent by ``peer``; states change only if all tensors decode.
+
+        ``reference``: the state dict the sender coded against (see
+        :meth:`UpdateEncoder.encode`); a tensor coded against a reference the
+        decoder lacks or holds differently raises :class:`ReferenceMismatchError`.
+        """
         frame = unpack_frame(blob, self.limits)
+        refs = None if reference is None else as_state_dict(reference)
         if frame.kind != KIND_UPDATE:
             raise FormatError(
                 "this is a single-tensor frame; use fedpress.decompress"
@@ -163,7 +228,7 @@ class UpdateDecoder:
             state = None
             if is_mirrored(codec):
                 state = self.store.get(peer, rec.name)
-            out[rec.name] = decode_record(codec, rec, state)
+            out[rec.name] = decode_record(codec, rec, state, refs)
             if state is not None:
                 new_states[rec.name] = state
         for name, state in new_states.items():

@@ -32,6 +32,7 @@ Payload layout (little-endian)::
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -40,8 +41,8 @@ from .._bytes import Reader, Writer
 from ..abc import Codec, TensorSpec
 from ..backends.lossless import ZstdCodec
 from ..bounds import ErrorBound, check_bound
-from ..dtypes import le_bytes
-from ..errors import FormatError
+from ..dtypes import is_float, le_bytes
+from ..errors import ConfigError, FormatError
 
 KIND_EMPTY, KIND_CONSTANT, KIND_CORE, KIND_LOSSLESS = 0, 1, 2, 3
 _LOSSLESS = ZstdCodec(level=3)  # kind 3's coder
@@ -63,6 +64,7 @@ class ErrorBoundedCodec(Codec):
 
     lossy = True
     error_bounded = True
+    takes_reference = True
     config_keys: ClassVar[tuple[str, ...]] = ("mode", "eb")
     #: whether the core can work in float64 (else it gets float32)
     core_float64: ClassVar[bool] = False
@@ -104,16 +106,37 @@ class ErrorBoundedCodec(Codec):
             return np.dtype(np.float64)
         return np.dtype(np.float32)
 
-    def encode(self, x: np.ndarray) -> bytes:
+    def encode(self, x: np.ndarray, reference: np.ndarray | None = None) -> bytes:
+        """Encode ``x``; with ``reference`` (same shape, finite), code ``x - reference``
+        under the bound computed from ``x`` itself (the decoder needs the same reference)."""
+        return self._encode_envelope(x, reference)[0]
+
+    def decode(self, payload: bytes | memoryview, spec: TensorSpec,
+               reference: np.ndarray | None = None) -> np.ndarray:
+        return self._decode_envelope(payload, spec, reference)
+
+    def _encode_envelope(self, x: np.ndarray, reference: np.ndarray | None = None,
+                         core: CoreEncoder | None = None, want_output: bool = False,
+                         ) -> tuple[bytes, np.ndarray | None]:
+        """The payload of ``x`` and, if ``want_output``, exactly what
+        :meth:`_decode_envelope` will return for it (flat).
+
+        ``core`` replaces :meth:`_encode_core_recon` (for codecs whose core needs
+        more than the values, e.g. mirrored state). With ``reference``, the core sees
+        ``x - reference`` (computed in float64) and the reconstruction is
+        ``reference + core output`` (float64, then cast to x's dtype).
+        """
         self.check_input(x)
+        core = core if core is not None else self._encode_core_recon
         flat = np.ascontiguousarray(x).reshape(-1)
+        ref = _flat_reference(reference, x)
         n = flat.size
         w = Writer()
         if n == 0:
             w.u8(KIND_EMPTY)
             w.f64(0.0)
             w.varint(0)
-            return w.getvalue()
+            return w.getvalue(), (flat.copy() if want_output else None)
         # finiteness and range in a dtype where comparisons are exact
         xs = flat if flat.dtype in (np.float32, np.float64) else flat.astype(np.float32)
         finite = np.isfinite(xs)
@@ -121,6 +144,7 @@ class ErrorBoundedCodec(Codec):
         lo, hi = _finite_range(xs, None if all_finite else finite)
         eb_abs = ErrorBound(self.mode, self.eb).absolute(lo, hi)
         bad_idx = np.zeros(0, dtype=np.int64) if all_finite else np.flatnonzero(~finite)
+        y: np.ndarray | None = None  # the core's output, in x's dtype
 
         if lo == hi:
             kind, body = KIND_CONSTANT, None
@@ -130,19 +154,28 @@ class ErrorBoundedCodec(Codec):
             kind = KIND_CORE
             core_dt = self._core_dtype(flat.dtype)
             fmax = float(np.finfo(core_dt).max)
-            # float64 values beyond a float32 core's range are clipped (and patched later)
-            src = np.clip(flat, -fmax, fmax) if core_dt.itemsize < flat.dtype.itemsize else flat
+            if ref is None:
+                src = flat
+            else:
+                src = flat.astype(np.float64) - ref
+                if not all_finite:
+                    src[~finite] = 0.0
+            # values beyond a float32 core's range are clipped (and patched later)
+            if core_dt.itemsize < src.dtype.itemsize:
+                src = np.clip(src, -fmax, fmax)
             # cores never write to their input: no copy unless NaN/Inf must be replaced
-            work = src.astype(core_dt, copy=not all_finite)
-            if not all_finite:
+            work = src.astype(core_dt, copy=not all_finite and ref is None)
+            if not all_finite and ref is None:
                 work[~finite] = min(max(lo, -fmax), fmax)
-            body_, recon, over = self._encode_core_recon(work, eb_abs, np.shape(x))
+            body_, recon, over = core(work, eb_abs, np.shape(x))
             body = bytes(body_)
-            if over is None or not all_finite or work.dtype != flat.dtype:
-                y = recon if recon is not None else self._decode_core(
+            if over is None or not all_finite or work.dtype != flat.dtype or ref is not None \
+                    or want_output:
+                yc = recon if recon is not None else self._decode_core(
                     memoryview(body), n, work.dtype, eb_abs)
-                y = np.asarray(y).reshape(-1).astype(flat.dtype, copy=False)
-                over = _over_bound(xs, y, eb_abs, all_finite)
+                y = _add_reference(np.asarray(yc).reshape(-1), ref, flat.dtype)
+                if over is None or not all_finite or work.dtype != flat.dtype or ref is not None:
+                    over = _over_bound(xs, y, eb_abs, all_finite)
             if over.size:
                 bad_idx = np.union1d(bad_idx, over)
             patch_bytes = bad_idx.size * (flat.dtype.itemsize + 8)
@@ -163,9 +196,25 @@ class ErrorBoundedCodec(Codec):
         else:
             assert body is not None
             w.raw(body)
-        return w.getvalue()
+        if not want_output:
+            return w.getvalue(), None
+        if kind == KIND_CONSTANT:
+            out = np.full(n, flat.dtype.type(lo), dtype=flat.dtype)
+        elif kind == KIND_LOSSLESS:
+            out = flat.copy()
+        else:
+            assert y is not None
+            out = y.copy() if y is recon or not y.flags.writeable else y
+        if bad_idx.size:
+            out[bad_idx] = flat[bad_idx]
+        return w.getvalue(), out
 
-    def decode(self, payload: bytes | memoryview, spec: TensorSpec) -> np.ndarray:
+    def _decode_envelope(self, payload: bytes | memoryview, spec: TensorSpec,
+                         reference: np.ndarray | None = None,
+                         core: CoreDecoder | None = None) -> np.ndarray:
+        """Decode a payload of :meth:`_encode_envelope` (``core`` replaces
+        :meth:`_decode_core`)."""
+        core = core if core is not None else self._decode_core
         r = Reader(payload, f"{self.codec_id} payload")
         n = spec.size
         dtype = np.dtype(spec.dtype)
@@ -190,7 +239,7 @@ class ErrorBoundedCodec(Codec):
         elif kind == KIND_CORE:
             core_dtype = self._core_dtype(dtype)
             try:
-                y = self._decode_core(r.rest(), n, core_dtype, eb_abs)
+                y = core(r.rest(), n, core_dtype, eb_abs)
             except FormatError:
                 raise
             except Exception as exc:  # a back end's own error on bad bytes
@@ -198,7 +247,7 @@ class ErrorBoundedCodec(Codec):
             y = np.asarray(y)
             if y.size != n:
                 raise FormatError(f"{self.codec_id} payload: decoded {y.size} values, expected {n}")
-            out = y.reshape(-1).astype(dtype, copy=False)
+            out = _add_reference(y.reshape(-1), _flat_reference(reference, spec), dtype)
             if not out.flags.writeable:
                 out = out.copy()
         else:
@@ -219,6 +268,37 @@ class ErrorBoundedCodec(Codec):
         """The absolute bound this codec will use for ``x``."""
         x64 = np.asarray(x, dtype=np.float64).reshape(-1)
         return ErrorBound(self.mode, self.eb).absolute(*_finite_range(x64, np.isfinite(x64)))
+
+
+#: ``(x, eb_abs, shape) -> (body, recon, over)``, as :meth:`ErrorBoundedCodec._encode_core_recon`
+CoreEncoder = Callable[[np.ndarray, float, tuple[int, ...]],
+                       tuple[bytes, "np.ndarray | None", "np.ndarray | None"]]
+#: ``(data, n, dtype, eb_abs) -> values``, as :meth:`ErrorBoundedCodec._decode_core`
+CoreDecoder = Callable[[memoryview, int, np.dtype, float], np.ndarray]
+
+
+def _flat_reference(reference: np.ndarray | None, like: np.ndarray | TensorSpec,
+                    ) -> np.ndarray | None:
+    """The reference as flat float64, checked against the tensor's shape; None if none."""
+    if reference is None:
+        return None
+    ref = np.asarray(reference)
+    shape = tuple(like.shape)
+    if ref.shape != shape:
+        raise ConfigError(f"reference has shape {ref.shape}, the tensor {shape}")
+    if not is_float(ref.dtype) and not np.issubdtype(ref.dtype, np.integer):
+        raise ConfigError(f"reference must be numeric, not {ref.dtype}")
+    ref64 = ref.astype(np.float64).reshape(-1)
+    if not np.isfinite(ref64).all():
+        raise ConfigError("reference holds NaN or Inf")
+    return ref64
+
+
+def _add_reference(y: np.ndarray, ref: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
+    """``ref + y`` in float64, cast to ``dtype`` (``y`` cast if there is no reference)."""
+    if ref is None:
+        return y.astype(dtype, copy=False)
+    return (ref + y.astype(np.float64)).astype(dtype)
 
 
 def _finite_range(x: np.ndarray, finite: np.ndarray | None) -> tuple[float, float]:
