@@ -29,6 +29,7 @@ _BUILTIN_MODULES = (
     "fedpress.backends.zfp",
     "fedpress.eblc.szx",
     "fedpress.eblc.fpz",
+    "fedpress.eblc.gaeb",
     "fedpress.grad.ef",
     "fedpress.grad.topk",
     "fedpress.grad.powersgd",

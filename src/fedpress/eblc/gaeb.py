@@ -1,0 +1,342 @@
+"""``gaeb``: gradient-aware error-bounded compression, round after round.
+
+A stream of tensors (gradients, updates or weights, one per round, under one name)
+is coded with an error bound, using what encoder and decoder both hold from
+earlier rounds: their *decoded* values, kept as mirrored state (``Scope.MIRRORED``,
+keyed by tensor name; each frame carries the round and a digest of the state it
+was coded against, so a decoder that drifted raises ``StateDesyncError``).
+
+Predictors (option ``predictor``):
+
+``context`` (default)
+    The values are quantized as in ``fpz`` (``q = rint(x / 2eb)``, nothing
+    subtracted) and the prediction only chooses the entropy coder's tables: each
+    value's context is the bucket of its predicted magnitude (an exponential moving
+    average, weight ``alpha`` on the newest round, of the decoded magnitudes, in
+    units of this round's step ``2eb``) and the sign it had last round, optionally
+    crossed with the two previous symbols' magnitude (``fpz``'s spatial context).
+    The model is chosen per tensor by estimated size among candidates that include
+    ignoring the history, in which case the tensor is coded by ``fpz``'s core: a
+    prediction that does not help costs at most a byte. No side information.
+``paper``
+    The predictor of arXiv 2511.05770 as published (EB-FaLCom), for ablation, with
+    its encoder/decoder drift fixed: on 4-D tensors from the second round, kernels
+    (the last two axes) whose dominant sign covers at least 75% of their values
+    are predicted as ``sign * |M * sigma_t + mu_t|``, where ``M`` is the moving
+    average (``alpha`` 0.07) of the previous decoded magnitudes normalised by
+    their own mean and std (computed on both ends, never sent), ``mu_t`` and
+    ``sigma_t`` the current magnitudes' mean and std (sent); the residual is
+    quantized within the bound (never clipped) and rANS coded; a kernel bitmap and
+    one sign bit per predicted kernel are sent. Other tensors and the first round
+    use ``fpz``'s core.
+``none``
+    ``fpz``'s core every round (the state is still kept, so switching is cheap).
+
+With a ``reference`` (``UpdateEncoder.encode(sd, reference=...)``), the core and the
+history see ``x - reference``; the bound is computed from ``x`` and holds on ``x``.
+
+Payload (after the error-bound envelope)::
+
+    u8 version (1) | u8 predictor id
+    0 spatial:  fpz core payload
+    1 context:  u8 features (bit 0 magnitude, bit 1 sign) | crans stream
+    2 paper:    f64 mu_t | f64 sigma_t | blob zstd(kernel bitmap) | blob zstd(kernel signs)
+                | rans stream of the quantized residuals
+
+The decoded values are ``q * 2eb`` (context) or ``p + q * 2eb`` (paper) in the core's
+dtype, both computed the same way on both ends; the state is then advanced from the
+envelope's output (patches included), identically on both ends.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .._bytes import Reader, Writer
+from ..abc import Scope, StatefulCodec, TensorSpec
+from ..backends.lossless import ZstdCodec
+from ..errors import ConfigError, FormatError
+from ..registry import register_codec
+from ..stages import crans, kernels, rans
+from ..stages.quantize import MAX_CODE, usable_step
+from ..state import TensorState
+from .base import KIND_CORE, ErrorBoundedCodec
+from .fpz import FpzCodec
+
+VERSION = 1
+P_SPATIAL, P_CONTEXT, P_PAPER = 0, 1, 2
+_PREDICTORS = ("context", "paper", "none")
+FEATURES = {"magnitude+sign": 3, "magnitude": 1, "sign": 2}
+_DEFAULT_ALPHA = {"context": 0.3, "paper": 0.07, "none": 0.3}
+#: predicted-magnitude bucket edges, in units of the step 2eb
+MAG_EDGES = np.array([0.0, 0.125, 0.25, 0.5, 1.0, 1.5, 2.5, 4.0, 6.5, 10.0, 16.0, 26.0, 42.0])
+#: paper mode: least kernel sign consistency ``2 * majority / size - 1`` to predict
+CONSISTENCY = 0.5
+_STD_GUARD = 1e-8
+_ZSTD = ZstdCodec(level=3)
+
+
+def _n_ext(features: int) -> int:
+    return (MAG_EDGES.size + 1 if features & 1 else 1) * (3 if features & 2 else 1)
+
+
+@register_codec
+class GaebCodec(ErrorBoundedCodec, StatefulCodec):
+    """Gradient-aware error-bounded codec with mirrored history (see the module docs).
+
+    Parameters
+    ----------
+    mode, eb : str, float
+        Error bound (see :mod:`fedpress.bounds`), computed from each tensor.
+    predictor : {"context", "paper", "none"}
+        How the history is used.
+    alpha : float, optional
+        Weight of the newest round in the moving average of decoded magnitudes
+        (default 0.3 for ``context``, the paper's 0.07 for ``paper``).
+    features : {"magnitude+sign", "magnitude", "sign"}
+        ``context`` only: which predictions make the contexts (for ablations).
+    """
+
+    codec_id = "gaeb"
+    config_keys: ClassVar[tuple[str, ...]] = ("mode", "eb", "predictor", "alpha", "features")
+    scope = Scope.MIRRORED
+    core_float64 = True
+
+    def __init__(self, mode: str = "rel", eb: float = 1e-2, predictor: str = "context",
+                 alpha: float | None = None, features: str = "magnitude+sign") -> None:
+        super().__init__(mode, eb)
+        if predictor not in _PREDICTORS:
+            raise ConfigError(f"gaeb: predictor must be one of {list(_PREDICTORS)}")
+        if features not in FEATURES:
+            raise ConfigError(f"gaeb: features must be one of {list(FEATURES)}")
+        a = _DEFAULT_ALPHA[predictor] if alpha is None else alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 < float(a) <= 1.0:
+            raise ConfigError(f"gaeb: alpha must be a number in (0, 1], got {alpha!r}")
+        self.predictor = predictor
+        self.alpha = float(a)
+        self.features = features
+        self._fpz = FpzCodec(mode, eb)
+
+    # -- public ------------------------------------------------------------
+    def encode(self, x: np.ndarray, state: Any = None,  # type: ignore[override]
+               reference: np.ndarray | None = None) -> bytes:
+        st = state if state is not None else TensorState()
+        hist = self._history(st, int(np.size(x)))
+        pending: dict[str, np.ndarray] = {}
+
+        def core(work: np.ndarray, eb_abs: float, shape: tuple[int, ...]
+                 ) -> tuple[bytes, np.ndarray | None, np.ndarray | None]:
+            return self._core_encode(work, eb_abs, shape, hist, pending)
+
+        payload, out = self._encode_envelope(x, reference, core, want_output=True)
+        assert out is not None
+        self._advance(st, out, reference, pending if payload[0] == KIND_CORE else {})
+        return payload
+
+    def decode(self, payload: bytes | memoryview, spec: TensorSpec,  # type: ignore[override]
+               state: Any = None, reference: np.ndarray | None = None) -> np.ndarray:
+        st = state if state is not None else TensorState()
+        hist = self._history(st, spec.size)
+        pending: dict[str, np.ndarray] = {}
+
+        def core(data: memoryview, n: int, dtype: np.dtype, eb_abs: float) -> np.ndarray:
+            return self._core_decode(data, n, dtype, eb_abs, spec.shape, hist, pending)
+
+        out = self._decode_envelope(payload, spec, reference, core)
+        kind = bytes(memoryview(payload)[:1])
+        self._advance(st, out.reshape(-1), reference,
+                      pending if kind == bytes([KIND_CORE]) else {})
+        return out
+
+    # -- state -------------------------------------------------------------
+    def _history(self, st: TensorState, n: int) -> dict[str, np.ndarray] | None:
+        """The state's arrays if they describe a tensor of ``n`` values, else None
+        (first round, or another tensor under this name: start again)."""
+        keys = ("prev", "M") if self.predictor == "paper" else ("mag", "sign")
+        if not all(k in st for k in keys):
+            return None
+        arrays = {k: np.asarray(st[k]) for k in keys}
+        want = {"prev": np.float32, "M": np.float32, "mag": np.float32, "sign": np.int8}
+        if any(a.shape != (n,) or a.dtype != want[k] for k, a in arrays.items()):
+            return None
+        return arrays
+
+    def _advance(self, st: TensorState, out: np.ndarray, reference: np.ndarray | None,
+                 pending: dict[str, np.ndarray]) -> None:
+        """Advance the history from the decoded tensor ``out`` (flat), on both ends alike."""
+        d = out.astype(np.float64)
+        if reference is not None:
+            d -= np.asarray(reference, dtype=np.float64).reshape(-1)
+        d32 = np.nan_to_num(d, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+        hist = self._history(st, d32.size)
+        for key in list(st):
+            del st[key]
+        if self.predictor == "paper":
+            st["prev"] = d32
+            if "M" in pending:
+                st["M"] = pending["M"]
+            else:
+                st["M"] = hist["M"] if hist is not None else np.zeros(d32.size, np.float32)
+            return
+        mag = np.abs(d32)
+        if hist is not None:
+            a = np.float32(self.alpha)
+            mag = (np.float32(1.0) - a) * hist["mag"] + a * mag
+        st["mag"] = mag.astype(np.float32, copy=False)
+        st["sign"] = np.sign(d32).astype(np.int8)
+
+    # -- cores ---------------------------------------------------------------
+    def _spatial(self, x: np.ndarray, eb_abs: float, shape: tuple[int, ...]
+                 ) -> tuple[bytes, np.ndarray | None, np.ndarray | None]:
+        body, recon, over = self._fpz._encode_core_recon(x, eb_abs, shape)
+        return bytes([VERSION, P_SPATIAL]) + bytes(body), recon, over
+
+    def _core_encode(self, x: np.ndarray, eb_abs: float, shape: tuple[int, ...],
+                     hist: dict[str, np.ndarray] | None, pending: dict[str, np.ndarray]
+                     ) -> tuple[bytes, np.ndarray | None, np.ndarray | None]:
+        if hist is None or self.predictor == "none" or not usable_step(2.0 * eb_abs):
+            return self._spatial(x, eb_abs, shape)
+        if self.predictor == "paper":
+            return self._paper_encode(x, eb_abs, shape, hist, pending)
+        step = 2.0 * eb_abs
+        values = np.empty_like(x)
+        z, counts, _, n_over, ok = kernels().quantize_symbols(
+            x, step, MAX_CODE, values, rans.HIST_CAP, 7, eb_abs)
+        if not ok:
+            return self._spatial(x, eb_abs, shape)
+        feats = FEATURES[self.features]
+        ext = self._contexts(hist, step, feats)
+        w = Writer()
+        w.u8(VERSION)
+        w.u8(P_CONTEXT)
+        w.u8(feats)
+        use_ext, _ = crans.encode(z, counts, ext, _n_ext(feats), w)
+        if not use_ext:  # the history does not help this round: fpz's core is as good
+            return self._spatial(x, eb_abs, shape)
+        return w.getvalue(), values, (np.zeros(0, np.int64) if n_over == 0 else None)
+
+    def _core_decode(self, data: memoryview, n: int, dtype: np.dtype, eb_abs: float,
+                     shape: tuple[int, ...], hist: dict[str, np.ndarray] | None,
+                     pending: dict[str, np.ndarray]) -> np.ndarray:
+        rd = Reader(data, "gaeb payload")
+        version = rd.u8()
+        if version != VERSION:
+            raise FormatError(f"gaeb payload: unknown version {version}")
+        pid = rd.u8()
+        if pid == P_SPATIAL:
+            return self._fpz._decode_core(rd.rest(), n, dtype, eb_abs)
+        if hist is None:
+            raise FormatError("gaeb payload: predicted from a history this decoder does not "
+                              "hold (first round or another tensor)")
+        if pid not in (P_CONTEXT, P_PAPER) or pid != (P_PAPER if self.predictor == "paper"
+                                                       else P_CONTEXT):
+            raise FormatError(f"gaeb payload: predictor {pid} is not this codec's")
+        if not usable_step(2.0 * eb_abs):
+            raise FormatError(f"gaeb payload: quantized values with bound {eb_abs}")
+        if pid == P_PAPER:
+            return self._paper_decode(rd, n, dtype, eb_abs, shape, hist, pending)
+        feats = rd.u8()
+        if feats != FEATURES[self.features]:
+            raise FormatError(f"gaeb payload: features {feats} are not this codec's")
+        ext = self._contexts(hist, 2.0 * eb_abs, feats)
+        return crans.decode(rd, n, ext, _n_ext(feats), step=2.0 * eb_abs, dtype=dtype)
+
+    @staticmethod
+    def _contexts(hist: dict[str, np.ndarray], step: float, feats: int) -> np.ndarray:
+        """Per value: predicted-magnitude bucket x last sign (as ``feats`` selects)."""
+        thresholds = MAG_EDGES * step if feats & 1 else np.zeros(0)
+        from ..stages import _ctxkernels
+
+        return _ctxkernels.magnitude_sign_contexts(hist["mag"], thresholds, hist["sign"],
+                                                   3 if feats & 2 else 1)
+
+    # -- paper mode ------------------------------------------------------------
+    def _paper_prediction(self, shape: tuple[int, ...], hist: dict[str, np.ndarray],
+                          mu_t: float, sigma_t: float, predicted: np.ndarray,
+                          signs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(p, M')``: the prediction (float64, flat) and the new moving average."""
+        kernel = shape[2] * shape[3]
+        prev_mag = np.abs(hist["prev"].astype(np.float64))
+        mu_p, sd_p = float(prev_mag.mean()), float(prev_mag.std())
+        pn = (prev_mag - mu_p) / sd_p if sd_p > _STD_GUARD else prev_mag - mu_p
+        m_new = hist["M"].copy().reshape(-1, kernel)
+        a = np.float32(self.alpha)
+        upd = (np.float32(1.0) - a) * m_new + a * pn.astype(np.float32).reshape(-1, kernel)
+        m_new[predicted] = upd[predicted]
+        m64 = m_new.astype(np.float64)
+        amp = np.abs(m64 * sigma_t + mu_t) if sigma_t > _STD_GUARD else np.abs(m64 + mu_t)
+        sgn = np.where(signs, 1.0, -1.0)
+        p = np.zeros_like(amp)
+        p[predicted] = amp[predicted] * sgn[:, None]
+        return p.reshape(-1), m_new.reshape(-1)
+
+    def _paper_encode(self, x: np.ndarray, eb_abs: float, shape: tuple[int, ...],
+                      hist: dict[str, np.ndarray], pending: dict[str, np.ndarray]
+                      ) -> tuple[bytes, np.ndarray | None, np.ndarray | None]:
+        if len(shape) != 4 or shape[2] * shape[3] == 0:
+            return self._spatial(x, eb_abs, shape)
+        kernel = shape[2] * shape[3]
+        k = x.reshape(-1, kernel)
+        pos = np.count_nonzero(k > 0, axis=1)
+        neg = np.count_nonzero(k < 0, axis=1)
+        zero = kernel - pos - neg
+        signs = pos >= neg
+        major = np.where(signs, pos, neg) + zero
+        predicted = 2.0 * major / kernel - 1.0 >= CONSISTENCY
+        mags = np.abs(x.astype(np.float64))
+        mu_t, sigma_t = float(mags.mean()), float(mags.std())
+        p, m_new = self._paper_prediction(shape, hist, mu_t, sigma_t, predicted,
+                                          signs[predicted])
+        step = 2.0 * eb_abs
+        q = np.rint((x.astype(np.float64) - p) / step)
+        if not np.all(np.abs(q) < MAX_CODE):
+            return self._spatial(x, eb_abs, shape)
+        q = q.astype(np.int64)
+        values = (p + q.astype(np.float64) * step).astype(x.dtype)
+        w = Writer()
+        w.u8(VERSION)
+        w.u8(P_PAPER)
+        w.f64(mu_t)
+        w.f64(sigma_t)
+        w.blob(_ZSTD.encode(np.packbits(predicted)))
+        w.blob(_ZSTD.encode(np.packbits(signs[predicted])))
+        rans.encode(q, w)
+        pending["M"] = m_new
+        return w.getvalue(), values, None
+
+    def _paper_decode(self, rd: Reader, n: int, dtype: np.dtype, eb_abs: float,
+                      shape: tuple[int, ...], hist: dict[str, np.ndarray],
+                      pending: dict[str, np.ndarray]) -> np.ndarray:
+        if len(shape) != 4 or shape[2] * shape[3] == 0:
+            raise FormatError(f"gaeb payload: paper prediction for a tensor of shape {shape}")
+        mu_t, sigma_t = rd.f64(), rd.f64()
+        if not (np.isfinite(mu_t) and np.isfinite(sigma_t) and mu_t >= 0 and sigma_t >= 0):
+            raise FormatError("gaeb payload: bad magnitude statistics")
+        kernels_n = n // (shape[2] * shape[3])
+        predicted = self._bits(rd, kernels_n, "kernel bitmap")
+        signs = self._bits(rd, int(predicted.sum()), "kernel signs")
+        q = rans.decode(rd, n)
+        if q.size and int(np.abs(q).max()) >= MAX_CODE:
+            raise FormatError("gaeb payload: residual code out of range")
+        p, m_new = self._paper_prediction(shape, hist, mu_t, sigma_t, predicted, signs)
+        pending["M"] = m_new
+        return (p + q.astype(np.float64) * (2.0 * eb_abs)).astype(dtype)
+
+    @staticmethod
+    def _bits(rd: Reader, count: int, what: str) -> np.ndarray:
+        raw = _ZSTD.decode(rd.blob(cap=rd.remaining, name=f"gaeb {what}"),
+                           TensorSpec((-(-count // 8),), np.dtype(np.uint8)))
+        bits = np.unpackbits(raw, count=count).astype(bool)
+        if np.unpackbits(raw)[count:].any():
+            raise FormatError(f"gaeb payload: padding bits set in the {what}")
+        return bits
+
+    # the envelope's abstract core: the first round's (no history) coding
+    def _encode_core(self, x: np.ndarray, eb_abs: float) -> bytes:
+        return self._spatial(x, eb_abs, x.shape)[0]
+
+    def _decode_core(self, data: memoryview, n: int, dtype: np.dtype, eb_abs: float
+                     ) -> np.ndarray:
+        return self._core_decode(data, n, dtype, eb_abs, (n,), None, {})

@@ -1,0 +1,162 @@
+"""numba kernels of :mod:`fedpress.stages.crans`: rANS with per-symbol external contexts.
+
+Same coder as :mod:`._kernels` (32-bit state in ``[2**16, 2**32)``, 16-bit words,
+``2**pb``-slot tables, symbols ``s = min(z, k)``, lanes with states of their own),
+but the context of symbol ``i`` also depends on a value ``ext[i]`` that both ends
+compute from what they already hold (e.g. the previous round's decoded tensor):
+``ctx = ext[i] * nsp + lut[min(s[i-1] + s[i-2], len(lut) - 1)]``, where the spatial
+part restarts at each lane. Decoder errors come back as a negative status.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ._kernels import ERR_CONTEXT, ERR_ESCAPES, ERR_STATE, ERR_WORDS, STATE_LO, _put
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _ctx(ext, i, nsp, lut, p1, p2):  # pragma: no cover - compiled
+    m = p1 + p2
+    top = lut.size - 1
+    return ext[i] * nsp + lut[m if m < top else top]
+
+
+@njit(cache=True, nogil=True)
+def counts(z, bounds, k, ext, lut, nsp, nctx):  # pragma: no cover - compiled
+    """Histograms of ``s = min(z, k)`` per context: shape ``(nctx, k + 1)``."""
+    out = np.zeros((nctx, k + 1), np.int64)
+    for j in range(bounds.size - 1):
+        p1 = 0
+        p2 = 0
+        for i in range(bounds[j], bounds[j + 1]):
+            v = z[i]
+            s = v if v < k else k
+            out[_ctx(ext, i, nsp, lut, p1, p2), s] += 1
+            p2 = p1
+            p1 = s
+    return out
+
+
+@njit(cache=True, nogil=True)
+def encode(z, bounds, k, ext, lut, nsp, freq, cum, pb):  # pragma: no cover - compiled
+    """rANS words of each lane (backwards, lanes one after the other) and the
+    ``lanes + 1`` word offsets."""
+    lanes = bounds.size - 1
+    buf = np.empty(z.size + 2 * lanes, np.uint16)
+    ends = np.empty(lanes, np.int64)
+    starts = np.empty(lanes, np.int64)
+    shift = 32 - pb
+    for j in range(lanes):
+        lo = bounds[j]
+        end = bounds[j + 1] + 2 * (j + 1)
+        p = end
+        xj = np.int64(STATE_LO)
+        for i in range(bounds[j + 1] - 1, lo - 1, -1):
+            p1 = 0
+            p2 = 0
+            if i - 1 >= lo:
+                a = z[i - 1]
+                p1 = a if a < k else k
+                if i - 2 >= lo:
+                    b = z[i - 2]
+                    p2 = b if b < k else k
+            c = _ctx(ext, i, nsp, lut, p1, p2)
+            v = z[i]
+            s = v if v < k else k
+            f = freq[c, s]
+            if f <= 0:
+                raise ValueError("crans: a coded symbol has no frequency in its context")
+            out_ = xj >= (f << shift)
+            buf[p - 1] = xj & 0xFFFF
+            p -= out_
+            xj >>= 16 * out_
+            xu = np.uint32(xj)
+            fu = np.uint32(f)
+            xj = (np.int64(xu // fu) << pb) + np.int64(xu % fu) + cum[c, s]
+        p -= 1
+        buf[p] = xj & 0xFFFF
+        p -= 1
+        buf[p] = xj >> 16
+        starts[j] = p
+        ends[j] = end
+    offsets = np.empty(lanes + 1, np.int64)
+    total = 0
+    for j in range(lanes):
+        offsets[j] = total
+        total += ends[j] - starts[j]
+    offsets[lanes] = total
+    out = np.empty(total, np.uint16)
+    for j in range(lanes):
+        out[offsets[j]:offsets[j + 1]] = buf[starts[j]:ends[j]]
+    return out, offsets
+
+
+@njit(cache=True, nogil=True)
+def decode(words, wbounds, bounds, ebounds, k, table, pb, ext, lut, nsp, escapes, step,
+           out):  # pragma: no cover - compiled
+    """Decode every lane into ``out`` (residuals, or residuals times ``step``);
+    returns a status (0 = fine). ``table`` as :func:`._kernels.build_table` makes it."""
+    mask = (np.int64(1) << pb) - 1
+    nctx = table.shape[0]
+    for j in range(bounds.size - 1):
+        w = wbounds[j]
+        wend = wbounds[j + 1]
+        if wend - w < 2:
+            return ERR_WORDS
+        x = (np.int64(words[w]) << 16) | np.int64(words[w + 1])
+        w += 2
+        e = ebounds[j]
+        eend = ebounds[j + 1]
+        p1 = 0
+        p2 = 0
+        for at in range(bounds[j], bounds[j + 1]):
+            c = _ctx(ext, at, nsp, lut, p1, p2)
+            if c >= nctx:
+                return ERR_CONTEXT
+            t = table[c, x & mask]
+            s = t & 0xFFFF
+            if s > k:
+                return ERR_CONTEXT
+            x = ((t >> 16) & 0xFFFFFF) * (x >> pb) + (t >> 40)
+            if x < STATE_LO:
+                if w >= wend:
+                    return ERR_WORDS
+                x = (x << 16) | np.int64(words[w])
+                w += 1
+            p2 = p1
+            p1 = s
+            if s == k:
+                if e >= eend:
+                    return ERR_ESCAPES
+                s = escapes[e]
+                e += 1
+            _put(out, at, s, step)
+        if x != STATE_LO or w != wend or e != eend:
+            return ERR_STATE
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def magnitude_sign_contexts(mag, thresholds, sign, nsign):  # pragma: no cover - compiled
+    """``bucket(mag[i]) * nsign + sign_ctx(sign[i])`` as uint8.
+
+    ``bucket`` counts the ``thresholds`` (increasing) that ``mag[i]`` exceeds;
+    with ``nsign == 3`` the sign context is 0 for a zero, 1 for +, 2 for -, with
+    ``nsign == 1`` it is left out. Comparisons only, so both ends agree bit for bit.
+    """
+    n = mag.size
+    out = np.empty(n, np.uint8)
+    nt = thresholds.size
+    for i in range(n):
+        m = mag[i]
+        b = 0
+        while b < nt and m > thresholds[b]:
+            b += 1
+        s = 0
+        if nsign == 3:
+            v = sign[i]
+            s = 1 if v > 0 else (2 if v < 0 else 0)
+        out[i] = b * nsign + s
+    return out
