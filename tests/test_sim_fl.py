@@ -105,6 +105,8 @@ def test_network_model() -> None:
     ({"rounds": 0}, "rounds must be >= 1"),
     ({"fraction": 0.0}, "fraction"),
     ({"model": "vgg"}, "unknown model"),
+    ({"reference": True}, "needs send='weights' and an uplink plan"),
+    ({"reference": True, "plan": "fpz", "send": "update"}, "needs send='weights'"),
 ])
 def test_bad_configs_are_config_errors(digits: data.Dataset, kw: dict, match: str) -> None:
     with pytest.raises(fedpress.ConfigError, match=match):
@@ -178,3 +180,19 @@ def test_gradient_compressors_are_refused_on_weights(digits: data.Dataset) -> No
         fl.simulate(digits, _cfg(send="update", downlink_plan="ef:signsgd"))
     assert fl.gradient_compressor("fpz", {}) is None
     assert fl.gradient_compressor("ef:qsgd", {}) == "ef"
+
+
+def test_weights_coded_against_the_start_model(digits: data.Dataset) -> None:
+    """reference=true: each client's weights are coded against the model it decoded
+    (through a lossy, stateful downlink too); the server decodes them with the copy it
+    mirrors, and the uplink gets smaller than without the reference."""
+    kw = {"model": "cnn", "rounds": 3, "plan": {"re:weight": "gaeb", "default": "zstd"},
+          "plan_options": {"eb": 1e-3}, "downlink_plan": "gaeb",
+          "downlink_options": {"eb": 1e-3}}
+    plain, _ = fl.simulate(digits, _cfg(**kw))
+    ref, _ = fl.simulate(digits, _cfg(reference=True, **kw))
+    assert sum(r.bytes_up for r in ref) < 0.8 * sum(r.bytes_up for r in plain)
+    assert ref[-1].accuracy > 0.5
+    # the server's copy of a client's start model is what the client decoded
+    half, _ = fl.simulate(digits, _cfg(reference=True, clients=4, fraction=0.5, **kw))
+    assert len(half) == 3

@@ -650,6 +650,9 @@ def _sim_flags() -> dict[str, Any]:
         "downlink_send": Annotated[str | None, opt(help="Downlink content: weights, or "
                                                         "update (change since each "
                                                         "client's copy).")],
+        "reference": Annotated[bool | None, opt(help="Code the weights uplink against "
+                                                     "the model each client started from "
+                                                     "(error-bounded codecs).")],
     }
 
 

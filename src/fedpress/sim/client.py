@@ -218,7 +218,7 @@ class SimClient:
             reply: Message = local
             nbytes = raw_bytes(local)
         else:
-            reply = self.encoder.encode(local)
+            reply = self.encoder.encode(local, reference=start if cfg.reference else None)
             nbytes = len(reply)
         t3 = time.perf_counter()
         return ClientResult(self.cid, reply, nbytes, raw_bytes(local), len(self.y),

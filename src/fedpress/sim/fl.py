@@ -88,6 +88,8 @@ class FLConfig:
     downlink_options: dict[str, Any] = field(default_factory=dict)
     downlink_send: str = "weights"  # or "update": the change since each client's copy
     aggregate: str = "mean"  # "vote": signSGD's majority vote; "powersgd": its exchange
+    #: weights uplink coded against the model each client started from (both ends hold it)
+    reference: bool = False
     seed: int = 0
 
     def check(self) -> None:
@@ -107,6 +109,10 @@ class FLConfig:
             raise ConfigError("aggregate='powersgd' runs PowerSGD's two-phase exchange: "
                               "use plan='powersgd' (options: rank, seed, error_feedback) "
                               "with send='gradient' or 'update'")
+        if self.reference and (self.send != "weights" or self.plan is None):
+            raise ConfigError("reference=true codes the weights a client sends against the "
+                              "model it started from: it needs send='weights' and an "
+                              "uplink plan")
         if self.aggregate == "vote" and self.send == "weights":
             raise ConfigError("aggregate='vote' takes signs of gradients or updates; use "
                               "send='gradient' or 'update'")
@@ -210,7 +216,7 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
     global_state = state_of(model)
     params = frozenset(n for n, _ in model.named_parameters())
     down = Downlink(cfg.downlink_plan, cfg.downlink_options, cfg.clients,
-                    cfg.downlink_send, global_state)
+                    cfg.downlink_send, global_state, track=cfg.reference)
     up_decoder = fedpress.UpdateDecoder() if cfg.plan is not None else None
     warm_codecs(cfg.plan, cfg.plan_options)
     if threads is None:
@@ -241,7 +247,9 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
                 else:
                     assert up_decoder is not None
                     t0 = time.perf_counter()
-                    got = up_decoder.decode(r.message, peer=str(r.client))
+                    got = up_decoder.decode(r.message, peer=str(r.client),
+                                            reference=down.held[r.client]
+                                            if cfg.reference else None)
                     d_up = time.perf_counter() - t0
                 replies.append(got)
                 weights.append(r.samples)
@@ -303,10 +311,14 @@ class Downlink:
     holds, so what a lossy downlink dropped is sent again later (error feedback
     for free). Clients that hold the same copy share one frame when the plan is
     stateless. Both ends start from the seeded initial model.
+
+    ``track=True`` (weights uplink with a reference) also keeps, in ``held``, the
+    model each client decoded in weights mode: the server decodes its own frames.
     """
 
     def __init__(self, plan: Any, options: Mapping[str, Any], clients: int,
-                 send: str = "weights", initial: State | None = None) -> None:
+                 send: str = "weights", initial: State | None = None,
+                 track: bool = False) -> None:
         warm_codecs(plan, options)
         self.plan, self.send_mode = plan, send
         self.encoders = [make_encoder(plan, options, peer="server")
@@ -321,7 +333,8 @@ class Downlink:
         self.decoder = fedpress.UpdateDecoder()
         if send == "update" and initial is None:
             raise ValueError("downlink updates need the initial model")
-        self.held = [initial] * clients  # what each client holds (update mode)
+        self.track = track or send == "update"
+        self.held = [initial] * clients  # what each client holds (update mode, or tracked)
         self.version = [0] * clients  # equal versions: equal copies
         self._next_version = 1
 
@@ -341,10 +354,11 @@ class Downlink:
                 changes(self.held[first], state)
             message: Message = content if self.plan is None else \
                 self.encoders[first].encode(content)
-            if self.send_mode == "update":
+            if self.track:
                 got = content if isinstance(message, dict) else \
                     self.decoder.decode(message, peer=str(first))
-                held = apply_changes(self.held[first], got)
+                held = apply_changes(self.held[first], got) if self.send_mode == "update" \
+                    else got
                 version, self._next_version = self._next_version, self._next_version + 1
                 for k in members:
                     self.held[k], self.version[k] = held, version

@@ -9,7 +9,9 @@ float32, any fedpress plan, or ``name(key=value, ...)`` with codec options, e.g.
 ``signsgd(aggregate=vote)``), ``mode``, ``eb``, ``lossy``, ``lossless``,
 ``threshold``, ``downlink_plan`` (same forms; default ``"none"``), ``downlink_send`` (``weights``:
 the global model; ``update``: its change since what each client holds),
-``aggregate`` (``mean``, or ``vote``: signSGD's majority vote), ``uplink_mbps``,
+``aggregate`` (``mean``, or ``vote``: signSGD's majority vote), ``reference``
+(``true``: the weights uplink is coded against the model each client started from),
+``uplink_mbps``,
 ``downlink_mbps``, ``latency_ms`` (a number, a list or ``{median, sigma}``),
 ``seed``, ``test_limit``, ``threads`` (PyTorch threads per process), ``workers``
 (client processes; 1 = the clients run in this process), ``out``.
@@ -34,13 +36,14 @@ DEFAULTS: dict[str, Any] = {
     "plan": "none", "mode": "rel", "eb": 1e-2, "lossy": None, "lossless": None,
     "threshold": None, "downlink_plan": "none", "uplink_mbps": 10.0, "downlink_mbps": 10.0,
     "latency_ms": 0.0, "seed": 0, "test_limit": None, "threads": 1, "workers": 1,
-    "aggregate": "mean", "downlink_send": "weights",
+    "aggregate": "mean", "downlink_send": "weights", "reference": False,
     "out": "out/simulate",
 }
 PLAN_KEYS = ("mode", "eb", "lossy", "lossless", "threshold")
 #: run settings a plan spec may carry for its own run (in ``compare``)
 SIM_KEYS = ("aggregate", "algorithm", "lr", "server_lr", "server_momentum", "momentum",
-            "downlink_plan", "downlink_send", "send", "local_steps", "local_epochs")
+            "downlink_plan", "downlink_send", "send", "local_steps", "local_epochs",
+            "reference")
 
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -73,6 +76,15 @@ def resolve(settings: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"eb out of range for mode {out['mode']!r}: {out['eb']} "
                           "(rel: 0 <= eb < 1; abs: eb >= 0)")
     return out
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A boolean setting (TOML/CLI booleans, or the strings true/false)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
 def split_plans(text: str) -> list[str]:
@@ -163,7 +175,8 @@ def run(settings: Mapping[str, Any], out_dir: str | os.PathLike[str] | None = No
         server_momentum=float(s["server_momentum"]), send=s["send"],
         partition=s["partition"], alpha=float(s["alpha"]), plan=plan,
         plan_options=plan_options, downlink_plan=down, downlink_options=down_options,
-        seed=int(s["seed"]), aggregate=s["aggregate"], downlink_send=s["downlink_send"])
+        seed=int(s["seed"]), aggregate=s["aggregate"], downlink_send=s["downlink_send"],
+        reference=_flag(s["reference"], "reference"))
     network = Network.build(cfg.clients, s["uplink_mbps"], s["downlink_mbps"],
                             s["latency_ms"], seed=cfg.seed)
     with _progress(progress, label or str(s["plan"]), cfg.rounds) as tick:
