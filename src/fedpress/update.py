@@ -40,17 +40,30 @@ from .state import MemoryStateStore, StateStore, TensorState
 
 
 def _encode_one(codec: Codec, x: np.ndarray, state: TensorState | None,
-                reference: np.ndarray | None = None) -> tuple[bytes, StateTag | None]:
-    """Encode one tensor; returns payload and (for mirrored codecs) the state tag."""
+                reference: np.ndarray | None = None, want_output: bool = False,
+                ) -> tuple[bytes, StateTag | None, np.ndarray | None]:
+    """Encode one tensor; returns payload, (for mirrored codecs) the state tag and (with
+    ``want_output``, error-bounded codecs only) what the decoder will return."""
     codec.check_input(x)
     kw = {} if reference is None else {"reference": reference}
+    method = "encode_with_output" if want_output else "encode"
+    out = None
     if isinstance(codec, StatefulCodec):
         assert state is not None
         tag = StateTag(state.round, state.digest()) if codec.scope is Scope.MIRRORED else None
-        payload = codec.encode(x, state, **kw)
+        result = getattr(codec, method)(x, state, **kw)
         state.round += 1
-        return bytes(payload), tag
-    return bytes(codec.encode(x, **kw)), None
+    else:
+        tag = None
+        result = getattr(codec, method)(x, **kw)
+    payload = result[0] if want_output else result
+    if want_output:
+        out = result[1]
+    return bytes(payload), tag, out
+
+
+#: store key suffix of the error-feedback residuals (see ``UpdateEncoder``)
+EF_SUFFIX = "#ef"
 
 
 def _usable_reference(codec: Codec, name: str, x: np.ndarray,
@@ -142,6 +155,12 @@ class UpdateEncoder:
         Where stateful codecs keep their state (default: in memory).
     peer : str
         Name under which this encoder's states are kept (its own identity).
+    error_feedback : bool
+        Error feedback for the error-bounded tensors: what the bound dropped from a
+        tensor (``sent - decoded``) is added to the next tensor of that name before it
+        is coded, so small changes coded against a reference are delayed, not lost.
+        The bound then holds on the tensor sent (input plus carried residual). The
+        residual is sender state, kept in ``store`` under ``name + "#ef"``.
     **options
         ``threshold``, ``lossy``, ``lossless`` and codec options, passed to
         :meth:`Plan.build`.
@@ -149,10 +168,13 @@ class UpdateEncoder:
 
     def __init__(self, plan: str | Mapping[str, CodecSpec] | Plan = "fedsz", mode: str = "rel",
                  eb: float = 1e-2, *, store: StateStore | None = None, peer: str = "default",
-                 **options: Any) -> None:
+                 error_feedback: bool = False, **options: Any) -> None:
         self.plan = Plan.build(plan, mode, eb, **options)
         self.store = store if store is not None else MemoryStateStore()
         self.peer = peer
+        if not isinstance(error_feedback, bool):
+            raise ConfigError(f"error_feedback must be true or false, got {error_feedback!r}")
+        self.error_feedback = error_feedback
 
     def encode(self, state_dict: Any, meta: Mapping[str, Any] | None = None, *,
                reference: Any = None) -> bytes:
@@ -176,9 +198,16 @@ class UpdateEncoder:
             if isinstance(codec, StatefulCodec):
                 state = self.store.get(self.peer, name)
             ref = _usable_reference(codec, name, x, refs)
-            payload, tag = _encode_one(codec, x, state, ref)
+            ef = self.error_feedback and codec.error_bounded
+            if ef:
+                x = self._with_residual(name, x)
+            payload, tag, out = _encode_one(codec, x, state, ref, want_output=ef)
             if state is not None:
                 new_states[name] = state
+            if out is not None:
+                residual = np.nan_to_num(x.astype(np.float64) - out, nan=0.0, posinf=0.0,
+                                         neginf=0.0).astype(x.dtype)
+                new_states[name + EF_SUFFIX] = TensorState({"residual": residual})
             if codec not in index:
                 index[codec] = len(codecs)
                 codecs.append(codec.get_config())
@@ -188,6 +217,14 @@ class UpdateEncoder:
         for name, state in new_states.items():
             self.store.put(self.peer, name, state)
         return blob
+
+    def _with_residual(self, name: str, x: np.ndarray) -> np.ndarray:
+        """``x`` plus the residual error feedback carries for ``name`` (if it fits)."""
+        st = self.store.get(self.peer, name + EF_SUFFIX)
+        r = st.get("residual")
+        if r is None or r.shape != x.shape or r.dtype != x.dtype:
+            return x
+        return (x.astype(np.float64) + r).astype(x.dtype)
 
 
 class UpdateDecoder:

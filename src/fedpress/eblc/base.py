@@ -115,6 +115,13 @@ class ErrorBoundedCodec(Codec):
                reference: np.ndarray | None = None) -> np.ndarray:
         return self._decode_envelope(payload, spec, reference)
 
+    def encode_with_output(self, x: np.ndarray, reference: np.ndarray | None = None
+                           ) -> tuple[bytes, np.ndarray]:
+        """The payload and exactly what :meth:`decode` returns for it (for error feedback)."""
+        payload, out = self._encode_envelope(x, reference, want_output=True)
+        assert out is not None
+        return payload, out.reshape(np.shape(x))
+
     def _encode_envelope(self, x: np.ndarray, reference: np.ndarray | None = None,
                          core: CoreEncoder | None = None, want_output: bool = False,
                          ) -> tuple[bytes, np.ndarray | None]:

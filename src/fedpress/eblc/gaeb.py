@@ -122,6 +122,11 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
     # -- public ------------------------------------------------------------
     def encode(self, x: np.ndarray, state: Any = None,  # type: ignore[override]
                reference: np.ndarray | None = None) -> bytes:
+        return self.encode_with_output(x, state, reference)[0]
+
+    def encode_with_output(self, x: np.ndarray, state: Any = None,  # type: ignore[override]
+                           reference: np.ndarray | None = None) -> tuple[bytes, np.ndarray]:
+        """The payload and exactly what :meth:`decode` returns (and the history advanced)."""
         st = state if state is not None else TensorState()
         hist = self._history(st, int(np.size(x)))
         pending: dict[str, np.ndarray] = {}
@@ -133,7 +138,7 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
         payload, out = self._encode_envelope(x, reference, core, want_output=True)
         assert out is not None
         self._advance(st, out, reference, pending if payload[0] == KIND_CORE else {})
-        return payload
+        return payload, out.reshape(np.shape(x))
 
     def decode(self, payload: bytes | memoryview, spec: TensorSpec,  # type: ignore[override]
                state: Any = None, reference: np.ndarray | None = None) -> np.ndarray:

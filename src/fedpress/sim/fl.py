@@ -324,7 +324,7 @@ class Downlink:
         self.encoders = [make_encoder(plan, options, peer="server")
                          for _ in range(clients if plan is not None else 0)]
         self.broadcast = not self.encoders or not self.encoders[0].plan.stateful
-        if send == "update" and not self.broadcast:
+        if send == "update" and self.encoders and _keeps_sender_state(self.encoders[0].plan):
             raise ConfigError(f"downlink plan {plan!r} keeps state (error feedback or a "
                               "residual), but downlink updates already re-send what was "
                               "dropped (the server mirrors each client's copy): use its "
@@ -368,6 +368,15 @@ class Downlink:
         sizes = {k: raw_bytes(m) if isinstance(m, dict) else len(m)
                  for k, m in messages.items()}
         return messages, sizes, seconds
+
+
+def _keeps_sender_state(plan: Any) -> bool:
+    """Whether a codec of ``plan`` keeps state only the sender holds (error feedback,
+    residuals); mirrored state (``gaeb``'s history) is no such thing."""
+    from ..abc import Scope, StatefulCodec
+
+    return any(isinstance(c, StatefulCodec) and c.scope is Scope.SENDER
+               for c in [r.codec for r in plan.rules] + [plan.default, plan.lossless])
 
 
 def changes(held: State, target: State) -> State:
