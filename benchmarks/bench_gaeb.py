@@ -133,7 +133,7 @@ def lossy_names(sd: dict[str, np.ndarray]) -> list[str]:
 
 def load_npz(path: str) -> dict[str, np.ndarray]:
     with np.load(path) as z:
-        return {k: np.ascontiguousarray(z[k]) for k in z.files}
+        return {k: z[k] for k in z.files}  # (ascontiguousarray would make 0-d arrays 1-d)
 
 
 def make_grad_iter(model: str, data_dir: str, out_dir: str, n: int) -> list[str]:
@@ -514,10 +514,11 @@ def markdown(rows: list[dict[str, Any]], header: list[str]) -> str:
                 "dec MB/s": _cell(r.get("dec_MBps"), "speed"),
                 "enc x raw SZ3": _cell(r.get("enc_x_raw_sz3"), "ratio"),
                 "violations": _cell(r.get("violations"), "int")})
-            if r["codec"].startswith("gaeb") and not math.isnan(_num(r.get("min_x_fpz"))):
-                gaeb_min.append((float(r["min_x_fpz"]),
-                                 f"{stream}/{model}/{r['codec']}/{float(r['rel']):g}"))
         out += [markdown_table(table, cols).replace("r2-N", f"r2-{n}")]
+    for r in ok:  # main and ablation rows
+        if r["codec"].startswith("gaeb") and not math.isnan(_num(r.get("min_x_fpz"))):
+            gaeb_min.append((float(r["min_x_fpz"]),
+                             f"{r['stream']}/{r['model']}/{r['codec']}/{float(r['rel']):g}"))
     # ablations: CR geomean (x fpz) per stream/model, at the rels the ablations ran
     abl = [r for r in ok if r["codec"] in ABLATIONS]
     if abl:
@@ -539,9 +540,9 @@ def markdown(rows: list[dict[str, Any]], header: list[str]) -> str:
             for codec in ABLATION_ROWS:
                 row = {"variant": codec, "REL": f"{rel:g}"}
                 for name, rr in ncols:
-                    r = rr.get(codec)
-                    row[name] = ("-" if r is None else f"{_cell(r.get('cr_geo'), 'cr')} "
-                                 f"({_cell(r.get('x_fpz'), 'ratio')})")
+                    hit = rr.get(codec)
+                    row[name] = ("-" if hit is None else f"{_cell(hit.get('cr_geo'), 'cr')} "
+                                 f"({_cell(hit.get('x_fpz'), 'ratio')})")
                 table.append(row)
             out += [markdown_table(table, ["variant", "REL", *[c for c, _ in ncols]])]
         out += ["(Ablation rows may cover fewer rounds than the main tables, see --ablation-rounds "
@@ -666,8 +667,10 @@ def main(argv: list[str] | None = None) -> int:
             "(one pass), enc x raw SZ3 = raw SZ3 seconds / codec seconds (pysz, ABS, 1-D, same "
             "tensors); violations = (round, tensor) pairs with |x - x'| > rel * (max - min) of x "
             "(float64)",
-            "# streams: grad-iter = consecutive SGD-step gradients from the round-5 global model "
-            f"(batch {GEN_BATCH}, lr {GEN_LR}, momentum {GEN_MOMENTUM}, seed {GEN_SEED}); "
+            f"# streams: grad-iter = {GEN_STEPS} consecutive SGD-step gradients from the round-5 "
+            f"global model (fedpress.sim.models, Fashion-MNIST via fedpress.sim.data standardised "
+            f"with mean {FMNIST_MEAN} std {FMNIST_STD}, batch {GEN_BATCH}, lr {GEN_LR}, momentum "
+            f"{GEN_MOMENTUM}, seed {GEN_SEED}, cached in {a.streams_dir}); "
             "update = client 0's update_r01..; weights+ref = global_r{r-1} + update_r, gaeb* and "
             "*-ref rows with reference global_r{r-1}, sz3/sz2/fpz without",
         ]

@@ -152,11 +152,27 @@ def magnitude_sign_contexts(mag, thresholds, sign, nsign):  # pragma: no cover -
     for i in range(n):
         m = mag[i]
         b = 0
-        while b < nt and m > thresholds[b]:
-            b += 1
+        for j in range(nt):  # branch-free: every threshold is compared
+            b += m > thresholds[j]
         s = 0
         if nsign == 3:
             v = sign[i]
-            s = 1 if v > 0 else (2 if v < 0 else 0)
+            s = (v > 0) + 2 * (v < 0)
         out[i] = b * nsign + s
     return out
+
+
+@njit(cache=True, nogil=True)
+def advance_magnitudes(d, mag, alpha, has_old, new_mag, new_sign):  # pragma: no cover
+    """One round of ``gaeb``'s history from the decoded change ``d`` (float64, NaN/Inf
+    counted as 0): ``new_mag = (1 - alpha) * mag + alpha * |d|`` in float32 (``|d|``
+    alone when ``has_old`` is false) and ``new_sign = sign(d)``."""
+    a = np.float32(alpha)
+    b = np.float32(1.0) - a
+    for i in range(d.size):
+        v = d[i]
+        if not np.isfinite(v):
+            v = 0.0
+        m = np.float32(abs(v))
+        new_mag[i] = b * mag[i] + a * m if has_old else m
+        new_sign[i] = (v > 0) - (v < 0)

@@ -10,7 +10,7 @@ include ignoring ``ext``.
 
 Models: ``ext`` used or not, times a spatial part on ``s[i-1] + s[i-2]``:
 ``0`` none, ``1`` the 12 buckets of ``rans.LUTS[1]``, ``2`` three buckets
-(0, 1-2, 3 and more).
+(0, 1-2, 3 and more); the encoder tries those of ``ALL_MODELS``.
 
 Layout (as :mod:`.rans`, with another model byte)::
 
@@ -27,16 +27,18 @@ Layout (as :mod:`.rans`, with another model byte)::
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from .._bytes import Reader, Writer
 from ..abc import TensorSpec
 from ..errors import FormatError
-from . import kernels
+from . import kernels, spread_chunks
 from . import rans as _rans
 
 USE_EXT = 0x80
@@ -45,8 +47,12 @@ SPATIAL: dict[int, np.ndarray] = {
     1: _rans.LUTS[1],
     2: (np.searchsorted(np.array([0, 1, 3]), np.arange(256), side="right") - 1).astype(np.uint8),
 }
-#: every (ext used, spatial model) pair
-ALL_MODELS: tuple[tuple[bool, int], ...] = tuple(itertools.product((False, True), SPATIAL))
+#: the candidate (ext used, spatial model) pairs: with ext, only the coarse spatial
+#: part (ext x 12 spatial contexts makes tables as large as the data they save on)
+ALL_MODELS: tuple[tuple[bool, int], ...] = ((False, 0), (False, 1), (True, 0), (True, 2))
+#: long streams rank the models on this many chunks of this many symbols
+SAMPLE_CHUNKS, SAMPLE_CHUNK = 16, 4096
+_SAMPLE_CHUNKS, _SAMPLE_CHUNK = SAMPLE_CHUNKS, SAMPLE_CHUNK
 
 
 @cache
@@ -60,32 +66,93 @@ def _nsp(spatial: int) -> int:
     return int(SPATIAL[spatial].max()) + 1
 
 
-def encode(z: np.ndarray, hist: np.ndarray, ext: np.ndarray, n_ext: int, w: Writer,
-           models: Iterable[tuple[bool, int]] = ALL_MODELS) -> tuple[bool, int]:
-    """Append the coding of zigzag codes ``z`` (histogram ``hist`` of
-    ``min(z, rans.HIST_CAP)``) with contexts ``ext`` (uint8, ``< n_ext``) to ``w``.
+def estimates(zs: np.ndarray, es: np.ndarray, n_ext: int, n: int, k: int, pb: int,
+              models: Sequence[tuple[bool, int]] = ALL_MODELS, chunk: int = 0,
+              ) -> dict[tuple[bool, int], float]:
+    """Estimated bytes of each model for a stream of ``n`` symbols, from a sample
+    ``zs`` (contexts ``es``) of contiguous chunks of ``chunk`` symbols (0: one run)."""
+    cut = chunk or zs.size
+    bounds = np.arange(zs.size // cut + 1, dtype=np.int64) * cut
+    scale = n / zs.size
+    est = {}
+    for m in models:
+        model = _rans._model(_counts(zs, bounds, k, es, n_ext, m), pb, 0)
+        est[m] = (model.est_bytes - len(model.table_blob)) * scale + len(model.table_blob)
+    return est
 
-    Takes the candidate model with the smallest estimated size (ideal code length
-    plus table bytes) and returns it.
-    """
+
+def sample_saving(est: dict[tuple[bool, int], float]) -> float:
+    """Estimated saving of the best model with ext over the best without."""
+    with_ext = min(v for m, v in est.items() if m[0])
+    plain = min(v for m, v in est.items() if not m[0])
+    return 1.0 - with_ext / plain
+
+
+def _candidates(z: np.ndarray, k: int, pb: int, ext: np.ndarray, n_ext: int,
+                models: Sequence[tuple[bool, int]]) -> list[tuple[bool, int]]:
+    """``models`` best first by estimated size; on long streams the estimate comes from
+    a sample of contiguous chunks (contexts restart at each chunk)."""
+    if z.size < _SAMPLE_CHUNKS * _SAMPLE_CHUNK * 4:
+        return list(models)
+    est = estimates(spread_chunks(z, _SAMPLE_CHUNKS, _SAMPLE_CHUNK),
+                    spread_chunks(ext, _SAMPLE_CHUNKS, _SAMPLE_CHUNK), n_ext, z.size, k, pb,
+                    models, _SAMPLE_CHUNK)
+    return sorted(models, key=est.__getitem__)
+
+
+def _counts(z: np.ndarray, bounds: np.ndarray, k: int, ext: np.ndarray, n_ext: int,
+            model: tuple[bool, int]) -> np.ndarray:
+    use_ext, sp = model
+    nctx = (n_ext if use_ext else 1) * _nsp(sp)
+    ctx = ext if use_ext else np.zeros(z.size, np.uint8)
+    return _kern().counts(z, bounds, k, ctx, SPATIAL[sp], _nsp(sp), nctx)
+
+
+@dataclass
+class Choice:
+    """The model :func:`choose` picked for a stream, ready for :func:`write`."""
+
+    use_ext: bool
+    spatial: int
+    model: Any  # rans._Model
+    k: int
+    pb: int
+    #: estimated saving of using ext (share of the bytes without it); 0 if unused
+    saving: float
+
+
+def choose(z: np.ndarray, hist: np.ndarray, ext: np.ndarray, n_ext: int,
+           models: Sequence[tuple[bool, int]] = ALL_MODELS) -> Choice:
+    """The candidate model with the smallest estimated size for zigzag codes ``z``
+    (histogram ``hist`` of ``min(z, rans.HIST_CAP)``) with contexts ``ext`` (uint8,
+    ``< n_ext``): ideal code length plus table bytes; on long streams the ranking
+    comes from a sample, then the best model with and without ``ext`` are counted
+    exactly."""
     k = _rans._escape_symbol(hist, z.size)
     pb = _rans._precision(k)
     bounds = _rans.lane_bounds(z.size)
-    zeros = np.zeros(z.size, np.uint8)
-    best = None
-    for use_ext, sp in models:
-        nctx = (n_ext if use_ext else 1) * _nsp(sp)
-        counts = _kern().counts(z, bounds, k, ext if use_ext else zeros, SPATIAL[sp], _nsp(sp),
-                                nctx)
-        cand = _rans._model(counts, pb, sp | (USE_EXT if use_ext else 0))
-        if best is None or cand.est_bytes < best.est_bytes:
-            best = cand
-    assert best is not None
-    use_ext, sp = bool(best.ctx_model & USE_EXT), best.ctx_model & ~USE_EXT
+    ranked = _candidates(z, k, pb, ext, n_ext, models)
+    finalists = [m for m in (next((m for m in ranked if m[0]), None),
+                             next((m for m in ranked if not m[0]), None)) if m is not None]
+    built = {}
+    for m in finalists:
+        use_ext, sp = m
+        built[m] = _rans._model(_counts(z, bounds, k, ext, n_ext, m), pb,
+                                sp | (USE_EXT if use_ext else 0))
+    best_m = min(built, key=lambda m: built[m].est_bytes)
+    plain = [b.est_bytes for m, b in built.items() if not m[0]]
+    saving = 1.0 - built[best_m].est_bytes / plain[0] if plain and best_m[0] else 0.0
+    return Choice(best_m[0], best_m[1], built[best_m], k, pb, saving)
+
+
+def write(choice: Choice, z: np.ndarray, ext: np.ndarray, w: Writer) -> None:
+    """Append the coding of ``z`` with the model of ``choice`` (see :func:`choose`)."""
+    best, k, pb, sp = choice.model, choice.k, choice.pb, choice.spatial
+    bounds = _rans.lane_bounds(z.size)
     cum = np.zeros_like(best.freq)
     np.cumsum(best.freq[:, :-1], axis=1, out=cum[:, 1:])
-    words, offsets = _kern().encode(z, bounds, k, ext if use_ext else zeros, SPATIAL[sp],
-                                    _nsp(sp), best.freq, cum, pb)
+    ctx = ext if choice.use_ext else np.zeros(z.size, np.uint8)
+    words, offsets = _kern().encode(z, bounds, k, ctx, SPATIAL[sp], _nsp(sp), best.freq, cum, pb)
     is_esc = z >= k
     w.varint(k)
     w.u8(pb)
@@ -96,7 +163,14 @@ def encode(z: np.ndarray, hist: np.ndarray, ext: np.ndarray, n_ext: int, w: Writ
         w.varint(int(np.count_nonzero(is_esc[bounds[j] : bounds[j + 1]])))
     _rans.write_escapes(w, z[is_esc], k)
     w.raw(words.astype("<u2").tobytes())
-    return use_ext, sp
+
+
+def encode(z: np.ndarray, hist: np.ndarray, ext: np.ndarray, n_ext: int, w: Writer,
+           models: Sequence[tuple[bool, int]] = ALL_MODELS) -> Choice:
+    """:func:`choose` then :func:`write`; returns the choice."""
+    choice = choose(z, hist, ext, n_ext, models)
+    write(choice, z, ext, w)
+    return choice
 
 
 def decode(rd: Reader, n: int, ext: np.ndarray, n_ext: int, *, step: float = 0.0,
@@ -143,4 +217,5 @@ def decode(rd: Reader, n: int, ext: np.ndarray, n_ext: int, *, step: float = 0.0
     return out
 
 
-__all__ = ["ALL_MODELS", "SPATIAL", "USE_EXT", "decode", "encode", "kernels"]
+__all__ = ["ALL_MODELS", "SPATIAL", "USE_EXT", "Choice", "choose", "decode", "encode",
+           "kernels", "write"]
