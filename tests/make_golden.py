@@ -7,17 +7,28 @@ arrays are stored in ``golden_v1_expected.npz``. ``test_frame.py`` checks that
 every later version still decodes them to exactly these arrays. Existing golden
 files are never rewritten: a run only adds frames for codecs that have none yet
 (a new codec), and a format change gets a new version and new files.
+
+Frames that decode only after the frames before them (mirrored state, e.g.
+``gaeb``) or with a reference live in ``golden_v1_stateful/`` as
+``<stream>_r<round>.fpz`` (see :func:`stateful_streams`); their decoded arrays are
+stored in the same ``.npz`` under ``<stream>_r<round>/<tensor>`` and the references
+under ``<stream>_r<round>/reference/<tensor>``. ``test_gaeb.py`` decodes them in
+order, with the stored references, and checks that encoding reproduces them. To
+renew a stream after a deliberate change of its encoder, delete its files and run
+this script: the arrays of a frame it writes replace the stored ones.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 import fedpress
 
 DATA = Path(__file__).parent / "data"
+STATEFUL = DATA / "golden_v1_stateful"
 
 
 def golden_inputs() -> dict[str, np.ndarray]:
@@ -35,6 +46,14 @@ def golden_inputs() -> dict[str, np.ndarray]:
     rng4 = np.random.default_rng(20261126)
     i, j = np.meshgrid(np.linspace(0, 3, 60), np.linspace(0, 4, 50), indexing="ij")
     surface = np.sin(i) * np.cos(j) + 1e-4 * rng4.standard_normal(i.shape)
+    # a gradient stream with a persistent per-element scale (gaeb), and a small
+    # update of a model (reference coding)
+    rng5 = np.random.default_rng(20261127)
+    scale = rng5.lognormal(0.0, 1.0, (64, 32, 3, 3))
+    persistent = 0.5 * rng5.standard_normal(scale.shape)
+    stream = [scale * (rng5.standard_normal(scale.shape) + persistent) for _ in range(2)]
+    ref_base = 0.05 * rng5.standard_normal((64, 50))
+    ref_new = ref_base + 1e-3 * rng5.standard_normal(ref_base.shape)
     return {
         "smooth": x.reshape(30, 100),
         "surface": surface.astype(np.float32),
@@ -43,7 +62,41 @@ def golden_inputs() -> dict[str, np.ndarray]:
         "weights": (0.05 * rng.standard_normal((64, 3, 3, 3))).astype(np.float32),
         "ints": rng.integers(-1000, 1000, 500).astype(np.int64),
         "half": rng.standard_normal(1500).astype(np.float16),
+        "gaeb_r0": stream[0].astype(np.float32),
+        "gaeb_r1": stream[1].astype(np.float32),
+        "ref_base": ref_base.astype(np.float32),
+        "ref_new": ref_new.astype(np.float32),
     }
+
+
+Stream = tuple[dict[str, Any], list[tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]]]
+
+
+def stateful_streams(inputs: dict[str, np.ndarray]) -> dict[str, Stream]:
+    """Streams of update frames that need the frames before them or a reference:
+    name -> (``UpdateEncoder`` arguments, rounds of (state dict, reference or None))."""
+    bias = np.linspace(-1.0, 1.0, 64, dtype=np.float32)
+    gaeb = [({"conv.weight": inputs[f"gaeb_r{t}"], "conv.bias": bias + t,
+              "bn.num_batches_tracked": np.array(3 + t, np.int64)}, None) for t in range(2)]
+    reference = {"fc.weight": inputs["ref_base"], "fc.bias": bias}
+    update = {"fc.weight": inputs["ref_new"], "fc.bias": bias + 1,
+              "bn.num_batches_tracked": np.array(3, np.int64)}
+    return {
+        # round 2 is coded with the context model (predictor id 1)
+        "gaeb_context": ({"plan": {"default": "zstd",
+                                   "re:weight$": {"id": "gaeb", "predictor": "context"}},
+                          "eb": 1e-2}, gaeb),
+        # fc.weight against the reference (fpz), fc.bias (zstd) without one
+        "fpz_reference": ({"plan": {"default": "zstd", "re:weight$": "fpz"}, "eb": 1e-3},
+                          [(update, reference)]),
+    }
+
+
+def encode_stream(stream: Stream) -> list[bytes]:
+    """The frames of one of :func:`stateful_streams`, encoded in order by one encoder."""
+    kwargs, rounds = stream
+    enc = fedpress.UpdateEncoder(**kwargs)
+    return [enc.encode(sd, reference=ref) for sd, ref in rounds]
 
 
 def main() -> None:
@@ -96,6 +149,26 @@ def main() -> None:
                 expected.setdefault(f"{name}/{k}", v)
         else:
             expected.setdefault(name, fedpress.decompress(blob))
+    if "gaeb" in fedpress.list_codecs():
+        STATEFUL.mkdir(exist_ok=True)
+        for stream_name, stream in stateful_streams(inputs).items():
+            dec = fedpress.UpdateDecoder()
+            for t, blob in enumerate(encode_stream(stream)):
+                name = f"{stream_name}_r{t}"
+                ref = stream[1][t][1]
+                out = dec.decode(blob, reference=ref)  # in order: the state advances
+                path = STATEFUL / f"{name}.fpz"
+                if path.exists():
+                    continue
+                path.write_bytes(blob)
+                written += 1
+                # a (re)written frame's arrays replace whatever an older one left
+                for k in [k for k in expected if k.startswith(f"{name}/")]:
+                    del expected[k]
+                for k, v in out.items():
+                    expected[f"{name}/{k}"] = v
+                for k, v in (ref or {}).items():
+                    expected[f"{name}/reference/{k}"] = v
     np.savez_compressed(exp_file, **expected)
     print(f"wrote {written} new golden frames to {DATA}")
 

@@ -110,6 +110,9 @@ def decode_record(codec: Codec, rec: Record, state: TensorState | None = None,
             raise ReferenceMismatchError(
                 f"tensor {rec.name!r}: the reference given ({ref.dtype}{ref.shape}) is not "
                 "the one it was coded against")
+        if ref.shape != rec.spec.shape:  # the digest (which covers the shape) matched
+            raise FormatError(f"tensor {rec.name!r}: the frame declares shape {rec.spec.shape}, "
+                              f"its reference has {ref.shape}")
         kw["reference"] = ref
     try:
         if is_mirrored(codec):

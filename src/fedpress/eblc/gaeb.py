@@ -17,8 +17,8 @@ Predictors (option ``predictor``):
     crossed with the two previous symbols' magnitude (``fpz``'s spatial context).
     The model is chosen per tensor by estimated size among candidates that include
     ignoring the history, in which case the tensor is coded by ``fpz``'s core (also
-    when the estimated saving is under 0.5%); under 3%, tensors of up to 2**20 values
-    are coded both ways and the smaller kept. No side information.
+    when the estimated saving is under 0.5%); under 2%, the tensor is coded both ways
+    and the smaller kept. No side information.
 ``paper``
     The predictor of arXiv 2511.05770 as published (EB-FaLCom), for ablation, with
     its encoder/decoder drift fixed: on 4-D tensors from the second round, kernels
@@ -77,9 +77,9 @@ MAG_EDGES = np.array([0.0, 0.125, 0.25, 0.5, 1.0, 1.5, 2.5, 4.0, 6.5, 10.0, 16.0
 CONSISTENCY = 0.5
 _STD_GUARD = 1e-8
 #: estimated savings of the context model under _MIN_SAVING go to fpz's core; under
-#: _SURE_SAVING, tensors of up to _TRY_BOTH values are coded both ways and the smaller
-#: kept (estimates are a few tenths of a percent off, and fpz has coding tools of its own)
-_MIN_SAVING, _SURE_SAVING, _TRY_BOTH = 0.005, 0.03, 1 << 20
+#: _SURE_SAVING the tensor is coded both ways and the smaller kept (the estimate is
+#: against crans without history, and fpz has coding tools of its own: zero blocks)
+_MIN_SAVING, _SURE_SAVING = 0.005, 0.02
 _ZSTD = ZstdCodec(level=3)
 
 
@@ -183,7 +183,9 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
         for key in list(st):
             del st[key]
         if self.predictor == "paper":
-            d32 = np.nan_to_num(d, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+            f32 = float(np.finfo(np.float32).max)
+            d32 = np.clip(np.nan_to_num(d, nan=0.0, posinf=0.0, neginf=0.0), -f32, f32
+                          ).astype(np.float32)
             st["prev"] = d32
             if "M" in pending:
                 st["M"] = pending["M"]
@@ -214,7 +216,8 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
             return self._paper_encode(x, eb_abs, shape, hist, pending)
         step = 2.0 * eb_abs
         feats = FEATURES[self.features]
-        if not self._promising(x, step, hist, feats):
+        promising, est = self._promising(x, step, hist, feats)
+        if not promising:
             return self._spatial(x, eb_abs, shape)
         values = np.empty_like(x)
         z, counts, _, n_over, ok = kernels().quantize_symbols(
@@ -222,7 +225,7 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
         if not ok:
             return self._spatial(x, eb_abs, shape)
         ext = self._contexts(hist, step, feats)
-        choice = crans.choose(z, counts, ext, _n_ext(feats))
+        choice = crans.choose(z, counts, ext, _n_ext(feats), est=est)
         if not choice.use_ext or choice.saving < _MIN_SAVING:
             return self._spatial(x, eb_abs, shape)  # the history does not help this round
         w = Writer()
@@ -231,7 +234,7 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
         w.u8(feats)
         crans.write(choice, z, ext, w)
         coded = (w.getvalue(), values, (np.zeros(0, np.int64) if n_over == 0 else None))
-        if choice.saving < _SURE_SAVING and x.size <= _TRY_BOTH:
+        if choice.saving < _SURE_SAVING:
             spatial = self._spatial(x, eb_abs, shape)  # close: let the real sizes decide
             if len(spatial[0]) <= len(coded[0]):
                 return spatial
@@ -250,8 +253,8 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
         if hist is None:
             raise FormatError("gaeb payload: predicted from a history this decoder does not "
                               "hold (first round or another tensor)")
-        if pid not in (P_CONTEXT, P_PAPER) or pid != (P_PAPER if self.predictor == "paper"
-                                                       else P_CONTEXT):
+        own = {"paper": P_PAPER, "context": P_CONTEXT}.get(self.predictor)
+        if pid != own:
             raise FormatError(f"gaeb payload: predictor {pid} is not this codec's")
         if not usable_step(2.0 * eb_abs):
             raise FormatError(f"gaeb payload: quantized values with bound {eb_abs}")
@@ -264,29 +267,31 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
         return crans.decode(rd, n, ext, _n_ext(feats), step=2.0 * eb_abs, dtype=dtype)
 
     def _promising(self, x: np.ndarray, step: float, hist: dict[str, np.ndarray],
-                   feats: int) -> bool:
+                   feats: int) -> tuple[bool, dict[tuple[bool, int], float] | None]:
         """On long tensors: whether a sample of chunks says the history saves at least
-        ``_MIN_SAVING`` (if not, the tensor goes to fpz's core without a full pass)."""
+        ``_MIN_SAVING`` (if not, the tensor goes to fpz's core without a full pass),
+        and the sample's estimates (None on short tensors)."""
         chunks, size = crans.SAMPLE_CHUNKS, crans.SAMPLE_CHUNK
         if x.size < 2 * chunks * size:
-            return True
+            return True, None
         xs = spread_chunks(x, chunks, size)
         vs = np.empty_like(xs)
         zs, hs, _, _, ok = kernels().quantize_symbols(xs, step, MAX_CODE, vs, rans.HIST_CAP, 7,
                                                       step / 2.0)
         if not ok:
-            return False
+            return False, None
         part = {k: spread_chunks(v, chunks, size) for k, v in hist.items()}
         es = self._contexts(part, step, feats)
         k = rans._escape_symbol(hs, zs.size)
         est = crans.estimates(zs, es, _n_ext(feats), x.size, k, rans._precision(k),
                               chunk=size)
-        return crans.sample_saving(est) >= _MIN_SAVING
+        return crans.sample_saving(est) >= _MIN_SAVING, est
 
     @staticmethod
     def _contexts(hist: dict[str, np.ndarray], step: float, feats: int) -> np.ndarray:
         """Per value: predicted-magnitude bucket x last sign (as ``feats`` selects)."""
-        thresholds = MAG_EDGES * step if feats & 1 else np.zeros(0)
+        # float32 thresholds: the comparisons with the float32 history vectorise
+        thresholds = (MAG_EDGES * step if feats & 1 else np.zeros(0)).astype(np.float32)
         from ..stages import _ctxkernels
 
         return _ctxkernels.magnitude_sign_contexts(hist["mag"], thresholds, hist["sign"],
@@ -326,7 +331,10 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
         major = np.where(signs, pos, neg) + zero
         predicted = 2.0 * major / kernel - 1.0 >= CONSISTENCY
         mags = np.abs(x.astype(np.float64))
-        mu_t, sigma_t = float(mags.mean()), float(mags.std())
+        with np.errstate(over="ignore", invalid="ignore"):
+            mu_t, sigma_t = float(mags.mean()), float(mags.std())
+        if not (np.isfinite(mu_t) and np.isfinite(sigma_t)):
+            return self._spatial(x, eb_abs, shape)  # statistics out of range: no prediction
         p, m_new = self._paper_prediction(shape, hist, mu_t, sigma_t, predicted,
                                           signs[predicted])
         step = 2.0 * eb_abs

@@ -165,7 +165,7 @@ def magnitude_sign_contexts(mag, thresholds, sign, nsign):  # pragma: no cover -
 @njit(cache=True, nogil=True)
 def advance_magnitudes(d, mag, alpha, has_old, new_mag, new_sign):  # pragma: no cover
     """One round of ``gaeb``'s history from the decoded change ``d`` (float64, NaN/Inf
-    counted as 0): ``new_mag = (1 - alpha) * mag + alpha * |d|`` in float32 (``|d|``
+    counted as 0, magnitudes capped at float32's largest): ``new_mag = (1 - alpha) * mag + alpha * |d|`` in float32 (``|d|``
     alone when ``has_old`` is false) and ``new_sign = sign(d)``."""
     a = np.float32(alpha)
     b = np.float32(1.0) - a
@@ -173,6 +173,6 @@ def advance_magnitudes(d, mag, alpha, has_old, new_mag, new_sign):  # pragma: no
         v = d[i]
         if not np.isfinite(v):
             v = 0.0
-        m = np.float32(abs(v))
+        m = np.float32(min(abs(v), 3.4028234663852886e38))  # stays finite in float32
         new_mag[i] = b * mag[i] + a * m if has_old else m
         new_sign[i] = (v > 0) - (v < 0)

@@ -89,15 +89,17 @@ def sample_saving(est: dict[tuple[bool, int], float]) -> float:
 
 
 def _candidates(z: np.ndarray, k: int, pb: int, ext: np.ndarray, n_ext: int,
-                models: Sequence[tuple[bool, int]]) -> list[tuple[bool, int]]:
-    """``models`` best first by estimated size; on long streams the estimate comes from
-    a sample of contiguous chunks (contexts restart at each chunk)."""
+                models: Sequence[tuple[bool, int]],
+                ) -> tuple[list[tuple[bool, int]], dict[tuple[bool, int], float] | None]:
+    """``models`` best first by estimated size, and the estimates, on long streams
+    (from a sample of contiguous chunks; contexts restart at each chunk); short
+    streams get ``(models, None)``: count them all."""
     if z.size < _SAMPLE_CHUNKS * _SAMPLE_CHUNK * 4:
-        return list(models)
+        return list(models), None
     est = estimates(spread_chunks(z, _SAMPLE_CHUNKS, _SAMPLE_CHUNK),
                     spread_chunks(ext, _SAMPLE_CHUNKS, _SAMPLE_CHUNK), n_ext, z.size, k, pb,
                     models, _SAMPLE_CHUNK)
-    return sorted(models, key=est.__getitem__)
+    return sorted(models, key=est.__getitem__), est
 
 
 def _counts(z: np.ndarray, bounds: np.ndarray, k: int, ext: np.ndarray, n_ext: int,
@@ -122,26 +124,38 @@ class Choice:
 
 
 def choose(z: np.ndarray, hist: np.ndarray, ext: np.ndarray, n_ext: int,
-           models: Sequence[tuple[bool, int]] = ALL_MODELS) -> Choice:
+           models: Sequence[tuple[bool, int]] = ALL_MODELS,
+           est: dict[tuple[bool, int], float] | None = None) -> Choice:
     """The candidate model with the smallest estimated size for zigzag codes ``z``
     (histogram ``hist`` of ``min(z, rans.HIST_CAP)``) with contexts ``ext`` (uint8,
     ``< n_ext``): ideal code length plus table bytes; on long streams the ranking
-    comes from a sample, then the best model with and without ``ext`` are counted
-    exactly."""
+    comes from a sample and only the winner is counted exactly, else the best model
+    with and without ``ext`` are counted exactly). ``est``: estimates the caller already
+    has (from :func:`estimates` on a sample)."""
     k = _rans._escape_symbol(hist, z.size)
     pb = _rans._precision(k)
     bounds = _rans.lane_bounds(z.size)
-    ranked = _candidates(z, k, pb, ext, n_ext, models)
-    finalists = [m for m in (next((m for m in ranked if m[0]), None),
-                             next((m for m in ranked if not m[0]), None)) if m is not None]
+    if est is not None:
+        ranked = sorted((m for m in models if m in est), key=est.__getitem__)
+    else:
+        ranked, est = _candidates(z, k, pb, ext, n_ext, models)
+    if est is not None:  # long stream: the sample ranks, only the winner is counted
+        finalists = ranked[:1]
+    else:
+        finalists = [m for m in (next((m for m in ranked if m[0]), None),
+                                 next((m for m in ranked if not m[0]), None)) if m is not None]
     built = {}
     for m in finalists:
         use_ext, sp = m
         built[m] = _rans._model(_counts(z, bounds, k, ext, n_ext, m), pb,
                                 sp | (USE_EXT if use_ext else 0))
     best_m = min(built, key=lambda m: built[m].est_bytes)
-    plain = [b.est_bytes for m, b in built.items() if not m[0]]
-    saving = 1.0 - built[best_m].est_bytes / plain[0] if plain and best_m[0] else 0.0
+    saving = 0.0
+    if best_m[0] and est is not None:
+        saving = sample_saving(est)
+    elif best_m[0]:
+        plain = [b.est_bytes for m, b in built.items() if not m[0]]
+        saving = 1.0 - built[best_m].est_bytes / plain[0] if plain else 1.0
     return Choice(best_m[0], best_m[1], built[best_m], k, pb, saving)
 
 
