@@ -164,9 +164,10 @@ def magnitude_sign_contexts(mag, thresholds, sign, nsign):  # pragma: no cover -
 
 @njit(cache=True, nogil=True)
 def advance_magnitudes(d, mag, alpha, has_old, new_mag, new_sign):  # pragma: no cover
-    """One round of ``gaeb``'s history from the decoded change ``d`` (float64, NaN/Inf
-    counted as 0, magnitudes capped at float32's largest): ``new_mag = (1 - alpha) * mag + alpha * |d|`` in float32 (``|d|``
-    alone when ``has_old`` is false) and ``new_sign = sign(d)``."""
+    """One round of ``gaeb``'s history from the decoded change ``d`` (float64; NaN/Inf
+    count as 0, magnitudes are capped at float32's largest):
+    ``new_mag = (1 - alpha) * mag + alpha * |d|`` in float32 (``|d|`` alone when
+    ``has_old`` is false) and ``new_sign = sign(d)``."""
     a = np.float32(alpha)
     b = np.float32(1.0) - a
     for i in range(d.size):
