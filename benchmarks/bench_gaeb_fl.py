@@ -13,7 +13,7 @@ columns carry the comparison):
   weights against the model it started from (which the server holds), under the
   bound computed from the weights themselves;
 * ``gaeb``: gaeb on the weights without a reference (its history only);
-* ``gaeb-ref-ef``: ``gaeb-ref`` with error feedback (``error_feedback=true``: what the
+* ``gaeb-ref-ef``: ``gaeb-ref`` with residual feedback (``residual_feedback=true``: what the
   bound dropped from a client's weights is added to its next weights).
 
 Communication time at 10 / 100 / 1000 Mbps is FedSZ's Eq. 1 per client message:
@@ -50,7 +50,7 @@ PLANS: dict[str, str] = {
     "fpz-ref": "fpz(reference=true)",
     "gaeb": "gaeb",
     "gaeb-ref": "gaeb(reference=true)",
-    "gaeb-ref-ef": "gaeb(reference=true, error_feedback=true)",
+    "gaeb-ref-ef": "gaeb(reference=true, residual_feedback=true)",
 }
 BANDWIDTHS = (10.0, 100.0, 1000.0)
 

@@ -106,6 +106,8 @@ def test_network_model() -> None:
     ({"fraction": 0.0}, "fraction"),
     ({"model": "vgg"}, "unknown model"),
     ({"reference": True}, "needs send='weights' and an uplink plan"),
+    ({"downlink_plan": "fpz", "downlink_options": {"residual_feedback": True}},
+     "downlink cannot use it"),
     ({"reference": True, "plan": "fpz", "send": "update"}, "needs send='weights'"),
 ])
 def test_bad_configs_are_config_errors(digits: data.Dataset, kw: dict, match: str) -> None:

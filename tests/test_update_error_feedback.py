@@ -1,4 +1,4 @@
-"""UpdateEncoder(error_feedback=True): what the bound dropped is carried to the next round."""
+"""UpdateEncoder(residual_feedback=True): what the bound dropped is carried to the next round."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fedpress
-from fedpress.update import EF_SUFFIX
+from fedpress.update import RESIDUAL_PEER_SUFFIX
 
 PLAN = {"re:weight": "fpz", "default": "zstd"}
 
@@ -28,7 +28,7 @@ def test_small_changes_are_delayed_not_lost(plan: dict) -> None:
     eb_abs = 1e-2 * float(w.max() - w.min() + 0.3)  # about 0.07: above any round's change
     got = {}
     for ef in (False, True):
-        enc = fedpress.UpdateEncoder(plan, eb=1e-2, error_feedback=ef)
+        enc = fedpress.UpdateEncoder(plan, eb=1e-2, residual_feedback=ef)
         dec = fedpress.UpdateDecoder()
         total = np.zeros((32, 32))
         for u in ups:
@@ -44,7 +44,7 @@ def test_small_changes_are_delayed_not_lost(plan: dict) -> None:
 
 def test_bound_holds_on_what_was_sent_and_residual_is_the_rest() -> None:
     ref, ups = _stream(5, drift=5e-3)
-    enc = fedpress.UpdateEncoder(PLAN, eb=1e-2, error_feedback=True, peer="c")
+    enc = fedpress.UpdateEncoder(PLAN, eb=1e-2, residual_feedback=True, peer="c")
     dec = fedpress.UpdateDecoder()
     carried = np.zeros((32, 32), np.float32)
     for u in ups:
@@ -54,10 +54,10 @@ def test_bound_holds_on_what_was_sent_and_residual_is_the_rest() -> None:
                          reference=ref)["w.weight"]
         eb_abs = 1e-2 * float(sent.max() - sent.min())
         assert np.abs(out.astype(np.float64) - sent).max() <= eb_abs
-        carried = enc.store.get("c", "w.weight" + EF_SUFFIX)["residual"]
+        carried = enc.store.get("c" + RESIDUAL_PEER_SUFFIX, "w.weight")["residual"]
         assert np.array_equal(carried, (sent.astype(np.float64) - out).astype(np.float32))
     # lossless tensors keep no residual
-    assert not enc.store.get("c", "w.bias" + EF_SUFFIX)
+    assert not enc.store.get("c" + RESIDUAL_PEER_SUFFIX, "w.bias")
 
 
 def test_residuals_survive_a_restart(tmp_path) -> None:
@@ -65,11 +65,11 @@ def test_residuals_survive_a_restart(tmp_path) -> None:
     frames = {}
     for restart in (False, True):
         store = fedpress.DirStateStore(tmp_path / str(restart))
-        enc = fedpress.UpdateEncoder(PLAN, eb=1e-2, error_feedback=True, store=store)
+        enc = fedpress.UpdateEncoder(PLAN, eb=1e-2, residual_feedback=True, store=store)
         out = []
         for i, u in enumerate(ups):
             if restart and i == 2:
-                enc = fedpress.UpdateEncoder(PLAN, eb=1e-2, error_feedback=True,
+                enc = fedpress.UpdateEncoder(PLAN, eb=1e-2, residual_feedback=True,
                                              store=fedpress.DirStateStore(tmp_path / "True"))
             out.append(enc.encode({"w.weight": ref["w.weight"] + u, "w.bias": ref["w.bias"]},
                                   reference=ref))
@@ -77,6 +77,20 @@ def test_residuals_survive_a_restart(tmp_path) -> None:
     assert frames[False] == frames[True]
 
 
-def test_bad_error_feedback_option() -> None:
-    with pytest.raises(fedpress.ConfigError, match="error_feedback"):
-        fedpress.UpdateEncoder(PLAN, error_feedback="yes")  # type: ignore[arg-type]
+def test_bad_residual_feedback_option() -> None:
+    with pytest.raises(fedpress.ConfigError, match="residual_feedback"):
+        fedpress.UpdateEncoder(PLAN, residual_feedback="yes")  # type: ignore[arg-type]
+
+
+def test_powersgd_keeps_its_own_error_feedback_option() -> None:
+    """The codec option of the same idea still reaches the codec (no capture)."""
+    enc = fedpress.UpdateEncoder("powersgd", error_feedback=False)
+    assert enc.plan.rules[0].codec.error_feedback is False
+
+
+def test_a_lossy_codec_without_references_refuses_one() -> None:
+    x = {"w.weight": np.ones((40, 40), np.float32)}
+    with pytest.raises(fedpress.ConfigError, match="takes no reference"):
+        fedpress.UpdateEncoder("ef:fpz").encode(x, reference=x)
+    # lossless tensors simply go without
+    fedpress.UpdateEncoder({"default": "zstd"}).encode(x, reference=x)

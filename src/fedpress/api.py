@@ -70,6 +70,8 @@ def decompress(blob: bytes | bytearray | memoryview,
     c = codec_from_config(frame.codecs[rec.codec_index], limits.codecs)
     if isinstance(c, StatefulCodec):
         raise FormatError(f"stateful codec {c.codec_id!r} in a single-tensor frame")
+    if rec.reference is not None:
+        raise FormatError("reference digest in a single-tensor frame")
     return decode_record(c, rec)
 
 

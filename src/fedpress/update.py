@@ -62,15 +62,22 @@ def _encode_one(codec: Codec, x: np.ndarray, state: TensorState | None,
     return bytes(payload), tag, out
 
 
-#: store key suffix of the error-feedback residuals (see ``UpdateEncoder``)
-EF_SUFFIX = "#ef"
+#: suffix of the peer name under which residual feedback keeps its residuals (a
+#: namespace of its own: no tensor name can clash with it)
+RESIDUAL_PEER_SUFFIX = "\x00residual"
 
 
 def _usable_reference(codec: Codec, name: str, x: np.ndarray,
                       reference: Mapping[str, np.ndarray] | None) -> np.ndarray | None:
     """The reference tensor ``x`` is coded against, or None (no reference for this
     name, or a codec that takes none). A reference of another shape is a ConfigError."""
-    if reference is None or name not in reference or not codec.takes_reference:
+    if reference is None or name not in reference:
+        return None
+    if not codec.takes_reference:
+        if codec.lossy:
+            raise ConfigError(f"tensor {name!r}: codec {codec.codec_id!r} takes no reference; "
+                              "references work with the error-bounded codecs (fpz, sz3, "
+                              "sz2, zfp, szx, gaeb)")
         return None
     ref = np.asarray(reference[name])
     if ref.shape != x.shape:
@@ -158,12 +165,14 @@ class UpdateEncoder:
         Where stateful codecs keep their state (default: in memory).
     peer : str
         Name under which this encoder's states are kept (its own identity).
-    error_feedback : bool
+    residual_feedback : bool
         Error feedback for the error-bounded tensors: what the bound dropped from a
         tensor (``sent - decoded``) is added to the next tensor of that name before it
         is coded, so small changes coded against a reference are delayed, not lost.
         The bound then holds on the tensor sent (input plus carried residual). The
-        residual is sender state, kept in ``store`` under ``name + "#ef"``.
+        residuals are sender state, kept in ``store`` under the peer name
+        ``peer + "\x00residual"``. (Codecs with error feedback of their own, such as
+        ``ef:...``, ``powersgd``'s ``error_feedback`` option, are separate.)
     **options
         ``threshold``, ``lossy``, ``lossless`` and codec options, passed to
         :meth:`Plan.build`.
@@ -171,13 +180,14 @@ class UpdateEncoder:
 
     def __init__(self, plan: str | Mapping[str, CodecSpec] | Plan = "fedsz", mode: str = "rel",
                  eb: float = 1e-2, *, store: StateStore | None = None, peer: str = "default",
-                 error_feedback: bool = False, **options: Any) -> None:
+                 residual_feedback: bool = False, **options: Any) -> None:
         self.plan = Plan.build(plan, mode, eb, **options)
         self.store = store if store is not None else MemoryStateStore()
         self.peer = peer
-        if not isinstance(error_feedback, bool):
-            raise ConfigError(f"error_feedback must be true or false, got {error_feedback!r}")
-        self.error_feedback = error_feedback
+        if not isinstance(residual_feedback, bool):
+            raise ConfigError("residual_feedback must be true or false, got "
+                              f"{residual_feedback!r}")
+        self.residual_feedback = residual_feedback
 
     def encode(self, state_dict: Any, meta: Mapping[str, Any] | None = None, *,
                reference: Any = None) -> bytes:
@@ -195,13 +205,14 @@ class UpdateEncoder:
         index: dict[Codec, int] = {}  # codecs compare and hash by their config
         records: list[Record] = []
         new_states: dict[str, TensorState] = {}
+        residuals: dict[str, TensorState] = {}
         for name, x in tensors.items():
             codec = self.plan.codec_for(name, x)
             state = None
             if isinstance(codec, StatefulCodec):
                 state = self.store.get(self.peer, name)
             ref = _usable_reference(codec, name, x, refs)
-            ef = self.error_feedback and codec.error_bounded
+            ef = self.residual_feedback and hasattr(codec, "encode_with_output")
             if ef:
                 x = self._with_residual(name, x)
             payload, tag, out = _encode_one(codec, x, state, ref, want_output=ef)
@@ -210,7 +221,7 @@ class UpdateEncoder:
             if out is not None:
                 residual = np.nan_to_num(x.astype(np.float64) - out, nan=0.0, posinf=0.0,
                                          neginf=0.0).astype(x.dtype)
-                new_states[name + EF_SUFFIX] = TensorState({"residual": residual})
+                residuals[name] = TensorState({"residual": residual})
             if codec not in index:
                 index[codec] = len(codecs)
                 codecs.append(codec.get_config())
@@ -219,11 +230,13 @@ class UpdateEncoder:
         blob = pack_frame(Frame(KIND_UPDATE, codecs, records, dict(meta or {})))
         for name, state in new_states.items():
             self.store.put(self.peer, name, state)
+        for name, state in residuals.items():
+            self.store.put(self.peer + RESIDUAL_PEER_SUFFIX, name, state)
         return blob
 
     def _with_residual(self, name: str, x: np.ndarray) -> np.ndarray:
         """``x`` plus the residual error feedback carries for ``name`` (if it fits)."""
-        st = self.store.get(self.peer, name + EF_SUFFIX)
+        st = self.store.get(self.peer + RESIDUAL_PEER_SUFFIX, name)
         r = st.get("residual")
         if r is None or r.shape != x.shape or r.dtype != x.dtype:
             return x

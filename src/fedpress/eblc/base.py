@@ -211,7 +211,10 @@ class ErrorBoundedCodec(Codec):
             out = flat.copy()
         else:
             assert y is not None
-            out = y.copy() if y is recon or not y.flags.writeable else y
+            if np.shares_memory(y, flat) or (recon is not None and np.shares_memory(y, recon)) \
+                    or not y.flags.writeable:
+                y = y.copy()  # never hand out (or patch) the caller's or the core's array
+            out = y
         if bad_idx.size:
             out[bad_idx] = flat[bad_idx]
         return w.getvalue(), out

@@ -17,8 +17,8 @@ Predictors (option ``predictor``):
     crossed with the two previous symbols' magnitude (``fpz``'s spatial context).
     The model is chosen per tensor by estimated size among candidates that include
     ignoring the history, in which case the tensor is coded by ``fpz``'s core (also
-    when the estimated saving is under 0.5%); under 2%, the tensor is coded both ways
-    and the smaller kept. No side information.
+    when the estimated saving is under 0.5%); under 2%, or on tensors of up to 2**19
+    values, the tensor is coded both ways and the smaller kept. No side information.
 ``paper``
     The predictor of arXiv 2511.05770 as published (EB-FaLCom), for ablation, with
     its encoder/decoder drift fixed: on 4-D tensors from the second round, kernels
@@ -77,9 +77,10 @@ MAG_EDGES = np.array([0.0, 0.125, 0.25, 0.5, 1.0, 1.5, 2.5, 4.0, 6.5, 10.0, 16.0
 CONSISTENCY = 0.5
 _STD_GUARD = 1e-8
 #: estimated savings of the context model under _MIN_SAVING go to fpz's core; under
-#: _SURE_SAVING the tensor is coded both ways and the smaller kept (the estimate is
-#: against crans without history, and fpz has coding tools of its own: zero blocks)
-_MIN_SAVING, _SURE_SAVING = 0.005, 0.02
+#: _SURE_SAVING, or on tensors of up to _ALWAYS_BOTH values, the tensor is coded both
+#: ways and the smaller kept (the estimate is against crans without history, and fpz
+#: has coding tools of its own: zero blocks, Lorenzo, Huffman)
+_MIN_SAVING, _SURE_SAVING, _ALWAYS_BOTH = 0.005, 0.02, 1 << 19
 _ZSTD = ZstdCodec(level=3)
 
 
@@ -234,7 +235,7 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
         w.u8(feats)
         crans.write(choice, z, ext, w)
         coded = (w.getvalue(), values, (np.zeros(0, np.int64) if n_over == 0 else None))
-        if choice.saving < _SURE_SAVING:
+        if choice.saving < _SURE_SAVING or x.size <= _ALWAYS_BOTH:
             spatial = self._spatial(x, eb_abs, shape)  # close: let the real sizes decide
             if len(spatial[0]) <= len(coded[0]):
                 return spatial

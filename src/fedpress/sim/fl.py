@@ -323,6 +323,10 @@ class Downlink:
         self.plan, self.send_mode = plan, send
         self.encoders = [make_encoder(plan, options, peer="server")
                          for _ in range(clients if plan is not None else 0)]
+        if self.encoders and self.encoders[0].residual_feedback:
+            raise ConfigError("residual_feedback is for a sender's stream of its own tensors; "
+                              "the downlink cannot use it (update mode already re-sends what "
+                              "was dropped)")
         self.broadcast = not self.encoders or not self.encoders[0].plan.stateful
         if send == "update" and self.encoders and _keeps_sender_state(self.encoders[0].plan):
             raise ConfigError(f"downlink plan {plan!r} keeps state (error feedback or a "

@@ -129,8 +129,8 @@ def choose(z: np.ndarray, hist: np.ndarray, ext: np.ndarray, n_ext: int,
     """The candidate model with the smallest estimated size for zigzag codes ``z``
     (histogram ``hist`` of ``min(z, rans.HIST_CAP)``) with contexts ``ext`` (uint8,
     ``< n_ext``): ideal code length plus table bytes; on long streams the ranking
-    comes from a sample and only the winner is counted exactly, else the best model
-    with and without ``ext`` are counted exactly). ``est``: estimates the caller already
+    comes from a sample), then the best model with and without ``ext`` are counted
+    exactly. ``est``: estimates the caller already
     has (from :func:`estimates` on a sample)."""
     k = _rans._escape_symbol(hist, z.size)
     pb = _rans._precision(k)
@@ -139,21 +139,16 @@ def choose(z: np.ndarray, hist: np.ndarray, ext: np.ndarray, n_ext: int,
         ranked = sorted((m for m in models if m in est), key=est.__getitem__)
     else:
         ranked, est = _candidates(z, k, pb, ext, n_ext, models)
-    if est is not None:  # long stream: the sample ranks, only the winner is counted
-        finalists = ranked[:1]
-    else:
-        finalists = [m for m in (next((m for m in ranked if m[0]), None),
-                                 next((m for m in ranked if not m[0]), None)) if m is not None]
+    finalists = [m for m in (next((m for m in ranked if m[0]), None),
+                             next((m for m in ranked if not m[0]), None)) if m is not None]
     built = {}
-    for m in finalists:
+    for m in finalists:  # exact counts: a sample underestimates the tables' bytes
         use_ext, sp = m
         built[m] = _rans._model(_counts(z, bounds, k, ext, n_ext, m), pb,
                                 sp | (USE_EXT if use_ext else 0))
     best_m = min(built, key=lambda m: built[m].est_bytes)
     saving = 0.0
-    if best_m[0] and est is not None:
-        saving = sample_saving(est)
-    elif best_m[0]:
+    if best_m[0]:
         plain = [b.est_bytes for m, b in built.items() if not m[0]]
         saving = 1.0 - built[best_m].est_bytes / plain[0] if plain else 1.0
     return Choice(best_m[0], best_m[1], built[best_m], k, pb, saving)
