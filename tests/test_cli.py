@@ -360,3 +360,29 @@ def test_bench_with_nothing_measurable_fails(tmp_path: Path,
     assert "no codec could be measured" in res.output
     res = run("bench", str(src), "--codecs", "zstd", "--json", str(tmp_path / "nodir" / "r.json"))
     _assert_clean_error(res)
+
+
+def test_compress_against_a_reference(tmp_path: Path, state_dict: dict[str, np.ndarray]) -> None:
+    """--reference: weights coded as their change from a model the receiver holds."""
+    ref_path, new_path = tmp_path / "global.npz", tmp_path / "local.npz"
+    np.savez(ref_path, **state_dict)
+    rng = np.random.default_rng(0)
+    local = {k: (v + rng.normal(scale=1e-3, size=v.shape).astype(v.dtype)
+                 if v.dtype.kind == "f" else v) for k, v in state_dict.items()}
+    np.savez(new_path, **local)
+    plain, with_ref = tmp_path / "plain.fpz", tmp_path / "ref.fpz"
+    ok("compress", new_path, "-o", plain, "--codec", "fpz", "--eb", "1e-3")
+    ok("compress", new_path, "-o", with_ref, "--codec", "fpz", "--eb", "1e-3",
+       "--reference", ref_path)
+    assert with_ref.stat().st_size < plain.stat().st_size
+    out = tmp_path / "out.npz"
+    bad = run("decompress", with_ref, "-o", out)  # without the reference: a clear error
+    assert bad.exit_code == 2 and "reference" in bad.output
+    ok("decompress", with_ref, "-o", out, "--reference", ref_path)
+    with np.load(out) as z:
+        for k, v in local.items():
+            if v.dtype.kind == "f" and v.size >= 1000:
+                eb_abs = 1e-3 * float(v.max() - v.min())
+                assert np.abs(z[k].astype(np.float64) - v).max() <= eb_abs
+            else:
+                assert np.array_equal(z[k], v)

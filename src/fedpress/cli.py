@@ -256,6 +256,10 @@ def compress(
     option: Annotated[list[str] | None, typer.Option(
         "--option", "-O", help="Codec option key=value for the lossy / named codec "
                                "(repeatable), e.g. -O algorithm=interp.")] = None,
+    reference: Annotated[Path | None, typer.Option(
+        help="Tensor file the receiver also holds (e.g. the global model this one was "
+             "trained from): error-bounded tensors are coded as their difference from it; "
+             "decompress with the same --reference.")] = None,
 ) -> None:
     """Compress a tensor file into one fedpress update frame."""
     if codec is not None and plan is not None:
@@ -267,8 +271,9 @@ def compress(
         raise ConfigError(f"output {str(out)!r} would overwrite the input")
     opts = _parse_options(option)
     t0 = time.perf_counter()
+    ref = fio.load_tensors(reference) if reference is not None else None
     blob = encode_update(tensors, spec, mode.value, eb, threshold=threshold, lossy=lossy,
-                         lossless=lossless, **opts)
+                         lossless=lossless, reference=ref, **opts)
     elapsed = time.perf_counter() - t0
     out.write_bytes(blob)
 
@@ -301,6 +306,9 @@ def decompress(
                                                "or fedpress.compress().")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Tensor file to write: .npz, "
                                                                ".safetensors, .pt/.pth or .npy.")],
+    reference: Annotated[Path | None, typer.Option(
+        help="The tensor file the frame was compressed against (compress --reference).")]
+    = None,
 ) -> None:
     """Decode a frame and save its tensors (a single-tensor frame under the key 'tensor')."""
     fio.format_of(output)  # fail on a bad extension before decoding
@@ -311,7 +319,8 @@ def decompress(
     if peek_kind(blob) == KIND_TENSOR:
         tensors = {"tensor": fp_decompress(blob)}
     else:
-        tensors = decode_update(blob)
+        tensors = decode_update(
+            blob, reference=fio.load_tensors(reference) if reference is not None else None)
     elapsed = time.perf_counter() - t0
     fio.save_tensors(tensors, output)
     console.print(f"[bold]{escape(str(input))}[/] -> [bold]{escape(str(output))}[/]: "

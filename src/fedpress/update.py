@@ -290,12 +290,14 @@ class UpdateDecoder:
 
 
 def encode_update(state_dict: Any, plan: str | Mapping[str, CodecSpec] | Plan = "fedsz",
-                  mode: str = "rel", eb: float = 1e-2, **options: Any) -> bytes:
-    """Encode a state dict into one frame (see :class:`UpdateEncoder`)."""
-    return UpdateEncoder(plan, mode, eb, **options).encode(state_dict)
+                  mode: str = "rel", eb: float = 1e-2, *, reference: Any = None,
+                  **options: Any) -> bytes:
+    """Encode a state dict into one frame (see :class:`UpdateEncoder`; ``reference``:
+    a state dict the decoder also holds, see :meth:`UpdateEncoder.encode`)."""
+    return UpdateEncoder(plan, mode, eb, **options).encode(state_dict, reference=reference)
 
 
-def decode_update(blob: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS,
-                  ) -> dict[str, np.ndarray]:
+def decode_update(blob: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS, *,
+                  reference: Any = None) -> dict[str, np.ndarray]:
     """Decode one update frame into ``{name: numpy array}`` (see :class:`UpdateDecoder`)."""
-    return UpdateDecoder(limits=limits).decode(blob)
+    return UpdateDecoder(limits=limits).decode(blob, reference=reference)
