@@ -71,8 +71,12 @@ P_SPATIAL, P_CONTEXT, P_PAPER = 0, 1, 2
 _PREDICTORS = ("context", "paper", "none")
 FEATURES = {"magnitude+sign": 3, "magnitude": 1, "sign": 2}
 _DEFAULT_ALPHA = {"context": 0.3, "paper": 0.07, "none": 0.3}
-#: predicted-magnitude bucket edges, in units of the step 2eb
-MAG_EDGES = np.array([0.0, 0.125, 0.25, 0.5, 1.0, 1.5, 2.5, 4.0, 6.5, 10.0, 16.0, 26.0, 42.0])
+#: predicted-magnitude bucket edges, in units of the step 2eb (bucket 0: exactly zero)
+MAG_EDGES = np.array([0.125, 0.25, 0.5, 1.0, 1.5, 2.5, 4.0, 6.5, 10.0, 16.0, 26.0, 42.0])
+#: the magnitude is scaled to eighths of a step and bucketed through this table
+_SUBSTEPS = 8
+_MAG_LUT = np.searchsorted(MAG_EDGES * _SUBSTEPS, np.arange(int(MAG_EDGES[-1]) * _SUBSTEPS + 1),
+                           side="right").astype(np.uint8)
 #: paper mode: least kernel sign consistency ``2 * majority / size - 1`` to predict
 CONSISTENCY = 0.5
 _STD_GUARD = 1e-8
@@ -85,7 +89,7 @@ _ZSTD = ZstdCodec(level=3)
 
 
 def _n_ext(features: int) -> int:
-    return (MAG_EDGES.size + 1 if features & 1 else 1) * (3 if features & 2 else 1)
+    return (MAG_EDGES.size + 2 if features & 1 else 1) * (3 if features & 2 else 1)
 
 
 @register_codec
@@ -291,12 +295,11 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
     @staticmethod
     def _contexts(hist: dict[str, np.ndarray], step: float, feats: int) -> np.ndarray:
         """Per value: predicted-magnitude bucket x last sign (as ``feats`` selects)."""
-        # float32 thresholds: the comparisons with the float32 history vectorise
-        thresholds = (MAG_EDGES * step if feats & 1 else np.zeros(0)).astype(np.float32)
         from ..stages import _ctxkernels
 
-        return _ctxkernels.magnitude_sign_contexts(hist["mag"], thresholds, hist["sign"],
-                                                   3 if feats & 2 else 1)
+        lut = _MAG_LUT if feats & 1 else _MAG_LUT[:0]
+        return _ctxkernels.magnitude_sign_contexts(hist["mag"], _SUBSTEPS / step, lut,
+                                                   hist["sign"], 3 if feats & 2 else 1)
 
     # -- paper mode ------------------------------------------------------------
     def _paper_prediction(self, shape: tuple[int, ...], hist: dict[str, np.ndarray],

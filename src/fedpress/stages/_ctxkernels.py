@@ -139,21 +139,25 @@ def decode(words, wbounds, bounds, ebounds, k, table, pb, ext, lut, nsp, escapes
 
 
 @njit(cache=True, nogil=True)
-def magnitude_sign_contexts(mag, thresholds, sign, nsign):  # pragma: no cover - compiled
+def magnitude_sign_contexts(mag, scale, lut, sign, nsign):  # pragma: no cover - compiled
     """``bucket(mag[i]) * nsign + sign_ctx(sign[i])`` as uint8.
 
-    ``bucket`` counts the ``thresholds`` (increasing) that ``mag[i]`` exceeds;
+    ``bucket`` is 0 for a zero magnitude, else ``1 + lut[min(int(mag * scale),
+    len(lut) - 1)]`` (float32 arithmetic; an empty ``lut`` leaves the magnitude out);
     with ``nsign == 3`` the sign context is 0 for a zero, 1 for +, 2 for -, with
-    ``nsign == 1`` it is left out. Comparisons only, so both ends agree bit for bit.
+    ``nsign == 1`` it is left out. The same operations on both ends, bit for bit.
     """
     n = mag.size
     out = np.empty(n, np.uint8)
-    nt = thresholds.size
+    top = lut.size - 1
+    s32 = np.float32(scale)
     for i in range(n):
-        m = mag[i]
         b = 0
-        for j in range(nt):  # branch-free: every threshold is compared
-            b += m > thresholds[j]
+        m = mag[i]
+        if top >= 0 and m > 0:
+            q = m * s32
+            j = int(q) if q < top else top  # NaN and inf go to the top
+            b = 1 + lut[j]
         s = 0
         if nsign == 3:
             v = sign[i]

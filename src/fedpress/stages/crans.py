@@ -128,30 +128,42 @@ def choose(z: np.ndarray, hist: np.ndarray, ext: np.ndarray, n_ext: int,
            est: dict[tuple[bool, int], float] | None = None) -> Choice:
     """The candidate model with the smallest estimated size for zigzag codes ``z``
     (histogram ``hist`` of ``min(z, rans.HIST_CAP)``) with contexts ``ext`` (uint8,
-    ``< n_ext``): ideal code length plus table bytes; on long streams the ranking
-    comes from a sample), then the best model with and without ``ext`` are counted
-    exactly. ``est``: estimates the caller already
-    has (from :func:`estimates` on a sample)."""
+    ``< n_ext``): ideal code length plus table bytes.
+
+    Short streams count every model exactly. Long ones rank the models on a sample
+    (``est``, if the caller has it), count the best model with ``ext`` exactly (a
+    sample underestimates the tables' bytes, which grow with the contexts) and
+    compare it with the sample's estimate for the best one without (an underestimate
+    too: the saving comes out low, never high); the model without ``ext`` is counted
+    only if it wins.
+    """
     k = _rans._escape_symbol(hist, z.size)
     pb = _rans._precision(k)
     bounds = _rans.lane_bounds(z.size)
-    if est is not None:
-        ranked = sorted((m for m in models if m in est), key=est.__getitem__)
-    else:
+    if est is None:
         ranked, est = _candidates(z, k, pb, ext, n_ext, models)
-    finalists = [m for m in (next((m for m in ranked if m[0]), None),
-                             next((m for m in ranked if not m[0]), None)) if m is not None]
-    built = {}
-    for m in finalists:  # exact counts: a sample underestimates the tables' bytes
-        use_ext, sp = m
-        built[m] = _rans._model(_counts(z, bounds, k, ext, n_ext, m), pb,
-                                sp | (USE_EXT if use_ext else 0))
-    best_m = min(built, key=lambda m: built[m].est_bytes)
-    saving = 0.0
-    if best_m[0]:
-        plain = [b.est_bytes for m, b in built.items() if not m[0]]
-        saving = 1.0 - built[best_m].est_bytes / plain[0] if plain else 1.0
-    return Choice(best_m[0], best_m[1], built[best_m], k, pb, saving)
+    else:
+        ranked = sorted((m for m in models if m in est), key=est.__getitem__)
+    best_ext = next((m for m in ranked if m[0]), None)
+    best_plain = next((m for m in ranked if not m[0]), None)
+
+    def build(m: tuple[bool, int]) -> Any:
+        return _rans._model(_counts(z, bounds, k, ext, n_ext, m), pb,
+                            m[1] | (USE_EXT if m[0] else 0))
+
+    built = {m: build(m) for m in (best_ext,) if m is not None}
+    if best_plain is not None:
+        if est is None or best_ext is None:
+            built[best_plain] = build(best_plain)
+        plain_bytes = built[best_plain].est_bytes if best_plain in built else est[best_plain]
+        if best_ext is None or built[best_ext].est_bytes >= plain_bytes:
+            model = built.get(best_plain) or build(best_plain)
+            return Choice(False, best_plain[1], model, k, pb, 0.0)
+        saving = 1.0 - built[best_ext].est_bytes / plain_bytes
+    else:
+        saving = 1.0
+    assert best_ext is not None
+    return Choice(True, best_ext[1], built[best_ext], k, pb, saving)
 
 
 def write(choice: Choice, z: np.ndarray, ext: np.ndarray, w: Writer) -> None:
