@@ -61,6 +61,9 @@ import numpy as np  # noqa: E402
 import fedpress  # noqa: E402
 from fedpress.verify import compare  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _env import machine  # noqa: E402
+
 DEFAULT_DATA = ".bench/data"
 DEFAULT_OUT = ".bench/fedpress_codecs.csv"
 DEFAULT_REF = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir,
@@ -265,25 +268,6 @@ def versions() -> dict[str, str]:
     except Exception:
         pass
     return v
-
-
-def machine() -> str:
-    info: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if ":" in line:
-                    k, val = (t.strip() for t in line.split(":", 1))
-                    info.setdefault(k, val)
-    except OSError:
-        pass
-    flags = set(info.get("flags", "").split())
-    simd = "/".join(fl for fl in ("avx2", "avx512f") if fl in flags) or "no avx2"
-    cpu = (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} "
-           f"model {info.get('model', '?')}, {simd})")
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{platform.machine()} {cpu}, {os.cpu_count()} cpus, {mem:.0f} GiB, "
-            f"{platform.platform()}")
 
 
 def fmt(v: Any, digits: int = 4) -> Any:

@@ -75,6 +75,7 @@ import numpy as np  # noqa: E402
 import fedpress  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _env import machine  # noqa: E402
 from _table import markdown_table  # noqa: E402
 
 DEFAULT_DATA = ".bench/data"
@@ -407,23 +408,6 @@ def git_commit() -> str:
         return commit + (" (src/ modified)" if dirty else "")
     except Exception:
         return "unknown"
-
-
-def machine() -> str:
-    info: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if ":" in line:
-                    k, val = (t.strip() for t in line.split(":", 1))
-                    info.setdefault(k, val)
-    except OSError:
-        pass
-    flags = set(info.get("flags", "").split())
-    simd = "/".join(fl for fl in ("avx2", "avx512f") if fl in flags) or "no avx2"
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{platform.machine()} {info.get('model name', '?')} ({simd}), {os.cpu_count()} "
-            f"cpus, {mem:.0f} GiB, {platform.platform()}")
 
 
 # ------------------------------------------------------------------- output

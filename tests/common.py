@@ -55,6 +55,17 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.tobytes() == b.tobytes()
 
 
+def assert_within_bound(x: np.ndarray, y: np.ndarray, mode: str, eb: float) -> None:
+    """``y`` has ``x``'s shape and dtype, NaN/Inf exactly, and ``max|x - y| <= eb_abs``
+    with eb_abs computed from ``x`` (not from ``x - reference``)."""
+    assert y.shape == x.shape and y.dtype == x.dtype
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    fin = np.isfinite(x64)
+    assert same_bits(x[~fin], y[~fin]), "NaN/Inf must come back exactly"
+    if fin.any():
+        assert np.abs(x64[fin] - y64[fin]).max() <= abs_bound(x, mode, eb)
+
+
 def check_error_bounded(x: np.ndarray, codec: str, mode: str = "rel", eb: float = 1e-2,
                         **config: object) -> tuple[np.ndarray, bytes]:
     """Round trip ``x`` through ``codec`` and assert every promise of an EB codec.

@@ -23,7 +23,7 @@ from fedpress.eblc.base import KIND_CORE
 from fedpress.eblc.gaeb import FEATURES, P_CONTEXT, P_PAPER, P_SPATIAL, GaebCodec
 from fedpress.frame import KIND_UPDATE, Frame, Record, StateTag, pack, unpack
 
-from .common import abs_bound, check_edited_update_frame, same_bits
+from .common import assert_within_bound, check_edited_update_frame, same_bits
 from .make_golden import STATEFUL, encode_stream, golden_inputs, stateful_streams
 
 DATA = Path(__file__).parent / "data"
@@ -93,15 +93,6 @@ def _assert_same_states(enc: fedpress.UpdateEncoder, dec: fedpress.UpdateDecoder
         assert a.digest() == b.digest(), name
 
 
-def _assert_within_bound(x: np.ndarray, y: np.ndarray, mode: str, eb: float) -> None:
-    assert y.shape == x.shape and y.dtype == x.dtype
-    x64, y64 = x.astype(np.float64), y.astype(np.float64)
-    fin = np.isfinite(x64)
-    assert same_bits(x[~fin], y[~fin]), "NaN/Inf must come back exactly"
-    if fin.any():
-        assert np.abs(x64[fin] - y64[fin]).max() <= abs_bound(x, mode, eb)
-
-
 def _decoder_with(enc_or_dec: Any, names: list[str]) -> fedpress.UpdateDecoder:
     """A new decoder holding copies of the given encoder's / decoder's states."""
     dec = fedpress.UpdateDecoder()
@@ -131,7 +122,7 @@ def test_round_trip_within_bound_every_round(predictor: str, features: str, mode
         codecs = {t["name"]: t["codec"] for t in fedpress.inspect(blob)["tensors"]}
         for name in lossy:
             assert codecs[name] == "gaeb"
-            _assert_within_bound(sd[name], out[name], mode, eb)
+            assert_within_bound(sd[name], out[name], mode, eb)
         for name in ("conv.bias", "bn.num_batches_tracked"):
             assert codecs[name] == "zstd" and same_bits(sd[name], out[name])
         _assert_same_states(enc, dec, lossy)
@@ -171,7 +162,7 @@ def test_encoder_and_decoder_states_stay_equal(predictor: str, features: str,
             x.flat[0] = min(float(np.finfo(dtype).max), float(np.finfo(np.float32).max)) / 4
         blob = enc.encode({"w.weight": x})
         y = dec.decode(blob)["w.weight"]
-        _assert_within_bound(x, y, mode, eb)
+        assert_within_bound(x, y, mode, eb)
         _assert_same_states(enc, dec, ["w.weight"])
         st_ = dec.store.get(PEER, "w.weight")
         assert st_.round == t + 1
@@ -201,7 +192,7 @@ def test_context_path_keeps_states_equal(shape: tuple[int, ...], features: str,
         if t == 2:
             x.flat[[3, 77, 1000]] = [np.nan, np.inf, -np.inf]
         blob = enc.encode({"w.weight": x})
-        _assert_within_bound(x, dec.decode(blob)["w.weight"], "rel", 1e-2)
+        assert_within_bound(x, dec.decode(blob)["w.weight"], "rel", 1e-2)
         _assert_same_states(enc, dec, ["w.weight"])
         rec = _record(blob, "w.weight")
         pids.append(_pid(rec))
@@ -238,7 +229,7 @@ def test_context_history_makes_frames_smaller(shape: tuple[int, ...]) -> None:
         for x in xs:
             blob = enc.encode({"w.weight": x})
             y = dec.decode(blob)["w.weight"]
-            _assert_within_bound(x, y, "rel", 1e-2)
+            assert_within_bound(x, y, "rel", 1e-2)
             rec = _record(blob, "w.weight")
             sizes[pred].append(len(rec.payload))
             pids[pred].append(_pid(rec))
@@ -262,7 +253,7 @@ def test_paper_predicts_4d_kernels_and_falls_back_on_2d() -> None:
         blob = enc.encode(sd)
         out = dec.decode(blob)
         for name in sd:
-            _assert_within_bound(sd[name], out[name], "rel", 1e-2)
+            assert_within_bound(sd[name], out[name], "rel", 1e-2)
         assert _pid(_record(blob, "conv.weight")) == (P_SPATIAL if t == 0 else P_PAPER)
         assert _pid(_record(blob, "fc.weight")) == P_SPATIAL
         _assert_same_states(enc, dec, list(sd))
@@ -378,8 +369,8 @@ def test_failed_decode_leaves_the_state_unchanged() -> None:
     unchanged()
     for t in (1, 2):  # then the right frames still decode, within the bound
         out = dec.decode(frames[t], reference=refs[t])
-        _assert_within_bound(a[t], out["a.weight"], "rel", 1e-2)
-        _assert_within_bound(b[t], out["b.weight"], "rel", 1e-2)
+        assert_within_bound(a[t], out["a.weight"], "rel", 1e-2)
+        assert_within_bound(b[t], out["b.weight"], "rel", 1e-2)
     _assert_same_states(enc, dec, names)
 
 
@@ -713,7 +704,7 @@ def test_golden_stateful_frames_are_reproduced(stream: str) -> None:
             eb = spec[0]["eb"]
             for k, x in sd.items():
                 if k.endswith("weight"):
-                    _assert_within_bound(x, out[k], "rel", eb)
+                    assert_within_bound(x, out[k], "rel", eb)
                 else:
                     assert same_bits(x, out[k])
 
@@ -729,7 +720,7 @@ def test_paper_statistics_overflow_falls_back_to_spatial() -> None:
     x2 = x.copy()
     x2.flat[0] = -1e200  # the magnitudes' std overflows to inf
     out = dec.decode(enc.encode({"w.weight": x2}))["w.weight"]
-    _assert_within_bound(x2, out, "rel", 1e-2)
+    assert_within_bound(x2, out, "rel", 1e-2)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

@@ -13,7 +13,7 @@ import pytest
 import fedpress
 from fedpress.frame import KIND_UPDATE, Frame, Record, pack, reference_digest, unpack
 
-from .common import EB_CODECS, abs_bound, available, same_bits
+from .common import EB_CODECS, abs_bound, assert_within_bound, available, same_bits
 
 REF_CODECS = available(("fpz", "sz3", "gaeb"))
 ALL_EB = available((*EB_CODECS, "gaeb"))
@@ -37,16 +37,6 @@ def _updated(ref: dict[str, np.ndarray], scale: float = 1e-3,
             for k, v in ref.items()}
 
 
-def _check_bound(x: np.ndarray, y: np.ndarray, mode: str, eb: float) -> None:
-    """``max|x - y| <= eb_abs`` with eb_abs computed from x (not from x - reference)."""
-    assert y.shape == x.shape and y.dtype == x.dtype
-    x64, y64 = x.astype(np.float64), y.astype(np.float64)
-    fin = np.isfinite(x64)
-    assert same_bits(x[~fin], y[~fin]), "NaN/Inf must come back exactly"
-    if fin.any():
-        assert np.abs(x64[fin] - y64[fin]).max() <= abs_bound(x, mode, eb)
-
-
 # -- the bound and the digest ---------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize(("mode", "eb"), [("rel", 1e-3), ("abs", 1e-4)])
@@ -62,7 +52,7 @@ def test_bound_holds_on_x_itself(codec: str, mode: str, eb: float, dtype: Any) -
     info = {t["name"]: t for t in fedpress.inspect(blob)["tensors"]}
     out = fedpress.UpdateDecoder().decode(blob, reference=ref)
     for name in x:
-        _check_bound(x[name], out[name], mode, eb)
+        assert_within_bound(x[name], out[name], mode, eb)
         # the bound is the one of x, not of the (much smaller) difference
         assert info[name]["eb_abs"] == pytest.approx(abs_bound(x[name], mode, eb), rel=1e-12)
 
@@ -76,13 +66,13 @@ def test_small_updates_code_smaller_against_their_reference(codec: str) -> None:
     assert len(coded) < 0.5 * len(plain), (len(coded), len(plain))
     out = fedpress.UpdateDecoder().decode(coded, reference=ref)
     for name in x:
-        _check_bound(x[name], out[name], "rel", 1e-3)
+        assert_within_bound(x[name], out[name], "rel", 1e-3)
     # x equal to its reference: next to nothing to send, still within the bound
     same = fedpress.UpdateEncoder(_plan(codec), "rel", 1e-3).encode(ref, reference=ref)
     assert len(same) < len(coded)
     out = fedpress.UpdateDecoder().decode(same, reference=ref)
     for name in ref:
-        _check_bound(ref[name], out[name], "rel", 1e-3)
+        assert_within_bound(ref[name], out[name], "rel", 1e-3)
 
 
 # -- the decoder needs the same reference ----------------------------------------------
@@ -110,7 +100,7 @@ def test_decoding_needs_the_same_reference(codec: str) -> None:
         assert dec.store.get("default", "fc.weight").round == 0
     out = dec.decode(blob, reference=ref)
     for name in x:
-        _check_bound(x[name], out[name], "rel", 1e-3)
+        assert_within_bound(x[name], out[name], "rel", 1e-3)
 
 
 @pytest.mark.parametrize("codec", REF_CODECS)
@@ -139,7 +129,7 @@ def test_bad_references_are_config_errors_at_encode(codec: str) -> None:
     blob = enc.encode(x, reference=ref)
     out = fedpress.UpdateDecoder().decode(blob, reference=ref)
     for name in x:
-        _check_bound(x[name], out[name], "rel", 1e-3)
+        assert_within_bound(x[name], out[name], "rel", 1e-3)
 
 
 def test_codec_level_reference_shape_is_checked_on_both_ends() -> None:
@@ -148,7 +138,7 @@ def test_codec_level_reference_shape_is_checked_on_both_ends() -> None:
     x = _updated({"w": ref})["w"]
     payload = codec.encode(x, reference=ref)
     spec = fedpress.TensorSpec.of(x)
-    _check_bound(x, codec.decode(payload, spec, reference=ref), "rel", 1e-3)
+    assert_within_bound(x, codec.decode(payload, spec, reference=ref), "rel", 1e-3)
     with pytest.raises(fedpress.ConfigError):
         codec.encode(x, reference=ref.T)
     with pytest.raises(fedpress.ConfigError):
@@ -180,7 +170,7 @@ def test_tensors_outside_the_reference_and_lossless_tensors_take_none(codec: str
     # the decoder needs references only for the tensors coded against one
     out = fedpress.UpdateDecoder().decode(blob, reference={k: ref[k] for k in ref})
     for name in ("conv.weight", "fc.weight", "new.weight"):
-        _check_bound(x[name], out[name], "rel", 1e-3)
+        assert_within_bound(x[name], out[name], "rel", 1e-3)
     for name in ("fc.bias", "bn.num_batches_tracked"):
         assert same_bits(out[name], x[name])
     # a frame without reference-coded tensors decodes with or without a reference
@@ -231,7 +221,7 @@ def test_nan_and_inf_with_a_reference_come_back_exactly(codec: str, dtype: Any) 
     blob = fedpress.UpdateEncoder(_plan(codec), "rel", 1e-3).encode(x, reference=ref)
     out = fedpress.UpdateDecoder().decode(blob, reference=ref)
     for name in x:
-        _check_bound(x[name], out[name], "rel", 1e-3)
+        assert_within_bound(x[name], out[name], "rel", 1e-3)
 
 
 @pytest.mark.parametrize("codec", REF_CODECS)
@@ -247,7 +237,7 @@ def test_constant_empty_and_far_tensors_with_a_reference(codec: str) -> None:
         blob = fedpress.UpdateEncoder(_plan(codec), mode, eb).encode(x, reference=ref)
         out = fedpress.UpdateDecoder().decode(blob, reference=ref)
         for name in x:
-            _check_bound(x[name], out[name], mode, eb)
+            assert_within_bound(x[name], out[name], mode, eb)
         assert same_bits(out["const.weight"], x["const.weight"])
 
 
@@ -269,7 +259,7 @@ def test_gaeb_stream_against_a_moving_reference(predictor: str) -> None:
         sizes.append(len(blob))
         out = dec.decode(blob, reference=glob)
         for name in x:
-            _check_bound(x[name], out[name], "rel", 1e-2)
+            assert_within_bound(x[name], out[name], "rel", 1e-2)
             a, b = enc.store.get("default", name), dec.store.get("default", name)
             assert a.round == b.round and a.digest() == b.digest()
             for key in a:

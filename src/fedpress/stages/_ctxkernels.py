@@ -13,7 +13,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._kernels import ERR_CONTEXT, ERR_ESCAPES, ERR_STATE, ERR_WORDS, STATE_LO, _put
+from ._kernels import (
+    ERR_CONTEXT,
+    ERR_ESCAPES,
+    ERR_STATE,
+    ERR_WORDS,
+    STATE_LO,
+    _put,
+    encode_step,
+)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -68,13 +76,7 @@ def encode(z, bounds, k, ext, lut, nsp, freq, cum, pb):  # pragma: no cover - co
             f = freq[c, s]
             if f <= 0:
                 raise ValueError("crans: a coded symbol has no frequency in its context")
-            out_ = xj >= (f << shift)
-            buf[p - 1] = xj & 0xFFFF
-            p -= out_
-            xj >>= 16 * out_
-            xu = np.uint32(xj)
-            fu = np.uint32(f)
-            xj = (np.int64(xu // fu) << pb) + np.int64(xu % fu) + cum[c, s]
+            p, xj = encode_step(buf, p, xj, f, cum[c, s], shift, pb)
         p -= 1
         buf[p] = xj & 0xFFFF
         p -= 1

@@ -132,6 +132,24 @@ def context_counts(z, bounds, k, lut):  # pragma: no cover - compiled
     return counts
 
 
+@njit(cache=True, nogil=True, inline="always")
+def encode_step(buf, p, xj, f, start, shift, pb):  # pragma: no cover - compiled
+    """One rANS step backwards: code a symbol of frequency ``f`` and cumulative
+    frequency ``start`` into state ``xj``, writing into ``buf`` below ``p``; returns
+    the new ``(p, xj)``."""
+    # renormalise without a branch: the word is written either way and kept only if
+    # the state is too large for this symbol
+    out_ = xj >= (f << shift)
+    buf[p - 1] = xj & 0xFFFF
+    p -= out_
+    xj >>= 16 * out_
+    # the state fits 32 bits here: 32-bit division is much faster than 64-bit (and
+    # than a float reciprocal with a correction)
+    xu = np.uint32(xj)
+    fu = np.uint32(f)
+    return p, (np.int64(xu // fu) << pb) + np.int64(xu % fu) + start
+
+
 @njit(cache=True, nogil=True)
 def encode(z, bounds, k, lut, freq, cum, pb):  # pragma: no cover - compiled
     """rANS words (uint16) of ``s = min(z, k)`` per lane, the lanes one after the other.
@@ -166,17 +184,7 @@ def encode(z, bounds, k, lut, freq, cum, pb):  # pragma: no cover - compiled
             f = freq[c, s]
             if f <= 0:
                 raise ValueError("rans: a coded symbol has no frequency in its context")
-            # renormalise without a branch: the word is written either way and
-            # kept only if the state is too large for this symbol
-            out_ = xj >= (f << shift)
-            buf[p - 1] = xj & 0xFFFF
-            p -= out_
-            xj >>= 16 * out_
-            # the state fits 32 bits here: 32-bit division is much faster than 64-bit
-            # (and than a float reciprocal with a correction)
-            xu = np.uint32(xj)
-            fu = np.uint32(f)
-            xj = (np.int64(xu // fu) << pb) + np.int64(xu % fu) + cum[c, s]
+            p, xj = encode_step(buf, p, xj, f, cum[c, s], shift, pb)
         x[j] = xj
         pos[j] = p
     offsets = np.empty(lanes + 1, np.int64)

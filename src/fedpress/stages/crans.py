@@ -174,16 +174,7 @@ def write(choice: Choice, z: np.ndarray, ext: np.ndarray, w: Writer) -> None:
     np.cumsum(best.freq[:, :-1], axis=1, out=cum[:, 1:])
     ctx = ext if choice.use_ext else np.zeros(z.size, np.uint8)
     words, offsets = _kern().encode(z, bounds, k, ctx, SPATIAL[sp], _nsp(sp), best.freq, cum, pb)
-    is_esc = z >= k
-    w.varint(k)
-    w.u8(pb)
-    w.u8(best.ctx_model)
-    w.blob(best.table_blob)
-    for j in range(bounds.size - 2):
-        w.varint(int(offsets[j + 1] - offsets[j]))
-        w.varint(int(np.count_nonzero(is_esc[bounds[j] : bounds[j + 1]])))
-    _rans.write_escapes(w, z[is_esc], k)
-    w.raw(words.astype("<u2").tobytes())
+    _rans.write_stream(w, z, k, pb, best.ctx_model, best.table_blob, bounds, words, offsets)
 
 
 def encode(z: np.ndarray, hist: np.ndarray, ext: np.ndarray, n_ext: int, w: Writer,

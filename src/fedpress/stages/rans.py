@@ -167,11 +167,17 @@ def encode_symbols(z: np.ndarray, hist: np.ndarray, w: Writer,
     np.cumsum(best.freq[:, :-1], axis=1, out=cum[:, 1:])
     lut = LUTS[best.ctx_model]
     words, offsets = kern.encode(z, bounds, k, lut, best.freq, cum, pb)
+    write_stream(w, z, k, pb, best.ctx_model, best.table_blob, bounds, words, offsets)
+
+
+def write_stream(w: Writer, z: np.ndarray, k: int, pb: int, model: int, table_blob: bytes,
+                 bounds: np.ndarray, words: np.ndarray, offsets: np.ndarray) -> None:
+    """The layout of the module docs, from the coded ``words`` of each lane (``offsets``)."""
     is_esc = z >= k
     w.varint(k)
     w.u8(pb)
-    w.u8(best.ctx_model)
-    w.blob(best.table_blob)
+    w.u8(model)
+    w.blob(table_blob)
     for j in range(bounds.size - 2):
         w.varint(int(offsets[j + 1] - offsets[j]))
         w.varint(int(np.count_nonzero(is_esc[bounds[j] : bounds[j + 1]])))
