@@ -70,7 +70,8 @@ RESIDUAL_PEER_SUFFIX = "\x00residual"
 def _usable_reference(codec: Codec, name: str, x: np.ndarray,
                       reference: Mapping[str, np.ndarray] | None) -> np.ndarray | None:
     """The reference tensor ``x`` is coded against, or None (no reference for this
-    name, or a codec that takes none). A reference of another shape is a ConfigError."""
+    name, or a lossless codec). A lossy codec that takes no reference, or a reference
+    of another shape, is a ConfigError."""
     if reference is None or name not in reference:
         return None
     if not codec.takes_reference:
@@ -88,7 +89,8 @@ def _usable_reference(codec: Codec, name: str, x: np.ndarray,
 
 def decode_record(codec: Codec, rec: Record, state: TensorState | None = None,
                   reference: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
-    """Decode one record with its codec; every failure is a FormatError.
+    """Decode one record with its codec; every failure is a FormatError, except state or
+    a reference that does not match the frame (StateDesyncError, ReferenceMismatchError).
 
     Checks what the frame claims against the codec (a lossy codec never
     produces integer tensors; only mirrored codecs carry state tags; only codecs
