@@ -48,6 +48,20 @@ State = dict[str, np.ndarray]
 Mask = dict[str, np.ndarray]
 
 
+def schedule(rnd: int, density: float, warmup: int) -> tuple[float, bool]:
+    """Round ``rnd``'s (0-based) density and whether values are compressed.
+
+    HGC's warm-up: over the first ``warmup`` rounds the density falls exponentially
+    from 0.25 to ``density`` (``0.25 * (density / 0.25) ** (rnd / (warmup - 1))``) and
+    the values travel raw (no quantizer, no prediction); ``warmup=0`` disables it.
+    """
+    if warmup <= 0 or rnd >= warmup or density >= 0.25:
+        return density, True
+    if warmup == 1:
+        return 0.25, False
+    return max(density, 0.25 * (density / 0.25) ** (rnd / (warmup - 1))), False
+
+
 def _layout_digest(shapes: Shapes) -> bytes:
     h = hashlib.sha256()
     for name in sorted(shapes):
@@ -68,8 +82,16 @@ class _End:
                               "predict=True needs quantize=True")
         self.predict, self.quantize = bool(predict), bool(quantize)
         self.digest = _layout_digest(self.shapes)
+        self.configure(self.density, True)
         self.u = {k: np.zeros(int(np.prod(s)), np.float32) for k, s in self.shapes.items()}
         self.v = {k: np.zeros(int(np.prod(s)), np.float32) for k, s in self.shapes.items()}
+
+    def configure(self, density: float, compressed: bool = True) -> None:
+        """This round's mask density, and whether values are quantized (and predicted)
+        or sent raw (HGC's warm-up stage); both ends must configure alike."""
+        self.active_density = check_ratio("hgc", density)
+        self.active_quantize = self.quantize and compressed
+        self.active_predict = self.predict and compressed
 
     def _header(self, w: Writer, kind: int) -> None:
         w.u8(VERSION)
@@ -124,13 +146,13 @@ class _End:
         sent = {}
         for name in self.shapes:
             vals = np.asarray(values[name], np.float32)
-            if not self.quantize:
+            if not self.active_quantize:
                 w.u8(VALUES_RAW)
                 w.raw(vals.astype("<f4").tobytes())
                 sent[name] = vals
                 continue
             codes, means = ec.quantize(vals, self.levels)
-            symbols = codes if not self.predict else \
+            symbols = codes if not self.active_predict else \
                 ec.xor_codes(codes, self.predicted_codes(name, mask[name]))
             w.u8(VALUES_CODES)
             w.raw(means.astype("<f4").tobytes())
@@ -151,7 +173,7 @@ class _End:
             dense = np.zeros(int(np.prod(shape)), np.float32)
             if mode == VALUES_RAW:
                 vals = rd.array("<f4", idx.size).astype(np.float32)
-            elif mode == VALUES_CODES:
+            elif mode == VALUES_CODES and self.active_quantize:
                 means = rd.array("<f4", self.levels - 1).astype(np.float32)
                 sub = Reader(rd.blob(cap=rd.remaining, name="hgc codes"), "hgc codes")
                 symbols = rans.decode(sub, idx.size) if idx.size else np.zeros(0, np.int64)
@@ -160,7 +182,7 @@ class _End:
                                      or int(symbols.max()) >= ec.residue_alphabet(self.levels)):
                     raise FormatError("hgc message: symbol out of range")
                 codes = symbols.astype(np.uint8)
-                if self.predict:
+                if self.active_predict:
                     codes = ec.xor_codes(codes, self.predicted_codes(name, idx))
                 if codes.size and int(codes.max()) >= self.levels:
                     raise FormatError("hgc message: code out of range")
@@ -212,7 +234,7 @@ class HGCClient(_End):
         acc = self._with_residual(update)
         mask = {}
         for name, a in acc.items():
-            k = keep_count(a.size, self.density)
+            k = keep_count(a.size, self.active_density)
             idx = np.argpartition(np.abs(a), a.size - k)[a.size - k:] if k < a.size \
                 else np.arange(a.size)
             mask[name] = np.sort(idx).astype(np.int64)

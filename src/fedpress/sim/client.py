@@ -27,6 +27,7 @@ from torch.nn import functional
 
 import fedpress
 
+from ..grad.hgc_exchange import HGCClient
 from ..grad.powersgd_exchange import PowerSGDClient, low_rank_names
 from .models import build_model
 
@@ -55,6 +56,11 @@ def normalise(x: np.ndarray) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1], standardised with the batch-independent
     constants 0.5 / 0.25 (the same for every client and the test set)."""
     return torch.from_numpy((x.astype(np.float32) / 255.0 - 0.5) / 0.25)
+
+
+def hgc_names(state: State, params: frozenset[str]) -> list[str]:
+    """The tensors HGC's exchange carries: the float parameters (buffers go raw)."""
+    return sorted(k for k in params if np.issubdtype(state[k].dtype, np.floating))
 
 
 def client_seed(seed: int, rnd: int, client: int) -> int:
@@ -159,13 +165,17 @@ class SimClient:
     def __init__(self, cid: int, x: np.ndarray, y: np.ndarray, cfg: FLConfig) -> None:
         self.cid, self.cfg = cid, cfg
         self.x, self.y = normalise(x), torch.from_numpy(np.asarray(y))
-        self.encoder = make_encoder(cfg.plan, cfg.plan_options, peer=str(cid))
+        hgc = cfg.aggregate == "hgc"
+        self.encoder = None if hgc else make_encoder(cfg.plan, cfg.plan_options, peer=str(cid))
         self.decoder = fedpress.UpdateDecoder() if cfg.downlink_plan is not None else None
         self.held: State | None = None  # the model it holds (downlink updates)
         self.lowrank = (PowerSGDClient(int(cfg.plan_options.get("rank", 2)),
                                        bool(cfg.plan_options.get("error_feedback", True)))
                         if cfg.aggregate == "powersgd" else None)
         self.threshold = int(cfg.plan_options.get("threshold", 1000))
+        self.hgc: HGCClient | None = None  # HGC's end, made at the first round
+        self.hgc_mask: dict[str, np.ndarray] | None = None  # the last round's mask
+        self.pending: State = {}  # HGC: this round's update, waiting for the mask
 
     def round(self, rnd: int, message: Message | tuple[Message, State],
               trainer: Trainer) -> ClientResult:
@@ -174,6 +184,8 @@ class SimClient:
         With PowerSGD's exchange the message also carries the shared ``Q`` and the
         reply holds the phase-1 factors (``P/<name>``) and the other tensors raw."""
         cfg, model = self.cfg, trainer.model
+        if cfg.aggregate == "hgc":
+            return self._hgc_round(rnd, message, trainer)
         shared_q: State = {}
         if isinstance(message, tuple):
             message, shared_q = message
@@ -224,6 +236,74 @@ class SimClient:
         return ClientResult(self.cid, reply, nbytes, raw_bytes(local), len(self.y),
                             0.0 if self.decoder is None else t1 - t0, t2 - t1,
                             0.0 if self.encoder is None else t3 - t2)
+
+    # -- HGC's exchange (fedpress.grad.hgc_exchange) -----------------------------------
+    def _hgc_end(self, model: torch.nn.Module) -> HGCClient:
+        if self.hgc is None:
+            assert self.held is not None
+            params = frozenset(n for n, _ in model.named_parameters())
+            names = hgc_names(self.held, params)
+            o = self.cfg.plan_options
+            self.hgc = HGCClient({k: self.held[k].shape for k in names},
+                                 float(o.get("density", 1e-3)), int(o.get("levels", 3)),
+                                 bool(o.get("predict", True)), bool(o.get("quantize", True)))
+        return self.hgc
+
+    def _hgc_round(self, rnd: int, message: Any, trainer: Trainer) -> ClientResult:
+        """Apply the last aggregate, train, keep the update for the exchange; reply with
+        the buffers (raw)."""
+        model = trainer.model
+        end = self._hgc_end(model)
+        assert self.held is not None
+        t0 = time.perf_counter()
+        if message is not None:  # the last round's aggregate, at the last mask
+            agg_msg, buffers = message
+            assert self.hgc_mask is not None
+            agg = end.receive_aggregate(agg_msg, self.hgc_mask)
+            held = dict(self.held)
+            for k, v in agg.items():  # the server's arithmetic (send=update, server_lr 1)
+                held[k] = (held[k] + 1.0 * v.astype(np.float64)).astype(held[k].dtype)
+            held.update(buffers)
+            self.held = held
+        start = self.held
+        t1 = time.perf_counter()
+        load_state(model, start)
+        seed = client_seed(self.cfg.seed, rnd, self.cid)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            local_train(model, self.x, self.y, self.cfg, gen, None)
+        local = state_of(model)
+        update = {n: local[n] - start[n] if np.issubdtype(local[n].dtype, np.floating)
+                  else local[n] for n in local}
+        self.pending = {k: update[k] for k in end.shapes}
+        reply = {k: v for k, v in update.items() if k not in end.shapes}
+        t2 = time.perf_counter()
+        return ClientResult(self.cid, reply, raw_bytes(reply), raw_bytes(update), len(self.y),
+                            t1 - t0, t2 - t1, 0.0)
+
+    def hgc_master(self, rnd: int, arg: tuple[float, bool]) -> ClientResult:
+        """The master's mask message and values message (its top-k of update + residual)."""
+        assert self.hgc is not None
+        t0 = time.perf_counter()
+        self.hgc.configure(*arg)
+        self.hgc_mask = self.hgc.select_mask(self.pending)
+        mask_msg = self.hgc.encode_mask(self.hgc_mask)
+        values = self.hgc.encode_update(self.pending, self.hgc_mask)
+        return ClientResult(self.cid, (mask_msg, values), len(mask_msg) + len(values),
+                            raw_bytes(self.pending), len(self.y), 0.0, 0.0,
+                            time.perf_counter() - t0)
+
+    def hgc_values(self, rnd: int, arg: tuple[bytes, float, bool]) -> ClientResult:
+        """A non-master's values message at the master's mask."""
+        assert self.hgc is not None
+        mask_msg, density, compressed = arg
+        t0 = time.perf_counter()
+        self.hgc.configure(density, compressed)
+        self.hgc_mask = self.hgc.decode_mask(mask_msg)
+        values = self.hgc.encode_update(self.pending, self.hgc_mask)
+        return ClientResult(self.cid, values, len(values), raw_bytes(self.pending),
+                            len(self.y), 0.0, 0.0, time.perf_counter() - t0)
 
     def powersgd_second(self, rnd: int, p_hat: State) -> ClientResult:
         """PowerSGD's phase 2: ``Q_i = M_i^T P^`` (and the client's new errors)."""

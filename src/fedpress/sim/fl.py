@@ -44,6 +44,7 @@ from .client import (
     Message,
     State,
     apply_changes,
+    hgc_names,
     load_state,
     make_encoder,
     normalise,
@@ -58,7 +59,7 @@ from .pool import make_pool
 
 ALGORITHMS = ("fedavg", "fedprox", "fedavgm")
 SENDS = ("weights", "update", "gradient")
-AGGREGATES = ("mean", "vote", "powersgd")
+AGGREGATES = ("mean", "vote", "powersgd", "hgc")
 DOWNLINK_SENDS = ("weights", "update")
 
 
@@ -109,6 +110,18 @@ class FLConfig:
             raise ConfigError("aggregate='powersgd' runs PowerSGD's two-phase exchange: "
                               "use plan='powersgd' (options: rank, seed, error_feedback) "
                               "with send='gradient' or 'update'")
+        if self.aggregate == "hgc" and (self.plan != "hgc" or self.send != "update"
+                                        or self.algorithm != "fedavg"
+                                        or self.server_lr != 1.0 or self.fraction != 1.0
+                                        or self.downlink_plan is not None):
+            raise ConfigError("aggregate='hgc' runs HGC's exchange (shared mask, aggregate "
+                              "sent back at the mask): use plan='hgc' (options: density, "
+                              "warmup, levels, predict, quantize) with send='update', "
+                              "algorithm='fedavg', server_lr=1, fraction=1 (every client "
+                              "every round, as HGC requires) and no downlink plan")
+        if self.plan == "hgc" and self.aggregate != "hgc":
+            raise ConfigError("plan 'hgc' is an exchange, not a codec: set aggregate='hgc' "
+                              "(or write 'hgc(aggregate=hgc)')")
         if self.reference and (self.send != "weights" or self.plan is None):
             raise ConfigError("reference=true codes the weights a client sends against the "
                               "model it started from: it needs send='weights' and an "
@@ -195,7 +208,7 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
     across pools at equal thread counts; see :mod:`fedpress.sim.pool`.
     """
     cfg.check()
-    for plan, options, sends, what in ((cfg.plan, cfg.plan_options, cfg.send, "send"),
+    for plan, options, sends, what in ((codec_plan(cfg), cfg.plan_options, cfg.send, "send"),
                                        (cfg.downlink_plan, cfg.downlink_options,
                                         cfg.downlink_send, "downlink_send")):
         gradient_codec = gradient_compressor(plan, options)
@@ -217,11 +230,12 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
     params = frozenset(n for n, _ in model.named_parameters())
     down = Downlink(cfg.downlink_plan, cfg.downlink_options, cfg.clients,
                     cfg.downlink_send, global_state, track=cfg.reference)
-    up_decoder = fedpress.UpdateDecoder() if cfg.plan is not None else None
-    warm_codecs(cfg.plan, cfg.plan_options)
+    up_decoder = fedpress.UpdateDecoder() if codec_plan(cfg) is not None else None
+    warm_codecs(codec_plan(cfg), cfg.plan_options)
     if threads is None:
         threads = max(1, torch.get_num_threads() // max(1, workers))
     lowrank = powersgd_server(cfg, global_state, params)
+    hgc = HGCRound(cfg, global_state, params) if cfg.aggregate == "hgc" else None
     pool = make_pool(cfg, [(ds.x_train[p], ds.y_train[p]) for p in parts], ds.input_shape,
                      ds.num_classes, workers, threads)
     try:
@@ -232,7 +246,11 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
         for rnd in range(1, cfg.rounds + 1):
             wall0 = time.perf_counter()
             chosen = sorted(rng.choice(cfg.clients, per_round, replace=False).tolist())
-            messages, down_bytes, server_s = down.send(chosen, global_state)
+            if hgc is not None:  # the last aggregate at the last mask, and the buffers
+                messages, down_bytes = hgc.downlink(chosen, global_state)
+                server_s = 0.0
+            else:
+                messages, down_bytes, server_s = down.send(chosen, global_state)
             if lowrank is not None:  # the shared Q travels with the weights
                 messages = {k: (m, lowrank.q) for k, m in messages.items()}  # type: ignore
                 down_bytes = {k: b + raw_bytes(lowrank.q) for k, b in down_bytes.items()}
@@ -264,6 +282,15 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
                 slowest = max(slowest, transfer + r.decode_s + r.train_s + r.encode_s)
                 server_s += d_up
             factored: State = {}
+            if hgc is not None:  # the master's mask, then everyone's values at it
+                exchange = hgc.exchange(pool, rnd, chosen, weights, network, down_bytes)
+                factored = exchange.aggregate
+                bytes_up += exchange.bytes_up
+                enc_s += exchange.encode_s
+                dec_s += exchange.decode_s
+                server_s += exchange.server_s
+                comm_s += exchange.comm_s
+                slowest += exchange.slowest
             if lowrank is not None:  # phase 2: P^ down, Q_i up
                 t0 = time.perf_counter()
                 p_hat = lowrank.orthogonal_p([{k: rep.pop(P_PREFIX + k) for k in lowrank.names}
@@ -406,6 +433,12 @@ def gradient_compressor(plan: Any, options: Mapping[str, Any]) -> str | None:
     return None
 
 
+def codec_plan(cfg: FLConfig) -> Any:
+    """The uplink plan as an UpdateEncoder plan (None for raw traffic and for HGC's
+    exchange, which is not one)."""
+    return None if cfg.aggregate == "hgc" else cfg.plan
+
+
 def powersgd_server(cfg: FLConfig, state: State, params: frozenset[str],
                     ) -> PowerSGDServer | None:
     """The server's side of PowerSGD's exchange when ``cfg.aggregate == "powersgd"``."""
@@ -453,3 +486,93 @@ def _aggregate(global_state: State, replies: list[State], weights: list[float], 
         if k not in floats:
             new[k] = v  # sent as values in every mode (never as differences)
     return new, velocity
+
+
+def hgc_options(cfg: FLConfig) -> dict[str, Any]:
+    """HGC's options from the plan options, with its defaults."""
+    o = cfg.plan_options
+    generic = {"mode", "eb", "lossy", "lossless", "threshold"}  # every plan gets these
+    unknown = set(o) - {"density", "warmup", "levels", "predict", "quantize"} - generic
+    if unknown:
+        raise ConfigError(f"plan 'hgc': unknown options {sorted(unknown)}")
+    return {"density": float(o.get("density", 1e-3)), "warmup": int(o.get("warmup", 0)),
+            "levels": int(o.get("levels", 3)), "predict": bool(o.get("predict", True)),
+            "quantize": bool(o.get("quantize", True))}
+
+
+@dataclass
+class HGCExchange:
+    """What HGC's mid-round exchange added to a round."""
+
+    aggregate: State
+    bytes_up: int
+    encode_s: float
+    decode_s: float
+    server_s: float
+    comm_s: float
+    slowest: float
+
+
+class HGCRound:
+    """The server's side of HGC's rounds (see :mod:`fedpress.grad.hgc_exchange`).
+
+    Each round the clients train and reply with their buffers (BatchNorm statistics)
+    raw; then the master (round-robin over the clients) sends its mask and values,
+    the server forwards the mask to the others, they send values at it, and the server
+    averages. The next round's downlink carries the aggregate at that mask and the new
+    buffers; every client holds the global model exactly (same arithmetic).
+    """
+
+    def __init__(self, cfg: FLConfig, state: State, params: frozenset[str]) -> None:
+        from ..grad.hgc_exchange import HGCServer
+
+        self.cfg = cfg
+        self.options = hgc_options(cfg)
+        self.names = hgc_names(state, params)
+        o = self.options
+        self.server = HGCServer({k: state[k].shape for k in self.names}, o["density"],
+                                o["levels"], o["predict"], o["quantize"])
+        self.last: bytes | None = None  # the last aggregate message
+
+    def downlink(self, chosen: list[int], state: State) -> tuple[dict[int, Any], dict[int, int]]:
+        buffers = {k: v for k, v in state.items() if k not in self.names}
+        message = None if self.last is None else (self.last, buffers)
+        size = 0 if self.last is None else len(self.last) + raw_bytes(buffers)
+        return {k: message for k in chosen}, {k: size for k in chosen}
+
+    def exchange(self, pool: Any, rnd: int, chosen: list[int], weights: list[float],
+                 network: Network, down_bytes: dict[int, int]) -> HGCExchange:
+        from ..grad.hgc_exchange import schedule
+
+        density, compressed = schedule(rnd - 1, self.options["density"], self.options["warmup"])
+        self.server.configure(density, compressed)
+        master = chosen[(rnd - 1) % len(chosen)]
+        (first,) = pool.call("hgc_master", rnd, {master: (density, compressed)})
+        mask_msg, values = first.message
+        t0 = time.perf_counter()
+        mask = self.server.decode_mask(mask_msg)
+        server_s = time.perf_counter() - t0
+        others = pool.call("hgc_values", rnd, {k: (mask_msg, density, compressed)
+                                               for k in chosen if k != master})
+        results = {r.client: r for r in [first, *others]}
+        t0 = time.perf_counter()
+        decoded = [self.server.decode_values(values if k == master else results[k].message,
+                                             mask) for k in chosen]
+        decode_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.last, aggregate = self.server.aggregate(decoded, weights, mask)
+        server_s += time.perf_counter() - t0
+        up_master = network.upload_s(master, first.nbytes)
+        phase = up_master + first.encode_s
+        comm = up_master
+        for k in chosen:
+            if k == master:
+                continue
+            down_bytes[k] += len(mask_msg)  # the mask, forwarded mid-round
+            t = network.download_s(k, len(mask_msg)) + network.upload_s(k, results[k].nbytes)
+            comm = max(comm, up_master + t)
+            phase = max(phase, up_master + first.encode_s + t + results[k].encode_s)
+        return HGCExchange(aggregate, sum(r.nbytes for r in results.values()),
+                           sum(r.encode_s for r in results.values()), decode_s, server_s,
+                           comm, phase)
+

@@ -60,7 +60,7 @@ class InProcessPool:
         initial = state_of(self.trainer.model)  # both ends start from the seeded model
         for client in self.clients.values():
             client.held = initial
-        warm_codecs(cfg.plan, cfg.plan_options)
+        warm_codecs(None if cfg.aggregate == "hgc" else cfg.plan, cfg.plan_options)
         warm_codecs(cfg.downlink_plan, cfg.downlink_options)
         first = self.clients[ids[0]]
         warm_up(self.trainer.model, first.x[:cfg.batch_size], first.y[:cfg.batch_size])

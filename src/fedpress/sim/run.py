@@ -160,8 +160,11 @@ def run(settings: Mapping[str, Any], out_dir: str | os.PathLike[str] | None = No
     from .network import Network
 
     # run settings given inside the uplink plan spec: "signsgd(aggregate=vote)"
-    spec_settings = parse_plan_spec(settings.get("plan"))[1]
-    s = resolve({**settings, **{k: v for k, v in spec_settings.items() if k in SIM_KEYS}})
+    name, spec_settings = parse_plan_spec(settings.get("plan"))
+    # plan 'hgc' is HGC's exchange: its run settings unless the user set others
+    implied = {"aggregate": "hgc", "send": "update"} if name == "hgc" else {}
+    s = resolve({**implied, **{k: v for k, v in settings.items() if v is not None},
+                 **{k: v for k, v in spec_settings.items() if k in SIM_KEYS}})
     torch.set_num_threads(int(s["threads"]))
     ds = dataset if dataset is not None else load_dataset(s["dataset"], s["data_dir"])
     plan, plan_options = _plan(s["plan"], s)

@@ -1,0 +1,108 @@
+"""HGC's exchange in the simulator: every end holds the same model, mask and predictor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fedpress  # noqa: E402
+from fedpress.grad.hgc_exchange import schedule  # noqa: E402
+from fedpress.sim import data, fl  # noqa: E402
+from fedpress.sim.client import state_of  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def digits() -> data.Dataset:
+    return data.load_dataset("digits")
+
+
+def _cfg(**kw: object) -> fl.FLConfig:
+    base = {"model": "cnn", "clients": 3, "rounds": 3, "batch_size": 32, "lr": 0.05,
+            "local_steps": 3, "send": "update", "plan": "hgc", "aggregate": "hgc",
+            "plan_options": {"density": 0.05}}
+    base.update(kw)
+    return fl.FLConfig(**base)  # type: ignore[arg-type]
+
+
+def _capture(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Keep the pool and the server's HGC end of the next simulate() call."""
+    got: dict = {}
+    make_pool, hgc_round = fl.make_pool, fl.HGCRound
+
+    def pool(*a: object, **k: object) -> object:
+        got["pool"] = make_pool(*a, **k)  # type: ignore[arg-type]
+        return got["pool"]
+
+    def server(*a: object, **k: object) -> object:
+        got["server"] = hgc_round(*a, **k)  # type: ignore[arg-type]
+        return got["server"]
+
+    monkeypatch.setattr(fl, "make_pool", pool)
+    monkeypatch.setattr(fl, "HGCRound", server)
+    return got
+
+
+def test_clients_hold_the_servers_model_and_predictor(digits: data.Dataset,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    _, model3 = fl.simulate(digits, _cfg(rounds=3))
+    got = _capture(monkeypatch)
+    history, _ = fl.simulate(digits, _cfg(rounds=4))
+    global3 = state_of(model3)
+    clients = got["pool"].clients
+    for c in clients.values():
+        # round 4 began with round 3's aggregate: the client's copy is the global model
+        assert all(c.held[k].tobytes() == global3[k].tobytes() for k in global3)
+        # one mask for everyone, and the predictor mirrors the server's
+        assert all(np.array_equal(c.hgc_mask[k], clients[0].hgc_mask[k]) for k in c.hgc_mask)
+        # the server advanced its predictor with round 4's aggregate; the clients do when
+        # the next round's downlink brings it
+        c.hgc.receive_aggregate(got["server"].last, c.hgc_mask)
+        for k in c.hgc.shapes:
+            assert c.hgc.u[k].tobytes() == got["server"].server.u[k].tobytes()
+            assert c.hgc.v[k].tobytes() == got["server"].server.v[k].tobytes()
+    # the uplink is tiny next to raw updates; the downlink carries the aggregate at the mask
+    raw = history[-1].raw_up
+    assert history[-1].bytes_up < raw / 10 and history[-1].bytes_down < raw / 5
+
+
+def test_warm_up_sends_raw_values_then_codes(digits: data.Dataset) -> None:
+    warm, _ = fl.simulate(digits, _cfg(rounds=4, plan_options={"density": 0.01,
+                                                               "warmup": 3}))
+    cold, _ = fl.simulate(digits, _cfg(rounds=4, plan_options={"density": 0.01}))
+    assert warm[0].bytes_up > 5 * cold[0].bytes_up  # density 0.25, raw floats
+    assert warm[3].bytes_up < 2 * cold[3].bytes_up  # after the warm-up: the target
+
+
+def test_schedule_boundaries() -> None:
+    assert schedule(0, 0.001, 0) == (0.001, True)
+    assert schedule(0, 0.001, 300) == (0.25, False)
+    d, compressed = schedule(299, 0.001, 300)
+    assert np.isclose(d, 0.001) and not compressed
+    assert schedule(300, 0.001, 300) == (0.001, True)
+    mid, _ = schedule(150, 0.001, 300)
+    assert 0.001 < mid < 0.25
+    assert schedule(0, 0.5, 10) == (0.5, True)  # no warm-up above 0.25
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"send": "weights"}, "send='update'"),
+    ({"fraction": 0.5, "clients": 4}, "fraction=1"),
+    ({"algorithm": "fedavgm"}, "algorithm='fedavg'"),
+    ({"aggregate": "mean"}, "not a codec"),
+    ({"plan_options": {"density": 0.05, "sparsity": 1}}, "unknown options"),
+    ({"plan_options": {"levels": 4}}, "levels"),
+])
+def test_bad_hgc_configs(digits: data.Dataset, kw: dict, match: str) -> None:
+    with pytest.raises(fedpress.ConfigError, match=match):
+        fl.simulate(digits, _cfg(**kw))
+
+
+def test_run_settings_imply_hgcs_exchange(digits: data.Dataset, tmp_path: object) -> None:
+    from fedpress.sim.run import run
+
+    out = run({"dataset": "digits", "model": "mlp", "clients": 2, "rounds": 2,
+               "local_steps": 2, "plan": "hgc(density=0.05, levels=5)"}, tmp_path,
+              progress=False, dataset=digits)
+    assert out["cr_up"] > 10
