@@ -86,6 +86,9 @@ def stateful_streams(inputs: dict[str, np.ndarray]) -> dict[str, Stream]:
         "gaeb_context": ({"plan": {"default": "zstd",
                                    "re:weight$": {"id": "gaeb", "predictor": "context"}},
                           "eb": 1e-2}, gaeb),
+        # HGC's coding of one stream: round 2's codes are XORed with the prediction
+        "hgc": ({"plan": {"default": "zstd", "re:weight$": {"id": "hgc", "density": 0.05}},
+                 "residual_feedback": True}, gaeb),
         # fc.weight against the reference (fpz), fc.bias (zstd) without one
         "fpz_reference": ({"plan": {"default": "zstd", "re:weight$": "fpz"}, "eb": 1e-3},
                           [(update, reference)]),

@@ -645,7 +645,7 @@ def test_single_tensor_api_refuses_the_stateful_codec() -> None:
 
 
 # -- 9. golden frames -----------------------------------------------------------------
-STREAMS = ["gaeb_context", "fpz_reference"]
+STREAMS = ["gaeb_context", "fpz_reference", "hgc"]
 
 
 def _golden_paths(stream: str) -> list[Path]:
@@ -701,10 +701,11 @@ def test_golden_stateful_frames_are_reproduced(stream: str) -> None:
             for k, v in (ref or {}).items():
                 assert same_bits(v, stored[k])
             out = {k: expected[f"{path.stem}/{k}"] for k in sd}
-            eb = spec[0]["eb"]
+            eb = spec[0].get("eb")  # hgc's stream is lossy without a bound
             for k, x in sd.items():
                 if k.endswith("weight"):
-                    assert_within_bound(x, out[k], "rel", eb)
+                    if eb is not None:
+                        assert_within_bound(x, out[k], "rel", eb)
                 else:
                     assert same_bits(x, out[k])
 

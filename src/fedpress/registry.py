@@ -36,6 +36,7 @@ _BUILTIN_MODULES = (
     "fedpress.grad.quant",
     "fedpress.grad.sign",
     "fedpress.grad.dgc",
+    "fedpress.grad.hgc",
     "fedpress.grad.stc",
 )
 _loaded = False

@@ -145,22 +145,9 @@ class _End:
         self._header(w, MSG_VALUES)
         sent = {}
         for name in self.shapes:
-            vals = np.asarray(values[name], np.float32)
-            if not self.active_quantize:
-                w.u8(VALUES_RAW)
-                w.raw(vals.astype("<f4").tobytes())
-                sent[name] = vals
-                continue
-            codes, means = ec.quantize(vals, self.levels)
-            symbols = codes if not self.active_predict else \
-                ec.xor_codes(codes, self.predicted_codes(name, mask[name]))
-            w.u8(VALUES_CODES)
-            w.raw(means.astype("<f4").tobytes())
-            stream = Writer()  # a rANS stream runs to its end: length-prefixed here
-            if vals.size:
-                rans.encode(symbols.astype(np.int64), stream)
-            w.blob(stream.getvalue())
-            sent[name] = ec.dequantize(codes, means, self.levels)
+            predicted = self.predicted_codes(name, mask[name]) if self.active_predict else None
+            sent[name] = write_values(w, values[name], self.levels, self.active_quantize,
+                                      predicted)
         return w.getvalue(), sent
 
     def decode_values(self, blob: bytes | memoryview, mask: Mask) -> State:
@@ -169,32 +156,60 @@ class _End:
         out = {}
         for name, shape in self.shapes.items():
             idx = mask[name]
-            mode = rd.u8()
+            predicted = self.predicted_codes(name, idx) if self.active_predict else None
             dense = np.zeros(int(np.prod(shape)), np.float32)
-            if mode == VALUES_RAW:
-                vals = rd.array("<f4", idx.size).astype(np.float32)
-            elif mode == VALUES_CODES and self.active_quantize:
-                means = rd.array("<f4", self.levels - 1).astype(np.float32)
-                sub = Reader(rd.blob(cap=rd.remaining, name="hgc codes"), "hgc codes")
-                symbols = rans.decode(sub, idx.size) if idx.size else np.zeros(0, np.int64)
-                sub.expect_end()
-                if symbols.size and (int(symbols.min()) < 0
-                                     or int(symbols.max()) >= ec.residue_alphabet(self.levels)):
-                    raise FormatError("hgc message: symbol out of range")
-                codes = symbols.astype(np.uint8)
-                if self.active_predict:
-                    codes = ec.xor_codes(codes, self.predicted_codes(name, idx))
-                if codes.size and int(codes.max()) >= self.levels:
-                    raise FormatError("hgc message: code out of range")
-                vals = ec.dequantize(codes, means, self.levels)
-            else:
-                raise FormatError(f"hgc message: unknown values mode {mode}")
-            if not np.isfinite(vals).all():
-                raise FormatError("hgc message: NaN or Inf among the values")
-            dense[idx] = vals
+            dense[idx] = read_values(rd, idx.size, self.levels, self.active_quantize, predicted)
             out[name] = dense.reshape(shape)
         rd.expect_end()
         return out
+
+
+def write_values(w: Writer, values: np.ndarray, levels: int, quantize: bool,
+                 predicted: np.ndarray | None) -> np.ndarray:
+    """One tensor's values at the mask: raw float32, or the equal-count group means and
+    the codes (XOR ``predicted``, the prediction's codes, if given) rANS coded. Returns
+    what the receiver will decode."""
+    vals = np.asarray(values, np.float32)
+    if not quantize:
+        w.u8(VALUES_RAW)
+        w.raw(vals.astype("<f4").tobytes())
+        return vals
+    codes, means = ec.quantize(vals, levels)
+    symbols = codes if predicted is None else ec.xor_codes(codes, predicted)
+    w.u8(VALUES_CODES)
+    w.raw(means.astype("<f4").tobytes())
+    stream = Writer()  # a rANS stream runs to its end: length-prefixed here
+    if vals.size:
+        rans.encode(symbols.astype(np.int64), stream)
+    w.blob(stream.getvalue())
+    return ec.dequantize(codes, means, levels)
+
+
+def read_values(rd: Reader, k: int, levels: int, quantize: bool,
+                predicted: np.ndarray | None) -> np.ndarray:
+    """The ``k`` values :func:`write_values` wrote (float32); FormatError on bad bytes."""
+    mode = rd.u8()
+    if mode == VALUES_RAW:
+        vals = rd.array("<f4", k).astype(np.float32)
+    elif mode == VALUES_CODES and quantize:
+        means = rd.array("<f4", levels - 1).astype(np.float32)
+        sub = Reader(rd.blob(cap=rd.remaining, name="hgc codes"), "hgc codes")
+        symbols = rans.decode(sub, k) if k else np.zeros(0, np.int64)
+        sub.expect_end()
+        if symbols.size and (int(symbols.min()) < 0
+                             or int(symbols.max()) >= ec.residue_alphabet(levels)):
+            raise FormatError("hgc message: symbol out of range")
+        codes = symbols.astype(np.uint8)
+        if predicted is not None:
+            codes = ec.xor_codes(codes, predicted)
+        if codes.size and int(codes.max()) >= levels:
+            raise FormatError("hgc message: code out of range")
+        vals = ec.dequantize(codes, means, levels)
+    else:
+        raise FormatError(f"hgc message: unknown values mode {mode}")
+    if not np.isfinite(vals).all():
+        raise FormatError("hgc message: NaN or Inf among the values")
+    return vals
 
 
 class HGCClient(_End):

@@ -1,0 +1,131 @@
+"""``hgc``: HGC's coding of one tensor stream, for ``UpdateEncoder``/``UpdateDecoder``.
+
+HGC (Hu, Jiang & He, IJCAI-24) shares one top-k mask between all clients of a round;
+that needs the simulator's exchange (``aggregate="hgc"``,
+:mod:`fedpress.grad.hgc_exchange`). This codec is the same coding for a single
+sender: its own top-k mask (positions coded with the cheapest of bitmap / Rice /
+Elias gamma / rANS), the equal-count quantizer, and the codes XOR the codes of an
+Adam-like prediction made from the values decoded in earlier rounds. The predictor's
+moving averages are mirrored state (both ends advance them from the decoded tensor;
+frames carry the state tag). Error feedback is the encoder's:
+``UpdateEncoder(plan="hgc", residual_feedback=True)`` keeps what the mask and the
+quantizer dropped and adds it to the next round's tensor, as HGC does.
+
+Payload::
+
+    u8 version (1) | varint k | indices (grad.indices) | values (hgc_exchange.write_values)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .._bytes import Reader, Writer
+from ..abc import Scope, StatefulCodec, TensorSpec
+from ..errors import ConfigError, FormatError
+from ..registry import register_codec
+from ..state import TensorState
+from . import equalcount as ec
+from .base import check_ratio, keep_count, require_finite
+from .hgc_exchange import read_values, write_values
+from .indices import read_indices, write_indices
+
+VERSION = 1
+
+
+@register_codec
+class HGCCodec(StatefulCodec):
+    """Top-k, equal-count quantizer and predictive XOR coding (see the module docs).
+
+    Parameters
+    ----------
+    density : float
+        Share of the values kept (top-k by magnitude, ``k = ceil(density * n)``).
+    levels : int
+        Equal-count quantizer levels (odd, 3..255; 3: ternary with a mean per sign).
+    predict : bool
+        XOR the codes with the prediction's codes (needs ``quantize``).
+    quantize : bool
+        Quantize the kept values (else they travel as float32).
+    """
+
+    codec_id = "hgc"
+    config_keys: ClassVar[tuple[str, ...]] = ("density", "levels", "predict", "quantize")
+    lossy = True
+    scope = Scope.MIRRORED
+
+    def __init__(self, density: float = 1e-3, levels: int = 3, predict: bool = True,
+                 quantize: bool = True) -> None:
+        self.density = check_ratio("hgc", density)
+        self.levels = ec.check_levels(levels)
+        for name, v in (("predict", predict), ("quantize", quantize)):
+            if not isinstance(v, bool):
+                raise ConfigError(f"hgc: {name} must be true or false, got {v!r}")
+        if predict and not quantize:
+            raise ConfigError("hgc: predict=True needs quantize=True (it XORs the codes)")
+        self.predict, self.quantize = predict, quantize
+
+    def _averages(self, state: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+        st = state if state is not None else TensorState()
+        u, v = st.get("u"), st.get("v")
+        if u is None or v is None or u.shape != (n,) or v.shape != (n,) \
+                or u.dtype != np.float32 or v.dtype != np.float32:
+            return np.zeros(n, np.float32), np.zeros(n, np.float32)
+        return u, v
+
+    def _predicted(self, u: np.ndarray, v: np.ndarray, idx: np.ndarray) -> np.ndarray | None:
+        if not self.predict:
+            return None
+        return ec.quantize(ec.predict(u[idx], v[idx]), self.levels)[0]
+
+    @staticmethod
+    def _advance(state: Any, u: np.ndarray, v: np.ndarray, y: np.ndarray) -> None:
+        if state is not None:
+            state["u"], state["v"] = ec.advance(u, v, y)
+
+    def encode(self, x: np.ndarray, state: Any = None) -> bytes:  # type: ignore[override]
+        return self.encode_with_output(x, state)[0]
+
+    def encode_with_output(self, x: np.ndarray, state: Any = None) -> tuple[bytes, np.ndarray]:
+        """The payload and what the decoder returns (the predictor state advanced)."""
+        self.check_input(x)
+        require_finite(self.codec_id, x)
+        flat = np.asarray(x, dtype=np.float32).reshape(-1)
+        n = flat.size
+        k = keep_count(n, self.density)
+        idx = np.sort(np.argpartition(np.abs(flat), n - k)[n - k:]) if 0 < k < n \
+            else np.arange(k, dtype=np.int64)
+        idx = idx.astype(np.int64)
+        u, v = self._averages(state, n)
+        w = Writer()
+        w.u8(VERSION)
+        w.varint(k)
+        write_indices(w, idx, n)
+        sent = write_values(w, flat[idx], self.levels, self.quantize,
+                            self._predicted(u, v, idx))
+        y = np.zeros(n, np.float32)
+        y[idx] = sent
+        self._advance(state, u, v, y)
+        return w.getvalue(), y.astype(x.dtype).reshape(np.shape(x))
+
+    def decode(self, payload: bytes | memoryview, spec: TensorSpec,  # type: ignore[override]
+               state: Any = None) -> np.ndarray:
+        rd = Reader(payload, "hgc payload")
+        version = rd.u8()
+        if version != VERSION:
+            raise FormatError(f"hgc payload: unknown version {version}")
+        n = spec.size
+        k = rd.varint(cap=n, name="hgc k")
+        idx = read_indices(rd, k, n)
+        u, v = self._averages(state, n)
+        vals = read_values(rd, k, self.levels, self.quantize, self._predicted(u, v, idx))
+        rd.expect_end()
+        y = np.zeros(n, np.float32)
+        y[idx] = vals
+        out = y.astype(spec.dtype)
+        if not np.isfinite(out).all():
+            raise FormatError("hgc payload: values overflow the tensor's dtype")
+        self._advance(state, u, v, y)
+        return out.reshape(spec.shape)
