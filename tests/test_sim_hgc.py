@@ -106,3 +106,13 @@ def test_run_settings_imply_hgcs_exchange(digits: data.Dataset, tmp_path: object
                "local_steps": 2, "plan": "hgc(density=0.05, levels=5)"}, tmp_path,
               progress=False, dataset=digits)
     assert out["cr_up"] > 10
+
+
+def test_compare_runs_hgc_next_to_other_plans(digits: data.Dataset, tmp_path: object) -> None:
+    """compare passes resolved settings (defaults filled in): hgc still gets its own."""
+    from fedpress.sim.run import compare
+
+    rows = compare({"dataset": "digits", "model": "mlp", "clients": 2, "rounds": 1,
+                    "local_steps": 2}, ["fpz", "hgc(density=0.05)"], tmp_path,
+                   progress=False)
+    assert len(rows) == 2 and all(r["cr_up"] > 1 for r in rows)

@@ -161,10 +161,11 @@ def run(settings: Mapping[str, Any], out_dir: str | os.PathLike[str] | None = No
 
     # run settings given inside the uplink plan spec: "signsgd(aggregate=vote)"
     name, spec_settings = parse_plan_spec(settings.get("plan"))
-    # plan 'hgc' is HGC's exchange: its run settings unless the user set others
-    implied = {"aggregate": "hgc", "send": "update"} if name == "hgc" else {}
-    s = resolve({**implied, **{k: v for k, v in settings.items() if v is not None},
-                 **{k: v for k, v in spec_settings.items() if k in SIM_KEYS}})
+    s = resolve({**settings, **{k: v for k, v in spec_settings.items() if k in SIM_KEYS}})
+    if name == "hgc":  # HGC's exchange: its run settings where the defaults stand
+        for key, value in (("aggregate", "hgc"), ("send", "update")):
+            if s[key] == DEFAULTS[key]:
+                s[key] = value
     torch.set_num_threads(int(s["threads"]))
     ds = dataset if dataset is not None else load_dataset(s["dataset"], s["data_dir"])
     plan, plan_options = _plan(s["plan"], s)
