@@ -116,3 +116,58 @@ def test_compare_runs_hgc_next_to_other_plans(digits: data.Dataset, tmp_path: ob
                     "local_steps": 2}, ["fpz", "hgc(density=0.05)"], tmp_path,
                    progress=False)
     assert len(rows) == 2 and all(r["cr_up"] > 1 for r in rows)
+
+
+def test_learning_rate_and_momentum_schedules() -> None:
+    cfg = fl.FLConfig(lr=0.1, lr_milestones=(3, 5), momentum=0.9,
+                      momentum_steps=((1, 0.3), (4, 0.6)))
+    assert [round(cfg.lr_at(r), 6) for r in (1, 2, 3, 4, 5, 6)] == \
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    assert [cfg.momentum_at(r) for r in (1, 3, 4, 9)] == [0.3, 0.3, 0.6, 0.6]
+    assert fl.FLConfig(momentum=0.9).momentum_at(7) == 0.9
+    for bad in ({"lr_milestones": (0,)}, {"lr_gamma": 0.0}, {"momentum_steps": ((1, 1.0),)}):
+        with pytest.raises(fedpress.ConfigError):
+            fl.FLConfig(**bad).check()  # type: ignore[arg-type]
+
+
+def test_correction_window_around_milestones() -> None:
+    from fedpress.grad.hgc_exchange import correction
+
+    # milestone at round 6 (0-based 5), window 2: rounds 3..6 (0-based) corrected
+    got = [correction(r, 0.001, (6,), 2) for r in range(9)]
+    assert [d for d, _ in got] == [0.001] * 3 + [0.01] * 4 + [0.001] * 2
+    assert [c for _, c in got] == [False] * 7 + [True, False]
+    assert correction(4, 0.001, (6,), 0) == (0.001, False)
+
+
+def test_clear_drops_the_residuals() -> None:
+    from fedpress.grad.hgc_exchange import HGCClient
+
+    c = HGCClient({"w": (100,)}, density=0.1)
+    c.encode_update({"w": np.arange(100, dtype=np.float32)}, c.select_mask(
+        {"w": np.arange(100, dtype=np.float32)}))
+    assert np.abs(c.residual["w"]).sum() > 0
+    c.configure(0.1, True, clear=True)
+    assert not c.residual["w"].any()
+
+
+def test_correction_raises_the_density_in_its_window(digits: data.Dataset) -> None:
+    plain, _ = fl.simulate(digits, _cfg(rounds=5, plan_options={"density": 0.001}))
+    corr, _ = fl.simulate(digits, _cfg(rounds=5, lr_milestones=(3,),
+                                       plan_options={"density": 0.001, "correction": 1}))
+    # rounds 2 and 3 (1-based) lie in the window [3 - 1 - 1, 3 - 1 + 1) of round 3
+    assert corr[0].bytes_up == plain[0].bytes_up
+    assert corr[1].bytes_up > 1.3 * plain[1].bytes_up and corr[2].bytes_up > 1.3 * plain[2].bytes_up
+    assert corr[4].bytes_up < 1.1 * plain[4].bytes_up
+
+
+def test_schedule_settings_parse() -> None:
+    from fedpress.sim.run import _int_list, _steps
+
+    assert _int_list("15, 22", "x") == (15, 22) and _int_list([3], "x") == (3,)
+    assert _steps("1:0.3,10:0.6") == ((1, 0.3), (10, 0.6))
+    assert _steps([[1, 0.3]]) == ((1, 0.3),)
+    with pytest.raises(fedpress.ConfigError):
+        _steps("1-0.3")
+    with pytest.raises(fedpress.ConfigError):
+        _int_list("a,b", "lr_milestones")

@@ -659,6 +659,13 @@ def _sim_flags() -> dict[str, Any]:
         "downlink_send": Annotated[str | None, opt(help="Downlink content: weights, or "
                                                         "update (change since each "
                                                         "client's copy).")],
+        "lr_milestones": Annotated[str | None, opt(help="Rounds from which the learning "
+                                                        "rate is multiplied by --lr-gamma, "
+                                                        "e.g. 15,22.")],
+        "lr_gamma": Annotated[float | None, opt(help="Learning-rate factor at each "
+                                                     "milestone (default 0.1).")],
+        "momentum_steps": Annotated[str | None, opt(help="The clients' momentum from set "
+                                                         "rounds, e.g. 1:0.3,10:0.6,20:0.9.")],
         "reference": Annotated[bool | None, opt(help="Code the weights uplink against "
                                                      "the model each client started from "
                                                      "(error-bounded codecs).")],

@@ -62,6 +62,24 @@ def schedule(rnd: int, density: float, warmup: int) -> tuple[float, bool]:
     return max(density, 0.25 * (density / 0.25) ** (rnd / (warmup - 1))), False
 
 
+def correction(rnd: int, density: float, milestones: tuple[int, ...], window: int,
+               corrected: float = 0.01) -> tuple[float, bool]:
+    """HGC's compression-rate correction around learning-rate milestones.
+
+    While round ``rnd`` (0-based) lies within ``window`` rounds of a milestone
+    (1-based rounds, ``[m - 1 - window, m - 1 + window)``) the density is
+    ``max(density, corrected)``; the first round after such a window says ``clear``:
+    the clients drop their error-feedback residuals (the authors' code also resets the
+    momentum, which the simulator rebuilds every round anyway). Returns
+    ``(density, clear)``; ``window=0`` disables it.
+    """
+    if window <= 0:
+        return density, False
+    inside = any(m - 1 - window <= rnd < m - 1 + window for m in milestones)
+    clear = any(rnd == m - 1 + window for m in milestones)
+    return (max(density, corrected) if inside else density), clear and not inside
+
+
 def _layout_digest(shapes: Shapes) -> bytes:
     h = hashlib.sha256()
     for name in sorted(shapes):
@@ -86,12 +104,16 @@ class _End:
         self.u = {k: np.zeros(int(np.prod(s)), np.float32) for k, s in self.shapes.items()}
         self.v = {k: np.zeros(int(np.prod(s)), np.float32) for k, s in self.shapes.items()}
 
-    def configure(self, density: float, compressed: bool = True) -> None:
+    def configure(self, density: float, compressed: bool = True, clear: bool = False) -> None:
         """This round's mask density, and whether values are quantized (and predicted)
-        or sent raw (HGC's warm-up stage); both ends must configure alike."""
+        or sent raw (HGC's warm-up stage); both ends must configure alike. ``clear``
+        drops a client's error-feedback residual (the end of a correction window)."""
         self.active_density = check_ratio("hgc", density)
         self.active_quantize = self.quantize and compressed
         self.active_predict = self.predict and compressed
+        if clear:
+            for v in getattr(self, "residual", {}).values():
+                v[:] = 0.0
 
     def _header(self, w: Writer, kind: int) -> None:
         w.u8(VERSION)

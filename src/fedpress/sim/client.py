@@ -88,10 +88,11 @@ def warm_codecs(plan: Any, options: Mapping[str, Any]) -> None:
 
 
 def local_train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FLConfig,
-                gen: torch.Generator, anchor: Mapping[str, torch.Tensor] | None = None) -> None:
-    """SGD with momentum for ``local_steps`` minibatches or ``local_epochs`` epochs;
-    FedProx adds ``mu/2 ||w - anchor||^2``."""
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+                gen: torch.Generator, anchor: Mapping[str, torch.Tensor] | None = None,
+                rnd: int = 1) -> None:
+    """SGD with momentum for ``local_steps`` minibatches or ``local_epochs`` epochs, at
+    round ``rnd``'s learning rate and momentum; FedProx adds ``mu/2 ||w - anchor||^2``."""
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr_at(rnd), momentum=cfg.momentum_at(rnd))
     model.train()
     steps = 0
     while True:
@@ -210,7 +211,7 @@ class SimClient:
             else:
                 anchor = ({n: p.detach().clone() for n, p in model.named_parameters()}
                           if cfg.algorithm == "fedprox" else None)
-                local_train(model, self.x, self.y, cfg, gen, anchor)
+                local_train(model, self.x, self.y, cfg, gen, anchor, rnd)
                 local = state_of(model)
                 if cfg.send == "update":
                     local = {n: local[n] - start[n]
@@ -272,7 +273,7 @@ class SimClient:
         gen = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            local_train(model, self.x, self.y, self.cfg, gen, None)
+            local_train(model, self.x, self.y, self.cfg, gen, None, rnd)
         local = state_of(model)
         update = {n: local[n] - start[n] if np.issubdtype(local[n].dtype, np.floating)
                   else local[n] for n in local}
@@ -282,7 +283,7 @@ class SimClient:
         return ClientResult(self.cid, reply, raw_bytes(reply), raw_bytes(update), len(self.y),
                             t1 - t0, t2 - t1, 0.0)
 
-    def hgc_master(self, rnd: int, arg: tuple[float, bool]) -> ClientResult:
+    def hgc_master(self, rnd: int, arg: tuple[float, bool, bool]) -> ClientResult:
         """The master's mask message and values message (its top-k of update + residual)."""
         assert self.hgc is not None
         t0 = time.perf_counter()
@@ -294,12 +295,12 @@ class SimClient:
                             raw_bytes(self.pending), len(self.y), 0.0, 0.0,
                             time.perf_counter() - t0)
 
-    def hgc_values(self, rnd: int, arg: tuple[bytes, float, bool]) -> ClientResult:
+    def hgc_values(self, rnd: int, arg: tuple[bytes, float, bool, bool]) -> ClientResult:
         """A non-master's values message at the master's mask."""
         assert self.hgc is not None
-        mask_msg, density, compressed = arg
+        mask_msg, density, compressed, clear = arg
         t0 = time.perf_counter()
-        self.hgc.configure(density, compressed)
+        self.hgc.configure(density, compressed, clear)
         self.hgc_mask = self.hgc.decode_mask(mask_msg)
         values = self.hgc.encode_update(self.pending, self.hgc_mask)
         return ClientResult(self.cid, values, len(values), raw_bytes(self.pending),

@@ -91,7 +91,24 @@ class FLConfig:
     aggregate: str = "mean"  # "vote": signSGD's majority vote; "powersgd": its exchange
     #: weights uplink coded against the model each client started from (both ends hold it)
     reference: bool = False
+    #: rounds from which the learning rate is multiplied by ``lr_gamma`` (step schedule)
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    #: (round, momentum) steps: the clients' momentum from that round on
+    momentum_steps: tuple[tuple[int, float], ...] = ()
     seed: int = 0
+
+    def lr_at(self, rnd: int) -> float:
+        """The learning rate of round ``rnd`` (1-based) under the step schedule."""
+        return self.lr * self.lr_gamma ** sum(1 for m in self.lr_milestones if rnd >= m)
+
+    def momentum_at(self, rnd: int) -> float:
+        """The clients' momentum in round ``rnd``: the last step at or before it."""
+        value = self.momentum
+        for start, m in sorted(self.momentum_steps):
+            if rnd >= start:
+                value = m
+        return value
 
     def check(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -129,6 +146,10 @@ class FLConfig:
         if self.aggregate == "vote" and self.send == "weights":
             raise ConfigError("aggregate='vote' takes signs of gradients or updates; use "
                               "send='gradient' or 'update'")
+        if any(int(m) < 1 for m in self.lr_milestones) or not 0 < self.lr_gamma <= 1:
+            raise ConfigError("lr_milestones are rounds >= 1 and lr_gamma is in (0, 1]")
+        if any(not 0 <= m < 1 or r < 1 for r, m in self.momentum_steps):
+            raise ConfigError("momentum_steps are (round >= 1, momentum in [0, 1)) pairs")
         for name in ("clients", "rounds", "batch_size", "local_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -313,7 +334,7 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
                 server_s += time.perf_counter() - t0
             t0 = time.perf_counter()
             global_state, velocity = _aggregate(global_state, replies, weights, cfg, velocity,
-                                                params, factored)
+                                                params, factored, cfg.lr_at(rnd))
             server_s += time.perf_counter() - t0
             load_state(model, global_state)
             acc, loss = evaluate(model, x_test, y_test)
@@ -451,7 +472,8 @@ def powersgd_server(cfg: FLConfig, state: State, params: frozenset[str],
 
 def _aggregate(global_state: State, replies: list[State], weights: list[float], cfg: FLConfig,
                velocity: State | None, params: frozenset[str],
-               factored: State | None = None) -> tuple[State, State | None]:
+               factored: State | None = None, lr: float | None = None,
+               ) -> tuple[State, State | None]:
     """The new global state (and FedAvgM's velocity) from the decoded replies
     (``factored``: tensors already averaged by PowerSGD's exchange).
 
@@ -474,7 +496,8 @@ def _aggregate(global_state: State, replies: list[State], weights: list[float], 
     elif cfg.send == "update":
         step = {k: mean[k].astype(np.float64) for k in floats}
     else:  # gradient
-        step = {k: -cfg.lr * mean[k].astype(np.float64) for k in floats}
+        step = {k: -(cfg.lr if lr is None else lr) * mean[k].astype(np.float64)
+                for k in floats}
     if cfg.algorithm == "fedavgm":
         velocity = {k: cfg.server_momentum * (velocity[k] if velocity else 0.0) + step[k]
                     for k in floats}
@@ -492,12 +515,15 @@ def hgc_options(cfg: FLConfig) -> dict[str, Any]:
     """HGC's options from the plan options, with its defaults."""
     o = cfg.plan_options
     generic = {"mode", "eb", "lossy", "lossless", "threshold"}  # every plan gets these
-    unknown = set(o) - {"density", "warmup", "levels", "predict", "quantize"} - generic
+    unknown = set(o) - {"density", "warmup", "levels", "predict", "quantize", "correction",
+                        "correction_density"} - generic
     if unknown:
         raise ConfigError(f"plan 'hgc': unknown options {sorted(unknown)}")
     return {"density": float(o.get("density", 1e-3)), "warmup": int(o.get("warmup", 0)),
             "levels": int(o.get("levels", 3)), "predict": bool(o.get("predict", True)),
-            "quantize": bool(o.get("quantize", True))}
+            "quantize": bool(o.get("quantize", True)),
+            "correction": int(o.get("correction", 0)),
+            "correction_density": float(o.get("correction_density", 0.01))}
 
 
 @dataclass
@@ -542,17 +568,23 @@ class HGCRound:
 
     def exchange(self, pool: Any, rnd: int, chosen: list[int], weights: list[float],
                  network: Network, down_bytes: dict[int, int]) -> HGCExchange:
-        from ..grad.hgc_exchange import schedule
+        from ..grad.hgc_exchange import correction, schedule
 
-        density, compressed = schedule(rnd - 1, self.options["density"], self.options["warmup"])
+        o = self.options
+        density, compressed = schedule(rnd - 1, o["density"], o["warmup"])
+        if compressed:  # corrections start after the warm-up
+            density, clear = correction(rnd - 1, density, self.cfg.lr_milestones,
+                                        o["correction"], o["correction_density"])
+        else:
+            clear = False
         self.server.configure(density, compressed)
         master = chosen[(rnd - 1) % len(chosen)]
-        (first,) = pool.call("hgc_master", rnd, {master: (density, compressed)})
+        (first,) = pool.call("hgc_master", rnd, {master: (density, compressed, clear)})
         mask_msg, values = first.message
         t0 = time.perf_counter()
         mask = self.server.decode_mask(mask_msg)
         server_s = time.perf_counter() - t0
-        others = pool.call("hgc_values", rnd, {k: (mask_msg, density, compressed)
+        others = pool.call("hgc_values", rnd, {k: (mask_msg, density, compressed, clear)
                                                for k in chosen if k != master})
         results = {r.client: r for r in [first, *others]}
         t0 = time.perf_counter()

@@ -11,6 +11,8 @@ float32, any fedpress plan, or ``name(key=value, ...)`` with codec options, e.g.
 the global model; ``update``: its change since what each client holds),
 ``aggregate`` (``mean``, or ``vote``: signSGD's majority vote), ``reference``
 (``true``: the weights uplink is coded against the model each client started from),
+``lr_milestones`` (rounds from which the learning rate is multiplied by ``lr_gamma``),
+``momentum_steps`` (``"round:momentum,..."``: the clients' momentum from those rounds),
 ``uplink_mbps``,
 ``downlink_mbps``, ``latency_ms`` (a number, a list or ``{median, sigma}``),
 ``seed``, ``test_limit``, ``threads`` (PyTorch threads per process), ``workers``
@@ -37,13 +39,14 @@ DEFAULTS: dict[str, Any] = {
     "threshold": None, "downlink_plan": "none", "uplink_mbps": 10.0, "downlink_mbps": 10.0,
     "latency_ms": 0.0, "seed": 0, "test_limit": None, "threads": 1, "workers": 1,
     "aggregate": "mean", "downlink_send": "weights", "reference": False,
+    "lr_milestones": (), "lr_gamma": 0.1, "momentum_steps": (),
     "out": "out/simulate",
 }
 PLAN_KEYS = ("mode", "eb", "lossy", "lossless", "threshold")
 #: run settings a plan spec may carry for its own run (in ``compare``)
 SIM_KEYS = ("aggregate", "algorithm", "lr", "server_lr", "server_momentum", "momentum",
             "downlink_plan", "downlink_send", "send", "local_steps", "local_epochs",
-            "reference")
+            "reference", "lr_milestones", "lr_gamma", "momentum_steps")
 
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -85,6 +88,32 @@ def _flag(value: Any, name: str) -> bool:
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
     raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+def _int_list(value: Any, name: str) -> tuple[int, ...]:
+    """Rounds given as a list or a comma-separated string ("15,22")."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    try:
+        return tuple(int(str(v).strip()) for v in items if str(v).strip())
+    except ValueError:
+        raise ConfigError(f"{name}: expected round numbers, got {value!r}") from None
+
+
+def _steps(value: Any) -> tuple[tuple[int, float], ...]:
+    """(round, momentum) steps from a list of pairs or a string "1:0.3,60:0.6,100:0.9"."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    out = []
+    for item in items:
+        pair = str(item).split(":") if isinstance(item, str) else list(item)
+        if not str(item).strip():
+            continue
+        try:
+            r, m = pair
+            out.append((int(str(r).strip()), float(str(m).strip())))
+        except (ValueError, TypeError):
+            raise ConfigError(f"momentum_steps: expected round:momentum pairs, got {value!r}"
+                              ) from None
+    return tuple(out)
 
 
 def split_plans(text: str) -> list[str]:
@@ -180,7 +209,9 @@ def run(settings: Mapping[str, Any], out_dir: str | os.PathLike[str] | None = No
         partition=s["partition"], alpha=float(s["alpha"]), plan=plan,
         plan_options=plan_options, downlink_plan=down, downlink_options=down_options,
         seed=int(s["seed"]), aggregate=s["aggregate"], downlink_send=s["downlink_send"],
-        reference=_flag(s["reference"], "reference"))
+        reference=_flag(s["reference"], "reference"),
+        lr_milestones=_int_list(s["lr_milestones"], "lr_milestones"),
+        lr_gamma=float(s["lr_gamma"]), momentum_steps=_steps(s["momentum_steps"]))
     network = Network.build(cfg.clients, s["uplink_mbps"], s["downlink_mbps"],
                             s["latency_ms"], seed=cfg.seed)
     with _progress(progress, label or str(s["plan"]), cfg.rounds) as tick:
