@@ -83,16 +83,20 @@ def test_schedule_boundaries() -> None:
     assert schedule(300, 0.001, 300) == (0.001, True)
     mid, _ = schedule(150, 0.001, 300)
     assert 0.001 < mid < 0.25
-    assert schedule(0, 0.5, 10) == (0.5, True)  # no warm-up above 0.25
+    assert schedule(0, 0.5, 10) == (0.5, False)  # above 0.25: the density, values raw
+    assert schedule(0, 0.001, 1) == (0.001, False)  # one warm-up round: at the target
+    assert schedule(1, 0.001, 1) == (0.001, True)
 
 
 @pytest.mark.parametrize("kw,match", [
     ({"send": "weights"}, "send='update'"),
     ({"fraction": 0.5, "clients": 4}, "fraction=1"),
     ({"algorithm": "fedavgm"}, "algorithm='fedavg'"),
-    ({"aggregate": "mean"}, "not a codec"),
+    ({"aggregate": "mean"}, "runs HGC.s exchange"),
     ({"plan_options": {"density": 0.05, "sparsity": 1}}, "unknown options"),
     ({"plan_options": {"levels": 4}}, "levels"),
+    ({"plan_options": {"predict": "false"}}, "true or false"),
+    ({"plan_options": {"warmup": -1}}, "warmup and correction"),
 ])
 def test_bad_hgc_configs(digits: data.Dataset, kw: dict, match: str) -> None:
     with pytest.raises(fedpress.ConfigError, match=match):
@@ -171,3 +175,19 @@ def test_schedule_settings_parse() -> None:
         _steps("1-0.3")
     with pytest.raises(fedpress.ConfigError):
         _int_list("a,b", "lr_milestones")
+
+
+def test_one_client_and_the_first_downlink(digits: data.Dataset) -> None:
+    """Round 1's downlink counts the initial model (every plan's clients need it)."""
+    h, _ = fl.simulate(digits, _cfg(clients=1, rounds=2))
+    assert h[0].bytes_down == h[0].raw_down and h[1].bytes_down < h[0].bytes_down
+    assert h[0].cr_down == 1.0
+
+
+def test_list_settings_in_plan_specs() -> None:
+    from fedpress.sim.run import _int_list, _steps
+
+    assert _int_list(15, "x") == (15,) and _int_list("15;22", "x") == (15, 22)
+    assert _steps("1:0.3;10:0.6") == ((1, 0.3), (10, 0.6))
+    with pytest.raises(fedpress.ConfigError):
+        _steps(3)

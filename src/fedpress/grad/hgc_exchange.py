@@ -17,8 +17,8 @@ HGC (Hu, Jiang & He, IJCAI-24; notes in ``docs/hgc_research.md``). In each round
 
 This module holds the two ends (:class:`HGCClient`, :class:`HGCServer`) and their
 messages; the simulator's round protocol and the schedules (warm-up, corrections)
-build on it. Messages start with a version byte and an 8-byte digest of the tensor
-names and shapes, so peers configured for other models are told so; every malformed
+build on it. Messages start with a version byte, a kind byte and an 8-byte digest of
+the tensor names and shapes, so peers configured for other models are told so; every malformed
 message is a :class:`fedpress.FormatError`.
 """
 
@@ -55,10 +55,10 @@ def schedule(rnd: int, density: float, warmup: int) -> tuple[float, bool]:
     from 0.25 to ``density`` (``0.25 * (density / 0.25) ** (rnd / (warmup - 1))``) and
     the values travel raw (no quantizer, no prediction); ``warmup=0`` disables it.
     """
-    if warmup <= 0 or rnd >= warmup or density >= 0.25:
+    if warmup <= 0 or rnd >= warmup:
         return density, True
-    if warmup == 1:
-        return 0.25, False
+    if warmup == 1 or density >= 0.25:  # one warm-up round: already at the target
+        return density, False
     return max(density, 0.25 * (density / 0.25) ** (rnd / (warmup - 1))), False
 
 
@@ -211,9 +211,9 @@ def read_values(rd: Reader, k: int, levels: int, quantize: bool,
                 predicted: np.ndarray | None) -> np.ndarray:
     """The ``k`` values :func:`write_values` wrote (float32); FormatError on bad bytes."""
     mode = rd.u8()
-    if mode == VALUES_RAW:
+    if mode == VALUES_RAW and not quantize:
         vals = rd.array("<f4", k).astype(np.float32)
-    elif mode == VALUES_CODES and quantize:
+    elif mode == VALUES_CODES and quantize:  # raw values are refused in a quantized round
         means = rd.array("<f4", levels - 1).astype(np.float32)
         sub = Reader(rd.blob(cap=rd.remaining, name="hgc codes"), "hgc codes")
         symbols = rans.decode(sub, k) if k else np.zeros(0, np.int64)
@@ -242,7 +242,7 @@ class HGCClient(_End):
     shapes : mapping of name -> shape
         The tensors exchanged (the same on every end).
     density : float
-        Share of each tensor's values the mask keeps (``k = max(1, round(density * n))``).
+        Share of each tensor's values the mask keeps (``k = max(1, ceil(density * n))``).
     levels : int
         Equal-count quantizer levels (odd; 3: ternary with a mean per sign).
     predict, quantize : bool

@@ -27,6 +27,7 @@ from torch.nn import functional
 
 import fedpress
 
+from ..errors import ConfigError
 from ..grad.hgc_exchange import HGCClient
 from ..grad.powersgd_exchange import PowerSGDClient, low_rank_names
 from .models import build_model
@@ -56,6 +57,27 @@ def normalise(x: np.ndarray) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1], standardised with the batch-independent
     constants 0.5 / 0.25 (the same for every client and the test set)."""
     return torch.from_numpy((x.astype(np.float32) / 255.0 - 0.5) / 0.25)
+
+
+def hgc_options(cfg: FLConfig) -> dict[str, Any]:
+    """HGC's options from the plan options, checked, with their defaults."""
+    o = cfg.plan_options
+    generic = {"mode", "eb", "lossy", "lossless", "threshold"}  # every plan gets these
+    known = {"density", "warmup", "levels", "predict", "quantize", "correction",
+             "correction_density"}
+    unknown = set(o) - known - generic
+    if unknown:
+        raise ConfigError(f"plan 'hgc': unknown options {sorted(unknown)}")
+    for key in ("predict", "quantize"):
+        if key in o and not isinstance(o[key], bool):
+            raise ConfigError(f"plan 'hgc': {key} must be true or false, got {o[key]!r}")
+    out = {"density": float(o.get("density", 1e-3)), "warmup": int(o.get("warmup", 0)),
+           "levels": int(o.get("levels", 3)), "predict": o.get("predict", True),
+           "quantize": o.get("quantize", True), "correction": int(o.get("correction", 0)),
+           "correction_density": float(o.get("correction_density", 0.01))}
+    if out["warmup"] < 0 or out["correction"] < 0:
+        raise ConfigError("plan 'hgc': warmup and correction are rounds, >= 0")
+    return out
 
 
 def hgc_names(state: State, params: frozenset[str]) -> list[str]:
@@ -244,10 +266,9 @@ class SimClient:
             assert self.held is not None
             params = frozenset(n for n, _ in model.named_parameters())
             names = hgc_names(self.held, params)
-            o = self.cfg.plan_options
-            self.hgc = HGCClient({k: self.held[k].shape for k in names},
-                                 float(o.get("density", 1e-3)), int(o.get("levels", 3)),
-                                 bool(o.get("predict", True)), bool(o.get("quantize", True)))
+            o = hgc_options(self.cfg)
+            self.hgc = HGCClient({k: self.held[k].shape for k in names}, o["density"],
+                                 o["levels"], o["predict"], o["quantize"])
         return self.hgc
 
     def _hgc_round(self, rnd: int, message: Any, trainer: Trainer) -> ClientResult:

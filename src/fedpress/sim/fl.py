@@ -45,6 +45,7 @@ from .client import (
     State,
     apply_changes,
     hgc_names,
+    hgc_options,
     load_state,
     make_encoder,
     normalise,
@@ -88,7 +89,7 @@ class FLConfig:
     downlink_plan: str | Mapping[str, Any] | None = None
     downlink_options: dict[str, Any] = field(default_factory=dict)
     downlink_send: str = "weights"  # or "update": the change since each client's copy
-    aggregate: str = "mean"  # "vote": signSGD's majority vote; "powersgd": its exchange
+    aggregate: str = "mean"  # "vote": signSGD's vote; "powersgd"/"hgc": their exchanges
     #: weights uplink coded against the model each client started from (both ends hold it)
     reference: bool = False
     #: rounds from which the learning rate is multiplied by ``lr_gamma`` (step schedule)
@@ -133,12 +134,16 @@ class FLConfig:
                                         or self.downlink_plan is not None):
             raise ConfigError("aggregate='hgc' runs HGC's exchange (shared mask, aggregate "
                               "sent back at the mask): use plan='hgc' (options: density, "
-                              "warmup, levels, predict, quantize) with send='update', "
-                              "algorithm='fedavg', server_lr=1, fraction=1 (every client "
-                              "every round, as HGC requires) and no downlink plan")
+                              "warmup, levels, predict, quantize, correction, "
+                              "correction_density) with send='update', algorithm='fedavg', "
+                              "server_lr=1, fraction=1 (every client every round, as HGC "
+                              "requires) and no downlink plan")
         if self.plan == "hgc" and self.aggregate != "hgc":
-            raise ConfigError("plan 'hgc' is an exchange, not a codec: set aggregate='hgc' "
-                              "(or write 'hgc(aggregate=hgc)')")
+            raise ConfigError("in the simulator, plan 'hgc' runs HGC's exchange: set "
+                              "aggregate='hgc' (the 'hgc' codec, one sender's stream, is "
+                              "for UpdateEncoder)")
+        if self.aggregate == "hgc":
+            hgc_options(self)  # its options, checked before anything runs
         if self.reference and (self.send != "weights" or self.plan is None):
             raise ConfigError("reference=true codes the weights a client sends against the "
                               "model it started from: it needs send='weights' and an "
@@ -511,21 +516,6 @@ def _aggregate(global_state: State, replies: list[State], weights: list[float], 
     return new, velocity
 
 
-def hgc_options(cfg: FLConfig) -> dict[str, Any]:
-    """HGC's options from the plan options, with its defaults."""
-    o = cfg.plan_options
-    generic = {"mode", "eb", "lossy", "lossless", "threshold"}  # every plan gets these
-    unknown = set(o) - {"density", "warmup", "levels", "predict", "quantize", "correction",
-                        "correction_density"} - generic
-    if unknown:
-        raise ConfigError(f"plan 'hgc': unknown options {sorted(unknown)}")
-    return {"density": float(o.get("density", 1e-3)), "warmup": int(o.get("warmup", 0)),
-            "levels": int(o.get("levels", 3)), "predict": bool(o.get("predict", True)),
-            "quantize": bool(o.get("quantize", True)),
-            "correction": int(o.get("correction", 0)),
-            "correction_density": float(o.get("correction_density", 0.01))}
-
-
 @dataclass
 class HGCExchange:
     """What HGC's mid-round exchange added to a round."""
@@ -561,9 +551,12 @@ class HGCRound:
         self.last: bytes | None = None  # the last aggregate message
 
     def downlink(self, chosen: list[int], state: State) -> tuple[dict[int, Any], dict[int, int]]:
+        """Round 1: the initial model (raw; the simulated clients start from the same
+        seeded copy, so nothing is passed, but its bytes are counted). Later: the last
+        aggregate at the last mask, and the buffers raw."""
         buffers = {k: v for k, v in state.items() if k not in self.names}
         message = None if self.last is None else (self.last, buffers)
-        size = 0 if self.last is None else len(self.last) + raw_bytes(buffers)
+        size = raw_bytes(state) if self.last is None else len(self.last) + raw_bytes(buffers)
         return {k: message for k in chosen}, {k: size for k in chosen}
 
     def exchange(self, pool: Any, rnd: int, chosen: list[int], weights: list[float],
@@ -591,6 +584,7 @@ class HGCRound:
         decoded = [self.server.decode_values(values if k == master else results[k].message,
                                              mask) for k in chosen]
         decode_s = time.perf_counter() - t0
+        server_s += decode_s
         t0 = time.perf_counter()
         self.last, aggregate = self.server.aggregate(decoded, weights, mask)
         server_s += time.perf_counter() - t0

@@ -9,7 +9,8 @@ float32, any fedpress plan, or ``name(key=value, ...)`` with codec options, e.g.
 ``signsgd(aggregate=vote)``), ``mode``, ``eb``, ``lossy``, ``lossless``,
 ``threshold``, ``downlink_plan`` (same forms; default ``"none"``), ``downlink_send`` (``weights``:
 the global model; ``update``: its change since what each client holds),
-``aggregate`` (``mean``, or ``vote``: signSGD's majority vote), ``reference``
+``aggregate`` (``mean``; ``vote``: signSGD's majority vote; ``powersgd``: its two-phase
+exchange; ``hgc``: HGC's shared-mask exchange, implied by plan ``hgc``), ``reference``
 (``true``: the weights uplink is coded against the model each client started from),
 ``lr_milestones`` (rounds from which the learning rate is multiplied by ``lr_gamma``),
 ``momentum_steps`` (``"round:momentum,..."``: the clients' momentum from those rounds),
@@ -90,25 +91,31 @@ def _flag(value: Any, name: str) -> bool:
     raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
+def _items(value: Any) -> list[Any]:
+    """A list setting given as a list, one value, or a string split on ``,`` or ``;``
+    (``;`` also works inside a plan spec, where commas separate options)."""
+    if isinstance(value, str):
+        return [v for v in value.replace(";", ",").split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [] if value is None else [value]
+
+
 def _int_list(value: Any, name: str) -> tuple[int, ...]:
-    """Rounds given as a list or a comma-separated string ("15,22")."""
-    items = value.split(",") if isinstance(value, str) else list(value or ())
+    """Rounds given as a list, one number, or a string ("15,22" or "15;22")."""
     try:
-        return tuple(int(str(v).strip()) for v in items if str(v).strip())
-    except ValueError:
+        return tuple(int(str(v).strip()) for v in _items(value))
+    except (ValueError, TypeError):
         raise ConfigError(f"{name}: expected round numbers, got {value!r}") from None
 
 
 def _steps(value: Any) -> tuple[tuple[int, float], ...]:
-    """(round, momentum) steps from a list of pairs or a string "1:0.3,60:0.6,100:0.9"."""
-    items = value.split(",") if isinstance(value, str) else list(value or ())
+    """(round, momentum) steps from a list of pairs or a string "1:0.3,60:0.6,100:0.9"
+    (``;`` works as well as ``,``)."""
     out = []
-    for item in items:
-        pair = str(item).split(":") if isinstance(item, str) else list(item)
-        if not str(item).strip():
-            continue
+    for item in _items(value):
         try:
-            r, m = pair
+            r, m = str(item).split(":") if isinstance(item, str) else list(item)
             out.append((int(str(r).strip()), float(str(m).strip())))
         except (ValueError, TypeError):
             raise ConfigError(f"momentum_steps: expected round:momentum pairs, got {value!r}"
