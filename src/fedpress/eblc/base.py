@@ -176,12 +176,13 @@ class ErrorBoundedCodec(Codec):
                 work[~finite] = min(max(lo, -fmax), fmax)
             body_, recon, over = core(work, eb_abs, np.shape(x))
             body = bytes(body_)
-            if over is None or not all_finite or work.dtype != flat.dtype or ref is not None \
-                    or want_output:
+            # the core's own count of offenders holds only for x itself, as the core saw it
+            check = over is None or not all_finite or work.dtype != flat.dtype or ref is not None
+            if check or want_output:
                 yc = recon if recon is not None else self._decode_core(
                     memoryview(body), n, work.dtype, eb_abs)
                 y = _add_reference(np.asarray(yc).reshape(-1), ref, flat.dtype)
-                if over is None or not all_finite or work.dtype != flat.dtype or ref is not None:
+                if check:
                     over = _over_bound(xs, y, eb_abs, all_finite)
             if over.size:
                 bad_idx = np.union1d(bad_idx, over)

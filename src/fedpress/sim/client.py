@@ -223,22 +223,7 @@ class SimClient:
             got = self.held = apply_changes(self.held, got)
         start = got
         t1 = time.perf_counter()
-        load_state(model, start)
-        seed = client_seed(cfg.seed, rnd, self.cid)
-        gen = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # dropout masks
-            if cfg.send == "gradient":
-                local = mean_gradient(model, self.x, self.y, cfg, gen)
-            else:
-                anchor = ({n: p.detach().clone() for n, p in model.named_parameters()}
-                          if cfg.algorithm == "fedprox" else None)
-                local_train(model, self.x, self.y, cfg, gen, anchor, rnd)
-                local = state_of(model)
-                if cfg.send == "update":
-                    local = {n: local[n] - start[n]
-                             if np.issubdtype(local[n].dtype, np.floating) else local[n]
-                             for n in local}
+        local = self._train(model, start, rnd)
         t2 = time.perf_counter()
         if self.lowrank is not None:
             params = frozenset(n for n, _ in model.named_parameters())
@@ -259,6 +244,26 @@ class SimClient:
         return ClientResult(self.cid, reply, nbytes, raw_bytes(local), len(self.y),
                             0.0 if self.decoder is None else t1 - t0, t2 - t1,
                             0.0 if self.encoder is None else t3 - t2)
+
+    def _train(self, model: torch.nn.Module, start: State, rnd: int) -> State:
+        """Train from ``start`` (seeded by client and round) and return what ``send``
+        says: the mean gradient, the weights, or the update (their change)."""
+        cfg = self.cfg
+        load_state(model, start)
+        seed = client_seed(cfg.seed, rnd, self.cid)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # dropout masks
+            if cfg.send == "gradient":
+                return mean_gradient(model, self.x, self.y, cfg, gen)
+            anchor = ({n: p.detach().clone() for n, p in model.named_parameters()}
+                      if cfg.algorithm == "fedprox" else None)
+            local_train(model, self.x, self.y, cfg, gen, anchor, rnd)
+        local = state_of(model)
+        if cfg.send != "update":
+            return local
+        return {n: local[n] - start[n] if np.issubdtype(local[n].dtype, np.floating)
+                else local[n] for n in local}
 
     # -- HGC's exchange (fedpress.grad.hgc_exchange) -----------------------------------
     def _hgc_end(self, model: torch.nn.Module) -> HGCClient:
@@ -287,17 +292,8 @@ class SimClient:
                 held[k] = (held[k] + 1.0 * v.astype(np.float64)).astype(held[k].dtype)
             held.update(buffers)
             self.held = held
-        start = self.held
         t1 = time.perf_counter()
-        load_state(model, start)
-        seed = client_seed(self.cfg.seed, rnd, self.cid)
-        gen = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            local_train(model, self.x, self.y, self.cfg, gen, None, rnd)
-        local = state_of(model)
-        update = {n: local[n] - start[n] if np.issubdtype(local[n].dtype, np.floating)
-                  else local[n] for n in local}
+        update = self._train(model, self.held, rnd)  # HGC runs with send="update"
         self.pending = {k: update[k] for k in end.shapes}
         reply = {k: v for k, v in update.items() if k not in end.shapes}
         t2 = time.perf_counter()
