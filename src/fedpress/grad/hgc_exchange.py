@@ -141,6 +141,22 @@ class _End:
             self.u[name], self.v[name] = ec.advance(self.u[name], self.v[name],
                                                     aggregate[name].reshape(-1))
 
+    def decode_aggregate(self, blob: bytes | memoryview, mask: Mask) -> State:
+        """Dense tensors from an aggregate message (without advancing anything)."""
+        rd = self._read_header(blob, MSG_AGGREGATE)
+        out = {}
+        for name, shape in self.shapes.items():
+            idx = mask[name]
+            raw = rd.blob(cap=rd.remaining, name="hgc aggregate")
+            vals = _ZSTD.decode(raw, TensorSpec((idx.size,), np.dtype(np.float32)))
+            if not np.isfinite(vals).all():
+                raise FormatError("hgc message: NaN or Inf in the aggregate")
+            dense = np.zeros(int(np.prod(shape)), np.float32)
+            dense[idx] = vals
+            out[name] = dense.reshape(shape)
+        rd.expect_end()
+        return out
+
     # -- messages -----------------------------------------------------------------
     def encode_mask(self, mask: Mask) -> bytes:
         w = Writer()
@@ -289,7 +305,7 @@ class HGCClient(_End):
 
     def receive_aggregate(self, blob: bytes | memoryview, mask: Mask) -> State:
         """The server's aggregate (dense float32); advances the predictor."""
-        agg = decode_aggregate(self, blob, mask)
+        agg = self.decode_aggregate(blob, mask)
         self.advance(agg)
         return agg
 
@@ -317,20 +333,3 @@ class HGCServer(_End):
             agg[name] = dense.reshape(shape)
         self.advance(agg)
         return w.getvalue(), agg
-
-
-def decode_aggregate(end: _End, blob: bytes | memoryview, mask: Mask) -> State:
-    """Dense tensors from an aggregate message (without advancing anything)."""
-    rd = end._read_header(blob, MSG_AGGREGATE)
-    out = {}
-    for name, shape in end.shapes.items():
-        idx = mask[name]
-        raw = rd.blob(cap=rd.remaining, name="hgc aggregate")
-        vals = _ZSTD.decode(raw, TensorSpec((idx.size,), np.dtype(np.float32)))
-        if not np.isfinite(vals).all():
-            raise FormatError("hgc message: NaN or Inf in the aggregate")
-        dense = np.zeros(int(np.prod(shape)), np.float32)
-        dense[idx] = vals
-        out[name] = dense.reshape(shape)
-    rd.expect_end()
-    return out
