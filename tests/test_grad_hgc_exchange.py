@@ -7,6 +7,7 @@ import pytest
 
 import fedpress
 from fedpress.grad.hgc_exchange import HGCClient, HGCServer
+from fedpress.stages import radix
 
 SHAPES = {"conv.weight": (16, 8, 3, 3), "fc.weight": (40, 50), "fc.bias": (40,)}
 # the mask's density: the module's default (0.001) unless a test says otherwise
@@ -102,13 +103,47 @@ def test_prediction_shrinks_the_values_messages_when_positions_repeat() -> None:
     assert sizes[True] < 0.7 * sizes[False]
 
 
+def test_prediction_is_used_only_where_it_codes_smaller() -> None:
+    """Prediction changes the bytes, never the values: the same run with and without it
+    decodes the same tensors, and each values message with prediction is no larger."""
+    runs = [list(_run(6, density=0.05, predict=p)) for p in (False, True)]
+    for plain, predicted in zip(*runs, strict=True):
+        for a, b in zip(plain[4], predicted[4], strict=True):
+            assert len(b) <= len(a)
+        for da, db in zip(plain[7], predicted[7], strict=True):
+            assert all(np.array_equal(da[k], db[k]) for k in SHAPES)
+
+
+def test_short_messages_cost_little_beyond_their_codes() -> None:
+    """At HGC's density a tensor keeps a handful of values: all codes share one stream
+    (radix-packed when that is smaller), so no tensor pays for its own coder tables;
+    the aggregate of a few ternary senders is a table of distinct values plus indices."""
+    shapes = {f"t{i}": (2000 + 97 * i,) for i in range(6)}
+    rng = np.random.default_rng(1)
+    ends = [HGCClient(shapes, density=0.05, predict=False) for _ in range(3)]
+    server = HGCServer(shapes, density=0.05, predict=False)
+    ups = [{k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+           for _ in ends]
+    mask = ends[0].select_mask(ups[0])
+    k = sum(m.size for m in mask.values())
+    blobs = [c.encode_update(u, mask) for c, u in zip(ends, ups, strict=True)]
+    header, means = 10, 8 * len(shapes)
+    for b in blobs:  # mode, flag, method, length: 5 bytes at most
+        assert len(b) <= header + means + 5 + radix.packed_size(k, 3)
+    agg_msg, agg = server.aggregate([server.decode_values(b, mask) for b in blobs], mask=mask)
+    assert len(agg_msg) < header + 4 * k / 2  # ~8 distinct values per tensor
+    got = ends[1].decode_aggregate(agg_msg, mask)
+    assert all(np.array_equal(got[n], agg[n]) for n in shapes)
+
+
 def test_bad_messages_are_format_errors() -> None:
     ends, server, mask, mask_msg, blobs, *_ = list(_run(2, density=0.05))[-1]
     other = HGCServer({"fc.weight": (40, 50)}, density=0.05)
     with pytest.raises(fedpress.FormatError, match="other tensors"):
         other.decode_values(blobs[0], mask)
+    agg_msg = server.aggregate(decoded_of(server, blobs, mask), mask=mask)[0]
     rng = np.random.default_rng(3)
-    for blob in (blobs[0], mask_msg):
+    for blob in (blobs[0], mask_msg, agg_msg):
         for _ in range(300):
             b = bytearray(blob)
             pos = int(rng.integers(0, len(b)))
@@ -118,10 +153,16 @@ def test_bad_messages_are_format_errors() -> None:
             try:
                 if blob is mask_msg:
                     ends[0].decode_mask(bytes(b))
+                elif blob is agg_msg:
+                    ends[0].decode_aggregate(bytes(b), mask)
                 else:
                     server.decode_values(bytes(b), mask)
             except fedpress.FormatError:
                 pass
+
+
+def decoded_of(server: HGCServer, blobs: list[bytes], mask: dict) -> list[dict]:
+    return [server.decode_values(b, mask) for b in blobs]
 
 
 def test_bad_configs() -> None:

@@ -13,7 +13,9 @@ quantizer dropped and adds it to the next round's tensor, as HGC does.
 
 Payload::
 
-    u8 version (1) | varint k | indices (grad.indices) | values (hgc_exchange.write_values)
+    u8 version (2) | varint k | indices (grad.indices) | values (hgc_exchange.write_values)
+
+Version 1 always XOR-ed the codes with the prediction and always rANS-coded them.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from .base import check_ratio, keep_count, require_finite
 from .hgc_exchange import read_values, write_values
 from .indices import read_indices, write_indices
 
-VERSION = 1
+VERSION = 2
 
 
 @register_codec
@@ -46,7 +48,8 @@ class HGCCodec(StatefulCodec):
     levels : int
         Equal-count quantizer levels (odd, 3..255; 3: ternary with a mean per sign).
     predict : bool
-        XOR the codes with the prediction's codes (needs ``quantize``).
+        Let the codes go XOR the prediction's codes when that codes smaller (needs
+        ``quantize``; a flag in the payload says which).
     quantize : bool
         Quantize the kept values (else they travel as float32).
     """
@@ -75,10 +78,11 @@ class HGCCodec(StatefulCodec):
             return np.zeros(n, np.float32), np.zeros(n, np.float32)
         return u, v
 
-    def _predicted(self, u: np.ndarray, v: np.ndarray, idx: np.ndarray) -> np.ndarray | None:
+    def _predicted(self, u: np.ndarray, v: np.ndarray,
+                   idx: np.ndarray) -> list[np.ndarray] | None:
         if not self.predict:
             return None
-        return ec.quantize(ec.predict(u[idx], v[idx]), self.levels)[0]
+        return [ec.quantize(ec.predict(u[idx], v[idx]), self.levels)[0]]
 
     @staticmethod
     def _advance(state: Any, u: np.ndarray, v: np.ndarray, y: np.ndarray) -> None:
@@ -103,8 +107,8 @@ class HGCCodec(StatefulCodec):
         w.u8(VERSION)
         w.varint(k)
         write_indices(w, idx, n)
-        sent = write_values(w, flat[idx], self.levels, self.quantize,
-                            self._predicted(u, v, idx))
+        sent = write_values(w, [flat[idx]], self.levels, self.quantize,
+                            self._predicted(u, v, idx))[0]
         y = np.zeros(n, np.float32)
         y[idx] = sent
         self._advance(state, u, v, y)
@@ -120,7 +124,7 @@ class HGCCodec(StatefulCodec):
         k = rd.varint(cap=n, name="hgc k")
         idx = read_indices(rd, k, n)
         u, v = self._averages(state, n)
-        vals = read_values(rd, k, self.levels, self.quantize, self._predicted(u, v, idx))
+        vals = read_values(rd, [k], self.levels, self.quantize, self._predicted(u, v, idx))[0]
         rd.expect_end()
         y = np.zeros(n, np.float32)
         y[idx] = vals

@@ -7,17 +7,21 @@ HGC (Hu, Jiang & He, IJCAI-24; notes in ``docs/hgc_research.md``). In each round
    **mask message** with its values;
 2. the server forwards the mask message to the other clients, which send **values
    messages** at the same positions (no indices);
-3. every values message holds, per tensor, the equal-count group means and the codes
-   XOR the codes of the prediction (both ends quantize the same Adam-like prediction at
-   the mask), rANS coded; each client keeps what it did not send as its residual
-   (the sparsification and the quantization error);
+3. every values message holds, per tensor, the equal-count group means, then the
+   codes of all tensors in one stream, XOR the codes of the prediction when that is
+   smaller (both ends quantize the same Adam-like prediction at the mask; a flag says
+   whether), radix-packed or rANS coded, whichever is smaller; each client keeps what
+   it did not send as its residual (the sparsification and the quantization error);
 4. the server decodes, averages and sends the **aggregate message** (the mean at the
-   mask, float32); everyone, server included, advances the predictor from it, so
+   mask, float32, lossless: zstd, or a table of its few distinct values and an index
+   per value); everyone, server included, advances the predictor from it, so
    predictions stay equal on all ends.
 
 This module holds the two ends (:class:`HGCClient`, :class:`HGCServer`) and their
 messages; the simulator's round protocol and the schedules (warm-up, corrections)
-build on it. Messages start with a version byte, a kind byte and an 8-byte digest of
+build on it. Messages start with a version byte (2; version 1 coded each tensor's
+codes as its own rANS stream, whose tables cost more than the codes at HGC's
+densities), a kind byte and an 8-byte digest of
 the tensor names and shapes, so peers configured for other models are told so; every malformed
 message is a :class:`fedpress.FormatError`.
 """
@@ -25,7 +29,7 @@ message is a :class:`fedpress.FormatError`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -33,14 +37,18 @@ from .._bytes import Reader, Writer
 from ..abc import TensorSpec
 from ..backends.lossless import ZstdCodec
 from ..errors import ConfigError, FormatError
-from ..stages import rans
+from ..stages import radix, rans
 from . import equalcount as ec
 from .base import check_ratio, keep_count
 from .indices import read_indices, write_indices
 
-VERSION = 1
+VERSION = 2
 MSG_MASK, MSG_VALUES, MSG_AGGREGATE = 1, 2, 3
 VALUES_RAW, VALUES_CODES = 0, 1
+CODES_PLAIN, CODES_XOR = 0, 1
+SYMBOLS_PACKED, SYMBOLS_RANS = 0, 1
+FLOATS_ZSTD, FLOATS_TABLE = 0, 1
+MAX_TABLE = 1 << 16
 _ZSTD = ZstdCodec(level=3)
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -144,17 +152,20 @@ class _End:
     def decode_aggregate(self, blob: bytes | memoryview, mask: Mask) -> State:
         """Dense tensors from an aggregate message (without advancing anything)."""
         rd = self._read_header(blob, MSG_AGGREGATE)
-        out = {}
+        vals = read_floats(rd, sum(mask[name].size for name in self.shapes))
+        rd.expect_end()
+        return self._scatter(vals, mask)
+
+    def _scatter(self, flat: np.ndarray, mask: Mask) -> State:
+        """Dense tensors (float32, zeros off the mask) from the values at the mask, all
+        tensors back to back in layout order."""
+        out, pos = {}, 0
         for name, shape in self.shapes.items():
             idx = mask[name]
-            raw = rd.blob(cap=rd.remaining, name="hgc aggregate")
-            vals = _ZSTD.decode(raw, TensorSpec((idx.size,), np.dtype(np.float32)))
-            if not np.isfinite(vals).all():
-                raise FormatError("hgc message: NaN or Inf in the aggregate")
             dense = np.zeros(int(np.prod(shape)), np.float32)
-            dense[idx] = vals
+            dense[idx] = flat[pos: pos + idx.size]
+            pos += idx.size
             out[name] = dense.reshape(shape)
-        rd.expect_end()
         return out
 
     # -- messages -----------------------------------------------------------------
@@ -177,77 +188,157 @@ class _End:
         rd.expect_end()
         return mask
 
+    def _predictions(self, mask: Mask) -> list[np.ndarray] | None:
+        if not self.active_predict:
+            return None
+        return [self.predicted_codes(name, mask[name]) for name in self.shapes]
+
     def _encode_values(self, values: State, mask: Mask) -> tuple[bytes, State]:
         """The values message and what its receiver will decode (per tensor, at the mask)."""
         w = Writer()
         self._header(w, MSG_VALUES)
-        sent = {}
-        for name in self.shapes:
-            predicted = self.predicted_codes(name, mask[name]) if self.active_predict else None
-            sent[name] = write_values(w, values[name], self.levels, self.active_quantize,
-                                      predicted)
-        return w.getvalue(), sent
+        sent = write_values(w, [values[name] for name in self.shapes], self.levels,
+                            self.active_quantize, self._predictions(mask))
+        return w.getvalue(), dict(zip(self.shapes, sent, strict=True))
 
     def decode_values(self, blob: bytes | memoryview, mask: Mask) -> State:
         """Dense tensors (float32, zeros off the mask) from a values message."""
         rd = self._read_header(blob, MSG_VALUES)
-        out = {}
-        for name, shape in self.shapes.items():
-            idx = mask[name]
-            predicted = self.predicted_codes(name, idx) if self.active_predict else None
-            dense = np.zeros(int(np.prod(shape)), np.float32)
-            dense[idx] = read_values(rd, idx.size, self.levels, self.active_quantize, predicted)
-            out[name] = dense.reshape(shape)
+        vals = read_values(rd, [mask[name].size for name in self.shapes], self.levels,
+                           self.active_quantize, self._predictions(mask))
         rd.expect_end()
-        return out
+        return self._scatter(np.concatenate(vals) if vals else np.zeros(0, np.float32), mask)
 
 
-def write_values(w: Writer, values: np.ndarray, levels: int, quantize: bool,
-                 predicted: np.ndarray | None) -> np.ndarray:
-    """One tensor's values at the mask: raw float32, or the equal-count group means and
-    the codes (XOR ``predicted``, the prediction's codes, if given) rANS coded. Returns
-    what the receiver will decode."""
-    vals = np.asarray(values, np.float32)
+def write_symbols(w: Writer, symbols: np.ndarray, alphabet: int) -> None:
+    """Symbols in ``[0, alphabet)``, the smaller of radix-packed and rANS coded (a
+    method byte, then a length-prefixed blob). Short streams pack smaller: a rANS
+    stream's tables cost tens of bytes."""
+    options = {SYMBOLS_PACKED: radix.pack(symbols, alphabet)}
+    if symbols.size:
+        coded = Writer()
+        rans.encode(np.asarray(symbols, np.int64), coded)
+        options[SYMBOLS_RANS] = coded.getvalue()
+    method = min(options, key=lambda m: (len(options[m]), m))
+    w.u8(method)
+    w.blob(options[method])
+
+
+def read_symbols(rd: Reader, count: int, alphabet: int) -> np.ndarray:
+    """The ``count`` symbols :func:`write_symbols` wrote (int64, checked in range)."""
+    method = rd.u8()
+    data = rd.blob(cap=rd.remaining, name="hgc symbols")
+    if method == SYMBOLS_PACKED:
+        return radix.unpack(data, count, alphabet)
+    if method != SYMBOLS_RANS or not count:
+        raise FormatError(f"hgc message: unknown symbol coding {method}")
+    sub = Reader(data, "hgc symbols")
+    symbols = rans.decode(sub, count)
+    sub.expect_end()
+    if int(symbols.min()) < 0 or int(symbols.max()) >= alphabet:
+        raise FormatError("hgc message: symbol out of range")
+    return symbols
+
+
+def write_values(w: Writer, values: Sequence[np.ndarray], levels: int, quantize: bool,
+                 predicted: Sequence[np.ndarray] | None) -> list[np.ndarray]:
+    """Some tensors' values at the mask: raw float32, or per tensor the equal-count
+    group means, then all the codes in one stream. With ``predicted`` (the
+    prediction's codes, per tensor) the codes go XOR the prediction when that makes
+    the stream smaller (a flag says which). Returns what the receiver will decode."""
+    vals = [np.asarray(v, np.float32).reshape(-1) for v in values]
     if not quantize:
         w.u8(VALUES_RAW)
-        w.raw(vals.astype("<f4").tobytes())
+        for v in vals:
+            w.raw(v.astype("<f4").tobytes())
         return vals
-    codes, means = ec.quantize(vals, levels)
-    symbols = codes if predicted is None else ec.xor_codes(codes, predicted)
+    quantized = [ec.quantize(v, levels) for v in vals]
     w.u8(VALUES_CODES)
-    w.raw(means.astype("<f4").tobytes())
-    stream = Writer()  # a rANS stream runs to its end: length-prefixed here
-    if vals.size:
-        rans.encode(symbols.astype(np.int64), stream)
-    w.blob(stream.getvalue())
-    return ec.dequantize(codes, means, levels)
+    for _, means in quantized:
+        w.raw(means.astype("<f4").tobytes())
+    codes = np.concatenate([c for c, _ in quantized]) if quantized else np.zeros(0, np.uint8)
+    options = {CODES_PLAIN: (codes, levels)}
+    if predicted is not None:
+        residues = ec.xor_codes(codes, np.concatenate(predicted) if predicted else codes)
+        options[CODES_XOR] = (residues, ec.residue_alphabet(levels))
+    blobs = {}
+    for flag, (symbols, alphabet) in options.items():
+        sub = Writer()
+        write_symbols(sub, symbols, alphabet)
+        blobs[flag] = sub.getvalue()
+    flag = min(blobs, key=lambda f: (len(blobs[f]), f))
+    w.u8(flag)
+    w.raw(blobs[flag])
+    return [ec.dequantize(c, means, levels) for c, means in quantized]
 
 
-def read_values(rd: Reader, k: int, levels: int, quantize: bool,
-                predicted: np.ndarray | None) -> np.ndarray:
-    """The ``k`` values :func:`write_values` wrote (float32); FormatError on bad bytes."""
+def read_values(rd: Reader, counts: Sequence[int], levels: int, quantize: bool,
+                predicted: Sequence[np.ndarray] | None) -> list[np.ndarray]:
+    """The values :func:`write_values` wrote, ``counts[i]`` for tensor ``i`` (float32);
+    FormatError on bad bytes."""
     mode = rd.u8()
     if mode == VALUES_RAW and not quantize:
-        vals = rd.array("<f4", k).astype(np.float32)
+        out = [rd.array("<f4", k).astype(np.float32) for k in counts]
     elif mode == VALUES_CODES and quantize:  # raw values are refused in a quantized round
-        means = rd.array("<f4", levels - 1).astype(np.float32)
-        sub = Reader(rd.blob(cap=rd.remaining, name="hgc codes"), "hgc codes")
-        symbols = rans.decode(sub, k) if k else np.zeros(0, np.int64)
-        sub.expect_end()
-        if symbols.size and (int(symbols.min()) < 0
-                             or int(symbols.max()) >= ec.residue_alphabet(levels)):
-            raise FormatError("hgc message: symbol out of range")
-        codes = symbols.astype(np.uint8)
-        if predicted is not None:
-            codes = ec.xor_codes(codes, predicted)
+        means = [rd.array("<f4", levels - 1).astype(np.float32) for _ in counts]
+        flag = rd.u8()
+        if flag == CODES_PLAIN:
+            codes = read_symbols(rd, sum(counts), levels)
+        elif flag == CODES_XOR and predicted is not None:
+            residues = read_symbols(rd, sum(counts), ec.residue_alphabet(levels))
+            codes = ec.xor_codes(residues, np.concatenate(predicted)
+                                 if predicted else residues)
+        else:
+            raise FormatError(f"hgc message: codes flag {flag} not valid here")
         if codes.size and int(codes.max()) >= levels:
             raise FormatError("hgc message: code out of range")
-        vals = ec.dequantize(codes, means, levels)
+        parts = np.split(codes.astype(np.uint8), np.cumsum(counts)[:-1]) if counts else []
+        out = [ec.dequantize(c, m, levels) for c, m in zip(parts, means, strict=True)]
     else:
         raise FormatError(f"hgc message: unknown values mode {mode}")
+    for v in out:
+        if not np.isfinite(v).all():
+            raise FormatError("hgc message: NaN or Inf among the values")
+    return out
+
+
+def write_floats(w: Writer, vals: np.ndarray) -> None:
+    """float32 values losslessly, the smaller of zstd and a table of the distinct
+    values plus one symbol per value (an average of few clients' quantized values
+    takes few distinct values)."""
+    vals = np.ascontiguousarray(vals, np.float32)
+    options = {FLOATS_ZSTD: _ZSTD.encode(vals)}
+    table, inverse = np.unique(vals.view(np.uint32), return_inverse=True)
+    if 0 < table.size <= MAX_TABLE:
+        sub = Writer()
+        sub.varint(int(table.size))
+        sub.raw(table.astype("<u4").tobytes())
+        write_symbols(sub, inverse.reshape(-1), max(2, int(table.size)))
+        options[FLOATS_TABLE] = sub.getvalue()
+    method = min(options, key=lambda m: (len(options[m]), m))
+    w.u8(method)
+    w.blob(options[method])
+
+
+def read_floats(rd: Reader, count: int) -> np.ndarray:
+    """The ``count`` float32 values :func:`write_floats` wrote (finite, else FormatError)."""
+    method = rd.u8()
+    sub = Reader(rd.blob(cap=rd.remaining, name="hgc aggregate"), "hgc aggregate")
+    if method == FLOATS_ZSTD:
+        vals = _ZSTD.decode(sub.rest(), TensorSpec((count,), np.dtype(np.float32)))
+    elif method == FLOATS_TABLE:
+        size = sub.varint(cap=min(MAX_TABLE, max(count, 1)), name="hgc value table")
+        table = sub.array("<u4", size).astype(np.uint32)
+        symbols = read_symbols(sub, count, max(2, size))
+        sub.expect_end()
+        if symbols.size and int(symbols.max()) >= size:
+            raise FormatError("hgc message: value index out of range")
+        vals = table[symbols].view(np.float32) if size else np.zeros(count, np.float32)
+    else:
+        raise FormatError(f"hgc message: unknown aggregate coding {method}")
     if not np.isfinite(vals).all():
-        raise FormatError("hgc message: NaN or Inf among the values")
-    return vals
+        raise FormatError("hgc message: NaN or Inf in the aggregate")
+    return np.asarray(vals, np.float32)
 
 
 class HGCClient(_End):
@@ -320,16 +411,15 @@ class HGCServer(_End):
             raise ConfigError("hgc: aggregate needs decoded updates and the round's mask")
         wts = np.asarray(weights if weights is not None else [1.0] * len(decoded), np.float64)
         wts = wts / wts.sum()
-        agg = {}
         w = Writer()
         self._header(w, MSG_AGGREGATE)
-        for name, shape in self.shapes.items():
+        means = []
+        for name in self.shapes:
             mean = sum(wt * d[name].reshape(-1).astype(np.float64)
                        for wt, d in zip(wts, decoded, strict=True)).astype(np.float32)
-            vals = mean[mask[name]]
-            w.blob(_ZSTD.encode(vals))
-            dense = np.zeros_like(mean)
-            dense[mask[name]] = vals
-            agg[name] = dense.reshape(shape)
+            means.append(mean[mask[name]])
+        flat = np.concatenate(means) if means else np.zeros(0, np.float32)
+        write_floats(w, flat)
+        agg = self._scatter(flat, mask)
         self.advance(agg)
         return w.getvalue(), agg
