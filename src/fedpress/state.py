@@ -11,6 +11,8 @@ whole frame encoded or decoded, so a failed decode leaves the state untouched.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import tempfile
 from abc import ABC, abstractmethod
@@ -111,6 +113,36 @@ class MemoryStateStore(StateStore):
 
     def keys(self) -> list[Key]:
         return list(self._data)
+
+    def to_bytes(self) -> bytes:
+        """Every state as one ``.npz`` blob (no pickle), for :meth:`from_bytes`: a
+        client that keeps its codec state in a framework's per-client storage."""
+        arrays: dict[str, np.ndarray] = {}
+        index = []
+        for i, ((peer, name), st) in enumerate(self._data.items()):
+            index.append({"peer": peer, "name": name, "round": st.round,
+                          "keys": list(st.arrays)})
+            for j, key in enumerate(st.arrays):
+                arrays[f"{i}/{j}"] = np.asarray(st.arrays[key])
+        arrays["index"] = np.frombuffer(json.dumps(index).encode(), np.uint8)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | memoryview) -> MemoryStateStore:
+        """The store :meth:`to_bytes` wrote; FormatError on anything else."""
+        store = cls()
+        try:
+            with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as z:
+                index = json.loads(z["index"].tobytes().decode())
+                for i, entry in enumerate(index):
+                    arrays = {str(key): z[f"{i}/{j}"] for j, key in enumerate(entry["keys"])}
+                    store._data[(str(entry["peer"]), str(entry["name"]))] = TensorState(
+                        arrays, int(entry["round"]))
+        except Exception as exc:  # zipfile, KeyError, JSON, type errors: not a state blob
+            raise FormatError(f"codec state blob is unreadable: {exc}") from exc
+        return store
 
 
 class DirStateStore(StateStore):

@@ -363,7 +363,9 @@ class Downlink:
     global model; the server decodes its own frames to mirror what every client
     holds, so what a lossy downlink dropped is sent again later (error feedback
     for free). Clients that hold the same copy share one frame when the plan is
-    stateless. Both ends start from the seeded initial model.
+    stateless. Both ends start from ``initial`` (the simulator's seeded initial
+    model; ``None``: nothing, so the first change is the whole model). Clients are
+    keyed ``0 .. clients - 1``, and any other key names a new client.
 
     ``track=True`` (weights uplink with a reference) also keeps, in ``held``, the
     model each client decoded in weights mode: the server decodes its own frames.
@@ -373,49 +375,61 @@ class Downlink:
                  send: str = "weights", initial: State | None = None,
                  track: bool = False) -> None:
         warm_codecs(plan, options)
-        self.plan, self.send_mode = plan, send
-        self.encoders = [make_encoder(plan, options, peer="server")
-                         for _ in range(clients if plan is not None else 0)]
-        if self.encoders and self.encoders[0].residual_feedback:
+        self.plan, self.options, self.send_mode = plan, options, send
+        probe = make_encoder(plan, options, peer="server")
+        if probe is not None and probe.residual_feedback:
             raise ConfigError("residual_feedback is for a sender's stream of its own tensors; "
                               "the downlink cannot use it (update mode already re-sends what "
                               "was dropped)")
-        self.broadcast = not self.encoders or not self.encoders[0].plan.stateful
-        if send == "update" and self.encoders and _keeps_sender_state(self.encoders[0].plan):
+        self.broadcast = probe is None or not probe.plan.stateful
+        if send == "update" and probe is not None and _keeps_sender_state(probe.plan):
             raise ConfigError(f"downlink plan {plan!r} keeps state (error feedback or a "
                               "residual), but downlink updates already re-send what was "
                               "dropped (the server mirrors each client's copy): use its "
                               "stateless form, e.g. 'topk' for 'ef:topk', 'ternary' for "
                               "'stc', 'signsgd' for 'efsignsgd'")
         self.decoder = fedpress.UpdateDecoder()
-        if send == "update" and initial is None:
-            raise ValueError("downlink updates need the initial model")
         self.track = track or send == "update"
-        self.held = [initial] * clients  # what each client holds (update mode, or tracked)
-        self.version = [0] * clients  # equal versions: equal copies
+        self.initial = initial
+        # per client (any hashable key; clients not seen yet start from ``initial``):
+        self.encoders: dict[Any, fedpress.UpdateEncoder] = {}
+        self.held: dict[Any, State | None] = {}  # what it holds (update mode, or tracked)
+        self.version: dict[Any, int] = {}  # equal versions: equal copies
         self._next_version = 1
+        for k in range(clients):
+            self._client(k)
 
-    def send(self, chosen: list[int], state: State,
-             ) -> tuple[dict[int, Message], dict[int, int], float]:
+    def _client(self, k: Any) -> None:
+        """Start tracking client ``k`` (its copy: the initial model, version 0)."""
+        if k not in self.version:
+            self.held[k], self.version[k] = self.initial, 0
+            encoder = make_encoder(self.plan, self.options, peer="server")
+            if encoder is not None:
+                self.encoders[k] = encoder
+
+    def send(self, chosen: list[Any], state: State,
+             ) -> tuple[dict[Any, Message], dict[Any, int], float]:
         """({client: message}, {client: bytes on the wire}, the server's encode seconds)."""
         t0 = time.perf_counter()
-        groups: dict[Any, list[int]] = {}
+        groups: dict[Any, list[Any]] = {}
         for k in chosen:
+            self._client(k)
             key = (self.version[k] if self.send_mode == "update" else 0) if self.broadcast \
                 else ("own", k)
             groups.setdefault(key, []).append(k)
-        messages: dict[int, Message] = {}
+        messages: dict[Any, Message] = {}
         for members in groups.values():
             first = members[0]
+            held = self.held[first]
             content = state if self.send_mode == "weights" else \
-                changes(self.held[first], state)
+                changes(held if held is not None else zeros_like(state), state)
             message: Message = content if self.plan is None else \
                 self.encoders[first].encode(content)
             if self.track:
                 got = content if isinstance(message, dict) else \
                     self.decoder.decode(message, peer=str(first))
-                held = apply_changes(self.held[first], got) if self.send_mode == "update" \
-                    else got
+                held = apply_changes(held if held is not None else zeros_like(state), got) \
+                    if self.send_mode == "update" else got
                 version, self._next_version = self._next_version, self._next_version + 1
                 for k in members:
                     self.held[k], self.version[k] = held, version
@@ -434,6 +448,11 @@ def _keeps_sender_state(plan: Any) -> bool:
 
     return any(isinstance(c, StatefulCodec) and c.scope is Scope.SENDER
                for c in [r.codec for r in plan.rules] + [plan.default, plan.lossless])
+
+
+def zeros_like(state: State) -> State:
+    """A copy of ``state`` with every value zero (a client that holds nothing yet)."""
+    return {k: np.zeros_like(v) for k, v in state.items()}
 
 
 def changes(held: State, target: State) -> State:
