@@ -1,0 +1,1 @@
+"""fedpress in a Flower app: Fashion-MNIST CNN, FedAvg, FedSZ-compressed traffic."""

@@ -1,0 +1,115 @@
+"""One direction of a Flower app's traffic: which plan, what is sent, how it is coded.
+
+A :class:`Link` is written as a plan spec, the same as in the simulator:
+``"fedsz"``, ``"gaeb(reference=true, residual_feedback=true)"``,
+``"ef:topk(ratio=0.01)"``, ``"none"`` (raw arrays). Options inside the parentheses go
+to the plan, except the link's own settings:
+
+* ``send``: ``"weights"`` (the model) or ``"update"`` (its change: on the uplink,
+  trained minus received weights; on the downlink, the new global model minus the copy
+  the client holds, which the server mirrors);
+* ``reference`` (uplink, weights): code the weights against the model the client
+  started from (both ends hold it);
+* ``eb``, ``mode``: the error bound of the plan's error-bounded codecs.
+
+The server's strategy wrapper holds both links; it tells each client the uplink in
+the config of every message (keys ``fedpress-*``), so a client is configured in one
+place: the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import fedpress
+
+from ..errors import ConfigError
+from ..sim.run import parse_plan_spec
+
+SENDS = ("weights", "update")
+#: config keys the server adds to every message it sends
+KEY_UPLINK = "fedpress-uplink"  # the uplink's spec (Link.spec)
+KEY_BASE = "fedpress-base"  # hex digest of the copy a downlink update applies to
+KEY_DELAY = "fedpress-delay"  # "up_mbps,down_mbps,latency_s": the client sleeps that long
+
+
+@dataclass(frozen=True)
+class Link:
+    """One direction's plan and settings (see the module docs).
+
+    Parameters
+    ----------
+    plan : str or None
+        A plan name or spec (``None``/``"none"``: raw arrays).
+    options : dict
+        The plan's options (from the spec's parentheses).
+    send : str
+        ``"weights"`` or ``"update"``.
+    reference : bool
+        Uplink weights coded against the model the client started from.
+    eb, mode : float, str
+        The error bound of the plan's error-bounded codecs.
+    """
+
+    plan: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    send: str = "weights"
+    reference: bool = False
+    eb: float = 1e-2
+    mode: str = "rel"
+
+    @classmethod
+    def parse(cls, spec: str | Link | None, **overrides: Any) -> Link:
+        """A link from a spec string (or a Link, returned as is plus ``overrides``)."""
+        if isinstance(spec, Link):
+            link = spec
+        else:
+            if spec is not None and not isinstance(spec, str):
+                raise ConfigError(f"a link is a plan spec string, got {spec!r}")
+            name, options = parse_plan_spec(spec)
+            settings = {k: options.pop(k) for k in ("send", "reference", "eb", "mode")
+                        if k in options}
+            plan = None if name in (None, "", "none", "raw") else str(name)
+            link = cls(plan, options, **settings)
+        if overrides:
+            link = cls(**{**link.__dict__, **overrides})
+        link.check()
+        return link
+
+    def check(self) -> None:
+        if self.send not in SENDS:
+            raise ConfigError(f"send must be one of {', '.join(SENDS)}, got {self.send!r}")
+        if not isinstance(self.reference, bool):
+            raise ConfigError(f"reference must be true or false, got {self.reference!r}")
+        if self.plan is None and self.send != "weights":
+            raise ConfigError("a raw link sends the weights: send='update' needs a plan")
+        if self.reference and (self.plan is None or self.send != "weights"):
+            raise ConfigError("reference=true codes the weights against the model the "
+                              "client started from: it needs a plan and send='weights'")
+        self.encoder()  # the plan and its options, checked now rather than mid-run
+
+    @property
+    def spec(self) -> str:
+        """The spec string :meth:`parse` reads back into an equal link."""
+        items = {**self.options, "send": self.send, "reference": self.reference,
+                 "eb": self.eb, "mode": self.mode}
+        body = ", ".join(f"{k}={_text(v)}" for k, v in items.items())
+        return f"{self.plan or 'none'}({body})"
+
+    def encoder(self, peer: str = "default") -> fedpress.UpdateEncoder | None:
+        """A new encoder for this link's plan (``None`` for raw arrays)."""
+        if self.plan is None:
+            return None
+        return fedpress.UpdateEncoder(self.plan, self.mode, self.eb, peer=peer, **self.options)
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "none"
+    text = str(v)
+    if any(c in text for c in ",()="):
+        raise ConfigError(f"plan option value {text!r} cannot go in a spec string")
+    return text

@@ -1,0 +1,134 @@
+"""The client's end: a Flower ClientApp mod that decodes before and encodes after.
+
+Add it to the ClientApp; the train/evaluate functions stay as they are::
+
+    from fedpress.flower import compression_mod
+    app = ClientApp(mods=[compression_mod])
+
+On every message from the server it decodes the fedpress frame (if the downlink is
+compressed) into plain arrays before the user's function runs; on a train reply it
+encodes the arrays with the uplink the server named in the message's config
+(:data:`~fedpress.flower.link.KEY_UPLINK`). The codec state (error feedback,
+mirrored histories, the model the client holds for update and reference modes) lives
+in ``Context.state``, so stateful plans survive across rounds in simulation and
+deployment alike. Messages without fedpress keys pass through untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message
+
+import fedpress
+
+from ..errors import StateDesyncError
+from ..sim.client import apply_changes
+from ..sim.fl import changes, zeros_like
+from ..state import MemoryStateStore, TensorState
+from . import wire
+from .link import KEY_BASE, KEY_DELAY, KEY_UPLINK, Link
+
+log = logging.getLogger("fedpress.flower")
+
+#: where the mod keeps its state in ``Context.state``
+STATE_KEY = "fedpress-state"
+#: the reply's ConfigRecord the server reads (and removes): the start model's digest
+REPLY_KEY = "fedpress"
+_HELD = "\x00held"  # the store's peer name for the model the client holds
+
+
+def _config(message: Message) -> dict:
+    records = message.content.config_records if message.has_content() else {}
+    return dict(next(iter(records.values()))) if records else {}
+
+
+def _load(context: Context) -> MemoryStateStore:
+    rec = context.state.config_records.get(STATE_KEY)
+    return MemoryStateStore() if rec is None else MemoryStateStore.from_bytes(rec["blob"])
+
+
+def _save(context: Context, store: MemoryStateStore) -> None:
+    context.state[STATE_KEY] = ConfigRecord({"blob": store.to_bytes()})
+
+
+def _held(store: MemoryStateStore) -> dict[str, np.ndarray] | None:
+    names = [n for p, n in store.keys() if p == _HELD]
+    return {n: store.get(_HELD, n)["value"] for n in names} or None
+
+
+def _hold(store: MemoryStateStore, state: dict[str, np.ndarray]) -> None:
+    store.clear(_HELD)
+    for name, v in state.items():
+        store.put(_HELD, name, TensorState({"value": v}))
+
+
+def _sleep_for(config: dict, nbytes: int, direction: int) -> None:
+    """The simulated transfer time of ``nbytes`` (direction 0 up, 1 down), if asked."""
+    spec = config.get(KEY_DELAY)
+    if not spec:
+        return
+    up, down, latency = (float(v) for v in str(spec).split(","))
+    mbps = (up, down)[direction]
+    time.sleep(latency + (8 * nbytes / (mbps * 1e6) if mbps > 0 else 0.0))
+
+
+def compression_mod(message: Message, context: Context,
+                    call_next: Callable[[Message, Context], Message]) -> Message:
+    """Decode the server's fedpress frames, call the app, encode the train reply."""
+    config = _config(message)
+    key = wire.array_key(message.content) if message.has_content() else None
+    if KEY_UPLINK not in config and (key is None or wire.frame_of(
+            message.content.array_records[key]) is None):
+        return call_next(message, context)  # not a fedpress server: nothing to do
+    store = _load(context)
+    start = None
+    if key is not None:
+        record = message.content.array_records[key]
+        frame = wire.frame_of(record)
+        if frame is None:
+            got = wire.state_of(record)
+        else:
+            got = fedpress.UpdateDecoder(store=store).decode(frame, peer="server")
+        _sleep_for(config, wire.nbytes(got) if frame is None else len(frame), 1)
+        if KEY_BASE in config:  # a change from the copy the server thinks we hold
+            held = _held(store)
+            mine = "" if held is None else wire.state_digest(held)
+            if mine != config[KEY_BASE]:
+                raise StateDesyncError(
+                    f"fedpress: the downlink update applies to the copy {config[KEY_BASE]!r}, "
+                    f"this client holds {mine!r} (a message was lost or the client restarted "
+                    "without its state)")
+            got = apply_changes(held if held is not None else zeros_like(got), got)
+            _hold(store, got)
+        start = got
+        if frame is not None or KEY_BASE in config:
+            message.content = wire.with_arrays(message, key, wire.plain_record(start))
+    reply = call_next(message, context)
+    link = Link.parse(config[KEY_UPLINK]) if KEY_UPLINK in config else Link()
+    train = message.metadata.message_type.split(".")[0] == "train"
+    rkey = wire.array_key(reply.content) if reply.has_content() else None
+    if train and rkey is not None and link.plan is None:
+        _sleep_for(config, wire.nbytes(wire.state_of(reply.content.array_records[rkey])), 0)
+    if train and rkey is not None and link.plan is not None:
+        local = wire.state_of(reply.content.array_records[rkey])
+        if link.send == "update" or link.reference:
+            if start is None or set(start) != set(local):
+                raise fedpress.ConfigError(
+                    "fedpress: update and reference uplinks need the reply to hold the "
+                    "arrays the server sent (same names)")
+        content = changes(start, local) if link.send == "update" else local
+        encoder = link.encoder(peer="self")
+        assert encoder is not None
+        encoder.store = store
+        frame = encoder.encode(content, reference=start if link.reference else None)
+        _sleep_for(config, len(frame), 0)
+        out = wire.with_arrays(reply, rkey, wire.frame_record(frame))
+        out[REPLY_KEY] = ConfigRecord(
+            {"start": "" if start is None else wire.state_digest(start)})
+        reply.content = out
+    _save(context, store)
+    return reply

@@ -1,0 +1,248 @@
+"""The server's end: a Flower strategy that compresses what any other strategy sends.
+
+::
+
+    from flwr.serverapp.strategy import FedAvg
+    from fedpress.flower import CompressedStrategy
+    strategy = CompressedStrategy(FedAvg(), uplink="fedsz", downlink="fedsz")
+    result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=3)
+
+:class:`CompressedStrategy` wraps a Message-API strategy (FedAvg, FedProx, FedAdam,
+...). The wrapped strategy builds its messages as usual; the wrapper encodes their
+arrays with the downlink plan (once per distinct copy: one frame is broadcast when
+the plan is stateless), adds the uplink's spec to their config, and sends them. It
+decodes the train replies back to plain arrays before the wrapped strategy
+aggregates them, so that strategy never sees a frame. A reply that does not decode
+(corrupted, a desynchronised codec state, a client without the mod) is dropped with
+a logged reason and the round goes on with the others.
+
+Each round's train MetricRecord gains ``fedpress-*`` entries: bytes up and down on
+the wire, their raw sizes, the compression ratios, the replies dropped and, with a
+bandwidth given, the simulated communication seconds (FedSZ's Eq. 1 per client,
+the slowest client counting). :attr:`CompressedStrategy.history` keeps them per
+round and phase.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+import fedpress
+
+from ..errors import ConfigError, FedpressError, FormatError, StateDesyncError
+from ..sim.client import apply_changes
+from ..sim.fl import Downlink
+from . import wire
+from .link import KEY_BASE, KEY_DELAY, KEY_UPLINK, Link
+from .mod import REPLY_KEY
+
+log = logging.getLogger("fedpress.flower")
+
+
+class CompressedStrategy(Strategy):
+    """Compress both directions of another strategy's traffic (see the module docs).
+
+    Parameters
+    ----------
+    strategy : flwr.serverapp.strategy.Strategy
+        The strategy that samples, configures and aggregates.
+    uplink, downlink : str or Link or None
+        Plan specs (``"fedsz"``, ``"gaeb(reference=true)"``, ``"ef:topk(ratio=0.01,
+        send=update)"``; ``None``/``"none"``: raw arrays). See :mod:`.link`.
+    uplink_mbps, downlink_mbps : float, optional
+        Bandwidths for the simulated communication time in the metrics.
+    latency_s : float
+        One-way latency added to each transfer of that time.
+    delay : bool
+        Also make the clients sleep for their simulated transfer times (an emulated
+        slow network; needs both bandwidths).
+    """
+
+    def __init__(self, strategy: Strategy, uplink: str | Link | None = "fedsz",
+                 downlink: str | Link | None = None, *, uplink_mbps: float | None = None,
+                 downlink_mbps: float | None = None, latency_s: float = 0.0,
+                 delay: bool = False) -> None:
+        if not isinstance(strategy, Strategy):
+            raise ConfigError("CompressedStrategy wraps a flwr.serverapp.strategy.Strategy "
+                              f"(FedAvg, FedProx, ...), got {type(strategy).__name__}")
+        self.strategy = strategy
+        self.uplink, self.downlink = Link.parse(uplink), Link.parse(downlink)
+        if self.downlink.reference:
+            raise ConfigError("reference=true is an uplink setting")
+        for name, v in (("uplink_mbps", uplink_mbps), ("downlink_mbps", downlink_mbps)):
+            if v is not None and not v > 0:
+                raise ConfigError(f"{name} must be > 0, got {v}")
+        if delay and (uplink_mbps is None or downlink_mbps is None):
+            raise ConfigError("delay=True needs uplink_mbps and downlink_mbps")
+        if not latency_s >= 0:
+            raise ConfigError(f"latency_s must be >= 0, got {latency_s}")
+        self.mbps = (uplink_mbps, downlink_mbps)
+        self.latency_s, self.delay = float(latency_s), bool(delay)
+        track = self.uplink.send == "update" or self.uplink.reference
+        d = self.downlink
+        self._down = Downlink(d.plan, {**d.options, "mode": d.mode, "eb": d.eb}, 0, d.send,
+                              None, track=track)
+        self._decoder = fedpress.UpdateDecoder()
+        self._digests: dict[int, str] = {}  # downlink version -> digest of that copy
+        self._pending: dict[int, int] = {}  # this round's downlink bytes per node
+        self.history: list[dict[str, Any]] = []
+
+    # -- downlink ---------------------------------------------------------------------
+    def _base(self, node: int) -> str:
+        """Digest of the copy ``node`` holds ("" for none yet)."""
+        held = self._down.held.get(node)
+        if held is None:
+            return ""
+        version = self._down.version[node]
+        if version not in self._digests:
+            self._digests[version] = wire.state_digest(held)
+        return self._digests[version]
+
+    def _encode(self, server_round: int, messages: Iterable[Message],
+                phase: str) -> list[Message]:
+        out = list(messages)
+        extra: dict[str, Any] = {KEY_UPLINK: self.uplink.spec}
+        if self.delay:
+            extra[KEY_DELAY] = f"{self.mbps[0]},{self.mbps[1]},{self.latency_s}"
+        groups: dict[int, list[Message]] = {}
+        for m in out:
+            key = wire.array_key(m.content)
+            record = m.content.array_records[key] if key is not None else None
+            groups.setdefault(id(record), []).append(m)
+        down_bytes, raw_down = {}, 0
+        for members in groups.values():
+            key = wire.array_key(members[0].content)
+            if key is None:  # nothing to compress: the uplink's spec only
+                for m in members:
+                    m.content = wire.with_arrays(m, None, None, extra)
+                continue
+            state = wire.state_of(members[0].content.array_records[key])
+            nodes = [m.metadata.dst_node_id for m in members]
+            bases = {n: self._base(n) for n in nodes}
+            frames, sizes, _ = self._down.send(nodes, state)
+            for m in members:
+                node = m.metadata.dst_node_id
+                frame = frames[node]
+                record = wire.plain_record(frame) if isinstance(frame, dict) \
+                    else wire.frame_record(frame)
+                more = {KEY_BASE: bases[node]} if self.downlink.send == "update" else {}
+                m.content = wire.with_arrays(m, key, record, extra | more)
+                down_bytes[node] = down_bytes.get(node, 0) + sizes[node]
+                raw_down += wire.nbytes(state)
+        self.history.append({"round": server_round, "phase": phase,
+                             "bytes_down": sum(down_bytes.values()), "raw_down": raw_down})
+        self._pending = down_bytes
+        return out
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """The wrapped strategy's train messages, arrays encoded for the downlink."""
+        return self._encode(server_round, self.strategy.configure_train(
+            server_round, arrays, config, grid), "train")
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
+                           config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """The wrapped strategy's evaluate messages, arrays encoded for the downlink."""
+        return self._encode(server_round, self.strategy.configure_evaluate(
+            server_round, arrays, config, grid), "evaluate")
+
+    # -- uplink -----------------------------------------------------------------------
+    def _decode(self, reply: Message) -> int:
+        """Turn a train reply's frame into plain arrays (in place); its bytes on the
+        wire. Raises FedpressError when it cannot be used."""
+        node = reply.metadata.src_node_id
+        key = wire.array_key(reply.content)
+        if key is None:
+            raise FormatError("the reply carries no arrays")
+        record = reply.content.array_records[key]
+        frame = wire.frame_of(record)
+        if self.uplink.plan is None:
+            if frame is not None:
+                raise FormatError("a fedpress frame, but the uplink is raw")
+            return wire.nbytes(wire.state_of(record))
+        if frame is None:
+            raise FormatError("plain arrays where a fedpress frame was expected (is "
+                              "fedpress.flower.compression_mod in the ClientApp's mods?)")
+        start = None
+        if self.uplink.send == "update" or self.uplink.reference:
+            start = self._down.held.get(node)
+            sent = reply.content.config_records.get(REPLY_KEY, {}).get("start")
+            if start is None or sent != wire.state_digest(start):
+                raise StateDesyncError(f"the client started from {sent!r}, the server sent "
+                                       f"{'' if start is None else wire.state_digest(start)!r}")
+        got = self._decoder.decode(frame, peer=str(node),
+                                   reference=start if self.uplink.reference else None)
+        if self.uplink.send == "update":
+            assert start is not None
+            if set(got) != set(start):
+                raise FormatError("the update's tensors are not the model's")
+            got = apply_changes(start, got)
+        content = wire.with_arrays(reply, key, wire.plain_record(got))
+        if REPLY_KEY in content:
+            del content[REPLY_KEY]
+        reply.content = content
+        return len(frame)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message],
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Decode the replies (dropping those that do not decode), then aggregate them
+        with the wrapped strategy; its metrics gain the ``fedpress-*`` entries."""
+        kept, up_bytes, raw_up, dropped = [], {}, 0, 0
+        for reply in replies:
+            if reply.has_error():
+                kept.append(reply)
+                continue
+            node = reply.metadata.src_node_id
+            try:
+                n = self._decode(reply)
+            except (FedpressError, ValueError) as exc:
+                dropped += 1
+                log.warning("fedpress: round %d: dropping the reply of node %s: %s",
+                            server_round, node, exc)
+                continue
+            up_bytes[node] = n
+            raw_up += wire.nbytes(wire.state_of(
+                reply.content.array_records[wire.array_key(reply.content)]))
+            kept.append(reply)
+        arrays, metrics = self.strategy.aggregate_train(server_round, kept)
+        row = next((h for h in reversed(self.history)
+                    if h["round"] == server_round and h["phase"] == "train"), None)
+        down = row["bytes_down"] if row else 0
+        raw_down = row["raw_down"] if row else 0
+        ours: dict[str, int | float] = {
+            "fedpress-bytes-up": sum(up_bytes.values()), "fedpress-raw-up": raw_up,
+            "fedpress-bytes-down": down, "fedpress-raw-down": raw_down,
+            "fedpress-cr-up": raw_up / max(1, sum(up_bytes.values())),
+            "fedpress-cr-down": raw_down / max(1, down),
+            "fedpress-dropped": dropped}
+        if self.mbps[0] is not None and self.mbps[1] is not None:
+            ours["fedpress-comm-s"] = max(
+                (self._seconds(self._pending.get(n, 0), 1) + self._seconds(b, 0)
+                 for n, b in up_bytes.items()), default=0.0)
+        if row is not None:
+            row.update({k.removeprefix("fedpress-").replace("-", "_"): v
+                        for k, v in ours.items()})
+        merged = MetricRecord(dict(metrics) if metrics is not None else {})
+        merged.update(ours)  # type: ignore[arg-type]
+        return arrays, merged
+
+    def _seconds(self, nbytes: int, direction: int) -> float:
+        mbps = self.mbps[direction]
+        assert mbps is not None
+        return self.latency_s + 8 * nbytes / (mbps * 1e6)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message],
+                           ) -> MetricRecord | None:
+        """The wrapped strategy's evaluation metrics (evaluate replies carry no arrays)."""
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        """The wrapped strategy's summary and the two links."""
+        self.strategy.summary()
+        log.info("fedpress: uplink %s, downlink %s", self.uplink.spec, self.downlink.spec)
