@@ -26,6 +26,8 @@ def main(grid: Grid, context: Context) -> None:
                                   downlink_mbps=float(cfg.get("downlink-mbps", 10.0)))
     result = strategy.start(grid=grid, initial_arrays=task.initial_arrays(cfg),
                             num_rounds=int(cfg.get("num-server-rounds", 3)),
+                            train_config=task.config_record(cfg),  # how clients train
+                            evaluate_config=task.config_record(cfg),
                             evaluate_fn=task.central_evaluate(cfg))
     out = str(cfg.get("out", ""))
     if out:  # the final model and the per-round figures, for scripts and tests

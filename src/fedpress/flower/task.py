@@ -5,10 +5,13 @@ same experiment: the same dataset split, seeded model, local SGD (seeded by clie
 and round) and test set. With the same seed and plan the two give the same
 weights and bytes (tested).
 
-Run config keys (Flower's ``[tool.flwr.app.config]``, all optional): ``dataset``
+Settings (Flower's ``[tool.flwr.app.config]``, all optional): ``dataset``
 (``fashion-mnist``, ``digits``, ``cifar10``), ``data-dir``, ``model``, ``local-steps``,
 ``local-epochs``, ``batch-size``, ``lr``, ``momentum``, ``partition``, ``alpha``,
-``seed``, ``threads`` (PyTorch threads per client), ``test-limit``.
+``seed``, ``threads`` (PyTorch threads per client), ``test-limit``. The server sends
+them to the clients in the config of every message (:func:`config_record`), so the
+server's run config decides; a client's own run config fills in what the message
+lacks (Flower's ``run_simulation`` gives the apps an empty run config).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from ..errors import ConfigError
@@ -51,6 +54,17 @@ def settings(run_config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def config_record(run_config: Mapping[str, Any]) -> ConfigRecord:
+    """The task's settings as a ConfigRecord, for ``Strategy.start``'s ``train_config``
+    and ``evaluate_config``: the clients train as the server's run config says."""
+    return ConfigRecord({k: v for k, v in settings(run_config).items()})
+
+
+def _settings_of(message: Message, context: Context) -> dict[str, Any]:
+    config = next(iter(message.content.config_records.values()), {})
+    return {**context.run_config, **{k: v for k, v in config.items() if k in _KEYS}}
+
+
 def fl_config(run_config: Mapping[str, Any], clients: int) -> FLConfig:
     """The simulator's config for these settings and ``clients`` partitions."""
     s = settings(run_config)
@@ -76,8 +90,9 @@ def dataset(run_config: Mapping[str, Any]) -> Dataset:
 _CLIENTS: dict[tuple, tuple[SimClient, Trainer]] = {}
 
 
-def _client(context: Context) -> tuple[SimClient, Trainer]:
-    """This node's simulator client (its data shard) and a model to train."""
+def _client(context: Context, run: Mapping[str, Any]) -> tuple[SimClient, Trainer]:
+    """This node's simulator client (its data shard) and a model to train, for the
+    settings ``run``."""
     try:
         pid = int(context.node_config["partition-id"])
         parts = int(context.node_config["num-partitions"])
@@ -87,11 +102,11 @@ def _client(context: Context) -> tuple[SimClient, Trainer]:
                           "num-partitions=2')") from None
     if not 0 <= pid < parts:
         raise ConfigError(f"partition-id {pid} is not in 0..{parts - 1}")
-    key = (pid, parts, tuple(sorted((k, str(v)) for k, v in context.run_config.items())))
+    key = (pid, parts, tuple(sorted(settings(run).items())))
     if key not in _CLIENTS:
-        cfg = fl_config(context.run_config, parts)
-        torch.set_num_threads(settings(context.run_config)["threads"])
-        ds = dataset(context.run_config)
+        cfg = fl_config(run, parts)
+        torch.set_num_threads(settings(run)["threads"])
+        ds = dataset(run)
         idx = partition(ds.y_train, parts, cfg.partition, alpha=cfg.alpha, seed=cfg.seed)[pid]
         _CLIENTS[key] = (SimClient(pid, ds.x_train[idx], ds.y_train[idx], cfg),
                          Trainer(cfg, ds.input_shape, ds.num_classes))
@@ -108,7 +123,7 @@ def _arrays(message: Message) -> dict[str, np.ndarray]:
 def train(message: Message, context: Context) -> Message:
     """Local SGD from the received model (as the simulator's client); the trained
     weights and ``num-examples``."""
-    client, trainer = _client(context)
+    client, trainer = _client(context, _settings_of(message, context))
     config = next(iter(message.content.config_records.values()), {})
     rnd = int(config.get("server-round", 1))
     local = client._train(trainer.model, _arrays(message), rnd)
@@ -119,7 +134,7 @@ def train(message: Message, context: Context) -> Message:
 
 def evaluate(message: Message, context: Context) -> Message:
     """Accuracy and loss of the received model on this node's shard."""
-    client, trainer = _client(context)
+    client, trainer = _client(context, _settings_of(message, context))
     trainer.model.load_state_dict({k: torch.from_numpy(v.copy())
                                    for k, v in _arrays(message).items()})
     acc, loss = test_model(trainer.model, client.x, client.y)
