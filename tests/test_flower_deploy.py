@@ -36,17 +36,22 @@ def _flower_processes(home: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_simulation_engine_gives_the_fedpress_simulators_weights_and_bytes(tmp_path) -> None:
-    """Flower's run_simulation (Ray actors, 3 nodes, 2 rounds, tiny model) and
-    ``fedpress.sim`` with the same seed and plan: equal weights and bytes."""
+    """The example app in Flower's run_simulation (Ray actors, 3 nodes, 2 rounds, tiny
+    model, FedAvg summed in float64) and ``fedpress.sim`` with the same seed and plan:
+    equal weights and bytes."""
     from fedpress.flower import task
     from fedpress.sim.fl import FLConfig, simulate
 
-    out = tmp_path / "sim.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "flower_sim_script.py"),
-                           str(out), "fpz", json.dumps(SIM)], capture_output=True, text=True,
-                          timeout=900, env={**os.environ, "RAY_DEDUP_LOGS": "0"})
-    assert proc.returncode == 0 and "FLOWER-SIM-DONE" in proc.stdout, proc.stderr[-3000:]
-    got = json.loads(out.read_text())
+    out = tmp_path / "out"
+    run_config = (f'num-server-rounds=2 dataset="digits" model="mlp" local-steps=3 '
+                  f'batch-size=16 lr=0.05 seed=3 test-limit=0 uplink="fpz" '
+                  f'aggregation="float64" out="{out}"')
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "flower" / "simulate.py"),
+                           "--nodes", "3", "--run-config", run_config], capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = {"weights": dict(np.load(out / "final.npz")),
+           **json.loads((out / "metrics.json").read_text())}
     cfg = FLConfig(model="mlp", clients=3, rounds=2, local_steps=3, batch_size=16, lr=0.05,
                    seed=3, plan="fpz")
     history, model = simulate(task.dataset(SIM), cfg, threads=1)

@@ -10,11 +10,14 @@ from flwr.serverapp.strategy import FedAvg
 from fedpress.flower import CompressedStrategy, task
 
 app = ServerApp()
+#: run config entries that override the run's (simulate.py sets them: Flower's
+#: run_simulation gives the app an empty run config)
+OVERRIDES: dict = {}
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = context.run_config
+    cfg = {**context.run_config, **OVERRIDES}
     inner = (task.FedAvg64 if cfg.get("aggregation", "float32") == "float64" else FedAvg)(
         fraction_evaluate=float(cfg.get("fraction-evaluate", 0.0)),
         min_train_nodes=int(cfg.get("min-nodes", 2)),
