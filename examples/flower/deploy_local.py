@@ -72,10 +72,12 @@ class Deployment:
                     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                     "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
         self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.logfiles: list = []
         self.leftover: list[int] = []
 
     def _start(self, name: str, *args: str) -> None:
         log = open(self.logs / f"{name}.log", "w")
+        self.logfiles.append(log)
         proc = subprocess.Popen([str(Path(sys.executable).parent / args[0]), *args[1:]],
                                 stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                 start_new_session=True)
@@ -107,8 +109,9 @@ class Deployment:
                               capture_output=True, text=True, env=self.env, timeout=timeout)
 
     def stop(self) -> list[int]:
-        """SIGTERM the SuperNodes, then the SuperLink (SIGKILL after 15 s), then their
-        process groups (the SuperExec children). Returns the pids still alive (none)."""
+        """SIGTERM the SuperNodes, then the SuperLink (SIGKILL after 15 s), then any other
+        process of this FLWR_HOME (their SuperExec children). Returns the pids still
+        alive (none)."""
         for name, proc in sorted(self.procs, key=lambda p: p[0] == "superlink"):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -117,17 +120,36 @@ class Deployment:
                 except subprocess.TimeoutExpired:
                     print(f"{name} ignored SIGTERM; killing it", file=sys.stderr)
                     proc.kill()
-                    proc.wait(5)
-        time.sleep(1)
-        alive = []
-        for _, proc in self.procs:
+                    try:
+                        proc.wait(5)
+                    except subprocess.TimeoutExpired:
+                        pass
+        for log in self.logfiles:
+            log.close()
+        deadline = time.monotonic() + 10
+        while (left := self.processes()) and time.monotonic() < deadline:
+            time.sleep(0.5)  # SuperExecs notice their parent is gone and exit
+        for pid in left:
             try:
-                os.killpg(proc.pid, signal.SIGKILL)  # leftovers of its group, if any
-            except (ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
                 pass
-            if proc.poll() is None:
-                alive.append(proc.pid)
-        return alive
+        time.sleep(0.5)
+        return self.processes()
+
+    def processes(self) -> list[int]:
+        """Live processes (not zombies) whose environment has this FLWR_HOME."""
+        tag = f"FLWR_HOME={self.home}".encode()
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if tag in env and state != "Z" and int(pid) != os.getpid():
+                found.append(int(pid))
+        return found
 
 
 def run(nodes: int, run_config: str, timeout: float, home: Path) -> dict:
@@ -164,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=900, help="seconds for the run")
     ap.add_argument("--flwr-home", help="Flower's directory (default: a temporary one)")
     args = ap.parse_args(argv)
-    home = Path(args.flwr_home) if args.flwr_home else Path(tempfile.mkdtemp(
-        prefix="fedpress-flwr-"))
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # stop the deployment on the way out
+        signal.signal(sig, lambda *_: sys.exit(1))
+    home = (Path(args.flwr_home) if args.flwr_home else Path(tempfile.mkdtemp(
+        prefix="fedpress-flwr-"))).resolve()
     try:
         entry = run(args.nodes, args.run_config, args.timeout, home)
     except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as exc:

@@ -42,8 +42,9 @@ class InlineGrid(Grid):
     run_config : dict, optional
         The run config every node sees.
     tamper : callable, optional
-        ``tamper(node_id, reply) -> reply``, applied to each reply before the
-        server gets it (a test's faulty client or network).
+        ``tamper(node_id, reply) -> reply or None``, applied to each reply before
+        the server gets it (a test's faulty client or network; None: the reply is
+        lost).
     """
 
     def __init__(self, app: ClientApp, nodes: int, run_config: dict | None = None,
@@ -105,5 +106,6 @@ class InlineGrid(Grid):
                 reply = Message(content=recorddict_from_proto(proto), reply_to=received)
             if self.tamper is not None:
                 reply = self.tamper(node, reply)
-            replies.append(reply)
+            if reply is not None:
+                replies.append(reply)
         return replies

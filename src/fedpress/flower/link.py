@@ -32,6 +32,7 @@ SENDS = ("weights", "update")
 KEY_UPLINK = "fedpress-uplink"  # the uplink's spec (Link.spec)
 KEY_BASE = "fedpress-base"  # hex digest of the copy a downlink update applies to
 KEY_DELAY = "fedpress-delay"  # "up_mbps,down_mbps,latency_s": the client sleeps that long
+KEY_RESET = "fedpress-reset"  # true: drop all codec state and the held copy first
 
 
 @dataclass(frozen=True)

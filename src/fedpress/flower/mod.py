@@ -11,7 +11,9 @@ encodes the arrays with the uplink the server named in the message's config
 (:data:`~fedpress.flower.link.KEY_UPLINK`). The codec state (error feedback,
 mirrored histories, the model the client holds for update and reference modes) lives
 in ``Context.state``, so stateful plans survive across rounds in simulation and
-deployment alike. Messages without fedpress keys pass through untouched.
+deployment alike; a message with :data:`~fedpress.flower.link.KEY_RESET` (the server
+lost track of this client after a failure) drops it first. Messages without fedpress
+keys pass through untouched.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ..sim.client import apply_changes
 from ..sim.fl import changes, zeros_like
 from ..state import MemoryStateStore, TensorState
 from . import wire
-from .link import KEY_BASE, KEY_DELAY, KEY_UPLINK, Link
+from .link import KEY_BASE, KEY_DELAY, KEY_RESET, KEY_UPLINK, Link
 
 log = logging.getLogger("fedpress.flower")
 
@@ -80,11 +82,11 @@ def compression_mod(message: Message, context: Context,
                     call_next: Callable[[Message, Context], Message]) -> Message:
     """Decode the server's fedpress frames, call the app, encode the train reply."""
     config = _config(message)
+    if KEY_UPLINK not in config:  # not from a fedpress server: nothing to do
+        return call_next(message, context)
     key = wire.array_key(message.content) if message.has_content() else None
-    if KEY_UPLINK not in config and (key is None or wire.frame_of(
-            message.content.array_records[key]) is None):
-        return call_next(message, context)  # not a fedpress server: nothing to do
-    store = _load(context)
+    # the server starts this client afresh after a failure (its copy is unknown)
+    store = MemoryStateStore() if config.get(KEY_RESET) else _load(context)
     start = None
     if key is not None:
         record = message.content.array_records[key]

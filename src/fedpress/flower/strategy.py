@@ -12,9 +12,11 @@
 arrays with the downlink plan (once per distinct copy: one frame is broadcast when
 the plan is stateless), adds the uplink's spec to their config, and sends them. It
 decodes the train replies back to plain arrays before the wrapped strategy
-aggregates them, so that strategy never sees a frame. A reply that does not decode
-(corrupted, a desynchronised codec state, a client without the mod) is dropped with
-a logged reason and the round goes on with the others.
+aggregates them, so that strategy never sees a frame. A train reply that does not
+decode (corrupted, the wrong tensors, a desynchronised codec state, a client without
+the mod) is dropped with a logged reason and the round goes on with the others. A node
+whose reply was dropped, was an error or did not come is started afresh: both ends
+drop its codec state and its next message carries the whole model.
 
 Each round's train MetricRecord gains ``fedpress-*`` entries: bytes up and down on
 the wire, their raw sizes, the compression ratios, the replies dropped and, with a
@@ -39,7 +41,7 @@ from ..errors import ConfigError, FedpressError, FormatError, StateDesyncError
 from ..sim.client import apply_changes
 from ..sim.fl import Downlink
 from . import wire
-from .link import KEY_BASE, KEY_DELAY, KEY_UPLINK, Link
+from .link import KEY_BASE, KEY_DELAY, KEY_RESET, KEY_UPLINK, Link
 from .mod import REPLY_KEY
 
 log = logging.getLogger("fedpress.flower")
@@ -91,7 +93,19 @@ class CompressedStrategy(Strategy):
         self._decoder = fedpress.UpdateDecoder()
         self._digests: dict[int, str] = {}  # downlink version -> digest of that copy
         self._pending: dict[int, int] = {}  # this round's downlink bytes per node
+        self._sent: dict[str, set[int]] = {}  # phase -> nodes sent a message this round
+        self._reset: set[int] = set()  # nodes whose next message starts them afresh
+        self._model: dict[str, tuple[tuple[int, ...], Any]] = {}  # names -> shape, dtype
         self.history: list[dict[str, Any]] = []
+
+    def _forget(self, node: int, why: str) -> None:
+        """After a failure the server no longer knows what ``node`` holds or which codec
+        state it has: drop both ends' state; its next message resets it."""
+        if node not in self._reset:
+            log.info("fedpress: node %s starts afresh next time (%s)", node, why)
+        self._down.forget(node)
+        self._decoder.store.clear(str(node))
+        self._reset.add(node)
 
     # -- downlink ---------------------------------------------------------------------
     def _base(self, node: int) -> str:
@@ -123,6 +137,8 @@ class CompressedStrategy(Strategy):
                     m.content = wire.with_arrays(m, None, None, extra)
                 continue
             state = wire.state_of(members[0].content.array_records[key])
+            if phase == "train":
+                self._model = {k: (v.shape, v.dtype) for k, v in state.items()}
             nodes = [m.metadata.dst_node_id for m in members]
             bases = {n: self._base(n) for n in nodes}
             frames, sizes, _ = self._down.send(nodes, state)
@@ -132,13 +148,28 @@ class CompressedStrategy(Strategy):
                 record = wire.plain_record(frame) if isinstance(frame, dict) \
                     else wire.frame_record(frame)
                 more = {KEY_BASE: bases[node]} if self.downlink.send == "update" else {}
+                if node in self._reset:
+                    more[KEY_RESET] = True
                 m.content = wire.with_arrays(m, key, record, extra | more)
                 down_bytes[node] = down_bytes.get(node, 0) + sizes[node]
                 raw_down += wire.nbytes(state)
         self.history.append({"round": server_round, "phase": phase,
                              "bytes_down": sum(down_bytes.values()), "raw_down": raw_down})
         self._pending = down_bytes
+        self._sent[phase] = {m.metadata.dst_node_id for m in out}
+        self._reset -= self._sent[phase]
         return out
+
+    def _check_shapes(self, got: dict, expect: dict, what: str) -> None:
+        """FormatError unless ``got`` has the names, shapes and dtypes of ``expect``
+        (name -> (shape, dtype))."""
+        if set(got) != set(expect):
+            raise FormatError(f"the {what} holds tensors {sorted(got)}, the model "
+                              f"{sorted(expect)}")
+        for k, v in got.items():
+            if (v.shape, v.dtype) != expect[k]:
+                raise FormatError(f"the {what}'s {k!r} is {v.dtype}{v.shape}, the model's "
+                                  f"{expect[k][1]}{expect[k][0]}")
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -165,6 +196,7 @@ class CompressedStrategy(Strategy):
         if self.uplink.plan is None:
             if frame is not None:
                 raise FormatError("a fedpress frame, but the uplink is raw")
+            self._check_shapes(wire.state_of(record), self._model, "reply")
             return wire.nbytes(wire.state_of(record))
         if frame is None:
             raise FormatError("plain arrays where a fedpress frame was expected (is "
@@ -180,9 +212,10 @@ class CompressedStrategy(Strategy):
                                    reference=start if self.uplink.reference else None)
         if self.uplink.send == "update":
             assert start is not None
-            if set(got) != set(start):
-                raise FormatError("the update's tensors are not the model's")
+            self._check_shapes(got, {k: (v.shape, v.dtype) for k, v in start.items()},
+                               "update")
             got = apply_changes(start, got)
+        self._check_shapes(got, self._model, "reply")
         content = wire.with_arrays(reply, key, wire.plain_record(got))
         if REPLY_KEY in content:
             del content[REPLY_KEY]
@@ -194,17 +227,21 @@ class CompressedStrategy(Strategy):
         """Decode the replies (dropping those that do not decode), then aggregate them
         with the wrapped strategy; its metrics gain the ``fedpress-*`` entries."""
         kept, up_bytes, raw_up, dropped = [], {}, 0, 0
+        replies = list(replies)
+        self._forget_silent(replies, "train")
         for reply in replies:
+            node = reply.metadata.src_node_id
             if reply.has_error():
+                self._forget(node, f"its train reply is an error: {reply.error.reason}")
                 kept.append(reply)
                 continue
-            node = reply.metadata.src_node_id
             try:
                 n = self._decode(reply)
-            except (FedpressError, ValueError) as exc:
+            except (FedpressError, ValueError, TypeError, KeyError) as exc:
                 dropped += 1
                 log.warning("fedpress: round %d: dropping the reply of node %s: %s",
                             server_round, node, exc)
+                self._forget(node, "its reply was dropped")
                 continue
             up_bytes[node] = n
             raw_up += wire.nbytes(wire.state_of(
@@ -237,9 +274,22 @@ class CompressedStrategy(Strategy):
         assert mbps is not None
         return self.latency_s + 8 * nbytes / (mbps * 1e6)
 
+    def _forget_silent(self, replies: list[Message], phase: str) -> None:
+        """Forget the nodes sent a message in ``phase`` that did not reply."""
+        answered = {r.metadata.src_node_id for r in replies}
+        for node in sorted(self._sent.get(phase, set()) - answered):
+            self._forget(node, f"no {phase} reply")
+
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message],
                            ) -> MetricRecord | None:
-        """The wrapped strategy's evaluation metrics (evaluate replies carry no arrays)."""
+        """The wrapped strategy's evaluation metrics (evaluate replies carry no arrays);
+        nodes that failed are started afresh next time."""
+        replies = list(replies)
+        self._forget_silent(replies, "evaluate")
+        for r in replies:
+            if r.has_error():
+                self._forget(r.metadata.src_node_id,
+                             f"its evaluate reply is an error: {r.error.reason}")
         return self.strategy.aggregate_evaluate(server_round, replies)
 
     def summary(self) -> None:

@@ -407,6 +407,13 @@ class Downlink:
             if encoder is not None:
                 self.encoders[k] = encoder
 
+    def forget(self, k: Any) -> None:
+        """Drop client ``k``'s copy and codec state: its next message starts afresh from
+        ``initial`` (a client that failed, whose copy is no longer known)."""
+        for table in (self.held, self.version, self.encoders):
+            table.pop(k, None)
+        self.decoder.store.clear(str(k))
+
     def send(self, chosen: list[Any], state: State,
              ) -> tuple[dict[Any, Message], dict[Any, int], float]:
         """({client: message}, {client: bytes on the wire}, the server's encode seconds)."""
