@@ -17,7 +17,10 @@ For every plan: final and best accuracy, uplink and downlink CR and MB, simulate
 communication seconds at ``--mbps``; for HGC, the paper's worst-case CRs beside the
 measured ones (uplink ``32 M N / ((N q + 32) k)``, downlink ``M / (2 k)``; ``M``
 parameters, ``N`` clients, ``q`` bits per code, ``k`` kept values). Writes one directory
-per plan, ``hgc_fl.csv`` and ``hgc_fl.md`` (date, commit, versions).
+per plan, ``hgc_fl.csv`` and ``hgc_fl.md`` (date, commit, versions); CRs over the
+whole run, over the rounds after the warm-up and in the last round. ``--report-only``
+rebuilds the tables from the plans' ``metrics.csv`` into ``hgc_fl_report.*`` (the
+measured ``hgc_fl.md`` keeps the run's date and commit).
 
 Usage (from the project root)::
 
@@ -58,6 +61,28 @@ def plans(density: float, warmup: int, window: int) -> dict[str, str]:
     }
 
 
+def row_of(label: str, spec: str, metrics: Path, warmup: int) -> dict:
+    """One plan's figures from its per-round ``metrics.csv``: accuracy (final, best),
+    CRs over the run, over the rounds after the warm-up, and in the last round, MB and
+    simulated communication seconds."""
+    with open(metrics, newline="") as f:
+        rounds = list(csv.DictReader(f))
+
+    def cr(rows: list[dict], key: str) -> float:
+        return sum(float(r[f"raw_{key}"]) for r in rows) / max(
+            1.0, sum(float(r[f"bytes_{key}"]) for r in rows))
+
+    after = rounds[warmup:] or rounds
+    return {"plan": label, "spec": spec, "final_accuracy": float(rounds[-1]["accuracy"]),
+            "best_accuracy": max(float(r["accuracy"]) for r in rounds),
+            "cr_up": cr(rounds, "up"), "cr_up_after_warmup": cr(after, "up"),
+            "cr_up_last": cr(rounds[-1:], "up"), "cr_down": cr(rounds, "down"),
+            "cr_down_after_warmup": cr(after, "down"), "cr_down_last": cr(rounds[-1:], "down"),
+            "mb_up": sum(float(r["bytes_up"]) for r in rounds) / 1e6,
+            "mb_down": sum(float(r["bytes_down"]) for r in rounds) / 1e6,
+            "comm_s": sum(float(r["comm_s"]) for r in rounds)}
+
+
 def worst_case(params: int, clients: int, levels: int, density: float) -> tuple[float, float]:
     """HGC's worst-case uplink and downlink CR (IJCAI-24, Sec. 4.3)."""
     k = max(1, math.ceil(density * params))
@@ -84,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=".bench/hgc_fl")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rebuild the tables from the plans' metrics.csv in --out")
     args = ap.parse_args(argv)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, check=False).stdout.strip()  # the code measured
@@ -104,19 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     t0 = time.time()
     for label in args.plans.split(","):
-        r = run(base | {"plan": specs[label]}, out / label, progress=sys.stderr.isatty(),
+        if not args.report_only:
+            run(base | {"plan": specs[label]}, out / label, progress=sys.stderr.isatty(),
                 label=label, dataset=ds)
-        with open(out / label / "metrics.csv", newline="") as f:
-            last = list(csv.DictReader(f))[-1]
-        rows.append({"plan": label, "spec": specs[label],
-                     "final_accuracy": r["final_accuracy"], "best_accuracy": r["best_accuracy"],
-                     "cr_up": r["cr_up"], "cr_down": r["cr_down"],
-                     "cr_up_last": float(last["cr_up"]), "cr_down_last": float(last["cr_down"]),
-                     "mb_up": r["bytes_up"] / 1e6, "mb_down": r["bytes_down"] / 1e6,
-                     "comm_s": r["comm_s"]})
+        rows.append(row_of(label, specs[label], out / label / "metrics.csv", args.warmup))
         print(" ".join(f"{k}={v}" for k, v in rows[-1].items()), file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "hgc_fl.csv", "w", newline="") as f:
+    name = "hgc_fl_report" if args.report_only else "hgc_fl"  # keep the measured report
+    with open(out / f"{name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -125,8 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     n_params = sum(p.numel() for p in build_model(args.model, ds.input_shape,
                                                   ds.num_classes).parameters())
     up, down = worst_case(n_params, args.clients, 3, args.density)
-    head = (f"Measured {start:%Y-%m-%d %H:%M} UTC ({(time.time() - t0) / 60:.0f} min), commit "
-            f"{commit}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch "
+    when = (f"Rebuilt {start:%Y-%m-%d %H:%M} UTC at commit {commit} from the plans' "
+            f"metrics.csv in {out} (its hgc_fl.md says when and at which commit they ran)"
+            if args.report_only else f"Measured {start:%Y-%m-%d %H:%M} UTC "
+            f"({(time.time() - t0) / 60:.0f} min), commit {commit}")
+    head = (f"{when}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch "
             f"{version('torch')}, numpy {version('numpy')}. Fashion-MNIST, {args.model} "
             f"({n_params} parameters), {args.clients} IID clients, {args.rounds} rounds of "
             f"{args.local_steps} local steps (lr {args.lr}, milestones "
@@ -137,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{down:.0f}.\n\n")
     fmt_rows = [{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()}
                 for r in rows]
-    (out / "hgc_fl.md").write_text(head + markdown_table(fmt_rows, list(rows[0])))
+    (out / f"{name}.md").write_text(head + markdown_table(fmt_rows, list(rows[0])))
     return 0
 
 
