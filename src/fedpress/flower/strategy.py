@@ -158,6 +158,8 @@ class CompressedStrategy(Strategy):
         self._pending = down_bytes
         self._sent[phase] = {m.metadata.dst_node_id for m in out}
         self._reset -= self._sent[phase]
+        held = set(self._down.version.values())  # digests of copies still held
+        self._digests = {v: d for v, d in self._digests.items() if v in held}
         return out
 
     def _check_shapes(self, got: dict, expect: dict, what: str) -> None:
