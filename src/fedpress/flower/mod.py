@@ -28,7 +28,7 @@ from flwr.app import ConfigRecord, Context, Message
 import fedpress
 
 from ..errors import StateDesyncError
-from ..sim.client import apply_changes
+from ..sim.client import apply_changes, raw_bytes
 from ..sim.fl import changes, zeros_like
 from ..state import MemoryStateStore, TensorState
 from . import wire
@@ -95,7 +95,7 @@ def compression_mod(message: Message, context: Context,
             got = wire.state_of(record)
         else:
             got = fedpress.UpdateDecoder(store=store).decode(frame, peer="server")
-        _sleep_for(config, wire.nbytes(got) if frame is None else len(frame), 1)
+        _sleep_for(config, raw_bytes(got) if frame is None else len(frame), 1)
         if KEY_BASE in config:  # a change from the copy the server thinks we hold
             held = _held(store)
             mine = "" if held is None else wire.state_digest(held)
@@ -114,7 +114,7 @@ def compression_mod(message: Message, context: Context,
     train = message.metadata.message_type.split(".")[0] == "train"
     rkey = wire.array_key(reply.content) if reply.has_content() else None
     if train and rkey is not None and link.plan is None:
-        _sleep_for(config, wire.nbytes(wire.state_of(reply.content.array_records[rkey])), 0)
+        _sleep_for(config, raw_bytes(wire.state_of(reply.content.array_records[rkey])), 0)
     if train and rkey is not None and link.plan is not None:
         local = wire.state_of(reply.content.array_records[rkey])
         if link.send == "update" or link.reference:

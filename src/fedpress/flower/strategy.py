@@ -38,7 +38,7 @@ from flwr.serverapp.strategy import Strategy
 import fedpress
 
 from ..errors import ConfigError, FedpressError, FormatError, StateDesyncError
-from ..sim.client import apply_changes
+from ..sim.client import apply_changes, raw_bytes
 from ..sim.fl import Downlink
 from . import wire
 from .link import KEY_BASE, KEY_DELAY, KEY_RESET, KEY_UPLINK, Link
@@ -152,7 +152,7 @@ class CompressedStrategy(Strategy):
                     more[KEY_RESET] = True
                 m.content = wire.with_arrays(m, key, record, extra | more)
                 down_bytes[node] = down_bytes.get(node, 0) + sizes[node]
-                raw_down += wire.nbytes(state)
+                raw_down += raw_bytes(state)
         self.history.append({"round": server_round, "phase": phase,
                              "bytes_down": sum(down_bytes.values()), "raw_down": raw_down})
         self._pending = down_bytes
@@ -199,7 +199,7 @@ class CompressedStrategy(Strategy):
             if frame is not None:
                 raise FormatError("a fedpress frame, but the uplink is raw")
             self._check_shapes(wire.state_of(record), self._model, "reply")
-            return wire.nbytes(wire.state_of(record))
+            return raw_bytes(wire.state_of(record))
         if frame is None:
             raise FormatError("plain arrays where a fedpress frame was expected (is "
                               "fedpress.flower.compression_mod in the ClientApp's mods?)")
@@ -246,7 +246,7 @@ class CompressedStrategy(Strategy):
                 self._forget(node, "its reply was dropped")
                 continue
             up_bytes[node] = n
-            raw_up += wire.nbytes(wire.state_of(
+            raw_up += raw_bytes(wire.state_of(
                 reply.content.array_records[wire.array_key(reply.content)]))
             kept.append(reply)
         arrays, metrics = self.strategy.aggregate_train(server_round, kept)

@@ -26,7 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp.strategy import FedAvg
 
 from ..errors import ConfigError
-from ..sim.client import SimClient, Trainer, normalise, state_of
+from ..sim.client import SimClient, Trainer, load_state, normalise, state_of
 from ..sim.data import Dataset, load_dataset, partition
 from ..sim.fl import FLConfig, weighted_mean
 from ..sim.fl import evaluate as test_model
@@ -135,8 +135,7 @@ def train(message: Message, context: Context) -> Message:
 def evaluate(message: Message, context: Context) -> Message:
     """Accuracy and loss of the received model on this node's shard."""
     client, trainer = _client(context, _settings_of(message, context))
-    trainer.model.load_state_dict({k: torch.from_numpy(v.copy())
-                                   for k, v in _arrays(message).items()})
+    load_state(trainer.model, _arrays(message))
     acc, loss = test_model(trainer.model, client.x, client.y)
     return Message(RecordDict({"metrics": MetricRecord(
         {"num-examples": len(client.y), "accuracy": acc, "loss": loss})}), reply_to=message)
@@ -158,8 +157,7 @@ def central_evaluate(run_config: Mapping[str, Any],
     model = build_model(s["model"], ds.input_shape, ds.num_classes, seed=s["seed"])
 
     def fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        model.load_state_dict({k: torch.from_numpy(v.copy())
-                               for k, v in wire.state_of(arrays).items()})
+        load_state(model, wire.state_of(arrays))
         acc, loss = test_model(model, x, y)
         return MetricRecord({"accuracy": acc, "loss": loss})
 

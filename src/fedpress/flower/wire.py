@@ -8,14 +8,13 @@ Plain arrays travel as Flower's own numpy Arrays.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, RecordDict
 
-from ..dtypes import le_bytes
 from ..errors import FormatError
+from ..state import TensorState
 
 #: the Array stype of a fedpress frame: format name and frame version
 STYPE = "fedpress.frame/1"
@@ -89,15 +88,6 @@ def with_arrays(message: Message, key: str | None, record: ArrayRecord | None,
 
 
 def state_digest(state: Mapping[str, np.ndarray]) -> str:
-    """Hex digest (16 digits) of a state dict: names, dtypes, shapes, bytes."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        a = np.ascontiguousarray(state[k])
-        h.update(k.encode() + b"\0" + a.dtype.str.encode() + repr(a.shape).encode())
-        h.update(le_bytes(a))
-    return h.hexdigest()[:16]
-
-
-def nbytes(state: Mapping[str, np.ndarray]) -> int:
-    """The raw size of a state dict (its arrays' bytes)."""
-    return int(sum(np.asarray(v).nbytes for v in state.values()))
+    """Hex digest of a state dict (names, dtypes, shapes, bytes): the digest mirrored
+    codec states use (:meth:`fedpress.TensorState.digest`)."""
+    return TensorState(dict(state)).digest().hex()
