@@ -58,6 +58,14 @@ class Writer:
     def text(self, value: str) -> None:
         self.blob(value.encode("utf-8"))
 
+    def smallest(self, options: dict[int, bytes]) -> int:
+        """Write the shortest of ``options`` (method byte -> bytes; ties go to the lower
+        byte) as its method byte and a blob; returns the method."""
+        method = min(options, key=lambda m: (len(options[m]), m))
+        self.u8(method)
+        self.blob(options[method])
+        return method
+
     def getvalue(self) -> bytes:
         return b"".join(self._parts)
 

@@ -219,9 +219,7 @@ def write_symbols(w: Writer, symbols: np.ndarray, alphabet: int) -> None:
         coded = Writer()
         rans.encode(np.asarray(symbols, np.int64), coded)
         options[SYMBOLS_RANS] = coded.getvalue()
-    method = min(options, key=lambda m: (len(options[m]), m))
-    w.u8(method)
-    w.blob(options[method])
+    w.smallest(options)
 
 
 def read_symbols(rd: Reader, count: int, alphabet: int) -> np.ndarray:
@@ -315,9 +313,7 @@ def write_floats(w: Writer, vals: np.ndarray) -> None:
         sub.raw(table.astype("<u4").tobytes())
         write_symbols(sub, inverse.reshape(-1), max(2, int(table.size)))
         options[FLOATS_TABLE] = sub.getvalue()
-    method = min(options, key=lambda m: (len(options[m]), m))
-    w.u8(method)
-    w.blob(options[method])
+    w.smallest(options)
 
 
 def read_floats(rd: Reader, count: int) -> np.ndarray:

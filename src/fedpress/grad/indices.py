@@ -59,11 +59,7 @@ def write_indices(w: Writer, idx: np.ndarray, n: int) -> int:
     idx = np.asarray(idx, dtype=np.int64)
     if idx.size and (idx[0] < 0 or idx[-1] >= n or np.any(np.diff(idx) <= 0)):
         raise ValueError("indices must be strictly increasing and within [0, n)")
-    options = candidates(idx, n)
-    method = min(options, key=lambda m: (len(options[m]), m))
-    w.u8(method)
-    w.blob(options[method])
-    return method
+    return w.smallest(candidates(idx, n))
 
 
 def read_indices(rd: Reader, k: int, n: int) -> np.ndarray:
