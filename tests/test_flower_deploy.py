@@ -55,7 +55,8 @@ def test_simulation_engine_gives_the_fedpress_simulators_weights_and_bytes(tmp_p
     cfg = FLConfig(model="mlp", clients=3, rounds=2, local_steps=3, batch_size=16, lr=0.05,
                    seed=3, plan="fpz")
     history, model = simulate(task.dataset(SIM), cfg, threads=1)
-    # FedAvg64 sums in node-id order (random each run), the simulator in client order:
+    # seen once: last-bit differences (possibly FedAvg64 summing in node-id order, random
+    # each run, where the simulator sums in client order):
     # the float64 sums may round differently in the last bit, and a value may then land
     # in the neighbouring bin of the lossy codec (one process, fixed ids: bit for bit,
     # test_flower.py; some runs here match bit for bit too)
