@@ -17,6 +17,10 @@ demo: setup
 	    --send gradient --local-steps 1 --algorithm fedavgm --lr 0.05 --test-limit 2000 \
 	    --plans 'none,ef:topk(ratio=0.01),dgc(ratio=0.001,warmup=20,algorithm=fedavg),qsgd(levels=16),stc(ratio=0.01),powersgd(rank=2,aggregate=powersgd)' \
 	    --uplink-mbps 10 --downlink-mbps 10 --threads 2 --out out/demo-grad
+	$(BIN)/fedpress compare --dataset fashion-mnist --model cnn --clients 4 --rounds 20 \
+	    --send update --local-steps 10 --test-limit 2000 \
+	    --plans 'none,hgc(density=0.005,warmup=5)' --uplink-mbps 10 --downlink-mbps 10 \
+	    --threads 2 --out out/demo-hgc
 
 # the earlier demo: one model trained centrally, FedSZ on its state dict at 3 bounds
 demo-fedsz: setup
