@@ -43,11 +43,6 @@ REPLY_KEY = "fedpress"
 _HELD = "\x00held"  # the store's peer name for the model the client holds
 
 
-def _config(message: Message) -> dict:
-    records = message.content.config_records if message.has_content() else {}
-    return dict(next(iter(records.values()))) if records else {}
-
-
 def _load(context: Context) -> MemoryStateStore:
     rec = context.state.config_records.get(STATE_KEY)
     return MemoryStateStore() if rec is None else MemoryStateStore.from_bytes(rec["blob"])
@@ -81,7 +76,7 @@ def _sleep_for(config: dict, nbytes: int, direction: int) -> None:
 def compression_mod(message: Message, context: Context,
                     call_next: Callable[[Message, Context], Message]) -> Message:
     """Decode the server's fedpress frames, call the app, encode the train reply."""
-    config = _config(message)
+    config = wire.config_of(message)
     if KEY_UPLINK not in config:  # not from a fedpress server: nothing to do
         return call_next(message, context)
     key = wire.array_key(message.content) if message.has_content() else None

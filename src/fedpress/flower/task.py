@@ -61,7 +61,7 @@ def config_record(run_config: Mapping[str, Any]) -> ConfigRecord:
 
 
 def _settings_of(message: Message, context: Context) -> dict[str, Any]:
-    config = next(iter(message.content.config_records.values()), {})
+    config = wire.config_of(message)
     return {**context.run_config, **{k: v for k, v in config.items() if k in _KEYS}}
 
 
@@ -124,8 +124,7 @@ def train(message: Message, context: Context) -> Message:
     """Local SGD from the received model (as the simulator's client); the trained
     weights and ``num-examples``."""
     client, trainer = _client(context, _settings_of(message, context))
-    config = next(iter(message.content.config_records.values()), {})
-    rnd = int(config.get("server-round", 1))
+    rnd = int(wire.config_of(message).get("server-round", 1))
     local = client._train(trainer.model, _arrays(message), rnd)
     return Message(RecordDict({"arrays": wire.plain_record(local),
                                "metrics": MetricRecord({"num-examples": len(client.y)})}),

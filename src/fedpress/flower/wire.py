@@ -67,6 +67,12 @@ def array_key(content: RecordDict) -> str | None:
     return keys[0] if keys else None
 
 
+def config_of(message: Message) -> dict:
+    """The message's (first) ConfigRecord as a dict (empty if it has none)."""
+    records = message.content.config_records if message.has_content() else {}
+    return dict(next(iter(records.values()))) if records else {}
+
+
 def with_arrays(message: Message, key: str | None, record: ArrayRecord | None,
                 extra: Mapping[str, object] | None = None) -> RecordDict:
     """A copy of the message's content with ``record`` under ``key`` (``None``: no
