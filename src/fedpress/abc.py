@@ -73,6 +73,11 @@ class Codec(ABC):
     #: True for codecs whose ``encode`` / ``decode`` take ``reference=``: an array
     #: both ends hold (e.g. the model a client started from) to code the tensor against
     takes_reference: ClassVar[bool] = False
+    #: False for codecs whose decoder hands peer bytes to a native library that does not
+    #: validate them (it may crash, exit or read out of bounds on a crafted stream): the
+    #: default :class:`fedpress.Limits` refuse them; a user opts in by naming them in
+    #: ``Limits(codecs=...)`` or decodes them in a child process (``Limits(isolate=...)``)
+    peer_safe: ClassVar[bool] = True
 
     @abstractmethod
     def encode(self, x: np.ndarray) -> bytes:
@@ -96,6 +101,32 @@ class Codec(ABC):
     def describe(self, payload: bytes | memoryview, spec: TensorSpec) -> dict[str, Any]:
         """Facts about one payload for :func:`fedpress.inspect` (e.g. the absolute bound)."""
         return {}
+
+    def children(self) -> tuple[Codec, ...]:
+        """The codecs this one wraps (e.g. error feedback's inner codec); none by default.
+
+        Decoders check their allow-list on every codec of the tree, so a wrapper must
+        list each codec it hands payload bytes to.
+        """
+        return ()
+
+    def check_available(self) -> None:
+        """Raise :class:`fedpress.MissingDependencyError` (naming the package) if a
+        library this codec needs cannot be imported; the default needs none.
+
+        Called when a plan, an encoder or a decoder is built, so a missing back end is
+        found before the first round rather than in it.
+        """
+        for child in self.children():
+            child.check_available()
+
+    def decode_peak_bytes(self, spec: TensorSpec) -> int:
+        """The most memory decoding one payload of ``spec`` may allocate, in bytes
+        (output included). :class:`fedpress.Limits` caps the sum over a frame
+        (``max_total_bytes``), so a codec whose decoder needs temporaries larger than
+        its output says so here.
+        """
+        return spec.nbytes
 
     def get_config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {"id": self.codec_id}

@@ -53,12 +53,27 @@ class Limits:
     max_text : int
         Bytes of a name, a codec config or the metadata.
     codecs : frozenset of str, optional
-        If given, the only codec ids this decoder accepts; a frame naming
-        another codec is a FormatError before any of its bytes reach a back
-        end. Servers that decode frames from untrusted peers should use it
-        to keep native back ends that are not hardened against crafted
-        streams (``sz2``; ``zfp`` only survives through fedpress's padding) out
-        (see ``docs/format.md``).
+        The codec ids this decoder accepts, checked on every codec of the tree a
+        frame builds (a wrapper's inner codecs too, however spelled) before any
+        payload byte reaches a back end; a frame naming another codec is a
+        FormatError. ``None`` (the default) accepts every registered codec whose
+        decoder is safe on a peer's bytes (``Codec.peer_safe``): all but ``sz2``,
+        whose native library crashes or exits on crafted streams. Naming ``sz2``
+        here opts in to decoding it in this process.
+    isolate : frozenset of str
+        Codec ids decoded in a child process with ``isolate_memory`` bytes of
+        address space and ``isolate_seconds`` of time (e.g. ``{"sz2"}``): a crash,
+        an ``exit()`` or a stall there is a FormatError here. A codec named here is
+        accepted even if it is not peer-safe (isolation is the opt-in).
+    isolate_memory : int
+        Address-space limit of an isolated decoder's child process (default 4 GiB).
+    isolate_seconds : float
+        Wall-clock limit of one isolated decode (default 60 s).
+    max_state_bytes : int
+        Mirrored codec state one peer may make a decoder keep (default 1 GiB),
+        checked before a decoded frame's state is committed. The tensor names a
+        peer's stateful records use are fixed by its first frame (until its state
+        is reset), so renaming tensors cannot grow the state either.
     """
 
     max_tensors: int = 1_000_000
@@ -67,6 +82,19 @@ class Limits:
     max_ndim: int = 32
     max_text: int = 1 << 20
     codecs: frozenset[str] | None = None
+    isolate: frozenset[str] = frozenset()
+    isolate_memory: int = 4 << 30
+    isolate_seconds: float = 60.0
+    max_state_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        for key in ("codecs", "isolate"):
+            value = getattr(self, key)
+            if value is None or isinstance(value, frozenset):
+                continue
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise TypeError(f"Limits.{key} must be a set of codec ids, not {value!r}")
+            object.__setattr__(self, key, frozenset(value))
 
 
 DEFAULT_LIMITS = Limits()
