@@ -25,13 +25,17 @@ def _state_dict(rng: np.random.Generator) -> dict[str, np.ndarray]:
     }
 
 
-def test_fedsz_partition_and_bounds(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize(("plan", "lossy_id", "lossless_id"),
+                         [("fedsz", "fpz", "zstd"), ("fedsz-paper", "sz2", "blosc-lz")])
+def test_fedsz_partition_and_bounds(rng: np.random.Generator, plan: str, lossy_id: str,
+                                    lossless_id: str) -> None:
     sd = _state_dict(rng)
-    blob = fedpress.encode_update(sd, plan="fedsz", eb=1e-2)
-    out = fedpress.decode_update(blob)
+    blob = fedpress.encode_update(sd, plan=plan, eb=1e-2)
+    # the paper's sz2 is decoded from a trusted encoder only (see Limits)
+    out = fedpress.decode_update(blob, fedpress.trusting(fedpress.Plan.build(plan)))
     assert list(out) == list(sd)
     info = {t["name"]: t for t in fedpress.inspect(blob)["tensors"]}
-    lossy = {n for n, t in info.items() if t["codec"] == "sz2"}
+    lossy = {n for n, t in info.items() if t["codec"] == lossy_id}
     assert lossy == {"conv2.weight", "fc.weight", "fc.weight_half", "head.weight"}
     for name, x in sd.items():
         y = out[name]
@@ -41,7 +45,7 @@ def test_fedsz_partition_and_bounds(rng: np.random.Generator) -> None:
             assert err <= abs_bound(x, "rel", 1e-2)
             assert info[name]["eb_abs"] == pytest.approx(abs_bound(x, "rel", 1e-2), rel=1e-12)
         else:
-            assert info[name]["codec"] == "blosc-lz"
+            assert info[name]["codec"] == lossless_id
             assert same_bits(x, y)
 
 
@@ -50,9 +54,12 @@ def test_fedsz_threshold_is_strictly_more_than(rng: np.random.Generator) -> None
           "b.weight": rng.standard_normal(1001).astype(np.float32)}
     info = {t["name"]: t["codec"] for t in
             fedpress.inspect(fedpress.encode_update(sd))["tensors"]}
+    assert info == {"a.weight": "zstd", "b.weight": "fpz"}
+    info = {t["name"]: t["codec"] for t in
+            fedpress.inspect(fedpress.encode_update(sd, plan="fedsz-paper"))["tensors"]}
     assert info == {"a.weight": "blosc-lz", "b.weight": "sz2"}
     info = {t["name"]: t["codec"] for t in fedpress.inspect(
-        fedpress.encode_update(sd, threshold=10, lossy="zfp", lossless="zstd"))["tensors"]}
+        fedpress.encode_update(sd, threshold=10, lossy="zfp", lossless="zlib"))["tensors"]}
     assert info == {"a.weight": "zfp", "b.weight": "zfp"}
 
 
@@ -62,11 +69,11 @@ def test_codec_id_plan_takes_float_tensors_over_threshold(rng: np.random.Generat
             fedpress.inspect(fedpress.encode_update(sd, plan="sz3", eb=1e-3))["tensors"]}
     assert info["emb.table"] == "sz3"  # no 'weight' in the name, but >= threshold
     assert info["fc.weight"] == "sz3"
-    assert info["conv2.bias"] == "blosc-lz"
-    assert info["bn.num_batches_tracked"] == "blosc-lz"
+    assert info["conv2.bias"] == "zstd"
+    assert info["bn.num_batches_tracked"] == "zstd"
     info = {t["name"]: t["codec"] for t in
-            fedpress.inspect(fedpress.encode_update(sd, plan="zstd"))["tensors"]}
-    assert set(info.values()) == {"zstd"}
+            fedpress.inspect(fedpress.encode_update(sd, plan="zlib"))["tensors"]}
+    assert set(info.values()) == {"zlib"}
 
 
 def test_dict_plan_exact_then_regex_then_default(rng: np.random.Generator) -> None:

@@ -28,7 +28,7 @@ from .frame import Limits
 from .partition import Plan, Rule, make_codec
 from .registry import codec_from_config, get_codec, list_codecs, register_codec
 from .state import DirStateStore, MemoryStateStore, StateStore, TensorState
-from .update import UpdateDecoder, UpdateEncoder, decode_update, encode_update
+from .update import UpdateDecoder, UpdateEncoder, decode_update, encode_update, trusting
 
 __version__ = "0.1.0"
 
@@ -39,5 +39,5 @@ __all__ = [
     "Scope", "StateDesyncError", "StateStore", "StatefulCodec", "TensorSpec", "TensorState",
     "UpdateDecoder", "UpdateEncoder", "codec_from_config", "compress", "decode_update",
     "decompress", "encode_update", "get_codec", "inspect", "list_codecs", "make_codec",
-    "register_codec",
+    "register_codec", "trusting",
 ]

@@ -110,6 +110,13 @@ class Codec(ABC):
         """
         return ()
 
+    def tree(self) -> list[Codec]:
+        """This codec and every codec it wraps, depth first."""
+        out: list[Codec] = [self]
+        for child in self.children():
+            out.extend(child.tree())
+        return out
+
     def check_available(self) -> None:
         """Raise :class:`fedpress.MissingDependencyError` (naming the package) if a
         library this codec needs cannot be imported; the default needs none.

@@ -14,7 +14,7 @@ from .frame import pack as pack_frame
 from .frame import unpack as unpack_frame
 from .partition import make_codec
 from .registry import codec_from_config
-from .update import decode_record
+from .update import decode_record, frame_codecs
 
 #: the codec ``compress(x)`` uses when none is named: the best error-bounded one
 DEFAULT_CODEC = "fpz"
@@ -67,12 +67,12 @@ def decompress(blob: bytes | bytearray | memoryview,
     if frame.kind != KIND_TENSOR:
         raise FormatError("this is an update frame; use fedpress.decode_update")
     rec = frame.records[0]
-    c = codec_from_config(frame.codecs[rec.codec_index], limits.codecs)
+    c = frame_codecs(frame, limits)[rec.codec_index]
     if isinstance(c, StatefulCodec):
         raise FormatError(f"stateful codec {c.codec_id!r} in a single-tensor frame")
     if rec.reference is not None:
         raise FormatError("reference digest in a single-tensor frame")
-    return decode_record(c, rec)
+    return decode_record(c, rec, limits=limits)
 
 
 def inspect(blob: bytes | bytearray | memoryview,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ._bytes import Reader, Writer
-from .abc import TensorSpec
+from .abc import Codec, TensorSpec
 from .dtypes import dtype_code, dtype_from_code, le_bytes
 from .errors import FormatError
 
@@ -45,9 +45,11 @@ class Limits:
     max_tensor_elements : int
         Elements of one decoded tensor (default 2**31).
     max_total_bytes : int
-        Decoded bytes of all tensors of a frame (default 4 GiB). A constant
-        tensor is a few bytes on the wire whatever its size, so this cap is
-        what bounds the memory a frame can make a decoder allocate.
+        Memory decoding a frame may take (default 4 GiB): the decoded bytes of all its
+        tensors, and each codec's peak while decoding (``Codec.decode_peak_bytes``,
+        output included) when that is larger. A constant tensor is a few bytes on the
+        wire whatever its size, so this cap is what bounds the memory a frame can make
+        a decoder allocate.
     max_ndim : int
         Dimensions of one tensor.
     max_text : int
@@ -95,6 +97,28 @@ class Limits:
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                 raise TypeError(f"Limits.{key} must be a set of codec ids, not {value!r}")
             object.__setattr__(self, key, frozenset(value))
+
+    def check_codec(self, codec: Codec) -> None:
+        """FormatError unless every codec of ``codec``'s tree is accepted (see ``codecs``
+        and ``isolate``); called on the codecs a frame builds, before any payload byte
+        reaches them."""
+        for c in codec.tree():
+            cid = c.codec_id
+            if cid in self.isolate or (c.peer_safe if self.codecs is None
+                                       else cid in self.codecs):
+                continue
+            if self.codecs is None:
+                raise FormatError(
+                    f"codec {cid!r} is not decoded from peers by default: its native library "
+                    "does not validate its input, so a crafted frame could crash this "
+                    f"process; opt in with Limits(isolate={{{cid!r}}}) (a child process) or "
+                    "by naming it in Limits(codecs=...)")
+            raise FormatError(f"codec {cid!r} is not accepted by this decoder (Limits.codecs)")
+
+    def isolates(self, codec: Codec) -> bool:
+        """Whether ``codec`` is decoded in a child process (a codec of its tree is in
+        ``isolate``)."""
+        return bool(self.isolate) and any(c.codec_id in self.isolate for c in codec.tree())
 
 
 DEFAULT_LIMITS = Limits()

@@ -9,10 +9,15 @@ tensor that no rule or default can take goes to the plan's ``lossless`` codec.
 Ready plans (``Plan.build``):
 
 ``"fedsz"``
-    FedSZ (arXiv 2312.13461): tensors whose name contains ``weight`` and that
-    have more than ``threshold`` elements (default 1000) go to the
-    error-bounded codec ``lossy`` (default ``"sz2"``), everything else to
-    ``lossless`` (default ``"blosc-lz"``).
+    FedSZ's partition (arXiv 2312.13461): tensors whose name contains ``weight``
+    and that have more than ``threshold`` elements (default 1000) go to the
+    error-bounded codec ``lossy`` (default ``"fpz"``), everything else to
+    ``lossless`` (default ``"zstd"``). Both defaults come with the core install.
+``"fedsz-paper"``
+    The same partition with the paper's codecs: ``lossy="sz2"`` (the native SZ2
+    library through ``hdf5plugin``) and ``lossless="blosc-lz"`` (``blosc2``), for
+    faithful reproduction. SZ2 does not validate its streams, so decoders refuse
+    it from peers unless told otherwise (:class:`fedpress.Limits`).
 ``"ef:C"``
     codec ``C`` inside error feedback (:mod:`fedpress.grad.ef`), as ``C`` below.
 any codec id ``C``
@@ -41,8 +46,13 @@ from .registry import codec_class, get_codec
 
 CodecSpec = Union[str, Mapping[str, Any], Codec]
 
-DEFAULT_LOSSY = "sz2"
-DEFAULT_LOSSLESS = "blosc-lz"
+#: the codecs of plan ``"fedsz"`` and of every plan's lossless fallback: the core
+#: install's (fpz and zstd need nothing beyond fedpress's own dependencies)
+DEFAULT_LOSSY = "fpz"
+DEFAULT_LOSSLESS = "zstd"
+#: the FedSZ paper's codecs (plan ``"fedsz-paper"``)
+PAPER_LOSSY = "sz2"
+PAPER_LOSSLESS = "blosc-lz"
 DEFAULT_THRESHOLD = 1000
 
 
@@ -133,22 +143,52 @@ class Plan:
     def __repr__(self) -> str:
         return f"Plan(name={self.name!r}, rules={self.rules!r}, default={self.default!r})"
 
+    def codecs(self) -> list[Codec]:
+        """Every codec the plan may use (rules, default, lossless fallback), once each."""
+        out: list[Codec] = []
+        for c in [r.codec for r in self.rules] + [self.default, self.lossless]:
+            if c not in out:
+                out.append(c)
+        return out
+
+    def check_available(self) -> None:
+        """MissingDependencyError (naming the package) if a codec of the plan lacks its
+        back end library here."""
+        for c in self.codecs():
+            c.check_available()
+
     @classmethod
     def build(cls, plan: str | Mapping[str, CodecSpec] | Plan = "fedsz", mode: str = "rel",
               eb: float = 1e-2, *, threshold: int = DEFAULT_THRESHOLD,
-              lossy: CodecSpec = DEFAULT_LOSSY, lossless: CodecSpec = DEFAULT_LOSSLESS,
+              lossy: CodecSpec | None = None, lossless: CodecSpec | None = None,
               **codec_options: Any) -> Plan:
         """Build a plan from a name, a codec id or a rule dict (see the module docs).
 
-        ``codec_options`` go to the lossy (or named) codec, e.g. ``algorithm``
-        for ``sz3``.
+        ``lossy`` and ``lossless`` default to the plan's own (``fpz``/``zstd``;
+        ``sz2``/``blosc-lz`` for ``"fedsz-paper"``). ``codec_options`` go to the lossy
+        (or named) codec, e.g. ``algorithm`` for ``sz3``. A codec whose back end
+        library is missing raises :class:`fedpress.MissingDependencyError` here.
         """
+        built = cls._build(plan, mode, eb, threshold, lossy, lossless, codec_options)
+        built.check_available()
+        return built
+
+    @classmethod
+    def _build(cls, plan: str | Mapping[str, CodecSpec] | Plan, mode: str, eb: float,
+               threshold: int, lossy: CodecSpec | None, lossless: CodecSpec | None,
+               codec_options: dict[str, Any]) -> Plan:
         if isinstance(plan, Plan):
-            if codec_options:
-                raise ConfigError(f"options {sorted(codec_options)} do not apply to a Plan object")
+            if codec_options or lossy is not None or lossless is not None:
+                raise ConfigError("lossy, lossless and codec options do not apply to a Plan "
+                                  "object")
             return plan
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
             raise ConfigError(f"threshold must be a non-negative int, not {threshold!r}")
+        paper, lossy_given = plan == "fedsz-paper", lossy is not None
+        if lossless is None:
+            lossless = PAPER_LOSSLESS if paper else DEFAULT_LOSSLESS
+        if lossy is None:
+            lossy = PAPER_LOSSY if paper else DEFAULT_LOSSY
         fallback = make_codec(lossless, mode, eb)
 
         def with_opts(spec: CodecSpec) -> Codec:
@@ -160,7 +200,7 @@ class Plan:
             return make_codec(spec, mode, eb)
 
         if isinstance(plan, Mapping):
-            if codec_options or threshold != DEFAULT_THRESHOLD or lossy != DEFAULT_LOSSY:
+            if codec_options or threshold != DEFAULT_THRESHOLD or lossy_given:
                 raise ConfigError("threshold, lossy and codec options do not apply to a dict "
                                   "plan: put them in the rules' codec configs")
             rules = []
@@ -174,13 +214,13 @@ class Plan:
             return cls(rules, default or fallback, fallback, name="custom")
         if not isinstance(plan, str):
             raise ConfigError(f"plan must be a name, a codec id, a dict or a Plan, not {plan!r}")
-        if plan == "fedsz":
+        if plan in ("fedsz", "fedsz-paper"):
             lossy_codec = with_opts(lossy)
             if not lossy_codec.lossy:
-                raise ConfigError(f"fedsz: lossy={lossy_codec.codec_id!r} is a lossless codec; "
+                raise ConfigError(f"{plan}: lossy={lossy_codec.codec_id!r} is a lossless codec; "
                                   "use plan=<codec id> for an all-lossless plan")
             rule = Rule("re:weight", lossy_codec, min_elements=threshold + 1)
-            return cls([rule], fallback, fallback, name="fedsz")
+            return cls([rule], fallback, fallback, name=plan)
         codec = with_opts(plan)
         if not codec.lossy:
             return cls([], codec, fallback, name=plan)

@@ -99,6 +99,13 @@ def list_codecs() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def peer_safe_codecs() -> frozenset[str]:
+    """Ids of the registered codecs whose decoders are safe on a peer's bytes
+    (``Codec.peer_safe``): what the default :class:`fedpress.Limits` accept."""
+    _load()
+    return frozenset(cid for cid, cls in _REGISTRY.items() if cls.peer_safe)
+
+
 def codec_class(codec_id: str) -> type[Codec]:
     _load()
     try:
@@ -117,17 +124,14 @@ def get_codec(codec_id: str, **config: Any) -> Codec:
 def codec_from_config(config: dict[str, Any], allowed: Collection[str] | None = None) -> Codec:
     """Rebuild a codec from a frame's config; FormatError if it is not valid.
 
-    ``allowed``, if given, is the set of codec ids the caller accepts.
+    ``allowed``, if given, is the set of codec ids the caller accepts: every codec of
+    the tree built (a wrapper's inner codecs too, however its config spells them) must
+    be in it. Decoders pass their :class:`fedpress.Limits` instead (``Limits.check_codec``).
     """
     if not isinstance(config, dict) or not isinstance(config.get("id"), str):
         raise FormatError("codec config must be an object with a string 'id'")
-    if allowed is not None:
-        nested = config  # wrappers name their inner codec: every level must be allowed
-        while isinstance(nested, dict):
-            if nested.get("id") not in allowed:
-                raise FormatError(f"codec {nested.get('id')!r} is not accepted by this "
-                                  "decoder")
-            nested = nested.get("inner")
+    if allowed is not None and config["id"] not in allowed:
+        raise FormatError(f"codec {config['id']!r} is not accepted by this decoder")
     _load()
     cls = _REGISTRY.get(config["id"])
     if cls is None:
@@ -136,9 +140,14 @@ def codec_from_config(config: dict[str, Any], allowed: Collection[str] | None = 
             "(a missing plug-in?)"
         )
     try:
-        return cls.from_config(config)
+        codec = cls.from_config(config)
     except Exception as exc:  # whatever a codec's constructor raises on bad values
         raise FormatError(f"invalid config for codec {config['id']!r}: {exc}") from exc
+    if allowed is not None:
+        for c in codec.tree():
+            if c.codec_id not in allowed:
+                raise FormatError(f"codec {c.codec_id!r} is not accepted by this decoder")
+    return codec
 
 
 def unavailable_reason(codec_id: str) -> str | None:

@@ -75,6 +75,9 @@ class ErrorFeedback(StatefulCodec):
     def inner(self) -> dict[str, Any]:
         return self.codec.get_config()
 
+    def children(self) -> tuple[Codec, ...]:
+        return (self.codec,)
+
     def accepts(self, dtype: np.dtype) -> bool:
         return self.codec.accepts(dtype)
 

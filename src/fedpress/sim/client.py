@@ -30,6 +30,7 @@ import fedpress
 from ..errors import ConfigError
 from ..grad.hgc_exchange import HGCClient
 from ..grad.powersgd_exchange import PowerSGDClient, low_rank_names
+from ..update import trusting
 from .models import build_model
 
 P_PREFIX = "powersgd.P/"  # PowerSGD's phase-1 factors in a reply
@@ -102,11 +103,19 @@ def make_encoder(plan: Any, options: Mapping[str, Any],
     return None if plan is None else fedpress.UpdateEncoder(plan, peer=peer, **options)
 
 
+def make_decoder(plan: Any, options: Mapping[str, Any]) -> fedpress.UpdateDecoder | None:
+    """A decoder of ``plan``'s frames (``None``: raw traffic). The simulator's peers are
+    its own encoders, so it accepts every codec of the plan (``sz2`` too) in-process."""
+    enc = make_encoder(plan, options)
+    return None if enc is None else fedpress.UpdateDecoder(limits=trusting(enc.plan))
+
+
 def warm_codecs(plan: Any, options: Mapping[str, Any]) -> None:
     """Encode and decode a probe once, so compiled kernels load before anything is timed."""
-    if plan is not None:
+    enc, dec = make_encoder(plan, options), make_decoder(plan, options)
+    if enc is not None and dec is not None:
         probe = {"probe.weight": np.random.default_rng(0).standard_normal(8192, np.float32)}
-        fedpress.decode_update(fedpress.UpdateEncoder(plan, **options).encode(probe))
+        dec.decode(enc.encode(probe))
 
 
 def local_train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FLConfig,
@@ -190,7 +199,7 @@ class SimClient:
         self.x, self.y = normalise(x), torch.from_numpy(np.asarray(y))
         hgc = cfg.aggregate == "hgc"
         self.encoder = None if hgc else make_encoder(cfg.plan, cfg.plan_options, peer=str(cid))
-        self.decoder = fedpress.UpdateDecoder() if cfg.downlink_plan is not None else None
+        self.decoder = make_decoder(cfg.downlink_plan, cfg.downlink_options)
         self.held: State | None = None  # the model it holds (downlink updates)
         self.lowrank = (PowerSGDClient(int(cfg.plan_options.get("rank", 2)),
                                        bool(cfg.plan_options.get("error_feedback", True)))

@@ -47,6 +47,7 @@ from .client import (
     hgc_names,
     hgc_options,
     load_state,
+    make_decoder,
     make_encoder,
     normalise,
     raw_bytes,
@@ -256,7 +257,7 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
     params = frozenset(n for n, _ in model.named_parameters())
     down = Downlink(cfg.downlink_plan, cfg.downlink_options, cfg.clients,
                     cfg.downlink_send, global_state, track=cfg.reference)
-    up_decoder = fedpress.UpdateDecoder() if codec_plan(cfg) is not None else None
+    up_decoder = make_decoder(codec_plan(cfg), cfg.plan_options)
     warm_codecs(codec_plan(cfg), cfg.plan_options)
     if threads is None:
         threads = max(1, torch.get_num_threads() // max(1, workers))
@@ -388,7 +389,7 @@ class Downlink:
                               "dropped (the server mirrors each client's copy): use its "
                               "stateless form, e.g. 'topk' for 'ef:topk', 'ternary' for "
                               "'stc', 'signsgd' for 'efsignsgd'")
-        self.decoder = fedpress.UpdateDecoder()
+        self.decoder = make_decoder(plan, options) or fedpress.UpdateDecoder()
         self.track = track or send == "update"
         self.initial = initial
         # per client (any hashable key; clients not seen yet start from ``initial``):

@@ -177,7 +177,7 @@ def _plan(spec: Any, settings: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     if spec in (None, "none", "raw"):
         return None, {}
     options = {k: settings[k] for k in PLAN_KEYS if settings.get(k) is not None}
-    if spec != "fedsz":
+    if spec not in ("fedsz", "fedsz-paper"):
         options.pop("lossy", None)
         options.pop("lossless", None)
     return spec, options | extra
