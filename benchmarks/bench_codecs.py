@@ -146,7 +146,7 @@ def measure(cid: str, kind: str, tensors: list[tuple[str, np.ndarray]], rel: flo
             else:
                 blob = fedpress.compress(x, codec=cid, mode="abs", eb=eb)
             t1 = time.perf_counter()
-            y = fedpress.decompress(blob)
+            y = fedpress.decompress(blob, fedpress.trusting(cid))  # its own frames
             t2 = time.perf_counter()
             tc += t1 - t0
             td += t2 - t1
@@ -196,7 +196,7 @@ def measure_fedsz(sd: dict[str, np.ndarray], lossy: str, rel: float, runs: int,
         t0 = time.perf_counter()
         blob = fedpress.encode_update(sd, plan="fedsz", eb=rel, lossy=lossy)
         t1 = time.perf_counter()
-        out = fedpress.decode_update(blob)
+        out = fedpress.decode_update(blob, fedpress.trusting("fedsz", lossy=lossy))
         t2 = time.perf_counter()
         etimes.append(t1 - t0)
         dtimes.append(t2 - t1)
@@ -234,9 +234,10 @@ def warm_up(cid: str, kind: str) -> None:
     """One small round trip per codec so imports and first-call set-up are not timed."""
     x = np.random.default_rng(0).standard_normal(4096).astype(np.float32)
     if kind == "lossless":
-        fedpress.decompress(fedpress.compress(x, codec=cid))
+        fedpress.decompress(fedpress.compress(x, codec=cid), fedpress.trusting(cid))
     else:
-        fedpress.decompress(fedpress.compress(x, codec=cid, mode="abs", eb=1e-2))
+        fedpress.decompress(fedpress.compress(x, codec=cid, mode="abs", eb=1e-2),
+                            fedpress.trusting(cid))
 
 
 # --------------------------------------------------------------- metadata

@@ -40,9 +40,11 @@ def advise(state: Mapping[str, np.ndarray], codecs: Sequence[str], ebs: Sequence
     for codec in codecs:
         plan, options = ("fedsz", {"lossy": codec.split(":", 1)[1]}) \
             if codec.startswith("fedsz:") else (codec, {})
+        # its own frames: every codec of the plan decodes here (sz2 too)
+        limits = fedpress.trusting(plan, **options)
         # once untimed: loads the codec's library and compiled kernels
         fedpress.decode_update(fedpress.encode_update(state, plan=plan, mode=mode, eb=ebs[0],
-                                                      **options))
+                                                      **options), limits)
         for eb in ebs:
             enc = [], []
             blob = b""
@@ -50,7 +52,7 @@ def advise(state: Mapping[str, np.ndarray], codecs: Sequence[str], ebs: Sequence
                 t0 = time.perf_counter()
                 blob = fedpress.encode_update(state, plan=plan, mode=mode, eb=eb, **options)
                 t1 = time.perf_counter()
-                fedpress.decode_update(blob)
+                fedpress.decode_update(blob, limits)
                 enc[0].append(t1 - t0)
                 enc[1].append(time.perf_counter() - t1)
             t_c, t_d = statistics.median(enc[0]), statistics.median(enc[1])
