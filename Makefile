@@ -7,11 +7,12 @@ BIN := $(VENV)/bin
 setup:
 	@bash scripts/setup.sh
 
-# the simulator: Fashion-MNIST CNN, 4 clients at 10 Mbps: weights raw vs FedSZ (SZ2) vs SZ3
-# vs fpz; then gradients (FedSGD) raw vs EF top-k, DGC, QSGD, STC, PowerSGD
+# the simulator: Fashion-MNIST CNN, 4 clients at 10 Mbps: weights raw vs the FedSZ paper (SZ2)
+# vs SZ3 vs fedsz (the same partition on fpz + zstd); then gradients (FedSGD) raw vs EF top-k,
+# DGC, QSGD, STC, PowerSGD; then updates raw vs HGC
 demo: setup
 	$(BIN)/fedpress compare --dataset fashion-mnist --model cnn --clients 4 --rounds 3 \
-	    --local-steps 100 --plans none,fedsz,sz3,fpz --eb 1e-2 --uplink-mbps 10 \
+	    --local-steps 100 --plans none,fedsz-paper,sz3,fedsz --eb 1e-2 --uplink-mbps 10 \
 	    --downlink-mbps 10 --threads 2 --out out/demo
 	$(BIN)/fedpress compare --dataset fashion-mnist --model cnn --clients 4 --rounds 40 \
 	    --send gradient --local-steps 1 --algorithm fedavgm --lr 0.05 --test-limit 2000 \
