@@ -3,7 +3,9 @@
 A :class:`TensorState` holds one (peer, tensor) pair's arrays and its round
 counter. A :class:`StateStore` keeps them: :class:`MemoryStateStore` in the
 process, :class:`DirStateStore` in a directory (one ``.npz`` per pair, written
-atomically, read without pickle) so a client process can stop and resume.
+atomically, read without pickle, named so that no two pairs can share a file) so a
+client process can stop and resume. :meth:`StateStore.sizes` measures what one
+peer's states hold, for the decoder's ``Limits.max_state_bytes``.
 Stores hand out copies; the update codecs write states back only after a
 whole frame encoded or decoded, so a failed decode leaves the state untouched.
 """
@@ -14,12 +16,16 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
+import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
+from typing import IO
 
 import numpy as np
+from numpy.lib import format as npformat
 
 from .dtypes import le_bytes
 from .errors import FormatError
@@ -51,6 +57,11 @@ class TensorState(MutableMapping[str, np.ndarray]):
 
     def copy(self) -> TensorState:
         return TensorState({k: v.copy() for k, v in self.arrays.items()}, self.round)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays (what a decoder keeps for this pair)."""
+        return int(sum(np.asarray(a).nbytes for a in self.arrays.values()))
 
     def digest(self) -> bytes:
         """8-byte digest of the arrays (names, dtypes, shapes, bytes): the first 8 bytes
@@ -94,6 +105,11 @@ class StateStore(ABC):
             if peer is None or p == peer:
                 self.delete(p, n)
 
+    def sizes(self, peer: str) -> dict[str, int]:
+        """Bytes of each state held for ``peer`` (its arrays' ``nbytes``), by tensor
+        name: what :class:`fedpress.Limits` ``max_state_bytes`` caps."""
+        return {n: self.get(p, n).nbytes for p, n in self.keys() if p == peer}
+
 
 class MemoryStateStore(StateStore):
     """States in a dict, for one process."""
@@ -113,6 +129,9 @@ class MemoryStateStore(StateStore):
 
     def keys(self) -> list[Key]:
         return list(self._data)
+
+    def sizes(self, peer: str) -> dict[str, int]:
+        return {n: st.nbytes for (p, n), st in self._data.items() if p == peer}
 
     def to_bytes(self) -> bytes:
         """Every state as one ``.npz`` blob (no pickle), for :meth:`from_bytes`: a
@@ -148,23 +167,53 @@ class MemoryStateStore(StateStore):
 class DirStateStore(StateStore):
     """States as ``.npz`` files in a directory (created if missing).
 
-    Files are named by a hash of (peer, name) and written atomically; they
-    are loaded with ``allow_pickle=False``.
+    Each (peer, tensor) pair has its own file, written atomically and loaded with
+    ``allow_pickle=False``. The file name is ``<P>-<K>.npz``: ``P`` is a hash of
+    the peer, ``K`` a hash of a length-prefixed encoding of (peer, tensor), so no
+    two pairs share a file whatever characters their names hold. Each file also
+    stores its peer and tensor names (UTF-8 bytes), checked on every read: a file
+    that holds another pair than its name says is a :class:`FormatError`.
+
+    State directories written by fedpress before this layout (files named by a
+    single hash) are refused with a :class:`FormatError` naming the directory:
+    they are local caches, so delete their ``.npz`` files to start afresh (the
+    peers' mirrored state must then be reset as well).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        old = [f.name for f in self.path.glob("*.npz") if _OLD_FILE.fullmatch(f.name)]
+        if old:
+            raise FormatError(
+                f"state directory {str(self.path)!r} holds {len(old)} state file(s) in an "
+                "older layout whose keys could collide; delete its .npz files to start "
+                "afresh (and reset the peers' state)")
+
+    def _prefix(self, peer: str) -> str:
+        return _digest(b"peer", _utf8(peer))[:16]
 
     def _file(self, peer: str, name: str) -> Path:
-        h = hashlib.sha256(f"{peer}\0{name}".encode()).hexdigest()[:40]
-        return self.path / f"{h}.npz"
+        key = _digest(b"pair", _utf8(peer), _utf8(name))[:40]
+        return self.path / f"{self._prefix(peer)}-{key}.npz"
+
+    def _files(self, peer: str | None = None) -> list[Path]:
+        """State files of ``peer`` (of every peer if None), by file name; a peer's
+        prefix may, in theory, be shared with another peer: callers check the names."""
+        pattern = "*.npz" if peer is None else f"{self._prefix(peer)}-*.npz"
+        return sorted(f for f in self.path.glob(pattern) if _NEW_FILE.fullmatch(f.name))
 
     def get(self, peer: str, name: str) -> TensorState:
+        """A copy of the state (a new empty state if there is none); FormatError if the
+        file is unreadable or holds another (peer, tensor) pair."""
         f = self._file(peer, name)
         if not f.exists():
             return TensorState()
-        return self._load(f)[2]
+        got_peer, got_name, state = self._load(f)
+        if (got_peer, got_name) != (peer, name):
+            raise FormatError(f"state file {f} holds peer {got_peer!r} tensor {got_name!r}, "
+                              f"not peer {peer!r} tensor {name!r}")
+        return state
 
     @staticmethod
     def _load(f: Path) -> tuple[str, str, TensorState]:
@@ -174,12 +223,36 @@ class DirStateStore(StateStore):
         except Exception as exc:  # OSError, ValueError, EOFError, zipfile.BadZipFile, ...
             raise FormatError(f"state file {f} is unreadable: {exc}") from exc
         try:
-            peer = str(arrays.pop("__peer__")[()])
-            name = str(arrays.pop("__name__")[()])
-            rnd = int(arrays.pop("__round__")[()])
+            meta = {k: arrays.pop(k) for k in _META}
         except KeyError as exc:
             raise FormatError(f"state file {f} lacks {exc}") from None
+        peer, name, rnd = _meta_values(f, meta)
         return peer, name, TensorState(arrays, rnd)
+
+    @staticmethod
+    def _scan(f: Path) -> tuple[str, str, int]:
+        """(peer, tensor, bytes of the state's arrays) of one file, reading only the
+        names and the arrays' headers."""
+        meta: dict[str, np.ndarray] = {}
+        nbytes = 0
+        try:
+            with zipfile.ZipFile(f) as zf:
+                for info in zf.infolist():
+                    key = info.filename.removesuffix(".npy")
+                    with zf.open(info) as fh:
+                        if key in _META:
+                            meta[key] = npformat.read_array(fh, allow_pickle=False)
+                        else:
+                            nbytes += _array_nbytes(fh)
+        except FormatError:
+            raise
+        except Exception as exc:  # OSError, ValueError, zipfile.BadZipFile, ...
+            raise FormatError(f"state file {f} is unreadable: {exc}") from exc
+        missing = [k for k in _META if k not in meta]
+        if missing:
+            raise FormatError(f"state file {f} lacks {missing[0]!r}")
+        peer, name, _ = _meta_values(f, meta)
+        return peer, name, nbytes
 
     def put(self, peer: str, name: str, state: TensorState) -> None:
         f = self._file(peer, name)
@@ -187,7 +260,7 @@ class DirStateStore(StateStore):
         try:
             with os.fdopen(fd, "wb") as fh:
                 arrays: dict[str, np.ndarray] = {
-                    "__peer__": np.array(peer), "__name__": np.array(name),
+                    "__peer__": _name_array(peer), "__name__": _name_array(name),
                     "__round__": np.array(state.round, dtype=np.int64), **state.arrays}
                 np.savez(fh, **arrays)  # type: ignore[arg-type]
             os.replace(tmp, f)
@@ -202,8 +275,68 @@ class DirStateStore(StateStore):
             f.unlink()
 
     def keys(self) -> list[Key]:
-        out = []
-        for f in sorted(self.path.glob("*.npz")):
-            peer, name, _ = self._load(f)
-            out.append((peer, name))
-        return out
+        return [self._scan(f)[:2] for f in self._files()]
+
+    def sizes(self, peer: str) -> dict[str, int]:
+        return {name: nbytes for got, name, nbytes in map(self._scan, self._files(peer))
+                if got == peer}
+
+    def clear(self, peer: str | None = None) -> None:
+        for f in self._files(peer):
+            if peer is None or self._scan(f)[0] == peer:
+                f.unlink(missing_ok=True)
+
+
+_META = ("__peer__", "__name__", "__round__")
+_NEW_FILE = re.compile(r"[0-9a-f]{16}-[0-9a-f]{40}\.npz")
+_OLD_FILE = re.compile(r"[0-9a-f]{40}\.npz")
+
+
+def _utf8(text: str) -> bytes:
+    # surrogatepass: any Python str round-trips, even one that is not valid Unicode
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _digest(*parts: bytes) -> str:
+    """Hex SHA-256 of length-prefixed parts (no two sequences of parts give the same
+    input, whatever bytes they hold)."""
+    h = hashlib.sha256(b"fedpress-state-dir/2")
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()
+
+
+def _name_array(text: str) -> np.ndarray:
+    # bytes, not a numpy str array: those drop trailing NUL characters
+    return np.frombuffer(_utf8(text), dtype=np.uint8).copy()
+
+
+def _meta_values(f: Path, meta: dict[str, np.ndarray]) -> tuple[str, str, int]:
+    """(peer, tensor, round) from a state file's name and round arrays."""
+    try:
+        names = []
+        for key in ("__peer__", "__name__"):
+            a = meta[key]
+            if a.dtype != np.uint8 or a.ndim != 1:
+                raise ValueError(f"{key} is {a.dtype}{a.shape}, not UTF-8 bytes")
+            names.append(a.tobytes().decode("utf-8", "surrogatepass"))
+        rnd = meta["__round__"]
+        if rnd.shape != () or rnd.dtype.kind not in "iu":
+            raise ValueError(f"__round__ is {rnd.dtype}{rnd.shape}, not an integer")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FormatError(f"state file {f} is not a fedpress state file: {exc}") from None
+    return names[0], names[1], int(rnd)
+
+
+def _array_nbytes(fh: IO[bytes]) -> int:
+    """Bytes of the array whose ``.npy`` stream ``fh`` is, from its header alone."""
+    version = npformat.read_magic(fh)
+    if version == (1, 0):
+        shape, _, dtype = npformat.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _, dtype = npformat.read_array_header_2_0(fh)
+    else:  # a version this reader has no public header function for: read it
+        fh.seek(0)
+        return int(npformat.read_array(fh, allow_pickle=False).nbytes)
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
