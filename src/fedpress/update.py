@@ -248,6 +248,17 @@ class UpdateEncoder:
 class UpdateDecoder:
     """Decode update frames, keeping mirrored state per sending peer.
 
+    What one peer can make the decoder keep is bounded: the tensor names its
+    mirrored records use are fixed by the first frame that leaves it state (a
+    later record of a mirrored codec under another name is a
+    :class:`StateDesyncError`, like any state the two ends no longer share, until
+    :meth:`reset`), and the bytes of its state after a frame (the arrays'
+    ``nbytes``, the tensors it omits included) may not exceed
+    ``limits.max_state_bytes`` (a :class:`FormatError`; nothing is committed).
+    That cap is checked before decoding against a lower bound (a codec's
+    ``min_state_bytes(spec)``, where it defines one) and again, exactly, before
+    the new state is committed.
+
     Parameters
     ----------
     store : StateStore, optional
@@ -259,6 +270,45 @@ class UpdateDecoder:
     def __init__(self, store: StateStore | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
         self.store = store if store is not None else MemoryStateStore()
         self.limits = limits
+
+    def reset(self, peer: str) -> None:
+        """Drop ``peer``'s mirrored state: its next frame starts afresh (its encoder must
+        start afresh too) and fixes its tensor names anew."""
+        self.store.clear(peer)
+
+    @staticmethod
+    def _min_state_bytes(codec: Codec, spec: TensorSpec) -> int:
+        """A lower bound of the state decoding a record of ``spec`` leaves: the codec's
+        ``min_state_bytes(spec)`` if it defines one, else 0 (none known)."""
+        floor = getattr(codec, "min_state_bytes", None)
+        return max(0, int(floor(spec))) if callable(floor) else 0
+
+    def _check_frame_state(self, peer: str, frame: Frame, codecs: list[Codec]) -> dict[str, int]:
+        """Before decoding: the frame's mirrored tensor names against the peer's, and the
+        state it will leave against the cap (a lower bound). Returns the state bytes
+        held now, by tensor name."""
+        mirrored = [rec for rec in frame.records if is_mirrored(codecs[rec.codec_index])]
+        if not mirrored:
+            return {}
+        held = self.store.sizes(peer)
+        new = [rec.name for rec in mirrored if rec.name not in held]
+        if held and new:
+            raise StateDesyncError(
+                f"peer {peer!r}: tensor {new[0]!r} has no mirrored state here; a peer's "
+                "mirrored tensors are fixed by its first frame (reset the peer on both ends "
+                "to start afresh with other tensors)")
+        names = {rec.name for rec in mirrored}
+        floor = sum(b for n, b in held.items() if n not in names) + sum(
+            self._min_state_bytes(codecs[rec.codec_index], rec.spec) for rec in mirrored)
+        self._check_state_bytes(peer, floor, "at least ")
+        return held
+
+    def _check_state_bytes(self, peer: str, nbytes: int, qualifier: str = "") -> None:
+        if nbytes > self.limits.max_state_bytes:
+            raise FormatError(
+                f"peer {peer!r}: this frame would leave {qualifier}{nbytes} bytes of mirrored "
+                f"codec state, over the limit {self.limits.max_state_bytes} "
+                "(Limits.max_state_bytes)")
 
     def decode(self, blob: bytes | bytearray | memoryview, peer: str = "default", *,
                reference: Any = None) -> dict[str, np.ndarray]:
@@ -276,6 +326,7 @@ class UpdateDecoder:
                 if frame.kind == KIND_TENSOR else "not an update frame"
             )
         codecs = [codec_from_config(cfg, self.limits.codecs) for cfg in frame.codecs]
+        held = self._check_frame_state(peer, frame, codecs)
         out: dict[str, np.ndarray] = {}
         new_states: dict[str, TensorState] = {}
         for rec in frame.records:
@@ -286,6 +337,9 @@ class UpdateDecoder:
             out[rec.name] = decode_record(codec, rec, state, refs)
             if state is not None:
                 new_states[rec.name] = state
+        if new_states:
+            self._check_state_bytes(peer, sum(b for n, b in held.items() if n not in new_states)
+                                    + sum(st.nbytes for st in new_states.values()))
         for name, state in new_states.items():
             self.store.put(peer, name, state)
         return out
