@@ -1,11 +1,13 @@
 """Flower integration, in process (InlineGrid: real Flower messages, serialized as over
 gRPC, no Ray): the mod and the strategy wrapper, stateful plans across rounds, bytes
-counted, bad replies dropped, and the same weights and bytes as the fedpress simulator."""
+counted, bad replies dropped, missing back ends and rounds without a usable reply
+reported, and the same weights and bytes as the fedpress simulator."""
 
 from __future__ import annotations
 
 import logging
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -14,21 +16,27 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
 
 import fedpress
+from fedpress.backends.lossless import BloscLzCodec, ZstdCodec
 from fedpress.flower import CompressedStrategy, Link, compression_mod, task, wire
 from fedpress.flower.inline import InlineGrid
 from fedpress.flower.mod import STATE_KEY
+from fedpress.flower.strategy import FailedRoundsError
 
 RNG = np.random.default_rng(0)
 INIT = {"w": RNG.standard_normal((48, 40)).astype(np.float32),
         "b": RNG.standard_normal(40).astype(np.float32) * 0.1}
 
 
-def _numpy_app(with_mod: bool = True) -> ClientApp:
-    """Clients that move every weight by a seeded, node-specific step."""
-    app = ClientApp(mods=[compression_mod] if with_mod else [])
+def _numpy_app(with_mod: bool = True, mods: list | None = None,
+               trained: list | None = None) -> ClientApp:
+    """Clients that move every weight by a seeded, node-specific step (``mods``: in
+    place of the mod; ``trained``: gets the node id of each train call)."""
+    app = ClientApp(mods=mods if mods is not None else [compression_mod] if with_mod else [])
 
     @app.train()
     def train(msg: Message, ctx: Context) -> Message:
+        if trained is not None:
+            trained.append(ctx.node_id)
         st = wire.state_of(msg.content["arrays"])
         pid = int(ctx.node_config["partition-id"])
         rnd = int(msg.content["config"]["server-round"])
@@ -50,11 +58,12 @@ def _numpy_app(with_mod: bool = True) -> ClientApp:
 
 
 def _run(uplink: str | None, downlink: str | None = None, rounds: int = 3, nodes: int = 3,
-         app: ClientApp | None = None, tamper=None, strategy=None):
+         app: ClientApp | None = None, tamper=None, strategy=None, run_config=None,
+         **options):
     random.seed(0)  # Flower's FedAvg samples nodes with `random`: the same order each run
-    grid = InlineGrid(app or _numpy_app(), nodes, tamper=tamper)
+    grid = InlineGrid(app or _numpy_app(), nodes, tamper=tamper, run_config=run_config)
     s = CompressedStrategy(strategy or FedAvg(fraction_evaluate=1.0), uplink=uplink,
-                           downlink=downlink, uplink_mbps=10, downlink_mbps=100)
+                           downlink=downlink, uplink_mbps=10, downlink_mbps=100, **options)
     result = s.start(grid=grid, initial_arrays=wire.plain_record(INIT), num_rounds=rounds)
     return s, grid, result
 
@@ -123,18 +132,38 @@ def test_a_corrupted_frame_is_dropped_and_the_round_goes_on(caplog) -> None:
         return reply
 
     with caplog.at_level(logging.WARNING, logger="fedpress.flower"):
-        s, _, result = _run("fedsz", rounds=2, tamper=corrupt)
+        s, _, result = _run("fedsz", rounds=2, tamper=corrupt, max_failed_rounds=1)
     assert [h["dropped"] for h in s.history if h["phase"] == "train"] == [1, 1]
     assert "dropping the reply of node 102" in caplog.text and "checksum" in caplog.text
+    assert "decodable" not in caplog.text  # two good replies a round: no failed round
     assert result.arrays is not None
 
 
 def test_a_client_without_the_mod_is_dropped_with_the_reason(caplog) -> None:
+    """Every reply dropped: the run fails (by default after the first such round), its
+    error naming the reason; with max_failed_rounds=0 it goes on and the model stays."""
+    with pytest.raises(FailedRoundsError) as failed:
+        _run("fedsz", rounds=3, app=_numpy_app(with_mod=False))
+    assert "round 1: 0 of 3 replies decodable: 3x dropped: plain arrays where a fedpress " \
+        "frame was expected" in str(failed.value)
+    assert "compression_mod" in str(failed.value) and "round 2" not in str(failed.value)
     with caplog.at_level(logging.WARNING, logger="fedpress.flower"):
-        s, _, result = _run("fedsz", rounds=1, app=_numpy_app(with_mod=False))
-    assert s.history[0]["dropped"] == 3
+        s, _, result = _run("fedsz", rounds=2, app=_numpy_app(with_mod=False),
+                            max_failed_rounds=0)
+    assert [h["dropped"] for h in s.history if h["phase"] == "train"] == [3, 3]
     assert "compression_mod" in caplog.text
-    assert result.arrays is not None  # the previous model stands
+    for k, v in wire.state_of(result.arrays).items():  # the previous model stands
+        assert np.array_equal(v, INIT[k])
+
+
+def _error_reply(reply: Message, reason: str) -> Message:
+    """A Flower error in place of a node's reply (from that node, to the server)."""
+    err = Message(Error(code=0, reason=reason), reply_to=reply)
+    md = err.metadata.__dict__  # reply_to swaps the ends: restore the node's as sender
+    md["_src_node_id"], md["_dst_node_id"] = reply.metadata.src_node_id, \
+        reply.metadata.dst_node_id
+    md["_reply_to_message_id"] = reply.metadata.reply_to_message_id
+    return err
 
 
 def _failing_once(node: int, rnd: int, how: str):
@@ -150,8 +179,7 @@ def _failing_once(node: int, rnd: int, how: str):
                 seen.append((n, False, train))
                 return None
             if how == "error":
-                reply = Message(Error(code=0, reason="the app crashed"),
-                                reply_to=reply)
+                reply = _error_reply(reply, "the app crashed")
             if how == "wipe":
                 hook.grid.contexts[n].state = RecordDict()
         seen.append((n, not reply.has_error(), train))
@@ -201,6 +229,125 @@ def test_replies_of_the_wrong_tensors_are_dropped(caplog) -> None:
         assert "float32(40,), the model's float32(48, 40)" in caplog.text
         assert {k: v.shape for k, v in wire.state_of(result.arrays).items()} == \
             {k: v.shape for k, v in INIT.items()}
+
+
+def _fails_in(rounds: set[int], how: str):
+    """A tamper hook: every train reply of the given rounds lost or an error."""
+    count: dict[int, int] = {}
+
+    def hook(node: int, reply: Message) -> Message | None:
+        if reply.metadata.message_type != "train":
+            return reply
+        count[node] = rnd = count.get(node, 0) + 1
+        if rnd not in rounds:
+            return reply
+        return None if how == "lost" else _error_reply(reply, f"the app crashed on node {node}")
+
+    return hook
+
+
+def test_failed_rounds_raise_after_max_failed_rounds_in_a_row() -> None:
+    """Rounds 2 and 3 without a usable reply: max_failed_rounds=2 stops the run at round
+    3, with each round's reasons counted; one such round between good ones does not."""
+    with pytest.raises(FailedRoundsError) as failed:
+        _run("fpz", rounds=4, tamper=_fails_in({2, 3}, "lost"), max_failed_rounds=2)
+    text = str(failed.value)
+    assert "in 2 rounds in a row (max_failed_rounds=2)" in text
+    assert "round 2: 0 of 3 replies decodable: 3x no reply" in text
+    assert "round 3: 0 of 3 replies decodable: 3x no reply" in text
+    assert "round 4" not in text
+    with pytest.raises(FailedRoundsError, match="1x error reply: the app crashed on node 103"):
+        _run("fpz", rounds=2, tamper=_fails_in({1}, "error"))  # the default: 1
+    s, _, result = _run("fpz", rounds=4, tamper=_fails_in({1, 3}, "error"),
+                        max_failed_rounds=2)
+    assert [h["bytes_up"] > 0 for h in s.history if h["phase"] == "train"] == \
+        [False, True, False, True]
+    assert not np.array_equal(wire.state_of(result.arrays)["w"], INIT["w"])
+    s, _, _ = _run("fpz", rounds=3, tamper=_fails_in({1, 2, 3}, "lost"), max_failed_rounds=None)
+    assert [h["bytes_up"] for h in s.history if h["phase"] == "train"] == [0, 0, 0]
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(fedpress.ConfigError, match="max_failed_rounds"):
+            CompressedStrategy(FedAvg(), max_failed_rounds=bad)  # type: ignore[arg-type]
+
+
+def _missing(package: str):
+    """A check_available that finds ``package`` missing."""
+    def check(self) -> None:
+        raise fedpress.MissingDependencyError(
+            f"codec {self.codec_id!r} needs the Python package {package!r}, which is not "
+            f"installed; install it with: pip install {package}")
+    return check
+
+
+@pytest.mark.parametrize("uplink, downlink", [("fedsz", None), (None, "zstd"),
+                                              (None, "ef:topk(ratio=0.1, send=update)")])
+def test_a_back_end_missing_on_the_server_is_found_when_the_strategy_is_built(
+        monkeypatch, uplink, downlink) -> None:
+    monkeypatch.setattr(ZstdCodec, "check_available", _missing("zstandard"))
+    with pytest.raises(fedpress.MissingDependencyError, match="pip install zstandard"):
+        CompressedStrategy(FedAvg(), uplink=uplink, downlink=downlink)
+
+
+def test_a_client_missing_a_back_end_replies_an_error_naming_it_before_training(
+        monkeypatch, caplog) -> None:
+    """The server has the uplink's back end, the clients not: each client's mod answers
+    with a Flower error naming the package before its app trains; the server logs it
+    and the run fails with it."""
+    trained: list = []
+    random.seed(0)
+    grid = InlineGrid(_numpy_app(trained=trained), 3)
+    s = CompressedStrategy(FedAvg(fraction_evaluate=0.0),
+                           uplink="fedsz(lossy=fpz, lossless=blosc-lz)")
+    monkeypatch.setattr(BloscLzCodec, "check_available", _missing("blosc2"))
+    replies: list = []
+    grid.tamper = lambda node, reply: replies.append(reply) or reply
+    with caplog.at_level(logging.WARNING, logger="fedpress.flower"), \
+            pytest.raises(FailedRoundsError) as failed:
+        s.start(grid=grid, initial_arrays=wire.plain_record(INIT), num_rounds=3)
+    assert trained == []
+    assert [r.error.code for r in replies] == [6, 6, 6]  # ErrorCode.MOD_FAILED_PRECONDITION
+    assert "pip install blosc2" in replies[0].error.reason
+    assert "the train reply of node 101 is an error" in caplog.text
+    assert "pip install blosc2" in caplog.text
+    assert "round 1: 0 of 3 replies decodable: 3x error reply: fedpress on this " \
+        "SuperNode: codec 'blosc-lz' needs the Python package 'blosc2'" in str(failed.value)
+
+
+def test_a_client_whose_back_end_fails_to_import_when_encoding_replies_an_error(
+        monkeypatch) -> None:
+    """The user's case: the library cannot be imported on the clients (blosc2 not in
+    the install), found when the reply is encoded: an error reply naming the package,
+    and a failed run, not a finished one with an untrained model."""
+    random.seed(0)
+    grid = InlineGrid(_numpy_app(), 2)
+    s = CompressedStrategy(FedAvg(fraction_evaluate=0.0),
+                           uplink="fedsz(lossy=fpz, lossless=blosc-lz)")
+    monkeypatch.setitem(sys.modules, "blosc2", None)  # `import blosc2` now fails
+    with pytest.raises(FailedRoundsError, match=r"2x error reply: .*'blosc2'.*pip install "
+                                                r"blosc2"):
+        s.start(grid=grid, initial_arrays=wire.plain_record(INIT), num_rounds=2)
+
+
+def test_the_downlink_is_decoded_with_its_own_codecs_and_only_the_uplinks_are_accepted(
+        monkeypatch) -> None:
+    """A client accepts the downlink's codecs (its server chose them); the server only
+    its uplink's, those not safe on a peer's bytes in a child process."""
+    from fedpress.backends.sz2 import SZ2Codec
+
+    monkeypatch.setattr(SZ2Codec, "peer_safe", False)  # as the core marks it
+    s = CompressedStrategy(FedAvg(), uplink="ef:topk(ratio=0.1, send=update)",
+                           downlink="fpz")
+    assert s.limits.codecs == {"ef", "topk", "zstd"} and not s.limits.isolate
+    paper = Link.parse("fedsz-paper")
+    assert paper.peer_limits().codecs == {"blosc-lz"}
+    assert paper.peer_limits().isolate == {"sz2"}
+    assert paper.peer_limits(fedpress.Limits(codecs={"sz2", "blosc-lz", "zfp"})).codecs == \
+        {"sz2", "blosc-lz"}
+    assert {"sz2", "blosc-lz"} <= paper.own_limits().codecs
+    with pytest.raises(fedpress.ConfigError, match="child process"):
+        CompressedStrategy(FedAvg(), uplink="fedsz-paper(reference=true)")
+    _, _, result = _run("fpz", "zstd", rounds=1)  # the clients decode zstd frames
+    assert result.arrays is not None
 
 
 def test_links_parse_and_refuse_bad_settings() -> None:

@@ -7,7 +7,8 @@ each SuperNode with ``partition-id``/``num-partitions``), submits the app with
 --stream`` exits 0 even when the ServerApp fails), and stops every process it started,
 also on errors and Ctrl-C. Flower's files (config, installed app, logs) go to a
 temporary ``FLWR_HOME`` unless ``--flwr-home`` names one; nothing is installed at run
-time (the environment must already have fedpress[flower]).
+time (the environment must already have fedpress[flower]). ``--app`` submits another
+Flower app directory instead of this example (the tests use that).
 
 Usage (from the project root, in the project's virtual environment)::
 
@@ -152,12 +153,13 @@ class Deployment:
         return found
 
 
-def run(nodes: int, run_config: str, timeout: float, home: Path) -> dict:
-    """Deploy, run the app, stop. Returns the run's ``flwr ls`` entry plus ``wall_s``
-    and ``stream`` (the run's log); raises if it did not complete."""
+def run(nodes: int, run_config: str, timeout: float, home: Path, app: Path = APP) -> dict:
+    """Deploy, run ``app`` (this example by default), stop. Returns the run's ``flwr
+    ls`` entry plus ``wall_s`` and ``stream`` (the run's log); raises if it did not
+    complete."""
     t0 = time.monotonic()
     with Deployment(home, nodes) as dep:
-        args = ["run", str(APP), CONNECTION, "--stream"]
+        args = ["run", str(app), CONNECTION, "--stream"]
         if run_config:
             args += ["--run-config", run_config]
         done = dep.flwr(*args, timeout=timeout)
@@ -185,13 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-config", default="", help="flwr run --run-config overrides")
     ap.add_argument("--timeout", type=float, default=900, help="seconds for the run")
     ap.add_argument("--flwr-home", help="Flower's directory (default: a temporary one)")
+    ap.add_argument("--app", type=Path, default=APP, help="the Flower app directory to run "
+                    "(default: this example)")
     args = ap.parse_args(argv)
     for sig in (signal.SIGTERM, signal.SIGHUP):  # stop the deployment on the way out
         signal.signal(sig, lambda *_: sys.exit(1))
     home = (Path(args.flwr_home) if args.flwr_home else Path(tempfile.mkdtemp(
         prefix="fedpress-flwr-"))).resolve()
     try:
-        entry = run(args.nodes, args.run_config, args.timeout, home)
+        entry = run(args.nodes, args.run_config, args.timeout, home, args.app.resolve())
     except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as exc:
         print(f"deployment run failed: {exc}\n(logs in {home / 'logs'})", file=sys.stderr)
         return 1

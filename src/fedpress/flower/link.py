@@ -12,24 +12,33 @@ to the plan, except the link's own settings:
   started from (both ends hold it);
 * ``eb``, ``mode``: the error bound of the plan's error-bounded codecs.
 
-The server's strategy wrapper holds both links; it tells each client the uplink in
+The server's strategy wrapper holds both links; it tells each client both links in
 the config of every message (keys ``fedpress-*``), so a client is configured in one
 place: the server.
+
+Who trusts whom: a client decodes what its server sends with the codecs of the
+downlink the server named (in this process: the server chose them, and it chose the
+app the client runs too); the server decodes what clients send with the codecs of
+its uplink only, and those whose native decoder is not safe on a peer's bytes
+(``Codec.peer_safe``, e.g. ``sz2``) in a child process (:meth:`Link.peer_limits`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import fedpress
 
+from ..abc import Codec
 from ..errors import ConfigError
+from ..frame import DEFAULT_LIMITS, Limits
 from ..sim.run import parse_plan_spec
 
 SENDS = ("weights", "update")
 #: config keys the server adds to every message it sends
 KEY_UPLINK = "fedpress-uplink"  # the uplink's spec (Link.spec)
+KEY_DOWNLINK = "fedpress-downlink"  # the downlink's spec: what the client decodes
 KEY_BASE = "fedpress-base"  # hex digest of the copy a downlink update applies to
 KEY_DELAY = "fedpress-delay"  # "up_mbps,down_mbps,latency_s": the client sleeps that long
 KEY_RESET = "fedpress-reset"  # true: drop all codec state and the held copy first
@@ -103,6 +112,45 @@ class Link:
         if self.plan is None:
             return None
         return fedpress.UpdateEncoder(self.plan, self.mode, self.eb, peer=peer, **self.options)
+
+    def codecs(self) -> list[Codec]:
+        """Every codec this link's plan may use, wrapped ones included (none for raw
+        arrays)."""
+        encoder = self.encoder()
+        if encoder is None:
+            return []
+        return [c for codec in encoder.plan.codecs() for c in codec.tree()]
+
+    def check_available(self) -> None:
+        """:class:`fedpress.MissingDependencyError`, naming the package to install, if a
+        codec of this link lacks its back end library in this process."""
+        for codec in self.codecs():
+            codec.check_available()
+
+    def peer_limits(self, base: Limits = DEFAULT_LIMITS) -> Limits:
+        """``base`` restricted to this link's codecs, for decoding frames from peers one
+        does not trust (the server decoding its clients' replies): a frame naming any
+        other codec is refused before a payload byte reaches a back end.
+
+        With ``base.codecs`` unset, the codecs whose decoders are not safe on a peer's
+        bytes (``Codec.peer_safe``) are decoded in a child process
+        (``Limits.isolate``); naming one in ``base.codecs`` decodes it in this process
+        instead (an opt-in). ``base``'s other caps are kept."""
+        tree = self.codecs()
+        ids = frozenset(c.codec_id for c in tree)
+        if base.codecs is not None:
+            return replace(base, codecs=ids & base.codecs)
+        unsafe = frozenset(c.codec_id for c in tree if not c.peer_safe)
+        return replace(base, codecs=ids - unsafe, isolate=base.isolate | unsafe)
+
+    def own_limits(self, base: Limits = DEFAULT_LIMITS) -> Limits:
+        """``base`` that also accepts every codec of this link in this process, for
+        frames from a peer one trusts (a client decoding its server's downlink)."""
+        if self.plan is None:
+            return base
+        encoder = self.encoder()
+        assert encoder is not None
+        return fedpress.trusting(encoder.plan, base)
 
 
 def _text(v: Any) -> str:

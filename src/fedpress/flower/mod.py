@@ -14,6 +14,13 @@ in ``Context.state``, so stateful plans survive across rounds in simulation and
 deployment alike; a message with :data:`~fedpress.flower.link.KEY_RESET` (the server
 lost track of this client after a failure) drops it first. Messages without fedpress
 keys pass through untouched.
+
+A client that lacks a back end library of either link (the uplink it encodes, the
+downlink it decodes; :data:`~fedpress.flower.link.KEY_DOWNLINK`) replies with a Flower
+error (``Error(ErrorCode.MOD_FAILED_PRECONDITION, reason)``) whose reason names the
+package to install, before its app trains; the server logs that reason. The downlink
+is decoded with that link's codecs accepted in this process: the client trusts its
+server, which chose them.
 """
 
 from __future__ import annotations
@@ -23,16 +30,18 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Error, Message
+from flwr.common.constant import ErrorCode
 
 import fedpress
 
-from ..errors import StateDesyncError
+from ..errors import MissingDependencyError, StateDesyncError
+from ..frame import DEFAULT_LIMITS
 from ..sim.client import apply_changes, raw_bytes
 from ..sim.fl import changes, zeros_like
 from ..state import MemoryStateStore, TensorState
 from . import wire
-from .link import KEY_BASE, KEY_DELAY, KEY_RESET, KEY_UPLINK, Link
+from .link import KEY_BASE, KEY_DELAY, KEY_DOWNLINK, KEY_RESET, KEY_UPLINK, Link
 
 log = logging.getLogger("fedpress.flower")
 
@@ -75,10 +84,29 @@ def _sleep_for(config: dict, nbytes: int, direction: int) -> None:
 
 def compression_mod(message: Message, context: Context,
                     call_next: Callable[[Message, Context], Message]) -> Message:
-    """Decode the server's fedpress frames, call the app, encode the train reply."""
+    """Decode the server's fedpress frames, call the app, encode the train reply.
+
+    A missing back end library (of either link) makes the reply a Flower error whose
+    reason names the package to install."""
     config = wire.config_of(message)
     if KEY_UPLINK not in config:  # not from a fedpress server: nothing to do
         return call_next(message, context)
+    try:
+        return _mod(message, context, call_next, config)
+    except MissingDependencyError as exc:
+        log.error("fedpress: %s", exc)
+        return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION,
+                             reason=f"fedpress on this SuperNode: {exc}"), reply_to=message)
+
+
+def _mod(message: Message, context: Context,
+         call_next: Callable[[Message, Context], Message], config: dict) -> Message:
+    """:func:`compression_mod` for a message from a fedpress server."""
+    link = Link.parse(config[KEY_UPLINK])
+    down = Link.parse(config[KEY_DOWNLINK]) if KEY_DOWNLINK in config else None
+    train = message.metadata.message_type.split(".")[0] == "train"
+    if train:  # found before the app trains, not after
+        link.check_available()
     key = wire.array_key(message.content) if message.has_content() else None
     # the server starts this client afresh after a failure (its copy is unknown)
     store = MemoryStateStore() if config.get(KEY_RESET) else _load(context)
@@ -89,7 +117,9 @@ def compression_mod(message: Message, context: Context,
         if frame is None:
             got = wire.state_of(record)
         else:
-            got = fedpress.UpdateDecoder(store=store).decode(frame, peer="server")
+            limits = down.own_limits() if down is not None else DEFAULT_LIMITS
+            got = fedpress.UpdateDecoder(store=store, limits=limits).decode(frame,
+                                                                            peer="server")
         _sleep_for(config, raw_bytes(got) if frame is None else len(frame), 1)
         if KEY_BASE in config:  # a change from the copy the server thinks we hold
             held = _held(store)
@@ -105,8 +135,6 @@ def compression_mod(message: Message, context: Context,
         if frame is not None or KEY_BASE in config:
             message.content = wire.with_arrays(message, key, wire.plain_record(start))
     reply = call_next(message, context)
-    link = Link.parse(config[KEY_UPLINK]) if KEY_UPLINK in config else Link()
-    train = message.metadata.message_type.split(".")[0] == "train"
     rkey = wire.array_key(reply.content) if reply.has_content() else None
     if train and rkey is not None and link.plan is None:
         _sleep_for(config, raw_bytes(wire.state_of(reply.content.array_records[rkey])), 0)

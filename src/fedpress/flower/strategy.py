@@ -13,10 +13,25 @@ arrays with the downlink plan (once per distinct copy: one frame is broadcast wh
 the plan is stateless), adds the uplink's spec to their config, and sends them. It
 decodes the train replies back to plain arrays before the wrapped strategy
 aggregates them, so that strategy never sees a frame. A train reply that does not
-decode (corrupted, the wrong tensors, a desynchronised codec state, a client without
-the mod) is dropped with a logged reason and the round goes on with the others. A node
-whose reply was dropped, was an error or did not come is started afresh: both ends
-drop its codec state and its next message carries the whole model.
+decode (corrupted, crafted, the wrong tensors, a desynchronised codec state, a client
+without the mod) is dropped with a logged reason and the round goes on with the others;
+an error reply (a client that lacks a back end library, an app that raised) is logged
+with its reason. A node whose reply was dropped, was an error or did not come is
+started afresh: both ends drop its codec state and its next message carries the whole
+model.
+
+The server decodes replies with the uplink's codecs only (:meth:`Link.peer_limits`:
+a frame naming another codec is refused before a payload byte reaches a back end;
+codecs that are not safe on a peer's bytes, such as ``sz2``, are decoded in a child
+process), and checks each frame's tensor names, shapes and dtypes against the model
+before decoding it. Both links' back end libraries are checked when the strategy is
+built (:class:`fedpress.MissingDependencyError` naming the package).
+
+A round in which no train reply could be used leaves the model as it was; after
+``max_failed_rounds`` such rounds in a row the strategy raises
+:class:`FailedRoundsError`, whose message sums up the reasons, so that the ServerApp
+fails (``flwr ls`` shows the run as failed) instead of finishing with an untrained
+model.
 
 Each round's train MetricRecord gains ``fedpress-*`` entries: bytes up and down on
 the wire, their raw sizes, the compression ratios, the replies dropped and, with a
@@ -28,9 +43,11 @@ round and phase.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -38,13 +55,23 @@ from flwr.serverapp.strategy import Strategy
 import fedpress
 
 from ..errors import ConfigError, FedpressError, FormatError, StateDesyncError
+from ..frame import Limits
+from ..frame import unpack as unpack_frame
 from ..sim.client import apply_changes, raw_bytes
 from ..sim.fl import Downlink
 from . import wire
-from .link import KEY_BASE, KEY_DELAY, KEY_RESET, KEY_UPLINK, Link
+from .link import KEY_BASE, KEY_DELAY, KEY_DOWNLINK, KEY_RESET, KEY_UPLINK, Link
 from .mod import REPLY_KEY
 
 log = logging.getLogger("fedpress.flower")
+
+#: how many distinct reasons a failed round's summary lists, and how long each may be
+_REASONS_SHOWN, _REASON_CHARS = 4, 400
+
+
+class FailedRoundsError(FedpressError, RuntimeError):
+    """No train reply could be used in ``max_failed_rounds`` rounds in a row (the
+    message sums up why, round by round)."""
 
 
 class CompressedStrategy(Strategy):
@@ -64,12 +91,28 @@ class CompressedStrategy(Strategy):
     delay : bool
         Also make the clients sleep for their simulated transfer times (an emulated
         slow network; needs both bandwidths).
+    max_failed_rounds : int or None
+        Raise :class:`FailedRoundsError` after this many rounds in a row in which no
+        train reply could be used (all dropped, errors or lost); ``0`` or ``None``:
+        never (the model then stays as it was through such rounds).
+    limits : fedpress.Limits, optional
+        Caps for decoding the replies; always restricted to the uplink's codecs (see
+        :meth:`Link.peer_limits`: name a codec that is not peer-safe in
+        ``Limits(codecs=...)`` to decode it in this process rather than in a child
+        process).
+
+    Raises
+    ------
+    fedpress.MissingDependencyError
+        A codec of either link lacks its back end library here (the message names the
+        package to install).
     """
 
     def __init__(self, strategy: Strategy, uplink: str | Link | None = "fedsz",
                  downlink: str | Link | None = None, *, uplink_mbps: float | None = None,
                  downlink_mbps: float | None = None, latency_s: float = 0.0,
-                 delay: bool = False) -> None:
+                 delay: bool = False, max_failed_rounds: int | None = 1,
+                 limits: Limits | None = None) -> None:
         if not isinstance(strategy, Strategy):
             raise ConfigError("CompressedStrategy wraps a flwr.serverapp.strategy.Strategy "
                               f"(FedAvg, FedProx, ...), got {type(strategy).__name__}")
@@ -77,6 +120,28 @@ class CompressedStrategy(Strategy):
         self.uplink, self.downlink = Link.parse(uplink), Link.parse(downlink)
         if self.downlink.reference:
             raise ConfigError("reference=true is an uplink setting")
+        for link in (self.uplink, self.downlink):  # the server decodes one, encodes the other
+            link.check_available()
+        if max_failed_rounds is None:
+            max_failed_rounds = 0
+        if isinstance(max_failed_rounds, bool) or not isinstance(max_failed_rounds, int) \
+                or max_failed_rounds < 0:
+            raise ConfigError("max_failed_rounds must be an int >= 0 or None, got "
+                              f"{max_failed_rounds!r}")
+        self.max_failed_rounds = max_failed_rounds
+        if limits is not None and not isinstance(limits, Limits):
+            raise ConfigError(f"limits must be a fedpress.Limits, got {limits!r}")
+        self.limits = self.uplink.peer_limits(limits if limits is not None else Limits())
+        isolated = sorted(self.limits.isolate & {c.codec_id for c in self.uplink.codecs()})
+        if isolated and self.uplink.reference:
+            raise ConfigError(
+                f"the uplink's {', '.join(map(repr, isolated))} would be decoded in a child "
+                "process (not safe on a peer's bytes), which cannot take reference=true; "
+                "pass limits=fedpress.Limits(codecs={...}) naming it to decode it in this "
+                "process (only with clients you trust)")
+        if isolated:
+            log.info("fedpress: the uplink's %s decoded in a child process (not safe on a "
+                     "peer's bytes in this one)", ", ".join(isolated))
         for name, v in (("uplink_mbps", uplink_mbps), ("downlink_mbps", downlink_mbps)):
             if v is not None and not v > 0:
                 raise ConfigError(f"{name} must be > 0, got {v}")
@@ -90,12 +155,13 @@ class CompressedStrategy(Strategy):
         d = self.downlink
         self._down = Downlink(d.plan, {**d.options, "mode": d.mode, "eb": d.eb}, 0, d.send,
                               None, track=track)
-        self._decoder = fedpress.UpdateDecoder()
+        self._decoder = fedpress.UpdateDecoder(limits=self.limits)
         self._digests: dict[int, str] = {}  # downlink version -> digest of that copy
         self._pending: dict[int, int] = {}  # this round's downlink bytes per node
         self._sent: dict[str, set[int]] = {}  # phase -> nodes sent a message this round
         self._reset: set[int] = set()  # nodes whose next message starts them afresh
         self._model: dict[str, tuple[tuple[int, ...], Any]] = {}  # names -> shape, dtype
+        self._failed: list[str] = []  # summaries of the failed rounds in a row, so far
         self.history: list[dict[str, Any]] = []
 
     def _forget(self, node: int, why: str) -> None:
@@ -121,7 +187,8 @@ class CompressedStrategy(Strategy):
     def _encode(self, server_round: int, messages: Iterable[Message],
                 phase: str) -> list[Message]:
         out = list(messages)
-        extra: dict[str, Any] = {KEY_UPLINK: self.uplink.spec}
+        extra: dict[str, Any] = {KEY_UPLINK: self.uplink.spec,
+                                 KEY_DOWNLINK: self.downlink.spec}
         if self.delay:
             extra[KEY_DELAY] = f"{self.mbps[0]},{self.mbps[1]},{self.latency_s}"
         groups: dict[int, list[Message]] = {}
@@ -162,16 +229,32 @@ class CompressedStrategy(Strategy):
         self._digests = {v: d for v, d in self._digests.items() if v in held}
         return out
 
-    def _check_shapes(self, got: dict, expect: dict, what: str) -> None:
+    def _check_shapes(self, got: dict, expect: dict, what: str,
+                      declared: bool = False) -> None:
         """FormatError unless ``got`` has the names, shapes and dtypes of ``expect``
-        (name -> (shape, dtype))."""
+        (name -> (shape, dtype)); ``declared``: ``got`` maps names to (shape, dtype)
+        too, not to arrays."""
+        verb = "declares" if declared else "holds"
         if set(got) != set(expect):
-            raise FormatError(f"the {what} holds tensors {sorted(got)}, the model "
+            names = sorted(got)
+            shown = names if len(names) <= 20 else [*names[:20], f"... ({len(names)})"]
+            raise FormatError(f"the {what} {verb} tensors {shown}, the model "
                               f"{sorted(expect)}")
         for k, v in got.items():
-            if (v.shape, v.dtype) != expect[k]:
-                raise FormatError(f"the {what}'s {k!r} is {v.dtype}{v.shape}, the model's "
-                                  f"{expect[k][1]}{expect[k][0]}")
+            shape, dtype = v if declared else (v.shape, v.dtype)
+            if (tuple(shape), np.dtype(dtype)) != (tuple(expect[k][0]), np.dtype(expect[k][1])):
+                raise FormatError(f"the {what} {verb} {k!r} as {dtype}{tuple(shape)}, the "
+                                  f"model's {expect[k][1]}{tuple(expect[k][0])}")
+
+    def _check_layout(self, frame: bytes) -> None:
+        """FormatError unless the frame (parsed, not decoded) declares the model's
+        tensors: nothing is allocated for a frame that declares others (a huge tensor,
+        extra or missing ones)."""
+        records = unpack_frame(frame, self.limits).records
+        declared = {r.name: (tuple(r.spec.shape), np.dtype(r.spec.dtype)) for r in records}
+        if len(declared) != len(records):
+            raise FormatError("the frame declares a tensor name twice")
+        self._check_shapes(declared, self._model, "frame", declared=True)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -203,6 +286,7 @@ class CompressedStrategy(Strategy):
         if frame is None:
             raise FormatError("plain arrays where a fedpress frame was expected (is "
                               "fedpress.flower.compression_mod in the ClientApp's mods?)")
+        self._check_layout(frame)
         start = None
         if self.uplink.send == "update" or self.uplink.reference:
             start = self._down.held.get(node)
@@ -230,19 +314,25 @@ class CompressedStrategy(Strategy):
         with the wrapped strategy; its metrics gain the ``fedpress-*`` entries."""
         kept, up_bytes, raw_up, dropped = [], {}, 0, 0
         replies = list(replies)
-        self._forget_silent(replies, "train")
+        failures = dict.fromkeys(self._forget_silent(replies, "train"), "no reply")
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
-                self._forget(node, f"its train reply is an error: {reply.error.reason}")
+                failures[node] = f"error reply: {reply.error.reason}"
+                log.warning("fedpress: round %d: the train reply of node %s is an error: %s",
+                            server_round, node, reply.error.reason)
+                self._forget(node, "its train reply is an error")
                 kept.append(reply)
                 continue
             try:
                 n = self._decode(reply)
-            except (FedpressError, ValueError, TypeError, KeyError) as exc:
+            except Exception as exc:  # a peer's bytes: whatever they make a decoder raise
                 dropped += 1
+                why = str(exc) if isinstance(exc, FedpressError) else \
+                    f"{type(exc).__name__}: {exc}"
+                failures[node] = f"dropped: {why}"
                 log.warning("fedpress: round %d: dropping the reply of node %s: %s",
-                            server_round, node, exc)
+                            server_round, node, why)
                 self._forget(node, "its reply was dropped")
                 continue
             up_bytes[node] = n
@@ -267,20 +357,46 @@ class CompressedStrategy(Strategy):
         if row is not None:
             row.update({k.removeprefix("fedpress-").replace("-", "_"): v
                         for k, v in ours.items()})
+        self._count_failure(server_round, len(up_bytes), failures)
         merged = MetricRecord(dict(metrics) if metrics is not None else {})
         merged.update(ours)  # type: ignore[arg-type]
         return arrays, merged
+
+    def _count_failure(self, server_round: int, used: int, failures: dict[int, str]) -> None:
+        """Count a round in which no train reply could be used (replies ``used``; the
+        others' reasons by node); raise FailedRoundsError after ``max_failed_rounds``
+        such rounds in a row."""
+        if used or not failures:  # a usable reply, or no node was asked
+            self._failed.clear()
+            return
+        counts = Counter(r if len(r) <= _REASON_CHARS else r[:_REASON_CHARS] + "..."
+                         for r in failures.values())
+        listed = [f"{n}x {r}" for r, n in counts.most_common(_REASONS_SHOWN)]
+        if len(counts) > _REASONS_SHOWN:
+            listed.append(f"{len(counts) - _REASONS_SHOWN} other reasons")
+        summary = (f"round {server_round}: 0 of {len(failures)} replies decodable: "
+                   + "; ".join(listed))
+        self._failed.append(summary)
+        log.warning("fedpress: %s", summary)
+        if self.max_failed_rounds and len(self._failed) >= self.max_failed_rounds:
+            n = len(self._failed)
+            raise FailedRoundsError(
+                f"fedpress: no train reply could be used in {n} round{'s' * (n > 1)} in "
+                f"a row (max_failed_rounds={self.max_failed_rounds}):\n"
+                + "\n".join(self._failed))
 
     def _seconds(self, nbytes: int, direction: int) -> float:
         mbps = self.mbps[direction]
         assert mbps is not None
         return self.latency_s + 8 * nbytes / (mbps * 1e6)
 
-    def _forget_silent(self, replies: list[Message], phase: str) -> None:
-        """Forget the nodes sent a message in ``phase`` that did not reply."""
+    def _forget_silent(self, replies: list[Message], phase: str) -> list[int]:
+        """Forget the nodes sent a message in ``phase`` that did not reply; those nodes."""
         answered = {r.metadata.src_node_id for r in replies}
-        for node in sorted(self._sent.get(phase, set()) - answered):
+        silent = sorted(self._sent.get(phase, set()) - answered)
+        for node in silent:
             self._forget(node, f"no {phase} reply")
+        return silent
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message],
                            ) -> MetricRecord | None:
@@ -290,8 +406,9 @@ class CompressedStrategy(Strategy):
         self._forget_silent(replies, "evaluate")
         for r in replies:
             if r.has_error():
-                self._forget(r.metadata.src_node_id,
-                             f"its evaluate reply is an error: {r.error.reason}")
+                log.warning("fedpress: round %d: the evaluate reply of node %s is an error: "
+                            "%s", server_round, r.metadata.src_node_id, r.error.reason)
+                self._forget(r.metadata.src_node_id, "its evaluate reply is an error")
         return self.strategy.aggregate_evaluate(server_round, replies)
 
     def summary(self) -> None:
