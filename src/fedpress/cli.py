@@ -9,8 +9,13 @@
     fedpress bench model.pt --codecs sz3,zstd --eb 1e-2,1e-3 --json results.json
 
 Tensor files are ``.npy``, ``.npz``, ``.safetensors`` and ``.pt``/``.pth``
-(see :mod:`fedpress.io`). fedpress's own errors and missing files end with a
+(see :mod:`fedpress.io`), written atomically (an interrupted write leaves the
+previous file whole). fedpress's own errors and missing files end with a
 one-line ``error: ...`` on stderr and exit status 2.
+
+Decoding commands accept the codecs whose decoders are safe on untrusted bytes
+(every registered codec but ``sz2``); ``--allow CODEC`` adds one, ``--isolate
+CODEC`` decodes one in a child process (see :class:`fedpress.Limits`).
 """
 
 from __future__ import annotations
@@ -42,8 +47,8 @@ from .api import compress as fp_compress
 from .api import decompress as fp_decompress
 from .api import inspect as fp_inspect
 from .dtypes import is_float
-from .errors import ConfigError, FedpressError
-from .frame import KIND_TENSOR, peek_kind
+from .errors import ConfigError, FedpressError, FormatError
+from .frame import KIND_TENSOR, Limits, peek_kind
 from .partition import DEFAULT_LOSSLESS, DEFAULT_LOSSY, DEFAULT_THRESHOLD
 from .registry import codec_class, list_codecs, unavailable_reason
 from .update import decode_update, encode_update
@@ -102,6 +107,41 @@ def _handle_errors(fn: F) -> F:
             raise _fail(str(exc) or type(exc).__name__) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+AllowOption = Annotated[list[str] | None, typer.Option(
+    "--allow", metavar="CODEC",
+    help="Also decode codec CODEC in this process (repeatable). By default every registered "
+         "codec whose decoder is safe on untrusted bytes is accepted: all but sz2, whose "
+         "native library can crash on a crafted frame. Only for frames you trust.")]
+IsolateOption = Annotated[list[str] | None, typer.Option(
+    "--isolate", metavar="CODEC",
+    help="Decode codec CODEC in a child process with limited memory and time "
+         "(repeatable); a crash there is an error here. Accepts CODEC too.")]
+
+
+def _decoder_limits(allow: list[str] | None, isolate: list[str] | None) -> Limits:
+    """The :class:`Limits` of a decoding command: ``--allow`` codecs added to the
+    peer-safe ones, ``--isolate`` codecs decoded in a child process."""
+    known = list_codecs()
+    for flag, ids in (("--allow", allow), ("--isolate", isolate)):
+        for cid in ids or ():
+            if cid not in known:
+                raise ConfigError(f"{flag} {cid}: no such codec; registered: "
+                                  f"{', '.join(known)}")
+    codecs = None
+    if allow:
+        safe = frozenset(cid for cid in known if codec_class(cid).peer_safe)
+        codecs = safe | frozenset(allow)
+    return Limits(codecs=codecs, isolate=frozenset(isolate or ()))
+
+
+def _opt_in_hint(exc: FormatError) -> FormatError:
+    """A refused codec's error, with how to opt in on the command line."""
+    text = str(exc)
+    if "Limits(" in text or "Limits.codecs" in text:
+        return FormatError(f"{text} (on the command line: --isolate CODEC or --allow CODEC)")
+    return exc
 
 
 def _read_frame(path: Path) -> bytes:
@@ -250,9 +290,10 @@ def compress(
     threshold: Annotated[int, typer.Option(help="fedsz: tensors with MORE elements go to the "
                                                 "lossy codec; a codec-id plan: tensors with "
                                                 "at least this many.")] = DEFAULT_THRESHOLD,
-    lossy: Annotated[str, typer.Option(help="Lossy codec of the fedsz plan.")] = DEFAULT_LOSSY,
-    lossless: Annotated[str, typer.Option(help="Lossless codec for everything else.")]
-    = DEFAULT_LOSSLESS,
+    lossy: Annotated[str | None, typer.Option(
+        help=f"Lossy codec of the fedsz plan [default: {DEFAULT_LOSSY}].")] = None,
+    lossless: Annotated[str | None, typer.Option(
+        help=f"Lossless codec for everything else [default: {DEFAULT_LOSSLESS}].")] = None,
     option: Annotated[list[str] | None, typer.Option(
         "--option", "-O", help="Codec option key=value for the lossy / named codec "
                                "(repeatable), e.g. -O algorithm=interp.")] = None,
@@ -275,7 +316,7 @@ def compress(
     blob = encode_update(tensors, spec, mode.value, eb, threshold=threshold, lossy=lossy,
                          lossless=lossless, reference=ref, **opts)
     elapsed = time.perf_counter() - t0
-    out.write_bytes(blob)
+    fio.write_bytes_atomically(out, blob)
 
     info = fp_inspect(blob)
     by_codec: dict[str, int] = {}
@@ -309,18 +350,24 @@ def decompress(
     reference: Annotated[Path | None, typer.Option(
         help="The tensor file the frame was compressed against (compress --reference).")]
     = None,
+    allow: AllowOption = None,
+    isolate: IsolateOption = None,
 ) -> None:
     """Decode a frame and save its tensors (a single-tensor frame under the key 'tensor')."""
     fio.format_of(output)  # fail on a bad extension before decoding
     if _same_file(output, input):
         raise ConfigError(f"output {str(output)!r} would overwrite the input")
+    limits = _decoder_limits(allow, isolate)
     blob = _read_frame(input)
+    ref = fio.load_tensors(reference) if reference is not None else None
     t0 = time.perf_counter()
-    if peek_kind(blob) == KIND_TENSOR:
-        tensors = {"tensor": fp_decompress(blob)}
-    else:
-        tensors = decode_update(
-            blob, reference=fio.load_tensors(reference) if reference is not None else None)
+    try:
+        if peek_kind(blob) == KIND_TENSOR:
+            tensors = {"tensor": fp_decompress(blob, limits)}
+        else:
+            tensors = decode_update(blob, limits, reference=ref)
+    except FormatError as exc:
+        raise _opt_in_hint(exc) from None
     elapsed = time.perf_counter() - t0
     fio.save_tensors(tensors, output)
     console.print(f"[bold]{escape(str(input))}[/] -> [bold]{escape(str(output))}[/]: "
@@ -338,9 +385,14 @@ def inspect(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="A .fpz frame.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print fedpress.inspect() as JSON.")]
     = False,
+    allow: AllowOption = None,
+    isolate: IsolateOption = None,
 ) -> None:
     """Describe a frame per tensor without decoding it."""
-    info = fp_inspect(_read_frame(file))
+    try:
+        info = fp_inspect(_read_frame(file), _decoder_limits(allow, isolate))
+    except FormatError as exc:
+        raise _opt_in_hint(exc) from None
     if as_json:
         typer.echo(json.dumps(_jsonable(info), indent=2, allow_nan=False))
         return
@@ -567,7 +619,7 @@ def bench(
         if str(json_out) == "-":
             typer.echo(text)
             return
-        json_out.write_text(text + "\n")
+        fio.write_bytes_atomically(json_out, (text + "\n").encode())
 
     console.print(f"[bold]{escape(str(file))}[/]: {result['tensors']} tensors, "
                   f"{result['values']:,} values as float32 ({result['skipped_tensors']} "

@@ -26,14 +26,22 @@ what ``numpy.save`` writes for an ``ml_dtypes.bfloat16`` array.
 Unreadable files, unknown extensions and content that is not a flat mapping of
 names to tensors raise :class:`fedpress.ConfigError`; a missing optional
 library raises :class:`fedpress.MissingDependencyError`.
+
+Every file is written atomically (:func:`replaced_atomically`): into a temporary
+file beside the destination, flushed to disk, then renamed over it, so an
+interrupted write (Ctrl-C, a full disk, an error) leaves the previous file whole
+and no temporary file behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
+import stat
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +51,8 @@ from ._deps import require
 from .dtypes import BFLOAT16, as_state_dict, to_numpy, to_torch
 from .errors import ConfigError, FedpressError, MissingDependencyError
 
-__all__ = ["SUPPORTED_EXTENSIONS", "format_of", "load_tensors", "save_tensors"]
+__all__ = ["SUPPORTED_EXTENSIONS", "format_of", "load_tensors", "replaced_atomically",
+           "save_tensors", "write_bytes_atomically"]
 
 #: extension -> format name
 SUPPORTED_EXTENSIONS: dict[str, str] = {
@@ -142,9 +151,82 @@ def save_tensors(tensors: Mapping[str, Any], path: PathLike) -> None:
     """
     fmt = format_of(path)
     arrays = as_state_dict(tensors)
-    p = Path(path)
-    {"npy": _save_npy, "npz": _save_npz, "safetensors": _save_safetensors,
-     "torch": _save_torch}[fmt](arrays, p)
+    writer = {"npy": _save_npy, "npz": _save_npz, "safetensors": _save_safetensors,
+              "torch": _save_torch}[fmt]
+    with replaced_atomically(path) as tmp:
+        writer(arrays, tmp)
+
+
+# -- atomic writes ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: PathLike) -> Iterator[Path]:
+    """A new temporary file beside ``path`` to write; it replaces ``path`` when the block ends.
+
+    On success the file is flushed to disk and renamed over ``path`` (``os.replace``;
+    a symbolic link is followed, an existing file's permissions kept); on any
+    failure, Ctrl-C included, it is removed. ``path`` so holds either its old
+    content or the whole new one.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The destination; its directory must exist.
+
+    Yields
+    ------
+    pathlib.Path
+        The temporary file (created empty, named ``.<name>.<random>.tmp``).
+    """
+    target = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
+    tmp = _new_temp_beside(target)
+    try:
+        yield tmp
+        _fsync(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync(target.parent)
+
+
+def write_bytes_atomically(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through :func:`replaced_atomically`."""
+    with replaced_atomically(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _new_temp_beside(target: Path) -> Path:
+    """Create an empty file of a fresh name in ``target``'s directory (permissions as
+    a new file's under the umask)."""
+    while True:
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:  # pragma: no cover - 48 random bits taken
+            continue
+        return tmp
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file (or a directory's entries) to disk; file systems that cannot
+    sync a directory are let be."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if path.is_dir():
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not path.is_dir():
+            raise
+    finally:
+        os.close(fd)
 
 
 # -- helpers ------------------------------------------------------------------

@@ -156,11 +156,14 @@ class FLConfig:
             raise ConfigError("lr_milestones are rounds >= 1 and lr_gamma is in (0, 1]")
         if any(not 0 <= m < 1 or r < 1 for r, m in self.momentum_steps):
             raise ConfigError("momentum_steps are (round >= 1, momentum in [0, 1)) pairs")
-        for name in ("clients", "rounds", "batch_size", "local_epochs"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.local_steps is not None and self.local_steps < 1:
-            raise ConfigError(f"local_steps must be >= 1, got {self.local_steps}")
+        for name in ("clients", "rounds", "batch_size", "local_epochs", "local_steps", "seed"):
+            value = getattr(self, name)
+            if name == "local_steps" and value is None:
+                continue
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) \
+                    or value < (0 if name == "seed" else 1):
+                raise ConfigError(f"{name} must be >= {0 if name == 'seed' else 1} (an "
+                                  f"integer), got {value!r}")
         if not 0 < self.fraction <= 1:
             raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
         if not self.lr > 0 or not self.server_lr > 0:

@@ -23,6 +23,8 @@ exchange; ``hgc``: HGC's shared-mask exchange, implied by plan ``hgc``), ``refer
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..io import write_bytes_atomically
 
 DEFAULTS: dict[str, Any] = {
     "dataset": "fashion-mnist", "data_dir": None, "model": "cnn", "clients": 4, "rounds": 5,
@@ -68,18 +71,174 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def resolve(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """``DEFAULTS`` overridden by the non-None ``settings``, checked where cheap."""
+    """``DEFAULTS`` overridden by the non-None ``settings``, every one checked
+    (:func:`check_settings`)."""
     unknown = sorted(set(settings) - set(DEFAULTS) - {"plans"})
     if unknown:
         raise ConfigError(f"unknown settings {', '.join(unknown)}")
     out = dict(DEFAULTS)
     out.update({k: v for k, v in settings.items() if v is not None})
-    if out["mode"] not in ("rel", "abs"):
-        raise ConfigError(f"mode must be 'rel' or 'abs', got {out['mode']!r}")
-    if not 0 <= float(out["eb"]) < (1 if out["mode"] == "rel" else float("inf")):
-        raise ConfigError(f"eb out of range for mode {out['mode']!r}: {out['eb']} "
-                          "(rel: 0 <= eb < 1; abs: eb >= 0)")
+    check_settings(out)
     return out
+
+
+# -- checking settings ----------------------------------------------------------------
+# Each setting's type and range, in one place, checked before anything runs: a TOML
+# file gives strings, booleans and floats where numbers are meant, and Python would
+# take True for 1 or truncate 2.5 to 2. Errors are one-line ConfigErrors.
+
+Check = Callable[[str, Any], None]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _integer(low: int, high: int | None = None, optional: bool = False) -> Check:
+    """An int (not a bool) in [low, high]."""
+    def check(name: str, value: Any) -> None:
+        if optional and value is None:
+            return
+        if not _is_int(value) or value < low or (high is not None and value > high):
+            span = f">= {low}" if high is None else f"in {low}..{high}"
+            raise ConfigError(f"{name} must be an integer {span}, got {value!r}")
+    return check
+
+
+def _number(low: float, high: float = math.inf, *, low_open: bool = False,
+            high_open: bool = False) -> Check:
+    """A finite int or float (not a bool) between ``low`` and ``high``."""
+    def check(name: str, value: Any) -> None:
+        if _is_number(value) and (value > low if low_open else value >= low) \
+                and (value < high if high_open else value <= high):
+            return
+        if math.isinf(high):
+            span = f"{'>' if low_open else '>='} {low:g}"
+        else:
+            span = "in " + ("(" if low_open else "[") + f"{low:g}, {high:g}" + \
+                (")" if high_open else "]")
+        raise ConfigError(f"{name} must be a number {span}, got {value!r}")
+    return check
+
+
+def _text(optional: bool = False) -> Check:
+    def check(name: str, value: Any) -> None:
+        if not (isinstance(value, str) or (optional and value is None)):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+    return check
+
+
+def _path(optional: bool = False) -> Check:
+    def check(name: str, value: Any) -> None:
+        if not (isinstance(value, (str, os.PathLike)) or (optional and value is None)):
+            raise ConfigError(f"{name} must be a path, got {value!r}")
+    return check
+
+
+def _choice(options: Callable[[], Sequence[str]]) -> Check:
+    def check(name: str, value: Any) -> None:
+        if value not in options():
+            raise ConfigError(f"{name} must be one of {', '.join(options())}, got {value!r}")
+    return check
+
+
+def _plan_spec(name: str, value: Any) -> None:
+    if not isinstance(value, (str, Mapping)):
+        raise ConfigError(f"{name} must be a plan name, a spec such as 'topk(ratio=0.01)' "
+                          f"or a table of rules, got {value!r}")
+
+
+def _link(name: str, value: Any) -> None:
+    """A number, one number per client, or ``{median, sigma}`` (ranges: Network)."""
+    if isinstance(value, Mapping):
+        extra = set(value) - {"median", "sigma"}
+        if not extra and "median" in value and all(_is_number(v) for v in value.values()):
+            return
+    elif isinstance(value, (list, tuple)):
+        if value and all(_is_number(v) for v in value):
+            return
+    elif _is_number(value):
+        return
+    raise ConfigError(f"{name} must be a number, a list of numbers (one per client) or "
+                      f"{{median, sigma}}, got {value!r}")
+
+
+def _reference(name: str, value: Any) -> None:
+    _flag(value, name)
+
+
+def _milestones(name: str, value: Any) -> None:
+    if any(r < 1 for r in _int_list(value, name)):  # (_int_list refuses 2.5 and true)
+        raise ConfigError(f"{name} must be rounds >= 1, got {value!r}")
+
+
+def _momentum_steps(name: str, value: Any) -> None:
+    if any(r < 1 or not 0 <= m < 1 for r, m in _steps(value)):
+        raise ConfigError(f"{name} must be round:momentum pairs (round >= 1, momentum in "
+                          f"[0, 1)), got {value!r}")
+
+
+def _plans(name: str, value: Any) -> None:
+    if not (isinstance(value, str)
+            or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+        raise ConfigError(f"{name} must be a string or a list of plan strings, got {value!r}")
+
+
+def _fl_choices(key: str) -> Callable[[], Sequence[str]]:
+    def options() -> Sequence[str]:
+        from . import fl  # the simulator's own constants (imports torch: only when checked)
+
+        return tuple(getattr(fl, key))
+    return options
+
+
+def _data_choices(key: str) -> Callable[[], Sequence[str]]:
+    def options() -> Sequence[str]:
+        from . import data
+
+        return tuple(getattr(data, key))
+    return options
+
+
+SETTINGS: dict[str, Check] = {
+    "dataset": _text(), "data_dir": _path(optional=True), "model": _text(),
+    "clients": _integer(1), "rounds": _integer(1), "fraction": _number(0, 1, low_open=True),
+    "local_epochs": _integer(1), "local_steps": _integer(1, optional=True),
+    "batch_size": _integer(1), "lr": _number(0, low_open=True),
+    "momentum": _number(0, 1, high_open=True), "algorithm": _choice(_fl_choices("ALGORITHMS")),
+    "mu": _number(0), "server_lr": _number(0, low_open=True),
+    "server_momentum": _number(0, 1, high_open=True), "send": _choice(_fl_choices("SENDS")),
+    "partition": _choice(_data_choices("PARTITIONS")), "alpha": _number(0, low_open=True),
+    "plan": _plan_spec, "mode": _choice(lambda: ("rel", "abs")), "eb": _number(0),
+    "lossy": _text(optional=True), "lossless": _text(optional=True),
+    "threshold": _integer(0, optional=True), "downlink_plan": _plan_spec,
+    "uplink_mbps": _link, "downlink_mbps": _link, "latency_ms": _link,
+    "seed": _integer(0, 2**32 - 1), "test_limit": _integer(1, optional=True),
+    "threads": _integer(1), "workers": _integer(1),
+    "aggregate": _choice(_fl_choices("AGGREGATES")),
+    "downlink_send": _choice(_fl_choices("DOWNLINK_SENDS")), "reference": _reference,
+    "lr_milestones": _milestones, "lr_gamma": _number(0, 1, low_open=True),
+    "momentum_steps": _momentum_steps, "out": _path(), "plans": _plans,
+}
+
+
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """ConfigError (one line, naming the setting) unless every setting has its type
+    (an integer is not a bool, nor a float or a string) and range; settings that are
+    None are left to their defaults. Dataset and model names, and the link values per
+    client, are checked where they are used."""
+    for key, value in settings.items():
+        if key in SETTINGS and value is not None:
+            SETTINGS[key](key, value)
+    mode, eb = settings.get("mode", DEFAULTS["mode"]), settings.get("eb", DEFAULTS["eb"])
+    if mode == "rel" and eb is not None and not eb < 1:
+        raise ConfigError(f"eb out of range for mode {mode!r}: {eb} "
+                          "(rel: 0 <= eb < 1; abs: eb >= 0)")
 
 
 def _flag(value: Any, name: str) -> bool:
@@ -270,15 +429,16 @@ def comparison_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
 def write_comparison(results: Sequence[Mapping[str, Any]], out: Path) -> None:
     table = comparison_rows(results)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "comparison.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COMPARE_COLUMNS)
-        writer.writeheader()
-        writer.writerows(table)
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=COMPARE_COLUMNS)
+    writer.writeheader()
+    writer.writerows(table)
+    write_bytes_atomically(out / "comparison.csv", buf.getvalue().encode())
     lines = ["| " + " | ".join(COMPARE_COLUMNS) + " |", "|" + "---|" * len(COMPARE_COLUMNS)]
     for row in table:
         lines.append("| " + " | ".join(row["plan"] if k == "plan" else _fmt(row[k])
                                        for k in COMPARE_COLUMNS) + " |")
-    (out / "comparison.md").write_text("\n".join(lines) + "\n")
+    write_bytes_atomically(out / "comparison.md", ("\n".join(lines) + "\n").encode())
 
 
 def _fmt(v: float) -> str:
