@@ -37,12 +37,19 @@ def _rng(frame: bytes) -> np.random.Generator:
 
 def _sz2(frame: Frame, rng: np.random.Generator) -> Frame:
     """Every tensor named as coded by SZ2 (a native decoder that crashes or exits on
-    crafted streams), with a garbage payload that starts like an SZ2 stream (a zstd
-    frame magic)."""
+    crafted streams): a well-formed error-bounded envelope around fedpress's SZ2 tag and
+    a garbage stream that starts like SZ2's (a zstd frame magic), so that a decoder
+    that accepts ``sz2`` hands it to the library."""
     cfg = fedpress.get_codec("sz2", mode="rel", eb=1e-2).get_config()
-    records = [Record(r.name, 0, r.spec, b"\x28\xb5\x2f\xfd" + rng.bytes(60))
+    records = [Record(r.name, 0, r.spec, _envelope(b"\x00\x28\xb5\x2f\xfd" + rng.bytes(60)))
                for r in frame.records]
     return Frame(frame.kind, [cfg], records, frame.meta)
+
+
+def _envelope(core: bytes) -> bytes:
+    """An error-bounded codec's payload around ``core`` (kind 2, bound 1e-3, no
+    patches; see :mod:`fedpress.eblc.base`)."""
+    return bytes([2]) + struct.pack("<d", 1e-3) + b"\x00" + core
 
 
 def _zfp_stream_header(n: int) -> bytes:
@@ -70,8 +77,7 @@ def _zfp(frame: Frame, rng: np.random.Generator) -> Frame:
     codecs = [*frame.codecs, cfg]
     big = max((r for r in frame.records if r.spec.dtype == np.float32),
               key=lambda r: r.spec.size)
-    payload = bytes([2]) + struct.pack("<d", 1e-3) + b"\x00" + \
-        _zfp_stream_header(big.spec.size)
+    payload = _envelope(_zfp_stream_header(big.spec.size))
     records = [Record(r.name, len(codecs) - 1, r.spec, payload) if r is big else r
                for r in frame.records]
     return Frame(frame.kind, codecs, records, frame.meta)

@@ -1,0 +1,139 @@
+"""A hostile client's crafted frames (valid checksum) against the Flower server: in
+process for every kind of frame, and once in a real local deployment (SuperLink + 2
+SuperNodes, `flwr run`), where one node's ClientApp turns hostile. The server drops
+each crafted reply with a logged reason and completes the run with the other nodes.
+
+The hostile ClientApp is ``tests/flower_hostile_client.py`` (test code only; the
+example app has no such switch)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import subprocess
+import sys
+import tomllib
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.clientapp import ClientApp
+from flwr.serverapp.strategy import FedAvg
+
+import fedpress
+from fedpress.flower import CompressedStrategy, compression_mod, wire
+from fedpress.flower.inline import InlineGrid
+from fedpress.frame import unpack
+
+from .flower_hostile_client import HUGE, KINDS, craft, hostile_mod
+from .test_flower import INIT, _numpy_app
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "flower"
+
+
+def _run(app: ClientApp, run_config: dict, tamper=None):
+    random.seed(0)  # Flower's FedAvg samples nodes with `random`: the same order each run
+    grid = InlineGrid(app, 3, run_config=run_config, tamper=tamper)
+    s = CompressedStrategy(FedAvg(fraction_evaluate=0.0), uplink="fpz")
+    result = s.start(grid=grid, initial_arrays=wire.plain_record(INIT), num_rounds=2)
+    return s, result
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("sz2", "codec 'sz2' is not accepted by this decoder"),
+    ("zfp", "codec 'zfp' is not accepted by this decoder"),
+    ("huge", f"the frame declares 'w' as float32({HUGE},), the model's float32(48, 40)"),
+    ("garbage", ""),
+])
+def test_a_hostile_clients_reply_is_dropped_and_changes_nothing(kind: str, reason: str,
+                                                                 caplog) -> None:
+    """Node 102 sends a crafted frame in every round: it is dropped with its reason,
+    before any payload byte reaches a codec other than the uplink's and before any
+    tensor other than the model's is allocated, and the model is the one of a run
+    where that node's replies were lost."""
+    app = _numpy_app(mods=[hostile_mod, compression_mod])
+    tracemalloc.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="fedpress.flower"):
+            s, result = _run(app, {"hostile-partition": 1, "hostile-frames": kind})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20  # a "huge" frame would have made the decoder allocate 1 GiB
+    assert [h["dropped"] for h in s.history if h["phase"] == "train"] == [1, 1]
+    drops = [r.getMessage() for r in caplog.records if "dropping the reply" in r.getMessage()]
+    assert len(drops) == 2 and all("node 102" in d and reason in d for d in drops), drops
+    _, lost = _run(_numpy_app(), {}, tamper=lambda n, r: None if n == 102 and
+                   r.metadata.message_type == "train" else r)
+    for k, v in wire.state_of(lost.arrays).items():
+        assert np.array_equal(wire.state_of(result.arrays)[k], v)
+
+
+def test_the_crafted_frames_are_what_they_claim() -> None:
+    """Each kind keeps the frame's checksum valid and declares what its name says."""
+    honest = fedpress.UpdateEncoder("fpz").encode(INIT)
+    for kind in KINDS:
+        frame = unpack(craft(kind, honest))  # the checksum holds
+        ids = [c["id"] for c in frame.codecs]
+        specs = {r.name: r.spec.shape for r in frame.records}
+        assert specs == {"w": (HUGE,) if kind == "huge" else (48, 40), "b": (40,)}
+        if kind in ("sz2", "zfp"):
+            assert kind in ids
+        if kind == "garbage":
+            assert [r.payload for r in frame.records] != \
+                [r.payload for r in unpack(honest).records]
+
+
+def _hostile_app(tmp_path: Path) -> Path:
+    """The example app with the hostile ClientApp added and selected (node 1 hostile
+    only when the run config says so)."""
+    app = tmp_path / "app"
+    shutil.copytree(EXAMPLE, app, ignore=shutil.ignore_patterns("__pycache__", "out"))
+    shutil.copy(ROOT / "tests" / "flower_hostile_client.py",
+                app / "fedpress_example" / "hostile_client.py")
+    toml = (app / "pyproject.toml").read_text()
+    honest = 'clientapp = "fedpress_example.client_app:app"'
+    assert honest in toml
+    toml = toml.replace(honest, 'clientapp = "fedpress_example.hostile_client:app"')
+    toml += 'hostile-partition = -1\nhostile-frames = "sz2"\n'  # ends in the app config
+    (app / "pyproject.toml").write_text(toml)
+    config = tomllib.loads(toml)["tool"]["flwr"]["app"]["config"]
+    assert config["hostile-partition"] == -1 and config["uplink"] == "fedsz"
+    return app
+
+
+@pytest.mark.slow
+def test_a_deployment_survives_a_hostile_client(tmp_path) -> None:
+    """SuperLink + 2 SuperNodes, the example's server app for 2 rounds (fedsz up, the
+    core install's fpz + zstd); node 1 replies with a frame naming SZ2 with a garbage
+    payload in round 1 and one declaring a 1 GiB tensor in round 2. The server drops
+    both with their reasons and completes the run on node 0's replies; every process
+    exits."""
+    from .test_flower_deploy import _flower_processes
+
+    home, out = tmp_path / "flwr", tmp_path / "out"
+    run_config = (f'num-server-rounds=2 dataset="digits" model="mlp" local-steps=3 '
+                  f'batch-size=16 test-limit=0 hostile-partition=1 '
+                  f'hostile-frames="sz2,huge" out="{out}"')
+    proc = subprocess.run([sys.executable, str(EXAMPLE / "deploy_local.py"), "--nodes", "2",
+                           "--app", str(_hostile_app(tmp_path)), "--flwr-home", str(home),
+                           "--run-config", run_config, "--timeout", "600"],
+                          capture_output=True, text=True, timeout=1200)
+    logs = {p.name: p.read_text() for p in sorted((home / "logs").glob("*.log"))}
+    tails = "\n".join(f"== {n}\n{t[-1500:]}" for n, t in logs.items())
+    assert proc.returncode == 0, proc.stdout + proc.stderr + tails
+    assert "finished:completed" in proc.stdout
+    assert _flower_processes(home) == []
+    rows = [h for h in json.loads((out / "metrics.json").read_text())["history"]
+            if h["phase"] == "train"]
+    assert [h["dropped"] for h in rows] == [1, 1]
+    assert all(0 < h["bytes_up"] and h["raw_up"] == rows[0]["raw_up"] for h in rows)
+    stream = logs["flwr_run.log"]
+    assert "codec 'sz2' is not accepted by this decoder" in stream, tails
+    assert f"as float32({HUGE},)" in stream, tails
+    final = np.load(out / "final.npz")
+    assert all(np.isfinite(final[k]).all() for k in final.files)
