@@ -110,11 +110,11 @@ class _Refused(Exception):
 
 # --- protocol (both sides) -------------------------------------------------------------
 
-Reader = Callable[[memoryview], "int | None"]
-Writer = Callable[[memoryview], "int | None"]
+_ReadInto = Callable[[memoryview], "int | None"]
+_Write = Callable[[memoryview], "int | None"]
 
 
-def _write_all(write: Writer, data: Any) -> None:
+def _write_all(write: _Write, data: Any) -> None:
     view = memoryview(data).cast("B")
     while len(view):
         n = write(view)
@@ -123,7 +123,7 @@ def _write_all(write: Writer, data: Any) -> None:
         view = view[n:]
 
 
-def _read_into(readinto: Reader, view: memoryview) -> int:
+def _read_into(readinto: _ReadInto, view: memoryview) -> int:
     """Fill ``view``; the number of bytes read (fewer at end of stream)."""
     got = 0
     while got < len(view):
@@ -139,13 +139,13 @@ def _encode_header(header: dict[str, Any]) -> bytes:
     return _LEN.pack(len(raw)) + raw
 
 
-def _send(write: Writer, header: dict[str, Any], *bodies: Any) -> None:
+def _send(write: _Write, header: dict[str, Any], *bodies: Any) -> None:
     _write_all(write, _encode_header(header))
     for body in bodies:
         _write_all(write, body)
 
 
-def _recv(readinto: Reader) -> dict[str, Any]:
+def _recv(readinto: _ReadInto) -> dict[str, Any]:
     """One header; :class:`_Dead` at end of stream, :class:`_Invalid` if malformed."""
     head = bytearray(_LEN.size)
     if _read_into(readinto, memoryview(head)) < len(head):
@@ -171,7 +171,8 @@ def _clip(text: str, limit: int = _MAX_MESSAGE) -> str:
 
 def _raw_bytes(a: np.ndarray) -> memoryview:
     """The bytes of a C-contiguous array, whatever its dtype (bfloat16 included)."""
-    return memoryview(a.reshape(-1).view(np.uint8))
+    flat: Any = a.reshape(-1).view(np.uint8)
+    return memoryview(flat)
 
 
 def _is_int(v: object) -> bool:
@@ -196,10 +197,9 @@ def _child_setup(preload: Iterable[str]) -> None:
 
     from .registry import list_codecs
 
-    for sig in ("SIGINT", "SIGTERM", "SIGALRM"):  # a terminal's ^C is for the parent
-        if hasattr(signal, sig):
-            handler = signal.SIG_IGN if sig == "SIGINT" else signal.SIG_DFL
-            signal.signal(getattr(signal, sig), handler)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is for the parent
+    if hasattr(signal, "SIGALRM"):
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the backstop of _alarm
     try:
         import resource
 
@@ -254,7 +254,7 @@ def _body_size(req: dict[str, Any]) -> int:
     return int(req["nbytes"]) + (int(ref["nbytes"]) if ref else 0)
 
 
-def _recv_body(readinto: Reader, size: int) -> bytearray | None:
+def _recv_body(readinto: _ReadInto, size: int) -> bytearray | None:
     """The request's bytes, or None if they do not fit the memory limit (then drained)."""
     try:
         body = bytearray(size)
@@ -327,6 +327,7 @@ def _serve_forks(ctrl_fd: int) -> None:
             msg, fds = _recv_command(ctrl)
         except (_Dead, _Invalid, OSError):
             break
+        reply: dict[str, Any]
         if msg.get("op") == "fork" and len(fds) == 1:
             _warm(msg.get("warm", ()), warmed)
             reply = {"pid": _fork_decoder(ctrl, fds[0], int(msg["memory"]), children)}
@@ -454,21 +455,25 @@ class _Log:
             fcntl.fcntl(self.file.fileno(), fcntl.F_SETFL, flags | os.O_APPEND)
 
     def mark(self) -> int:
-        size = os.fstat(self.file.fileno()).st_size
-        if size > _LOG_CAP:
-            os.ftruncate(self.file.fileno(), 0)
+        try:
+            size = os.fstat(self.file.fileno()).st_size
+            if size > _LOG_CAP:
+                os.ftruncate(self.file.fileno(), 0)
+                return 0
+        except (OSError, ValueError):  # closed with its pool
             return 0
         return size
 
     def since(self, mark: int) -> str:
         """The last bytes written after ``mark``, as one printable line."""
-        size = os.fstat(self.file.fileno()).st_size
-        start = max(mark, size - _TAIL)
-        if size <= start:
+        try:
+            with self._lock:
+                size = os.fstat(self.file.fileno()).st_size
+                start = max(mark, size - _TAIL)
+                self.file.seek(start)
+                raw = self.file.read(max(size - start, 0))
+        except (OSError, ValueError):
             return ""
-        with self._lock:
-            self.file.seek(start)
-            raw = self.file.read(size - start)
         text = raw.decode("utf-8", "replace")
         return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
@@ -515,15 +520,22 @@ class _Worker:
 
     def handshake(self, seconds: float) -> None:
         """Wait for the child's ``ready``; FormatError (naming the cause) if it does not come."""
+        failure: Exception | None = None
         with _Watchdog(seconds, self.kill) as dog:
             try:
-                reply = _recv(self._readinto)
-                failure = None if reply.get("ready") is True else "answered nonsense"
+                if _recv(self._readinto).get("ready") is not True:
+                    failure = _Invalid("a greeting that is not 'ready'")
             except (_Dead, _Invalid, OSError) as exc:
-                failure = str(exc)
+                failure = exc
         if failure is not None:
             self.usable = False
-            what = f"took longer than {seconds:g} s" if dog.fired else self._fate()
+            if dog.fired:
+                what = f"took longer than {seconds:g} s"
+            elif isinstance(failure, _Invalid):
+                self.kill()
+                what = f"sent {failure}"
+            else:
+                what = self._fate()
             self.kill()
             self.close()
             raise FormatError(_with_output(f"could not start the decoder process: it {what}",
@@ -536,6 +548,7 @@ class _Worker:
         out: np.ndarray | None = None
         refused: str | None = None
         failure: Exception | None = None
+        self.usable = False  # until the exchange completes (not on KeyboardInterrupt)
         with _Watchdog(seconds, self.kill) as dog:
             try:
                 out = self._exchange(header, bodies, spec)
@@ -543,8 +556,8 @@ class _Worker:
                 refused = str(exc)
             except (_Dead, _Invalid, OSError) as exc:
                 failure = exc
-        if dog.fired or failure is not None:
-            self.usable = False  # killed, perhaps just after a complete reply
+        # a watchdog that fired killed the child, perhaps just after a complete reply
+        self.usable = failure is None and not dog.fired
         if out is not None:
             return out
         if refused is not None:
@@ -616,7 +629,8 @@ class _SpawnedWorker(_Worker):
             start_new_session=os.name == "posix")
         self.pid = self.proc.pid
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self._in, self._out = self.proc.stdin, self.proc.stdout
+        self._in: Any = self.proc.stdin  # unbuffered: io.FileIO
+        self._out: Any = self.proc.stdout
 
     def _readinto(self, view: memoryview) -> int | None:
         return self._out.readinto(view)
@@ -750,7 +764,7 @@ class _ForkServer:
         finally:
             theirs.close()
         pid = reply.get("pid")
-        if not _is_int(pid):
+        if not isinstance(pid, int) or not _is_int(pid):
             mine.close()
             raise _Invalid("the fork server did not name the new decoder")
         return pid, mine
@@ -887,10 +901,13 @@ class DecoderPool:
 
     def _start(self, memory: int) -> _Worker:
         assert self._log is not None
-        if self.fork_server:
-            worker: _Worker = self._fork(memory)
-        else:
-            worker = _SpawnedWorker(memory, self._log, self.preload)
+        try:
+            if self.fork_server:
+                worker: _Worker = self._fork(memory)
+            else:
+                worker = _SpawnedWorker(memory, self._log, self.preload)
+        except OSError as exc:  # no processes or descriptors left
+            raise FormatError(f"could not start a decoder process: {exc}") from exc
         worker.handshake(START_SECONDS)
         return worker
 
@@ -946,14 +963,19 @@ class DecoderPool:
             self._closed = True
             workers, self._idle, self._live = list(self._live), [], set()
             server, self._server = self._server, None
+            log, self._log = self._log, None
         for worker in workers:
             worker.kill()
         if server is not None:
             server.kill()
-            server.close()
+            server.close()  # its killed decoders are reaped as it exits
         for worker in workers:
             if isinstance(worker, _SpawnedWorker):
                 worker.close()
+            else:
+                worker.forget()
+        if log is not None:
+            log.close()
 
     def _after_fork(self) -> None:
         """In a forked copy of this process: drop the parent's children, unharmed."""
