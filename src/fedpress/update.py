@@ -9,6 +9,7 @@ encoder / decoder pair serves many rounds.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,7 @@ from .frame import (
 from .frame import pack as pack_frame
 from .frame import unpack as unpack_frame
 from .partition import CodecSpec, Plan
-from .registry import codec_from_config
+from .registry import codec_from_config, peer_safe_codecs
 from .state import MemoryStateStore, StateStore, TensorState
 
 
@@ -87,8 +88,54 @@ def _usable_reference(codec: Codec, name: str, x: np.ndarray,
     return ref
 
 
+def trusting(plan: str | Mapping[str, CodecSpec] | Plan,
+             limits: Limits = DEFAULT_LIMITS, **options: Any) -> Limits:
+    """``limits`` that also accept, in this process, every codec of ``plan`` (a
+    :class:`Plan` or what :meth:`Plan.build` takes, with its ``options``).
+
+    For a decoder whose peers are the caller's own encoders (the simulator's clients,
+    a file one wrote oneself, a benchmark), never for frames from untrusted peers:
+    ``fedpress.decompress(blob, fedpress.trusting("sz2"))``.
+    """
+    built = Plan.build(plan, **options)
+    ids = {c.codec_id for codec in built.codecs() for c in codec.tree()}
+    base = peer_safe_codecs() if limits.codecs is None else limits.codecs
+    return replace(limits, codecs=frozenset(base | ids))
+
+
+def frame_codecs(frame: Frame, limits: Limits) -> list[Codec]:
+    """Build a peer's frame's codec table under ``limits``: every codec of each tree
+    accepted (``Limits.check_codec``) and the memory decoding the records may take
+    (``Codec.decode_peak_bytes``) within ``limits.max_total_bytes``; FormatError if not."""
+    codecs = [codec_from_config(cfg) for cfg in frame.codecs]
+    for codec in codecs:
+        limits.check_codec(codec)
+    peak = 0
+    for rec in frame.records:
+        peak += max(codecs[rec.codec_index].decode_peak_bytes(rec.spec), rec.spec.nbytes)
+        if peak > limits.max_total_bytes:
+            raise FormatError(
+                f"decoding this frame would take {peak} bytes or more, over the limit "
+                f"{limits.max_total_bytes} (see fedpress.Limits)")
+    return codecs
+
+
+def _decode_isolated(codec: Codec, rec: Record, limits: Limits, has_reference: bool,
+                     ) -> np.ndarray:
+    """Decode ``rec`` in a child process (``Limits.isolate``)."""
+    from .isolate import decode_isolated  # the child-process machinery, on first use
+
+    if is_mirrored(codec) or has_reference:
+        raise FormatError(f"tensor {rec.name!r}: codec {codec.codec_id!r} keeps mirrored "
+                          "state or takes a reference, which an isolated decoder cannot "
+                          "hold; decode it in this process (Limits.codecs) or not at all")
+    return decode_isolated(codec.get_config(), rec.payload, rec.spec,
+                           memory_bytes=limits.isolate_memory, seconds=limits.isolate_seconds)
+
+
 def decode_record(codec: Codec, rec: Record, state: TensorState | None = None,
-                  reference: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+                  reference: Mapping[str, np.ndarray] | None = None,
+                  limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """Decode one record with its codec; every failure is a FormatError, except state or
     a reference that does not match the frame (StateDesyncError, ReferenceMismatchError).
 
@@ -96,7 +143,8 @@ def decode_record(codec: Codec, rec: Record, state: TensorState | None = None,
     produces integer tensors; only mirrored codecs carry state tags; only codecs
     that take references carry reference digests), the mirrored state tag against
     ``state``, the reference digest against ``reference[rec.name]``
-    (:class:`ReferenceMismatchError`), and the result's shape and dtype.
+    (:class:`ReferenceMismatchError`), and the result's shape and dtype. Codecs that
+    ``limits`` isolates are decoded in a child process.
     """
     if not codec.accepts(rec.spec.dtype):
         raise FormatError(f"tensor {rec.name!r}: codec {codec.codec_id!r} cannot produce "
@@ -124,7 +172,9 @@ def decode_record(codec: Codec, rec: Record, state: TensorState | None = None,
                               f"its reference has {ref.shape}")
         kw["reference"] = ref
     try:
-        if is_mirrored(codec):
+        if limits.isolates(codec):
+            out = _decode_isolated(codec, rec, limits, "reference" in kw)
+        elif is_mirrored(codec):
             assert state is not None
             if rec.state is None:
                 raise FormatError(f"tensor {rec.name!r}: mirrored codec frame without state tag")
@@ -325,7 +375,7 @@ class UpdateDecoder:
                 "this is a single-tensor frame; use fedpress.decompress"
                 if frame.kind == KIND_TENSOR else "not an update frame"
             )
-        codecs = [codec_from_config(cfg, self.limits.codecs) for cfg in frame.codecs]
+        codecs = frame_codecs(frame, self.limits)
         held = self._check_frame_state(peer, frame, codecs)
         out: dict[str, np.ndarray] = {}
         new_states: dict[str, TensorState] = {}
@@ -334,7 +384,7 @@ class UpdateDecoder:
             state = None
             if is_mirrored(codec):
                 state = self.store.get(peer, rec.name)
-            out[rec.name] = decode_record(codec, rec, state, refs)
+            out[rec.name] = decode_record(codec, rec, state, refs, self.limits)
             if state is not None:
                 new_states[rec.name] = state
         if new_states:
