@@ -26,7 +26,8 @@ def main(grid: Grid, context: Context) -> None:
     strategy = CompressedStrategy(inner, uplink=str(cfg.get("uplink", "fedsz")),
                                   downlink=str(cfg.get("downlink", "none")),
                                   uplink_mbps=float(cfg.get("uplink-mbps", 10.0)),
-                                  downlink_mbps=float(cfg.get("downlink-mbps", 10.0)))
+                                  downlink_mbps=float(cfg.get("downlink-mbps", 10.0)),
+                                  max_failed_rounds=int(cfg.get("max-failed-rounds", 1)))
     result = strategy.start(grid=grid, initial_arrays=task.initial_arrays(cfg),
                             num_rounds=int(cfg.get("num-server-rounds", 3)),
                             train_config=task.config_record(cfg),  # how clients train
