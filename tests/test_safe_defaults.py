@@ -145,3 +145,20 @@ def test_the_default_plans_run_on_the_core_install_alone() -> None:
         "print('core-ok')\n"
     )
     run_isolated(script, "core-ok")
+
+
+@pytest.mark.skipif(not available(("sz2",)), reason="sz2 (hdf5plugin) not installed")
+def test_isolated_decoding_through_the_decoders_with_and_without_a_reference() -> None:
+    ref = RNG.standard_normal(6000).astype(np.float32)
+    x = ref + 0.01 * RNG.standard_normal(6000).astype(np.float32)
+    limits = fedpress.Limits(isolate=frozenset({"sz2"}))
+    y = fedpress.decompress(fedpress.compress(x, codec="sz2"), limits)
+    assert np.abs(y - x).max() <= 1e-2 * float(x.max() - x.min())
+    blob = fedpress.encode_update({"w": x}, plan={"w": "sz2"}, reference={"w": ref})
+    y = fedpress.decode_update(blob, limits, reference={"w": ref})["w"]
+    assert np.abs(y - x).max() <= 1e-2 * float(x.max() - x.min())
+    # a mirrored codec cannot be isolated: its state lives in this process
+    enc = fedpress.UpdateEncoder(plan={"w": "gaeb"})
+    with pytest.raises(fedpress.FormatError, match="cannot hold"):
+        fedpress.UpdateDecoder(limits=fedpress.Limits(isolate=frozenset({"gaeb"}))).decode(
+            enc.encode({"w": x}))

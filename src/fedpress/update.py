@@ -120,16 +120,16 @@ def frame_codecs(frame: Frame, limits: Limits) -> list[Codec]:
     return codecs
 
 
-def _decode_isolated(codec: Codec, rec: Record, limits: Limits, has_reference: bool,
-                     ) -> np.ndarray:
+def _decode_isolated(codec: Codec, rec: Record, limits: Limits,
+                     reference: np.ndarray | None) -> np.ndarray:
     """Decode ``rec`` in a child process (``Limits.isolate``)."""
     from .isolate import decode_isolated  # the child-process machinery, on first use
 
-    if is_mirrored(codec) or has_reference:
+    if is_mirrored(codec):
         raise FormatError(f"tensor {rec.name!r}: codec {codec.codec_id!r} keeps mirrored "
-                          "state or takes a reference, which an isolated decoder cannot "
-                          "hold; decode it in this process (Limits.codecs) or not at all")
-    return decode_isolated(codec.get_config(), rec.payload, rec.spec,
+                          "state, which an isolated decoder cannot hold; decode it in this "
+                          "process (Limits.codecs) or not at all")
+    return decode_isolated(codec.get_config(), rec.payload, rec.spec, reference=reference,
                            memory_bytes=limits.isolate_memory, seconds=limits.isolate_seconds)
 
 
@@ -173,7 +173,7 @@ def decode_record(codec: Codec, rec: Record, state: TensorState | None = None,
         kw["reference"] = ref
     try:
         if limits.isolates(codec):
-            out = _decode_isolated(codec, rec, limits, "reference" in kw)
+            out = _decode_isolated(codec, rec, limits, kw.get("reference"))
         elif is_mirrored(codec):
             assert state is not None
             if rec.state is None:
