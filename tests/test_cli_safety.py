@@ -189,3 +189,9 @@ def test_inspect_takes_the_same_options(tmp_path: Path, unsafe: str,
     result = _run("inspect", frame, "--json", "--allow", unsafe, "--isolate", "sz2")
     assert result.exit_code == 0, result.output
     assert unsafe in seen[-1].codecs and seen[-1].isolate == frozenset({"sz2"})
+
+
+def test_bench_decodes_its_own_frames_of_any_codec(unsafe: str) -> None:
+    row = cli._bench_one(unsafe, UnsafeZstd, None, "rel", {"w": TENSORS["w"].ravel()}, 1,
+                         lambda: None)
+    assert row["error"] is None and row["violations"] == 0
