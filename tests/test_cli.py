@@ -15,6 +15,8 @@ from fedpress.cli import _probe, app
 from fedpress.dtypes import BFLOAT16
 from fedpress.io import load_tensors, save_tensors
 
+from .common import available
+
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
@@ -101,20 +103,37 @@ def test_round_trip_each_format(tmp_path: Path, state_dict: dict[str, np.ndarray
     assert info["kind"] == "update"
     assert info["frame_bytes"] == frame.stat().st_size
     codecs = {t["name"]: t["codec"] for t in info["tensors"]}
-    # the FedSZ plan: weights over 1000 elements lossy (sz2), the rest lossless (blosc-lz)
-    assert codecs["conv.weight"] == "sz2" and codecs["fc.weight"] == "sz2"
-    assert codecs["bn.weight"] == "blosc-lz" and codecs["fc.bias"] == "blosc-lz"
-    assert codecs["bn.num_batches_tracked"] == "blosc-lz"
+    # the FedSZ plan: weights over 1000 elements lossy (fpz), the rest lossless (zstd)
+    assert codecs["conv.weight"] == "fpz" and codecs["fc.weight"] == "fpz"
+    assert codecs["bn.weight"] == "zstd" and codecs["fc.bias"] == "zstd"
+    assert codecs["bn.num_batches_tracked"] == "zstd"
 
     table = ok("inspect", frame).output
     for name in state_dict:
         assert name in table
-    assert "sz2" in table and "total" in table
+    assert "fpz" in table and "total" in table
 
     for out_ext in (ext, ".npz"):
         out = tmp_path / f"decoded{out_ext}"
         ok("decompress", frame, "-o", out)
         check_decoded(state_dict, load_tensors(out), info)
+
+
+def test_the_paper_plan_needs_an_opt_in_to_decode(tmp_path: Path,
+                                                   state_dict: dict[str, np.ndarray]) -> None:
+    if not available(("sz2", "blosc-lz")):
+        pytest.skip("sz2 or blosc-lz not installed")
+    src = write_model(state_dict, tmp_path / "m.npz")
+    frame = tmp_path / "m.fpz"
+    ok("compress", src, "-o", frame, "--plan", "fedsz-paper")
+    info = json.loads(ok("inspect", frame, "--json").stdout)
+    codecs = {t["name"]: t["codec"] for t in info["tensors"]}
+    assert codecs["conv.weight"] == "sz2" and codecs["fc.bias"] == "blosc-lz"
+    out = tmp_path / "back.npz"
+    res = run("decompress", frame, "-o", out)
+    assert res.exit_code != 0 and "--isolate sz2" in res.output and not out.exists()
+    ok("decompress", frame, "-o", out, "--isolate", "sz2")
+    check_decoded(state_dict, load_tensors(out), info)
 
 
 def test_bfloat16_model_via_named_codec(tmp_path: Path, state_dict: dict[str, np.ndarray]) -> None:
@@ -128,7 +147,7 @@ def test_bfloat16_model_via_named_codec(tmp_path: Path, state_dict: dict[str, np
     assert by_name["conv.weight"]["codec"] == "sz3"
     assert by_name["conv.weight"]["dtype"] == "bfloat16"
     assert by_name["conv.weight"]["eb_abs"] == pytest.approx(1e-3)
-    assert by_name["conv.bias"]["codec"] == "blosc-lz"  # 16 elements < threshold
+    assert by_name["conv.bias"]["codec"] == "zstd"  # 16 elements < threshold
     out = tmp_path / "bf16_out.pt"
     ok("decompress", frame, "-o", out)
     back = load_tensors(out)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 import fedpress
+from fedpress.io import replaced_atomically
 from fedpress.registry import unavailable_reason
 from fedpress.sim.data import DATA_DIR, load_fashion_mnist
 from fedpress.verify import compare
@@ -192,9 +193,9 @@ def write_outputs(out_dir: str | os.PathLike[str], meta: dict[str, Any],
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jpath, cpath = out / "demo_results.json", out / "demo_results.csv"
-    with open(jpath, "w") as f:
+    with replaced_atomically(jpath) as tmp, open(tmp, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    with open(cpath, "w", newline="") as f:
+    with replaced_atomically(cpath) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         for r in rows:

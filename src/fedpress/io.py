@@ -199,6 +199,12 @@ def write_bytes_atomically(path: PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def save_png(fig: Any, path: PathLike, dpi: int = 110) -> None:
+    """Save a matplotlib figure as a PNG that replaces ``path`` whole or not at all."""
+    with replaced_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+
+
 def _new_temp_beside(target: Path) -> Path:
     """Create an empty file of a fresh name in ``target``'s directory (permissions as
     a new file's under the umask)."""

@@ -23,6 +23,7 @@ import numpy as np
 import fedpress
 
 from ..errors import ConfigError
+from ..io import save_png
 
 
 def advise(state: Mapping[str, np.ndarray], codecs: Sequence[str], ebs: Sequence[float],
@@ -92,6 +93,6 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    save_png(fig, out)
     plt.close(fig)
     return out

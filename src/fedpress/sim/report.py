@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..io import replaced_atomically, save_png, write_bytes_atomically
 from .fl import RoundMetrics
 
 COLUMNS = ["round", "accuracy", "loss", "bytes_up", "bytes_down", "cr_up", "cr_down",
@@ -61,12 +62,13 @@ def write_run(out_dir: str | os.PathLike[str], history: Sequence[RoundMetrics],
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = rows(history)
-    with open(out / "metrics.csv", "w", newline="") as f:
+    with replaced_atomically(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(table)
     result = summary(history, config)
-    (out / "summary.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_bytes_atomically(out / "summary.json",
+                           (json.dumps(result, indent=2, default=str) + "\n").encode())
     if plots:
         plot({"run": table}, out)
     return result
@@ -93,7 +95,7 @@ def plot(runs: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: Path) -> list
         ax.legend()
         fig.tight_layout()
         paths.append(out_dir / f"{name}.png")
-        fig.savefig(paths[-1], dpi=110)
+        save_png(fig, paths[-1])
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 4))
     width = 0.8 / max(1, len(runs))
@@ -108,6 +110,6 @@ def plot(runs: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: Path) -> list
     ax.legend(fontsize=7)
     fig.tight_layout()
     paths.append(out_dir / "time_per_round.png")
-    fig.savefig(paths[-1], dpi=110)
+    save_png(fig, paths[-1])
     plt.close(fig)
     return paths
