@@ -416,7 +416,7 @@ class Downlink:
         ``initial`` (a client that failed, whose copy is no longer known)."""
         for table in (self.held, self.version, self.encoders):
             table.pop(k, None)
-        self.decoder.store.clear(str(k))
+        self.decoder.reset(str(k))
 
     def send(self, chosen: list[Any], state: State,
              ) -> tuple[dict[Any, Message], dict[Any, int], float]:
