@@ -380,10 +380,10 @@ class CompressedStrategy(Strategy):
         log.warning("fedpress: %s", summary)
         if self.max_failed_rounds and len(self._failed) >= self.max_failed_rounds:
             n = len(self._failed)
+            when = f"in {n} rounds in a row" if n > 1 else "in a round"
             raise FailedRoundsError(
-                f"fedpress: no train reply could be used in {n} round{'s' * (n > 1)} in "
-                f"a row (max_failed_rounds={self.max_failed_rounds}):\n"
-                + "\n".join(self._failed))
+                f"fedpress: no train reply could be used {when} (max_failed_rounds="
+                f"{self.max_failed_rounds}), so the run stops:\n" + "\n".join(self._failed))
 
     def _seconds(self, nbytes: int, direction: int) -> float:
         mbps = self.mbps[direction]
