@@ -150,3 +150,22 @@ def test_dir_store_resumes_a_decoder_with_its_names_fixed(tmp_path: Path) -> Non
     assert dec.store.get("default", "w").round == 2
     assert isinstance(dec.store.get("default", "w"), TensorState)
     assert TensorSpec((64,), np.dtype("f4")).nbytes * 2 == dec.store.sizes("default")["w"]
+
+
+@pytest.mark.parametrize(("predictor", "per_value"), [("context", 5), ("paper", 8)])
+def test_gaebs_history_is_counted_before_decoding(monkeypatch: pytest.MonkeyPatch,
+                                                  predictor: str, per_value: int) -> None:
+    x = np.random.default_rng(3).standard_normal(4096).astype(np.float32)
+    codec = fedpress.get_codec("gaeb", predictor=predictor)
+    blob = fedpress.UpdateEncoder(plan={"w": codec}).encode({"w": x})
+    ok = fedpress.UpdateDecoder(limits=fedpress.Limits(max_state_bytes=per_value * 4096))
+    ok.decode(blob)
+    assert ok.store.sizes("default") == {"w": per_value * 4096}
+
+    def no_decode(*args: Any, **kwargs: Any) -> np.ndarray:
+        raise AssertionError("decoded a frame the state cap refuses")
+
+    monkeypatch.setattr(type(codec), "decode", no_decode)
+    tight = fedpress.UpdateDecoder(limits=fedpress.Limits(max_state_bytes=per_value * 4096 - 1))
+    with pytest.raises(fedpress.FormatError, match=f"at least {per_value * 4096} bytes"):
+        tight.decode(blob)

@@ -191,6 +191,12 @@ class StatefulCodec(Codec):
     ) -> np.ndarray:
         """Decode given this tensor's (mirrored) state, updating the state."""
 
+    def min_state_bytes(self, spec: TensorSpec) -> int:
+        """A lower bound of the mirrored state decoding one payload of ``spec`` leaves
+        (0: none known). Decoders check ``Limits.max_state_bytes`` against it before
+        decoding a frame, and against the true size before committing its state."""
+        return 0
+
 
 def is_mirrored(codec: Codec) -> TypeGuard[StatefulCodec]:
     """Whether ``codec`` keeps state that both ends hold (``Scope.MIRRORED``)."""

@@ -305,9 +305,9 @@ class UpdateDecoder:
     :meth:`reset`), and the bytes of its state after a frame (the arrays'
     ``nbytes``, the tensors it omits included) may not exceed
     ``limits.max_state_bytes`` (a :class:`FormatError`; nothing is committed).
-    That cap is checked before decoding against a lower bound (a codec's
-    ``min_state_bytes(spec)``, where it defines one) and again, exactly, before
-    the new state is committed.
+    That cap is checked before decoding against a lower bound (the codecs'
+    ``StatefulCodec.min_state_bytes``) and again, exactly, before the new state is
+    committed.
 
     Parameters
     ----------
@@ -326,30 +326,24 @@ class UpdateDecoder:
         start afresh too) and fixes its tensor names anew."""
         self.store.clear(peer)
 
-    @staticmethod
-    def _min_state_bytes(codec: Codec, spec: TensorSpec) -> int:
-        """A lower bound of the state decoding a record of ``spec`` leaves: the codec's
-        ``min_state_bytes(spec)`` if it defines one, else 0 (none known)."""
-        floor = getattr(codec, "min_state_bytes", None)
-        return max(0, int(floor(spec))) if callable(floor) else 0
-
     def _check_frame_state(self, peer: str, frame: Frame, codecs: list[Codec]) -> dict[str, int]:
         """Before decoding: the frame's mirrored tensor names against the peer's, and the
         state it will leave against the cap (a lower bound). Returns the state bytes
         held now, by tensor name."""
-        mirrored = [rec for rec in frame.records if is_mirrored(codecs[rec.codec_index])]
+        mirrored = [(rec, codec) for rec in frame.records
+                    if is_mirrored(codec := codecs[rec.codec_index])]
         if not mirrored:
             return {}
         held = self.store.sizes(peer)
-        new = [rec.name for rec in mirrored if rec.name not in held]
+        new = [rec.name for rec, _ in mirrored if rec.name not in held]
         if held and new:
             raise StateDesyncError(
                 f"peer {peer!r}: tensor {new[0]!r} has no mirrored state here; a peer's "
                 "mirrored tensors are fixed by its first frame (reset the peer on both ends "
                 "to start afresh with other tensors)")
-        names = {rec.name for rec in mirrored}
+        names = {rec.name for rec, _ in mirrored}
         floor = sum(b for n, b in held.items() if n not in names) + sum(
-            self._min_state_bytes(codecs[rec.codec_index], rec.spec) for rec in mirrored)
+            codec.min_state_bytes(rec.spec) for rec, codec in mirrored)
         self._check_state_bytes(peer, floor, "at least ")
         return held
 

@@ -166,6 +166,11 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
         return out
 
     # -- state -------------------------------------------------------------
+    def min_state_bytes(self, spec: TensorSpec) -> int:
+        """Every decode leaves the history: two float32 arrays (paper) or a float32
+        magnitude and an int8 sign per value."""
+        return spec.size * (8 if self.predictor == "paper" else 5)
+
     def _history(self, st: TensorState, n: int) -> dict[str, np.ndarray] | None:
         """The state's arrays if they describe a tensor of ``n`` values, else None
         (first round, or another tensor under this name: start again)."""
