@@ -35,33 +35,36 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "flower"
 
 
-def _run(app: ClientApp, run_config: dict, tamper=None):
+def _run(app: ClientApp, run_config: dict, tamper=None, uplink: str = "fpz"):
     random.seed(0)  # Flower's FedAvg samples nodes with `random`: the same order each run
     grid = InlineGrid(app, 3, run_config=run_config, tamper=tamper)
-    s = CompressedStrategy(FedAvg(fraction_evaluate=0.0), uplink="fpz")
+    s = CompressedStrategy(FedAvg(fraction_evaluate=0.0), uplink=uplink)
     result = s.start(grid=grid, initial_arrays=wire.plain_record(INIT), num_rounds=2)
     return s, result
 
 
-@pytest.mark.parametrize("kind, reason", [
-    ("sz2", "codec 'sz2' is not accepted by this decoder"),
-    ("zfp", "codec 'zfp' is not accepted by this decoder"),
-    ("huge", f"the frame declares 'w' as float32({HUGE},), the model's float32(48, 40)"),
-    ("garbage", ""),
+@pytest.mark.parametrize("kind, uplink, reason", [
+    ("sz2", "fpz", "codec 'sz2' is not accepted by this decoder"),
+    ("zfp", "fpz", "codec 'zfp' is not accepted by this decoder"),
+    ("zfp", "zfp", "zfp payload"),  # the uplink's own codec: its decoder refuses it
+    ("huge", "fpz", f"the frame declares 'w' as float32({HUGE},), the model's "
+                    "float32(48, 40)"),
+    ("garbage", "fpz", ""),
 ])
-def test_a_hostile_clients_reply_is_dropped_and_changes_nothing(kind: str, reason: str,
-                                                                 caplog) -> None:
+def test_a_hostile_clients_reply_is_dropped_and_changes_nothing(
+        kind: str, uplink: str, reason: str, caplog) -> None:
     """Node 102 sends a crafted frame in every round: it is dropped with its reason,
     before any payload byte reaches a codec other than the uplink's and before any
     tensor other than the model's is allocated, and the model is the one of a run
     where that node's replies were lost."""
-    _, lost = _run(_numpy_app(), {}, tamper=lambda n, r: None if n == 102 and
-                   r.metadata.message_type == "train" else r)  # (and imports, compiles)
+    _, lost = _run(_numpy_app(), {}, uplink=uplink, tamper=lambda n, r: None if n == 102
+                   and r.metadata.message_type == "train" else r)  # (and imports, compiles)
     app = _numpy_app(mods=[hostile_mod, compression_mod])
     tracemalloc.start()
     try:
         with caplog.at_level(logging.WARNING, logger="fedpress.flower"):
-            s, result = _run(app, {"hostile-partition": 1, "hostile-frames": kind})
+            s, result = _run(app, {"hostile-partition": 1, "hostile-frames": kind},
+                             uplink=uplink)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
