@@ -18,7 +18,7 @@ require("flwr", "fedpress[flower]")
 
 from .link import Link  # noqa: E402
 from .mod import compression_mod  # noqa: E402
-from .strategy import CompressedStrategy  # noqa: E402
+from .strategy import CompressedStrategy, FailedRoundsError  # noqa: E402
 from .wire import STYPE  # noqa: E402
 
-__all__ = ["STYPE", "CompressedStrategy", "Link", "compression_mod"]
+__all__ = ["STYPE", "CompressedStrategy", "FailedRoundsError", "Link", "compression_mod"]
