@@ -651,6 +651,9 @@ def one_powersgd(data: bytes) -> None:
             client.first(g["grads"][0], names, g["q"])
             out = client.second(msg)
             expect = {k: g["qs"][0][k].shape for k in names}
+            for k, e in client.errors.items():  # kept for the next round
+                if not np.isfinite(e).all():
+                    raise Finding(f"{kind}: the error feedback of {k!r} holds NaN or Inf")
     except allowed():
         return
     if not isinstance(out, dict) or set(out) != set(expect):
@@ -676,6 +679,21 @@ def powersgd_seeds() -> list[bytes]:
         for dt in (np.float32, np.float64, np.float16, fedpress.dtypes.BFLOAT16):
             cast = {k: np.asarray(v).astype(dt) for k, v in msg.items()}
             seeds.append(bytes([i]) + write_message(cast))
+    return seeds
+
+
+def powersgd_edge_seeds() -> list[bytes]:
+    """Genuine factors scaled near float32's largest value (finite; products of them
+    may overflow): the byte mutator rarely reaches such exponents by itself."""
+    g = _psgd_round()
+    genuine = {"server_p": g["ps"][1], "server_q": g["qs"][1], "client_q": g["q"],
+               "client_p_hat": g["p_hat"]}
+    seeds = []
+    for i, kind in enumerate(PSGD_KINDS):
+        for top in (1e30, 3e38):
+            big = {k: (v * (top / np.abs(v).max())).astype(np.float32)
+                   for k, v in genuine[kind].items()}
+            seeds.append(bytes([i]) + write_message(big))
     return seeds
 
 
@@ -792,8 +810,11 @@ class Target:
     check: Callable[[bytes], None]
     seeds: Callable[[], list[bytes]]
     #: ``"frame"``: the input is a frame (CRC at its end); ``"update"``/``"hgc"``: the
-    #: harness framing above; ``"stages"``: a 4-byte header, then the stream
+    #: harness framing above; ``"stages"``: a 4-byte header, then the stream;
+    #: ``"prefix"``: a selector byte, then anything
     layout: str
+    #: inputs at the edges of what is valid (they need not decode), added to the seeds
+    edge_seeds: Callable[[], list[bytes]] = list
 
 
 TARGETS: dict[str, Target] = {
@@ -802,7 +823,7 @@ TARGETS: dict[str, Target] = {
         Target("native", one_native, native_seeds, "frame"),
         Target("update", one_update, update_seeds, "update"),
         Target("hgc", one_hgc, hgc_seeds, "hgc"),
-        Target("powersgd", one_powersgd, powersgd_seeds, "prefix"),
+        Target("powersgd", one_powersgd, powersgd_seeds, "prefix", powersgd_edge_seeds),
         Target("stages", one_stage, stage_seeds, "stages"),
     )
 }
@@ -860,10 +881,11 @@ def mutate(layout: str, data: bytes, max_size: int, seed: int,
 # -- the worker (started by run.py) ---------------------------------------------------
 def signature(exc: BaseException) -> str:
     """What identifies a finding across inputs: for a broken contract the harness's
-    message (numbers left out), else the exception type and the innermost function of
-    fedpress's package it passed through."""
+    message (numbers and quoted names left out), else the exception type and the
+    innermost function of fedpress's package it passed through."""
     if isinstance(exc, Finding):
-        return "Finding: " + re.sub(r"\d+", "N", str(exc))[:160]
+        text = re.sub(r"'[^']*'", "'*'", str(exc))  # tensor names: one finding per bug
+        return "Finding: " + re.sub(r"\d+", "N", text)[:160]
     import fedpress
 
     package = str(Path(fedpress.__file__).resolve().parent)
@@ -897,7 +919,7 @@ def _import_decoders(instrument: bool) -> None:
 
 def write_seeds(target: Target, corpus: Path) -> int:
     corpus.mkdir(parents=True, exist_ok=True)
-    seeds = target.seeds()
+    seeds = target.seeds() + target.edge_seeds()
     for s in seeds:
         (corpus / f"seed-{hashlib.sha1(s).hexdigest()}").write_bytes(s)
     return len(seeds)
