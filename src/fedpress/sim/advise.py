@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,19 @@ from ..io import save_png
 
 
 def advise(state: Mapping[str, np.ndarray], codecs: Sequence[str], ebs: Sequence[float],
-           mode: str = "rel", repeats: int = 3) -> list[dict[str, Any]]:
+           mode: str = "rel", repeats: int = 3,
+           on_step: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """One row per (codec, bound): CR, encode/decode seconds, break-even Mbps.
 
     Each codec is used as a plan (``plan=codec``: every float tensor of at least
     1000 elements through it, the rest lossless), or ``"fedsz:<lossy>"`` for the
     FedSZ partition with that lossy codec.
+
+    Parameters
+    ----------
+    on_step
+        Called with a label (``"fpz eb=0.01"``) as each (codec, bound) measurement
+        starts, ``len(codecs) * len(ebs)`` times: a progress bar's hook.
     """
     if not codecs or not ebs:
         raise ConfigError("advise needs at least one codec and one bound")
@@ -47,6 +54,8 @@ def advise(state: Mapping[str, np.ndarray], codecs: Sequence[str], ebs: Sequence
         fedpress.decode_update(fedpress.encode_update(state, plan=plan, mode=mode, eb=ebs[0],
                                                       **options), limits)
         for eb in ebs:
+            if on_step is not None:
+                on_step(f"{codec} eb={eb:g}")
             enc = [], []
             blob = b""
             for _ in range(repeats):
