@@ -9,17 +9,30 @@ Core layout: one tag byte, then either SZ2's stream (tag 0; it carries its own
 parameters) or the raw values (tag 1). The filter passes very small chunks
 (about 20 values and fewer) through unchanged, and SZ2's decoder, given such
 raw bytes, calls ``exit()``; the tag keeps them away from it.
+
+SZ2's encoder segfaults on some tensors when the absolute bound is below the core
+dtype's smallest normal number (float32: 1.18e-38, e.g. a float16 tensor under
+``abs`` 1e-39; float64: 2.2e-308, e.g. a float64 tensor of subnormal range in ``rel``
+mode). Such a bound asks for every value exactly anyway, so those tensors are coded
+raw (tag 1) and the envelope stores them losslessly; SZ2 never sees them.
+
+SZ2's decoder does not validate its stream: crafted bytes make it segfault or call
+``exit()``. The codec is therefore not ``peer_safe``: the default
+:class:`fedpress.Limits` refuse it, and a decoder facing peers opts in by decoding it
+in a child process (``Limits(isolate={"sz2"})``).
 """
 
 from __future__ import annotations
 
 import uuid
+from types import ModuleType
+from typing import ClassVar
 
 import numpy as np
 
 from .._deps import require
 from ..eblc.base import ErrorBoundedCodec
-from ..errors import FormatError
+from ..errors import FormatError, MissingDependencyError
 from ..registry import register_codec
 
 _TAG_SZ2, _TAG_RAW = b"\x00", b"\x01"
@@ -30,10 +43,27 @@ def _name() -> str:
     return f"fedpress-sz2-{uuid.uuid4().hex}.h5"
 
 
-def _h5():
+def _h5() -> tuple[ModuleType, ModuleType]:
+    """h5py and hdf5plugin, with hdf5plugin's SZ filter registered; else
+    MissingDependencyError naming the package."""
     h5py = require("h5py", codec="sz2")
     hdf5plugin = require("hdf5plugin", codec="sz2")
+    try:
+        built = bool(h5py.h5z.filter_avail(hdf5plugin.SZ_ID))
+    except Exception:  # an hdf5plugin without the SZ filter has no SZ_ID
+        built = False
+    if not built:
+        raise MissingDependencyError(
+            "codec 'sz2' needs the SZ filter of the Python package 'hdf5plugin', which "
+            "this installation does not provide; install a build with it: "
+            "pip install hdf5plugin")
     return h5py, hdf5plugin
+
+
+def sz2_can_code(x: np.ndarray, eb_abs: float) -> bool:
+    """Whether SZ2's encoder may be given ``x`` (float32/float64) under ``eb_abs``:
+    not below the dtype's smallest normal number, where it crashes on some data."""
+    return eb_abs >= float(np.finfo(x.dtype).tiny)
 
 
 @register_codec
@@ -42,8 +72,14 @@ class SZ2Codec(ErrorBoundedCodec):
 
     codec_id = "sz2"
     core_float64 = True
+    peer_safe: ClassVar[bool] = False
+
+    def check_available(self) -> None:
+        _h5()
 
     def _encode_core(self, x: np.ndarray, eb_abs: float) -> bytes:
+        if not sz2_can_code(x, eb_abs):
+            return _TAG_RAW + np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<")).tobytes()
         h5py, hdf5plugin = _h5()
         with h5py.File(_name(), "w", driver="core", backing_store=False) as f:
             ds = f.create_dataset("x", data=x, chunks=(x.size,),
