@@ -13,6 +13,7 @@ cannot rot.
   and every argument that names a path in the repository exists.
 - ```toml blocks parse (on the simulator's page: as settings the simulator accepts);
   ```text blocks are output or prose and are not checked.
+- Relative links between the pages name files, and headings, that exist.
 
 A block in any other language, or none, fails the test: every block is one of these.
 """
@@ -318,11 +319,28 @@ def test_toml_blocks_parse(block: Block, tmp_path: Path) -> None:
         check_settings(load_config(path))
 
 
-def test_links_to_docs_exist() -> None:
-    """Relative links between the pages name files that exist."""
+def _anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings (lower case, punctuation dropped,
+    spaces to dashes, ``-1``, ``-2`` ... on repeats)."""
+    seen: dict[str, int] = {}
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+    for heading in re.findall(r"^#{1,6} (.+)$", text, flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        if n:
+            seen[f"{slug}-{n}"] = 1
+    return set(seen)
+
+
+def test_links_between_pages_resolve() -> None:
+    """Relative links name files that exist, and anchors into pages name headings."""
     for path in DOCS:
-        text = path.read_text(encoding="utf-8")
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", text):
             if "://" in target or target.startswith("mailto:"):
                 continue
-            assert (path.parent / target).exists(), f"{path.name}: broken link {target}"
+            dest = path.parent / target if target else path
+            assert dest.exists(), f"{path.name}: broken link {target}"
+            if anchor and dest.suffix == ".md":
+                assert anchor in _anchors(dest), f"{path.name}: no heading #{anchor} in {target}"
