@@ -425,3 +425,105 @@ def test_same_weights_and_bytes_as_the_fedpress_simulator(plan: str) -> None:
                 assert diff.max() <= 2 * 1e-2 * np.ptp(expect[k]) + 1e-5
             assert rows[0]["bytes_up"] == history[0].bytes_up
         assert [h["raw_up"] for h in rows] == [m.raw_up for m in history]
+
+
+def test_flower_message_bytes_are_counted_beside_the_frames() -> None:
+    """fedpress-flower-bytes-* count the whole Flower messages (protobuf Message:
+    metadata, config and metric records, the Array framing) that carry the frames: a
+    little more than the frames, which are counted as before; InlineGrid's own
+    measure of each message's content lies between the two."""
+    seen: list = []
+    s, grid, result = _run("fedsz", "zstd", rounds=2, tamper=_frames(seen))
+    rows = [h for h in s.history if h["phase"] == "train"]
+    messages = 3 * len(s.history)  # 3 nodes, each asked to train and to evaluate a round
+    for rnd, row in enumerate(rows, start=1):
+        m = result.train_metrics_clientapp[rnd]
+        assert m["fedpress-bytes-up"] == sum(seen[3 * (rnd - 1): 3 * rnd])  # frames only
+        assert m["fedpress-flower-bytes-up"] > m["fedpress-bytes-up"] > 0
+        assert m["fedpress-flower-bytes-down"] > m["fedpress-bytes-down"] > 0
+        assert m["fedpress-flower-bytes-up"] == row["flower_bytes_up"]
+        # Flower's overhead: records, keys, metadata; hundreds of bytes a message
+        assert m["fedpress-flower-bytes-up"] - m["fedpress-bytes-up"] < 3 * 1024
+    # the content alone (what InlineGrid serializes) is the message less its metadata
+    down = sum(h["flower_bytes_down"] for h in s.history)
+    up = sum(h["flower_bytes_up"] for h in s.history)
+    assert 0 < down - sum(grid.bytes_sent) < 200 * messages
+    assert 0 < up - sum(grid.bytes_received) < 200 * messages
+
+
+def test_flower_message_bytes_of_a_raw_link_exceed_the_raw_arrays() -> None:
+    _, _, result = _run(None, None, rounds=1)
+    m = result.train_metrics_clientapp[1]
+    assert m["fedpress-bytes-up"] == m["fedpress-raw-up"] == 3 * sum(v.nbytes for v in
+                                                                      INIT.values())
+    assert m["fedpress-flower-bytes-up"] > m["fedpress-raw-up"]
+    assert m["fedpress-flower-bytes-down"] > m["fedpress-raw-down"]
+
+
+RUN_CONFIG = {"fedpress-uplink": "gaeb(reference=true)", "fedpress-downlink": "fpz(send=update)",
+              "fedpress-eb": 0.001, "fedpress-mode": "abs", "fedpress-uplink-mbps": 5,
+              "fedpress-downlink-mbps": 50.0, "fedpress-latency-s": 0.01,
+              "fedpress-delay": False, "fedpress-max-failed-rounds": 3,
+              "num-server-rounds": 2, "lr": 0.1}  # the app's own keys are left alone
+
+
+def test_from_run_config_reads_every_fedpress_key() -> None:
+    s = CompressedStrategy.from_run_config(FedAvg(), RUN_CONFIG)
+    assert s.uplink == Link.parse("gaeb(reference=true, eb=0.001, mode=abs)")
+    assert s.downlink == Link.parse("fpz(send=update, eb=0.001, mode=abs)")
+    assert s.mbps == (5.0, 50.0) and s.latency_s == 0.01 and s.delay is False
+    assert s.max_failed_rounds == 3
+    # a spec's own bound wins over fedpress-eb / fedpress-mode; a Context is read too
+    ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={
+        "fedpress-uplink": "fedsz(eb=0.05)", "fedpress-eb": 0.001, "fedpress-mode": "abs"})
+    s = CompressedStrategy.from_run_config(FedAvg(), ctx)
+    assert (s.uplink.eb, s.uplink.mode) == (0.05, "abs")
+    assert s.downlink.plan is None
+    # absent keys: the keyword defaults, then the constructor's
+    s = CompressedStrategy.from_run_config(FedAvg(), {}, uplink="fpz", max_failed_rounds=2)
+    assert s.uplink.plan == "fpz" and s.max_failed_rounds == 2 and s.mbps == (None, None)
+    s = CompressedStrategy.from_run_config(FedAvg(), {})
+    assert s.uplink.plan == "fedsz" and s.downlink.plan is None and s.max_failed_rounds == 1
+
+
+def test_a_run_configured_by_the_run_config_sends_what_the_constructor_would() -> None:
+    cfg = {"fedpress-uplink": "fpz", "fedpress-eb": 0.05, "fedpress-downlink": "zstd"}
+    random.seed(0)
+    a = CompressedStrategy.from_run_config(FedAvg(fraction_evaluate=0.0), cfg)
+    a.start(grid=InlineGrid(_numpy_app(), 3), initial_arrays=wire.plain_record(INIT),
+            num_rounds=2)
+    random.seed(0)
+    b = CompressedStrategy(FedAvg(fraction_evaluate=0.0), uplink="fpz(eb=0.05)",
+                           downlink="zstd(eb=0.05)")  # fedpress-eb sets both links' bound
+    b.start(grid=InlineGrid(_numpy_app(), 3), initial_arrays=wire.plain_record(INIT),
+            num_rounds=2)
+    assert a.uplink == b.uplink and a.downlink == b.downlink
+    rows = [[h["bytes_up"] for h in s.history if h["phase"] == "train"] for s in (a, b)]
+    assert rows[0] == rows[1] and all(rows[0])
+    assert a.uplink != Link.parse("fpz")  # the bound came through
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("fedpress-uplnk", "fpz", "unknown run config key.*'fedpress-uplnk'"),
+    ("fedpress-uplink", 3, "'fedpress-uplink' must be a plan spec string"),
+    ("fedpress-uplink", "nonexistent-codec", "'fedpress-uplink' = 'nonexistent-codec'"),
+    ("fedpress-downlink", "fpz(reference=true)", "uplink setting"),
+    ("fedpress-downlink", "fpz(send=gradient)", "'fedpress-downlink' = .*send must be"),
+    ("fedpress-eb", "tight", "'fedpress-eb' must be a number"),
+    ("fedpress-eb", 0, "'fedpress-eb' must be a number > 0"),
+    ("fedpress-eb", True, "'fedpress-eb' must be a number > 0"),
+    ("fedpress-mode", "psnr", "'fedpress-mode' must be 'rel' or 'abs'"),
+    ("fedpress-uplink-mbps", 0, "'fedpress-uplink-mbps' must be a number > 0"),
+    ("fedpress-downlink-mbps", "fast", "'fedpress-downlink-mbps' must be a number"),
+    ("fedpress-latency-s", -1, "'fedpress-latency-s' must be a number >= 0"),
+    ("fedpress-delay", "yes", "'fedpress-delay' must be true or false"),
+    ("fedpress-delay", True, "delay=True needs uplink_mbps"),
+    ("fedpress-max-failed-rounds", -1, "'fedpress-max-failed-rounds' must be an integer"),
+    ("fedpress-max-failed-rounds", 1.5, "'fedpress-max-failed-rounds' must be an integer"),
+    ("fedpress-max-failed-rounds", True, "'fedpress-max-failed-rounds' must be an integer"),
+])
+def test_from_run_config_names_the_key_of_a_bad_value(key: str, value, match: str) -> None:
+    with pytest.raises(fedpress.ConfigError, match=match):
+        CompressedStrategy.from_run_config(FedAvg(), {key: value})
+    with pytest.raises(fedpress.ConfigError, match="run config mapping"):
+        CompressedStrategy.from_run_config(FedAvg(), ["fedpress-uplink"])  # type: ignore

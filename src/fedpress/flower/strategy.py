@@ -36,19 +36,28 @@ model.
 Each round's train MetricRecord gains ``fedpress-*`` entries: bytes up and down on
 the wire, their raw sizes, the compression ratios, the replies dropped and, with a
 bandwidth given, the simulated communication seconds (FedSZ's Eq. 1 per client,
-the slowest client counting). :attr:`CompressedStrategy.history` keeps them per
-round and phase.
+the slowest client counting). Beside the frames' bytes (``fedpress-bytes-up``/
+``-down``), ``fedpress-flower-bytes-up``/``-down`` count the whole Flower messages
+that carry them, serialized as Flower's protobuf ``Message`` (metadata, config and
+metric records, the Array framing; transport framing such as HTTP/2 or TLS is not
+counted): their difference is Flower's own overhead. :attr:`CompressedStrategy.history`
+keeps them per round and phase.
+
+:meth:`CompressedStrategy.from_run_config` builds the wrapper from the run config
+(``[tool.flwr.app.config]``, keys ``fedpress-*``), so that a plan is switched with
+``flwr run --run-config`` rather than in code.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.common.serde import message_to_proto
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -59,6 +68,7 @@ from ..frame import Limits
 from ..frame import unpack as unpack_frame
 from ..sim.client import apply_changes, raw_bytes
 from ..sim.fl import Downlink
+from ..sim.run import parse_plan_spec
 from . import wire
 from .link import KEY_BASE, KEY_DELAY, KEY_DOWNLINK, KEY_RESET, KEY_UPLINK, Link
 from .mod import REPLY_KEY
@@ -67,6 +77,17 @@ log = logging.getLogger("fedpress.flower")
 
 #: how many distinct reasons a failed round's summary lists, and how long each may be
 _REASONS_SHOWN, _REASON_CHARS = 4, 400
+
+#: the run config keys :meth:`CompressedStrategy.from_run_config` reads
+RUN_CONFIG_KEYS = ("fedpress-uplink", "fedpress-downlink", "fedpress-eb", "fedpress-mode",
+                   "fedpress-uplink-mbps", "fedpress-downlink-mbps", "fedpress-latency-s",
+                   "fedpress-delay", "fedpress-max-failed-rounds")
+
+
+def message_bytes(message: Message) -> int:
+    """Bytes of ``message`` serialized as Flower's protobuf ``Message`` (metadata,
+    content, error)."""
+    return message_to_proto(message).ByteSize()
 
 
 class FailedRoundsError(FedpressError, RuntimeError):
@@ -164,6 +185,112 @@ class CompressedStrategy(Strategy):
         self._failed: list[str] = []  # summaries of the failed rounds in a row, so far
         self.history: list[dict[str, Any]] = []
 
+    @classmethod
+    def from_run_config(cls, strategy: Strategy, run_config: Mapping[str, Any] | Context,
+                        **defaults: Any) -> CompressedStrategy:
+        """The wrapper configured by a Flower run config (``[tool.flwr.app.config]``).
+
+        Keys read (each optional; ``defaults``, then the constructor's defaults,
+        stand for absent ones):
+
+        ==============================  ===================================================
+        ``fedpress-uplink``             plan spec of the uplink (``"fedsz"``,
+                                        ``"gaeb(reference=true)"``, ``"none"``)
+        ``fedpress-downlink``           plan spec of the downlink (``"none"``: raw)
+        ``fedpress-eb``                 error bound of both links' error-bounded codecs
+                                        (a spec's own ``eb=`` wins)
+        ``fedpress-mode``               ``"rel"`` or ``"abs"`` (a spec's own ``mode=``
+                                        wins)
+        ``fedpress-uplink-mbps``,       bandwidths for the simulated communication time
+        ``fedpress-downlink-mbps``      (> 0)
+        ``fedpress-latency-s``          one-way latency of that time (>= 0)
+        ``fedpress-delay``              true: clients sleep for their transfer times
+        ``fedpress-max-failed-rounds``  int >= 0 (0: never stop)
+        ==============================  ===================================================
+
+        Other ``fedpress-*`` keys are refused (a misspelt key would otherwise be
+        ignored); keys without the prefix are the app's own and left alone.
+
+        Parameters
+        ----------
+        strategy : flwr.serverapp.strategy.Strategy
+            The strategy to wrap.
+        run_config : mapping or flwr.app.Context
+            ``context.run_config`` (or the Context itself).
+        **defaults
+            Constructor arguments used where the run config has no key (``limits``
+            is only ever given here).
+
+        Raises
+        ------
+        fedpress.ConfigError
+            An unknown ``fedpress-*`` key or a bad value; the message names the key.
+        """
+        if isinstance(run_config, Context):
+            run_config = run_config.run_config
+        if not isinstance(run_config, Mapping):
+            raise ConfigError(f"from_run_config reads a run config mapping (context.run_config),"
+                              f" got {type(run_config).__name__}")
+        unknown = sorted(k for k in run_config
+                         if str(k).startswith("fedpress-") and k not in RUN_CONFIG_KEYS)
+        if unknown:
+            raise ConfigError(f"unknown run config key(s) {', '.join(map(repr, unknown))}; "
+                              f"fedpress reads {', '.join(RUN_CONFIG_KEYS)}")
+        cfg = {k: run_config[k] for k in RUN_CONFIG_KEYS if k in run_config}
+        args = dict(defaults)
+
+        def bad(key: str, what: str) -> ConfigError:
+            return ConfigError(f"run config {key!r} must be {what}, got {cfg[key]!r}")
+
+        def number(key: str, low: float, strict: bool) -> float:
+            value = cfg[key]
+            if isinstance(value, str):
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise bad(key, "a number") from None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not np.isfinite(value) or (value <= low if strict else value < low):
+                raise bad(key, f"a number {'>' if strict else '>='} {low:g}")
+            return float(value)
+
+        bound: dict[str, Any] = {}
+        if "fedpress-eb" in cfg:
+            bound["eb"] = number("fedpress-eb", 0, True)
+        if "fedpress-mode" in cfg:
+            if cfg["fedpress-mode"] not in ("rel", "abs"):
+                raise bad("fedpress-mode", "'rel' or 'abs'")
+            bound["mode"] = cfg["fedpress-mode"]
+        for name in ("uplink", "downlink"):
+            key = f"fedpress-{name}"
+            spec = cfg.get(key, args.get(name, "fedsz" if name == "uplink" else None))
+            if key in cfg and not isinstance(spec, str):
+                raise bad(key, "a plan spec string")
+            try:
+                given = set(parse_plan_spec(spec)[1]) if isinstance(spec, str) else set()
+                extra = {} if isinstance(spec, Link) else {
+                    k: v for k, v in bound.items() if k not in given}
+                args[name] = Link.parse(spec, **extra)
+            except ConfigError as exc:
+                where = f"run config {key!r} = {spec!r}" if key in cfg else name
+                raise ConfigError(f"{where}: {exc}") from None
+        for key, arg in (("fedpress-uplink-mbps", "uplink_mbps"),
+                         ("fedpress-downlink-mbps", "downlink_mbps")):
+            if key in cfg:
+                args[arg] = number(key, 0, True)
+        if "fedpress-latency-s" in cfg:
+            args["latency_s"] = number("fedpress-latency-s", 0, False)
+        if "fedpress-delay" in cfg:
+            if not isinstance(cfg["fedpress-delay"], bool):
+                raise bad("fedpress-delay", "true or false")
+            args["delay"] = cfg["fedpress-delay"]
+        if "fedpress-max-failed-rounds" in cfg:
+            value = cfg["fedpress-max-failed-rounds"]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad("fedpress-max-failed-rounds", "an integer >= 0")
+            args["max_failed_rounds"] = value
+        return cls(strategy, **args)
+
     def _forget(self, node: int, why: str) -> None:
         """After a failure the server no longer knows what ``node`` holds or which codec
         state it has: drop both ends' state; its next message resets it."""
@@ -221,7 +348,8 @@ class CompressedStrategy(Strategy):
                 down_bytes[node] = down_bytes.get(node, 0) + sizes[node]
                 raw_down += raw_bytes(state)
         self.history.append({"round": server_round, "phase": phase,
-                             "bytes_down": sum(down_bytes.values()), "raw_down": raw_down})
+                             "bytes_down": sum(down_bytes.values()), "raw_down": raw_down,
+                             "flower_bytes_down": sum(message_bytes(m) for m in out)})
         self._pending = down_bytes
         self._sent[phase] = {m.metadata.dst_node_id for m in out}
         self._reset -= self._sent[phase]
@@ -314,6 +442,7 @@ class CompressedStrategy(Strategy):
         with the wrapped strategy; its metrics gain the ``fedpress-*`` entries."""
         kept, up_bytes, raw_up, dropped = [], {}, 0, 0
         replies = list(replies)
+        flower_up = sum(message_bytes(r) for r in replies)  # as they came, frames and all
         failures = dict.fromkeys(self._forget_silent(replies, "train"), "no reply")
         for reply in replies:
             node = reply.metadata.src_node_id
@@ -349,7 +478,9 @@ class CompressedStrategy(Strategy):
             "fedpress-bytes-down": down, "fedpress-raw-down": raw_down,
             "fedpress-cr-up": raw_up / max(1, sum(up_bytes.values())),
             "fedpress-cr-down": raw_down / max(1, down),
-            "fedpress-dropped": dropped}
+            "fedpress-dropped": dropped,
+            "fedpress-flower-bytes-up": flower_up,
+            "fedpress-flower-bytes-down": row["flower_bytes_down"] if row else 0}
         if self.mbps[0] is not None and self.mbps[1] is not None:
             ours["fedpress-comm-s"] = max(
                 (self._seconds(self._pending.get(n, 0), 1) + self._seconds(b, 0)
@@ -403,6 +534,10 @@ class CompressedStrategy(Strategy):
         """The wrapped strategy's evaluation metrics (evaluate replies carry no arrays);
         nodes that failed are started afresh next time."""
         replies = list(replies)
+        row = next((h for h in reversed(self.history)
+                    if h["round"] == server_round and h["phase"] == "evaluate"), None)
+        if row is not None:
+            row["flower_bytes_up"] = sum(message_bytes(r) for r in replies)
         self._forget_silent(replies, "evaluate")
         for r in replies:
             if r.has_error():
