@@ -87,6 +87,9 @@ class ZstdCodec(LosslessCodec):
     level_range = (1, 22)
     default_level = 3
 
+    def check_available(self) -> None:
+        require("zstandard", codec=self.codec_id)
+
     def compress_bytes(self, data: bytes, itemsize: int) -> bytes:
         zstd = require("zstandard", codec=self.codec_id)
         return zstd.ZstdCompressor(level=self.level).compress(data)
@@ -163,6 +166,9 @@ class Lz4Codec(LosslessCodec):
     level_range = (0, 12)
     default_level = 0
 
+    def check_available(self) -> None:
+        require("lz4.block", package="lz4", codec=self.codec_id)
+
     def compress_bytes(self, data: bytes, itemsize: int) -> bytes:
         lz4_block = require("lz4.block", package="lz4", codec=self.codec_id)
         if self.level == 0:
@@ -183,6 +189,9 @@ class _BloscCodec(LosslessCodec):
     """blosc2 with byte shuffle (item size of the tensor), one thread."""
 
     blosc_codec: ClassVar[str] = ""
+
+    def check_available(self) -> None:
+        require("blosc2", codec=self.codec_id)
 
     def compress_bytes(self, data: bytes, itemsize: int) -> bytes:
         blosc2 = require("blosc2", codec=self.codec_id)
