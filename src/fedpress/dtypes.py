@@ -4,26 +4,32 @@ Accepted inputs are numpy arrays, torch tensors (moved to CPU, detached) and
 anything ``numpy.asarray`` understands. ``bfloat16`` is represented by
 ``ml_dtypes.bfloat16`` on the numpy side, so decoding returns the dtype that
 was encoded.
+
+``ml_dtypes`` takes longer to import than the rest of fedpress together, so it is
+imported only when a bfloat16 tensor is decoded or converted (:func:`bfloat16`);
+an array that already has that dtype means the user's code imported it.
+``BFLOAT16`` and ``FLOAT_DTYPES`` are still module attributes, computed on first
+access.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from .errors import ConfigError, FormatError
 
-BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+_BFLOAT16_CODE = 4
 
-#: wire code -> numpy dtype (little-endian on the wire). Codes never change.
+#: wire code -> numpy dtype (little-endian on the wire). Codes never change. Code 4 is
+#: bfloat16 (:func:`bfloat16`).
 _CODES: dict[int, np.dtype] = {
     1: np.dtype("float32"),
     2: np.dtype("float64"),
     3: np.dtype("float16"),
-    4: BFLOAT16,
     10: np.dtype("int8"),
     11: np.dtype("uint8"),
     12: np.dtype("int16"),
@@ -34,22 +40,47 @@ _CODES: dict[int, np.dtype] = {
     17: np.dtype("uint64"),
     18: np.dtype("bool"),
 }
-_BY_NAME = {dt.name: code for code, dt in _CODES.items()}
+_BY_NAME = {dt.name: code for code, dt in _CODES.items()} | {"bfloat16": _BFLOAT16_CODE}
 
-FLOAT_DTYPES = frozenset({np.dtype("float32"), np.dtype("float64"), np.dtype("float16"), BFLOAT16})
+_NATIVE_FLOATS = frozenset({np.dtype("float32"), np.dtype("float64"), np.dtype("float16")})
+
+
+@functools.cache
+def bfloat16() -> np.dtype:
+    """The numpy dtype ``ml_dtypes.bfloat16`` (imports ``ml_dtypes`` on the first call)."""
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def __getattr__(name: str) -> Any:
+    """``BFLOAT16`` and ``FLOAT_DTYPES``, which need ``ml_dtypes``, on first access."""
+    if name == "BFLOAT16":
+        return bfloat16()
+    if name == "FLOAT_DTYPES":
+        return _NATIVE_FLOATS | {bfloat16()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _is_bfloat16(dtype: np.dtype) -> bool:
+    # an ml_dtypes bfloat16 array exists only once ml_dtypes is imported, so the name
+    # check comes first and the import happens only for a dtype of that name
+    return dtype.name == "bfloat16" and dtype == bfloat16()
 
 
 def dtype_code(dtype: np.dtype) -> int:
     """Wire code of a numpy dtype; ConfigError for dtypes fedpress cannot carry."""
-    try:
-        return _BY_NAME[np.dtype(dtype).name]
-    except KeyError:
-        raise ConfigError(
-            f"dtype {np.dtype(dtype)} is not supported; supported: {sorted(_BY_NAME)}"
-        ) from None
+    dt = np.dtype(dtype)
+    code = _BY_NAME.get(dt.name)
+    if code is None or (code == _BFLOAT16_CODE and not _is_bfloat16(dt)):
+        raise ConfigError(f"dtype {dt} is not supported; supported: {sorted(_BY_NAME)}")
+    return code
 
 
 def dtype_from_code(code: int) -> np.dtype:
+    """The numpy dtype of a wire code; FormatError for an unknown code."""
+    if code == _BFLOAT16_CODE:
+        return bfloat16()
     try:
         return _CODES[code]
     except KeyError:
@@ -57,7 +88,9 @@ def dtype_from_code(code: int) -> np.dtype:
 
 
 def is_float(dtype: np.dtype) -> bool:
-    return np.dtype(dtype) in FLOAT_DTYPES
+    """Whether ``dtype`` is one of the floating dtypes fedpress carries."""
+    dt = np.dtype(dtype)
+    return dt in _NATIVE_FLOATS or _is_bfloat16(dt)
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -72,7 +105,7 @@ def to_numpy(x: Any) -> np.ndarray:
 
         t = x.detach().cpu()
         if t.dtype == torch.bfloat16:
-            arr = t.contiguous().view(torch.int16).numpy().view(BFLOAT16)
+            arr = t.contiguous().view(torch.int16).numpy().view(bfloat16())
         else:
             try:
                 arr = t.contiguous().numpy()
@@ -94,7 +127,7 @@ def to_torch(arr: np.ndarray) -> Any:
 
     if not arr.flags.c_contiguous or not arr.flags.writeable:
         arr = arr.copy(order="C")  # (np.ascontiguousarray would turn 0-d into 1-d)
-    if arr.dtype == BFLOAT16:
+    if _is_bfloat16(arr.dtype):
         return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(arr)
 

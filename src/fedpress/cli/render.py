@@ -13,6 +13,7 @@ from rich.table import Table
 from ..abc import Codec, StatefulCodec
 
 __all__ = ["codec_kind", "compact_table", "first_sentence", "fmt_bytes", "fmt_cr", "fmt_num",
+           "fmt_size",
            "jsonable"]
 
 
@@ -63,11 +64,24 @@ def fmt_num(value: float | None) -> str:
     return f"{v:.2g}"
 
 
+def fmt_size(n: int) -> str:
+    """A byte count in B, kB, MB or GB (powers of 1000), three significant digits."""
+    if n < 1000:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("kB", "MB", "GB", "TB"):
+        value /= 1000
+        if value < 999.5 or unit == "TB":
+            break
+    digits = 2 if value < 9.995 else 1 if value < 99.95 else 0
+    return f"{value:.{digits}f} {unit}"
+
+
 def compact_table(title: str | None = None) -> Table:
     """A table with a rule under the header, one space between columns and no edges:
     the layout that keeps the widest tables within 80 columns."""
     return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-                 collapse_padding=True, padding=(0, 1), show_edge=False)
+                 collapse_padding=True, padding=(0, 0), show_edge=False)
 
 
 def codec_kind(cls: type[Codec]) -> str:
@@ -85,12 +99,20 @@ _EMPHASIS = re.compile(r"(?<![\w*])\*{1,2}([^*\s][^*]*?)\*{1,2}(?![\w*])")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
 
 
+def _quoted(match: re.Match[str]) -> str:
+    literal = match.group(1)
+    if len(literal) > 1 and literal[0] == literal[-1] and literal[0] in "\"'":
+        return literal  # a string value, quoted already
+    return f"'{literal}'"
+
+
 def strip_rst(text: str) -> str:
-    """Text with reStructuredText inline markup removed: roles (``:mod:`x```), literals,
-    interpreted text and emphasis keep their words, lose their markers."""
+    """Text with reStructuredText inline markup removed: roles (``:mod:`x```),
+    interpreted text and emphasis keep their words and lose their markers; literals
+    (option names, values) are put in single quotes."""
     text = _ROLE.sub(lambda m: m.group(2).rsplit(".", 1)[-1] if m.group(1) else m.group(2),
                      text)
-    text = _LITERAL.sub(r"\1", text)
+    text = _LITERAL.sub(_quoted, text)
     text = _INTERPRETED.sub(r"\1", text)
     return _EMPHASIS.sub(r"\1", text)
 

@@ -14,20 +14,20 @@ from rich.table import Table
 from ..errors import MissingDependencyError
 from .common import app, err_console, handle_errors, out_console
 from .options import Mode, parse_floats, parse_plan, sim_settings, split_list, with_sim_flags
-from .render import compact_table, fmt_bytes, fmt_num
+from .render import compact_table, fmt_bytes, fmt_num, fmt_size
 
 __all__ = ["SUMMARY_COLUMNS", "advise", "compare_plans", "require", "simulate",
-           "summary_table"]
+           "summary_rows", "summary_table"]
 
-#: (header, key of :func:`fedpress.sim.run.comparison_rows`) of the summary table; the
-#: headers are short so that twelve columns fit 80 terminal columns (see SUMMARY_LEGEND)
+#: (header, key of :func:`summary_rows`) of the summary table: short headers, so that the
+#: table fits 80 terminal columns; every figure is in comparison.csv / summary.json
 SUMMARY_COLUMNS = [("plan", "plan"), ("acc", "final_accuracy"), ("best", "best_accuracy"),
                    ("CR up", "cr_up"), ("CR dn", "cr_down"), ("MB up", "mb_up"),
-                   ("MB dn", "mb_down"), ("enc s", "encode_s"), ("dec s", "decode_s"),
-                   ("comm s", "comm_s"), ("round s", "round_s"), ("wall s", "wall_s")]
-SUMMARY_LEGEND = ("acc/best: final/best test accuracy; CR: raw/sent bytes; MB: sent "
-                  "(1e6 B); enc/dec: codec seconds; comm/round: simulated seconds; wall: "
-                  "measured")
+                   ("MB dn", "mb_down"), ("codec s", "codec_s"), ("comm s", "comm_s"),
+                   ("round s", "round_s")]
+SUMMARY_LEGEND = ("acc, best: final and best test accuracy; CR: raw/sent bytes; MB: sent "
+                  "(1e6 B); seconds summed over rounds: codec (encode + decode), comm and "
+                  "round (simulated)")
 
 #: what the simulator imports, and the distribution that provides each
 _SIM_PACKAGES = {"torch": "torch", "matplotlib": "matplotlib"}
@@ -132,7 +132,9 @@ def advise(
                       f"{r['break_even_mbps']:.0f}")
     console = out_console()
     console.print(table)
-    console.print(f"plot: {escape(str(adv.plot(rows, plot)))}", highlight=False)
+    title = (f"when compression pays: {file.name} ({fmt_size(rows[0]['raw_bytes'])}, "
+             f"{mode.value} bounds)")
+    console.print(f"plot: {escape(str(adv.plot(rows, plot, title=title)))}", highlight=False)
 
 
 class _Steps:
@@ -177,25 +179,30 @@ class _Steps:
 
 def summary_table(results: Sequence[Mapping[str, Any]]) -> Table:
     """The side-by-side table of runs (``compare``) or of one run (``simulate``)."""
-    from ..sim.run import comparison_rows
-
     table = compact_table("fedpress simulation")
-    table.caption = SUMMARY_LEGEND
-    table.caption_justify = "left"
     for header, _ in SUMMARY_COLUMNS:
         if header == "plan":
             table.add_column(header, overflow="fold", min_width=6, ratio=1)
         else:
             table.add_column(header, justify="right", no_wrap=True)
-    for row in comparison_rows(results):
+    for row in summary_rows(results):
         table.add_row(*(escape(str(row[key])) if key == "plan" else
                         f"{row[key]:.3f}" if key.endswith("accuracy") else fmt_num(row[key])
                         for _, key in SUMMARY_COLUMNS))
     return table
 
 
+def summary_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of comparison.csv with ``codec_s``, encode + decode seconds."""
+    from ..sim.run import comparison_rows
+
+    return [row | {"codec_s": row["encode_s"] + row["decode_s"]}
+            for row in comparison_rows(results)]
+
+
 def print_summary(results: Sequence[Mapping[str, Any]], out: Path) -> None:
     """Print the summary table and where the outputs are."""
     console = out_console()
     console.print(summary_table(results))
+    console.print(SUMMARY_LEGEND, style="dim", highlight=False)
     console.print(f"outputs in {escape(str(out))}", highlight=False)

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
+from rich.table import Table
 from rich.text import Text
 
 from .. import io as fio
@@ -32,9 +33,17 @@ from .options import (
     read_frame,
     same_file,
 )
-from .render import codec_kind, compact_table, first_sentence, fmt_bytes, fmt_cr, jsonable
+from .render import (
+    codec_kind,
+    compact_table,
+    first_sentence,
+    fmt_bytes,
+    fmt_cr,
+    fmt_size,
+    jsonable,
+)
 
-__all__ = ["codecs", "compress", "decompress", "inspect", "probe"]
+__all__ = ["codecs", "compress", "decompress", "inspect", "inspect_table", "probe"]
 
 
 def probe(codec_id: str) -> tuple[bool, str]:
@@ -174,26 +183,45 @@ def inspect(
     if as_json:
         typer.echo(json.dumps(jsonable(info), indent=2, allow_nan=False))
         return
-    table = compact_table(f"{escape(str(file))}: {info['kind']} frame v{info['version']}")
+    tensors = info["tensors"]
+    payload = sum(t["payload_bytes"] for t in tensors)
+    console = out_console()
+    console.print(inspect_table(info, str(file)))
+    console.print(f"frame {fmt_bytes(info['frame_bytes'])} B (payload {fmt_bytes(payload)} B, "
+                  f"headers {fmt_bytes(info['frame_bytes'] - payload)} B) for "
+                  f"{fmt_bytes(info['original_bytes'])} B of tensors: CR {fmt_cr(info['cr'])}",
+                  highlight=False)
+    if info.get("meta"):
+        console.print(Text(f"meta: {json.dumps(info['meta'])}"))
+    for t in tensors:
+        if "describe_error" in t:
+            err_console().print(Text(f"warning: {t['name'] or '(tensor)'}: "
+                                     f"{t['describe_error']}", style="yellow"), soft_wrap=True)
+
+
+def inspect_table(info: dict[str, Any], title: str) -> Table:
+    """The per-tensor table of ``inspect``: codec, shape, dtype, payload size, CR, and the
+    absolute bound and patch count where some tensor has them.
+
+    The original size of a tensor is its shape times its dtype's size; the totals are
+    under the table."""
+    table = compact_table(f"{escape(title)}: {info['kind']} frame v{info['version']}")
     tensors = info["tensors"]
     show_eb = any(t.get("eb_abs") is not None for t in tensors)
     show_patches = any(t.get("patches") is not None for t in tensors)
-    table.add_column("name", overflow="fold", min_width=12)
+    table.add_column("name", overflow="fold", min_width=12, ratio=1)
     for col in ("codec", "shape", "dtype"):
         table.add_column(col, no_wrap=True)
-    numeric = ["bytes", "payload", "CR"]
+    numeric = ["payload", "CR"]
     numeric += ["eb_abs"] if show_eb else []
     numeric += ["patches"] if show_patches else []
     for col in numeric:
         table.add_column(col, justify="right", no_wrap=True)
-    problems = []
     for t in tensors:
-        if "describe_error" in t:
-            problems.append(f"{t['name'] or '(tensor)'}: {t['describe_error']}")
         cells = [
             escape(t["name"]) or "(tensor)", escape(str(t["codec"])),
             "x".join(str(d) for d in t["shape"]) or "()", t["dtype"],
-            fmt_bytes(t["original_bytes"]), fmt_bytes(t["payload_bytes"]), fmt_cr(t["cr"]),
+            fmt_size(t["payload_bytes"]), fmt_cr(t["cr"]),
         ]
         if show_eb:
             cells.append("-" if t.get("eb_abs") is None else f"{t['eb_abs']:.3g}")
@@ -202,19 +230,10 @@ def inspect(
         table.add_row(*cells)
     payload = sum(t["payload_bytes"] for t in tensors)
     table.add_section()
-    table.add_row(f"total: {len(tensors)}", "", "", "",
-                  fmt_bytes(info["original_bytes"]), fmt_bytes(payload),
+    table.add_row(f"total: {len(tensors)}", "", "", "", fmt_size(payload),
                   fmt_cr(info["original_bytes"] / payload if payload else None),
-                  *([""] * (len(numeric) - 3)), style="bold")
-    console = out_console()
-    console.print(table)
-    console.print(f"frame {fmt_bytes(info['frame_bytes'])} B (headers "
-                  f"{fmt_bytes(info['frame_bytes'] - payload)} B), "
-                  f"CR {fmt_cr(info['cr'])}", highlight=False)
-    if info.get("meta"):
-        console.print(Text(f"meta: {json.dumps(info['meta'])}"))
-    for p in problems:
-        err_console().print(Text(f"warning: {p}", style="yellow"), soft_wrap=True)
+                  *([""] * (len(numeric) - 2)), style="bold")
+    return table
 
 
 # -- codecs -------------------------------------------------------------------
@@ -238,7 +257,7 @@ def codecs(
         return
     table = compact_table("fedpress codecs")
     table.add_column("id", style="bold", no_wrap=True)
-    table.add_column("kind")
+    table.add_column("kind", max_width=14, overflow="fold")
     table.add_column("available", no_wrap=True)
     table.add_column("description / problem", ratio=1)
     for r in rows:

@@ -80,8 +80,18 @@ def comm_seconds(row: Mapping[str, Any], mbps: np.ndarray) -> np.ndarray:
     return row["encode_s"] + row["decode_s"] + 8 * row["bytes"] / (mbps * 1e6)
 
 
-def plot(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Communication time against bandwidth (log-log, 10 Mbps .. 10 Gbps)."""
+def plot(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str | None = None) -> Path:
+    """Communication time against bandwidth (log-log, 10 Mbps .. 10 Gbps).
+
+    Parameters
+    ----------
+    rows
+        :func:`advise`'s rows (one line each).
+    path
+        The PNG to write.
+    title
+        The plot's title; by default the raw size of the state dict.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,6 +107,8 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     ax.set_yscale("log")
     ax.set_xlabel("bandwidth (Mbps)")
     ax.set_ylabel("communication time (s)")
+    raw_mb = rows[0]["raw_bytes"] / 1e6
+    ax.set_title(title or f"when compression pays: {raw_mb:.3g} MB of tensors", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -5,7 +5,8 @@ bytes_up, bytes_down, cr_up, cr_down, encode_s, decode_s, comm_s, round_s`` plus
 ``raw_up, raw_down, train_s, wall_s, clients`` and the cumulative ``cum_mb`` (MB
 up + down) and ``cum_comm_s`` / ``cum_round_s``. The plots (matplotlib, Agg):
 accuracy per round, accuracy against cumulative MB, and the time per round split
-into communication and the rest. Several runs can share the plots (``compare``).
+into communication and the rest, titled with the dataset, model and bandwidths
+(:func:`plot_title`). Several runs can share the plots (``compare``).
 """
 
 from __future__ import annotations
@@ -70,17 +71,53 @@ def write_run(out_dir: str | os.PathLike[str], history: Sequence[RoundMetrics],
     write_bytes_atomically(out / "summary.json",
                            (json.dumps(result, indent=2, default=str) + "\n").encode())
     if plots:
-        plot({"run": table}, out)
+        plot({plan_label(config.get("plan", "none")): table}, out, title=plot_title(config))
     return result
 
 
-def plot(runs: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: Path) -> list[Path]:
+def plan_label(plan: Any) -> str:
+    """A plan as a legend shows it: its spec, or a JSON object of rules on one line."""
+    if isinstance(plan, Mapping):
+        return json.dumps(plan, separators=(",", ":"), default=str)
+    return str(plan)
+
+
+def _mbps(value: Any) -> str:
+    """One bandwidth, or the range of per-client bandwidths, in Mbps."""
+    values = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
+    low, high = min(values), max(values)
+    return f"{low:g}" if low == high else f"{low:g}-{high:g}"
+
+
+def plot_title(config: Mapping[str, Any]) -> str:
+    """``dataset, model, up X Mbps, down Y Mbps`` from a run's settings (the keys that
+    are missing are left out)."""
+    parts = [str(config[k]) for k in ("dataset", "model") if config.get(k) is not None]
+    for key, word in (("uplink_mbps", "up"), ("downlink_mbps", "down")):
+        if config.get(key) is not None:
+            parts.append(f"{word} {_mbps(config[key])} Mbps")
+    return ", ".join(parts)
+
+
+def plot(runs: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: Path,
+         title: str | None = None) -> list[Path]:
     """Accuracy vs round, accuracy vs cumulative MB and time per round, one line (or
-    bar group) per run; returns the PNG paths."""
+    bar group) per run, labelled by the keys of ``runs``; returns the PNG paths.
+
+    Parameters
+    ----------
+    runs
+        Legend label (the plan) -> the run's per-round rows (:func:`rows`).
+    out_dir
+        Where the PNGs go.
+    title
+        The plots' title, e.g. :func:`plot_title` of the runs' settings.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     paths = []
     for name, x_key, xlabel in (("accuracy_vs_round", "round", "round"),
@@ -91,6 +128,10 @@ def plot(runs: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: Path) -> list
                     label=label)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy")
+        if x_key == "round":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if title:
+            ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
@@ -107,6 +148,9 @@ def plot(runs: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: Path) -> list
         ax.bar(x, rest, width, bottom=comm, alpha=0.5, label=f"{label}: compute + codecs")
     ax.set_xlabel("round")
     ax.set_ylabel("simulated seconds")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     paths.append(out_dir / "time_per_round.png")
