@@ -207,6 +207,7 @@ _SZ3_FORGED = _PRELUDE + textwrap.dedent("""
     x = (np.sin(np.linspace(0, 30, n)) + 0.01 * np.random.default_rng(1).standard_normal(n))
     x = x.astype(np.float32)
     lreg = fedpress.get_codec("sz3", mode="rel", eb=1e-4, algorithm="lorenzo_reg")
+    tuned = fedpress.get_codec("sz3", mode="rel", eb=1e-4, algorithm="interp_lorenzo")
     env, head, body, conf = parts(lreg.encode(x))
     inner = inner_of(body)
     assert struct.unpack_from("<QQ", inner) == (0, 8)  # no regression block, 8 selections
@@ -236,6 +237,8 @@ _SZ3_FORGED = _PRELUDE + textwrap.dedent("""
         "zstd frame size": (lreg, join(env, head, struct.pack("<Q", len(inner) + 1) + body[8:],
                                        conf)),
         "not zstd": (lreg, join(env, head, body[:8] + b"\\0" * (len(body) - 8), conf)),
+        # regression is only on in lorenzo_reg streams (interp_lorenzo's Lorenzo has none)
+        "regression under interp_lorenzo": (tuned, join(env, head, body, conf)),
     }
     refused = 0
     for name, (codec, payload) in forged.items():
@@ -252,7 +255,7 @@ _SZ3_FORGED = _PRELUDE + textwrap.dedent("""
 
 @needs_sz3
 def test_sz3_forged_streams_are_format_errors() -> None:
-    run_isolated(_SZ3_FORGED, "sz3-forged-refused 17", timeout=300)
+    run_isolated(_SZ3_FORGED, "sz3-forged-refused 18", timeout=300)
 
 
 @needs_sz3

@@ -20,8 +20,11 @@ counts behind them). SZ3 (pysz 1.1) bounds-checks most of it, but a single-symbo
 Huffman table with a forged element count (the block selections after regression
 coefficients, or the quantization codes of the Lorenzo/regression predictor) makes
 it fill a vector of that many entries without reading input: a 1 KB payload can
-make it allocate and touch gigabytes. Servers that must bound a peer's memory
-should decode ``sz3`` in a child process (``Limits(isolate={"sz3"})``).
+make it allocate and touch gigabytes. Only streams of the ``lorenzo_reg`` algorithm
+take that path (``interp_lorenzo``'s Lorenzo branch has no regression, and its
+selection count is checked), but the algorithm is part of the codec configuration
+a frame names. Servers that must bound a peer's memory should decode ``sz3`` in a
+child process (``Limits(isolate={"sz3"})``).
 """
 
 from __future__ import annotations
@@ -137,10 +140,22 @@ def check_stream(raw: bytes, n: int, itemsize: int, eb_abs: float, algorithm: st
     algo, switches, block_size = _check_config(raw[_HEADER.size + payload_len:], n, eb_abs)
     if algo not in _STORED[algorithm]:
         raise FormatError(f"sz3 payload: algorithm {algo} is not one {algorithm!r} stores")
+    if switches != _switches_for(algorithm, algo):
+        raise FormatError(f"sz3 payload: predictor switches {switches:#x} are not what "
+                          f"{algorithm!r} writes")
     inner_size = _check_lossless_stage(payload, n, itemsize)
     if algo == _LORENZO_REG and version == _KNOWN_INNER_VERSION:
         _check_block_counts(payload, n, switches, block_size)
     return Sz3Stream(version, algo, switches, block_size, inner_size)
+
+
+def _switches_for(algorithm: str, algo: int) -> int:
+    """The predictor switches a stream of ``algorithm`` that SZ3 stored as ``algo``
+    carries: interp_lorenzo's Lorenzo branch tunes them (first and second order, no
+    regression), everything else keeps SZ3's defaults."""
+    if algorithm == "interp_lorenzo" and algo == _LORENZO_REG:
+        return _SWITCHES_TUNED
+    return _SWITCHES_DEFAULT
 
 
 def _check_config(conf: bytes, n: int, eb_abs: float) -> tuple[int, int, int]:
