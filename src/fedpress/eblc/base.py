@@ -14,7 +14,17 @@ absolute bound to bytes and back (``_encode_core`` / ``_decode_core``):
   every value with ``|x - x'| > eb_abs`` (float32 rounding, float16/bfloat16
   casts), so the bound holds on the output dtype. A core that has itself checked
   every value of a finite tensor in its own dtype and found none over spares the
-  envelope this pass (see ``_encode_core_recon``).
+  envelope this pass (see ``_encode_core_recon``);
+* keeps the bound when the thread flushes subnormals (FTZ/DAZ, e.g. after
+  ``torch.set_flush_denormal(True)``): the encoder then stores subnormal values as
+  patches (the core sees zeros there) and bounds below ``FLUSH_SAFE_FACTOR`` times
+  the core dtype's smallest normal losslessly; the decoder refuses such a bound
+  (:class:`fedpress.ConfigError`, naming the cause) rather than return values the
+  flushing arithmetic moved beyond it;
+* decodes within its declared memory (:meth:`ErrorBoundedCodec.decode_peak_bytes`):
+  patches are read in place and applied, the reference added and the output cast a
+  block of ``CHUNK`` values at a time, in place when the core returns the tensor's
+  dtype.
 
 Payload layout (little-endian)::
 
@@ -45,6 +55,17 @@ from ..dtypes import is_float, le_bytes
 from ..errors import ConfigError, FormatError
 
 KIND_EMPTY, KIND_CONSTANT, KIND_CORE, KIND_LOSSLESS = 0, 1, 2, 3
+#: values handled at a time when the decoder adds a reference or applies patches
+CHUNK = 1 << 16
+#: bytes per value of those blocks' temporaries (reference, values and sum in float64,
+#: the cast result; patch indices as intp), declared by ``decode_peak_bytes``
+CHUNK_BYTES_PER_VALUE = 32
+#: with subnormals flushed, a bound below this many times the core dtype's smallest
+#: normal is not trusted to the core. Measured with flushing on one end only: up to
+#: 2e4x over the bound where the bound is subnormal, and 56x at 5.6e6 times the
+#: smallest normal (zfp: a block's scale 2**(emax - 30) goes subnormal below 2**-96
+#: and the block decodes to zero); none above that
+FLUSH_SAFE_FACTOR = 2.0**40
 _LOSSLESS = ZstdCodec(level=3)  # kind 3's coder
 _F32_TINY, _F32_HUGE = 1e-30, 1e30  # margins safely inside float32's normal range
 _KIND_NAMES = {0: "empty", 1: "constant", 2: "core", 3: "lossless"}
@@ -138,6 +159,7 @@ class ErrorBoundedCodec(Codec):
         flat = np.ascontiguousarray(x).reshape(-1)
         ref = _flat_reference(reference, x)
         n = flat.size
+        flushing = flushes_subnormals()
         w = Writer()
         if n == 0:
             w.u8(KIND_EMPTY)
@@ -151,11 +173,13 @@ class ErrorBoundedCodec(Codec):
         lo, hi = _finite_range(xs, None if all_finite else finite)
         eb_abs = ErrorBound(self.mode, self.eb).absolute(lo, hi)
         bad_idx = np.zeros(0, dtype=np.int64) if all_finite else np.flatnonzero(~finite)
+        if flushing:  # subnormals read as zero: store them exactly
+            bad_idx = np.union1d(bad_idx, np.flatnonzero(subnormal_mask(flat)))
         y: np.ndarray | None = None  # the core's output, in x's dtype
 
         if lo == hi:
             kind, body = KIND_CONSTANT, None
-        elif eb_abs == 0.0:
+        elif eb_abs == 0.0 or (flushing and eb_abs < flush_floor(self._core_dtype(flat.dtype))):
             kind, body = KIND_LOSSLESS, None
         else:
             kind = KIND_CORE
@@ -174,10 +198,13 @@ class ErrorBoundedCodec(Codec):
             work = src.astype(core_dt, copy=not all_finite and ref is None)
             if not all_finite and ref is None:
                 work[~finite] = min(max(lo, -fmax), fmax)
+            if flushing:  # the core sees zeros where flushing arithmetic would
+                work = _zero_subnormals(work, flat)
             body_, recon, over = core(work, eb_abs, np.shape(x))
             body = bytes(body_)
             # the core's own count of offenders holds only for x itself, as the core saw it
-            check = over is None or not all_finite or work.dtype != flat.dtype or ref is not None
+            check = (over is None or not all_finite or work.dtype != flat.dtype
+                     or ref is not None or flushing)
             if check or want_output:
                 yc = recon if recon is not None else self._decode_core(
                     memoryview(body), n, work.dtype, eb_abs)
@@ -244,10 +271,13 @@ class ErrorBoundedCodec(Codec):
         if kind == KIND_CONSTANT:
             value = r.f64()
             r.expect_end()
+            self._check_flushing(kind, eb_abs, dtype, value)
             out = np.full(n, dtype.type(value), dtype=dtype)
         elif kind == KIND_LOSSLESS:
-            out = _LOSSLESS.decode(r.rest(), TensorSpec((n,), dtype))
+            out = _lossless_decode(r.rest(), n, dtype, self.codec_id)
         elif kind == KIND_CORE:
+            self._check_flushing(kind, eb_abs, dtype)
+            ref = _reference_view(reference, spec)
             core_dtype = self._core_dtype(dtype)
             try:
                 y = core(r.rest(), n, core_dtype, eb_abs)
@@ -258,14 +288,49 @@ class ErrorBoundedCodec(Codec):
             y = np.asarray(y)
             if y.size != n:
                 raise FormatError(f"{self.codec_id} payload: decoded {y.size} values, expected {n}")
-            out = _add_reference(y.reshape(-1), _flat_reference(reference, spec), dtype)
-            if not out.flags.writeable:
-                out = out.copy()
+            out = _finish_output(y.reshape(-1), ref, dtype)
         else:
             raise FormatError(f"{self.codec_id} payload: unknown kind {kind}")
-        if idx.size:
-            out[idx] = vals
+        _apply_patches(out, idx, vals)
         return out.reshape(spec.shape)
+
+    def _check_flushing(self, kind: int, eb_abs: float, dtype: np.dtype,
+                        value: float = 0.0) -> None:
+        """ConfigError if this thread flushes subnormals and the payload needs them:
+        a core bound below :func:`flush_floor`, or a constant the cast would flush."""
+        if not flushes_subnormals():
+            return
+        if kind == KIND_CORE:
+            floor = flush_floor(self._core_dtype(dtype))
+            if eb_abs < floor:
+                raise ConfigError(
+                    f"{self.codec_id} payload: its bound {eb_abs:.3g} is below {floor:.3g}, "
+                    "where this thread's flush-to-zero (FTZ/DAZ: torch.set_flush_denormal(True) "
+                    "or a library built with -ffast-math) breaks the bound; decode with "
+                    "subnormals enabled (torch.set_flush_denormal(False))")
+        elif (kind == KIND_CONSTANT and dtype.name in _CAST_FLUSHED
+              and 0.0 < abs(value) < float(np.finfo(np.float32).tiny)):
+            raise ConfigError(
+                f"{self.codec_id} payload: its constant {value:.3g} is subnormal, and this "
+                "thread flushes subnormals to zero (FTZ/DAZ: torch.set_flush_denormal(True)); "
+                "decode with subnormals enabled (torch.set_flush_denormal(False))")
+
+    def decode_peak_bytes(self, spec: TensorSpec) -> int:
+        """The core's output, the tensor when the core returns another dtype (float16,
+        bfloat16, and float64 for float32 cores), what the back end allocates beyond
+        its output (:meth:`_core_decode_extra_bytes`) and the blocks' temporaries."""
+        n = spec.size
+        dtype = np.dtype(spec.dtype)
+        core_dt = self._core_dtype(dtype)
+        peak = n * core_dt.itemsize + self._core_decode_extra_bytes(n, core_dt)
+        if core_dt != dtype:
+            peak += spec.nbytes
+        return peak + CHUNK_BYTES_PER_VALUE * min(n, CHUNK)
+
+    def _core_decode_extra_bytes(self, n: int, dtype: np.dtype) -> int:
+        """Bytes :meth:`_decode_core` allocates beyond the ``n`` values of ``dtype`` it
+        returns (a back end's internal buffers); 0 unless a back end says otherwise."""
+        return 0
 
     def describe(self, payload: bytes | memoryview, spec: TensorSpec) -> dict[str, Any]:
         r = Reader(payload, f"{self.codec_id} payload")
@@ -279,6 +344,66 @@ class ErrorBoundedCodec(Codec):
         """The absolute bound this codec will use for ``x``."""
         x64 = np.asarray(x, dtype=np.float64).reshape(-1)
         return ErrorBound(self.mode, self.eb).absolute(*_finite_range(x64, np.isfinite(x64)))
+
+
+# -- flush-to-zero -----------------------------------------------------------
+
+_PROBE_SUB = np.array([np.finfo(np.float32).smallest_subnormal], dtype=np.float32)
+_PROBE_TINY = np.array([np.finfo(np.float32).tiny], dtype=np.float32)
+_PROBE_HALF = np.float32(0.5)
+#: dtypes (by name; bfloat16 is ml_dtypes', not imported here) whose casts from float64
+#: flush subnormal results; both share float32's smallest normal. float16's casts are
+#: done bit by bit and do not flush (measured)
+_CAST_FLUSHED = ("float32", "bfloat16")
+#: dtype name -> (unsigned view, exponent-field mask, mantissa mask) for the bit test of
+#: subnormals; float16 is left out (it is widened to float32, where it is normal)
+_SUBNORMAL_BITS = {
+    "float32": (np.uint32, 0x7F800000, 0x007FFFFF),
+    "float64": (np.uint64, 0x7FF0000000000000, 0x000FFFFFFFFFFFFF),
+    "bfloat16": (np.uint16, 0x7F80, 0x007F),
+}
+
+
+def flushes_subnormals() -> bool:
+    """Whether this thread's floating-point unit flushes subnormal results to zero
+    (FTZ) or reads subnormal inputs as zero (DAZ), as ``torch.set_flush_denormal(True)``
+    or a library built with ``-ffast-math`` leave it. NumPy and numba obey the flags.
+
+    Two one-value operations, checked by their bits (so DAZ cannot fool the test):
+    ``tiny * 0.5`` is 0 under FTZ, ``tiny + smallest subnormal`` is ``tiny`` under DAZ.
+    Cheap enough to ask on every call (the flags are per thread and can change).
+    """
+    half = np.multiply(_PROBE_TINY, _PROBE_HALF)
+    total = np.add(_PROBE_TINY, _PROBE_SUB)
+    return bool(half.view(np.uint32)[0] == 0
+                or total.view(np.uint32)[0] == _PROBE_TINY.view(np.uint32)[0])
+
+
+def flush_floor(core_dtype: np.dtype) -> float:
+    """The smallest bound a core of ``core_dtype`` keeps while subnormals are flushed."""
+    return FLUSH_SAFE_FACTOR * float(np.finfo(core_dtype).tiny)
+
+
+def subnormal_mask(x: np.ndarray) -> np.ndarray:
+    """Where ``x`` holds subnormal values, by a test of the bits (no float arithmetic,
+    so it holds under DAZ); all False for dtypes not in ``_SUBNORMAL_BITS``."""
+    spec = _SUBNORMAL_BITS.get(x.dtype.name)
+    if spec is None or x.dtype.itemsize != np.dtype(spec[0]).itemsize:
+        return np.zeros(x.shape, dtype=bool)
+    view_dt, exp_mask, mant_mask = spec
+    bits = x.view(view_dt)
+    return ((bits & view_dt(exp_mask)) == 0) & ((bits & view_dt(mant_mask)) != 0)
+
+
+def _zero_subnormals(work: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """``work`` with its subnormal values set to 0 (a copy if it is the caller's array)."""
+    mask = subnormal_mask(work)
+    if not mask.any():
+        return work
+    if np.shares_memory(work, flat) or not work.flags.writeable:
+        work = work.copy()
+    work[mask] = 0
+    return work
 
 
 #: ``(x, eb_abs, shape) -> (body, recon, over)``, as :meth:`ErrorBoundedCodec._encode_core_recon`
@@ -303,6 +428,40 @@ def _flat_reference(reference: np.ndarray | None, like: np.ndarray | TensorSpec,
     if not np.isfinite(ref64).all():
         raise ConfigError("reference holds NaN or Inf")
     return ref64
+
+
+def _reference_view(reference: np.ndarray | None, spec: TensorSpec) -> np.ndarray | None:
+    """The reference, flat in its own dtype (no float64 copy), checked as
+    :func:`_flat_reference` checks it; None if none."""
+    if reference is None:
+        return None
+    ref = np.asarray(reference)
+    if ref.shape != tuple(spec.shape):
+        raise ConfigError(f"reference has shape {ref.shape}, the tensor {tuple(spec.shape)}")
+    if not is_float(ref.dtype) and not np.issubdtype(ref.dtype, np.integer):
+        raise ConfigError(f"reference must be numeric, not {ref.dtype}")
+    flat = ref.reshape(-1)
+    if is_float(ref.dtype):
+        for start in range(0, flat.size, CHUNK):
+            if not np.isfinite(flat[start:start + CHUNK].astype(np.float64)).all():
+                raise ConfigError("reference holds NaN or Inf")
+    return flat
+
+
+def _finish_output(y: np.ndarray, ref: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
+    """The decoder's output from the core's flat output ``y``: ``ref + y`` in float64
+    cast to ``dtype`` (``y`` cast if there is no reference), block by block; written
+    over ``y`` when it has the output's dtype and is the decoder's own."""
+    own = y.dtype == dtype and y.flags.writeable and y.flags.c_contiguous
+    if ref is None:
+        if y.dtype != dtype:
+            return y.astype(dtype)
+        return y if own else y.copy()
+    out = y if own else np.empty(y.size, dtype=dtype)
+    for start in range(0, y.size, CHUNK):
+        part = slice(start, start + CHUNK)
+        out[part] = (ref[part].astype(np.float64) + y[part].astype(np.float64)).astype(dtype)
+    return out
 
 
 def _add_reference(y: np.ndarray, ref: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
@@ -354,15 +513,83 @@ def _write_patches(w: Writer, flat: np.ndarray, idx: np.ndarray) -> None:
     w.raw(le_bytes(flat[idx]))
 
 
+class _SliceReader:
+    """A file-like reader over a buffer (no copy of the whole buffer)."""
+
+    def __init__(self, data: memoryview) -> None:
+        self.data, self.pos = data, 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self.data) if size < 0 else min(len(self.data), self.pos + size)
+        chunk = bytes(self.data[self.pos:end])
+        self.pos = end
+        return chunk
+
+
+class _ArrayWriter:
+    """A file-like writer into a preallocated buffer that refuses to overflow it."""
+
+    def __init__(self, buf: memoryview) -> None:
+        self.buf, self.pos = buf, 0
+
+    def write(self, data: bytes) -> int:
+        end = self.pos + len(data)
+        if end > len(self.buf):
+            raise FormatError("lossless body expands past the tensor's size")
+        self.buf[self.pos:end] = data
+        self.pos = end
+        return len(data)
+
+
+def _lossless_decode(data: memoryview, n: int, dtype: np.dtype, codec_id: str) -> np.ndarray:
+    """Kind 3's body (one zstd frame of the raw little-endian values), decompressed
+    straight into the output array (no second copy); FormatError on a frame that is
+    not exactly the tensor's bytes."""
+    import zstandard
+
+    out = np.empty(n, dtype=dtype)
+    expected = out.nbytes
+    what = f"{codec_id} payload: lossless body"
+    try:
+        declared = zstandard.get_frame_parameters(bytes(data[:18])).content_size
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"{what}: {exc}") from None
+    if declared != expected:
+        raise FormatError(f"{what}: its frame declares {declared} bytes, expected {expected}")
+    writer = _ArrayWriter(memoryview(out.view(np.uint8)))
+    try:
+        read, _ = zstandard.ZstdDecompressor().copy_stream(_SliceReader(data), writer)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"{what}: cannot decompress: {exc}") from None
+    if writer.pos != expected or read != len(data):
+        raise FormatError(f"{what}: truncated, trailing bytes or wrong size")
+    if not np.little_endian:
+        out.byteswap(inplace=True)
+    return out
+
+
 def _read_patches(r: Reader, n: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The patch indices and values, as read-only views of the payload (checked:
+    strictly increasing, below ``n``)."""
     count = r.varint(cap=n, name="patch count")
     if count == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=dtype)
     width = r.u8()
     if width not in (4, 8):
         raise FormatError(f"patch index width {width} is not 4 or 8")
-    idx = r.array("u4" if width == 4 else "u8", count).astype(np.int64)
-    if idx[-1] >= n or idx[0] < 0 or (count > 1 and not bool(np.all(np.diff(idx) > 0))):
+    idx = np.frombuffer(r.take(count * width), dtype="<u4" if width == 4 else "<u8")
+    vals = np.frombuffer(r.take(count * dtype.itemsize), dtype=dtype.newbyteorder("<"))
+    if int(idx[-1]) >= n:
         raise FormatError("patch indices out of range or not increasing")
-    vals = r.array(dtype, count).astype(dtype)
+    for start in range(0, count - 1, CHUNK):  # overlapping blocks: every pair checked
+        part = idx[start:start + CHUNK + 1].astype(np.int64)
+        if not bool(np.all(np.diff(part) > 0)):
+            raise FormatError("patch indices out of range or not increasing")
     return idx, vals
+
+
+def _apply_patches(out: np.ndarray, idx: np.ndarray, vals: np.ndarray) -> None:
+    """``out[idx] = vals``, a block at a time (indices as intp only block by block)."""
+    for start in range(0, idx.size, CHUNK):
+        part = slice(start, start + CHUNK)
+        out[idx[part].astype(np.intp)] = vals[part]

@@ -27,6 +27,8 @@ from ..errors import ConfigError
 #: the predictor's defaults (HGC, from Yue et al. 2022): beta for u, beta for v, epsilon
 BETAS = (0.8, 0.9)
 EPS = 1e-6
+#: values :func:`advance_sparse` updates at a time (bounds its temporaries)
+CHUNK = 1 << 16
 
 
 def check_levels(levels: int) -> int:
@@ -95,3 +97,26 @@ def advance(u: np.ndarray, v: np.ndarray, g: np.ndarray,
     one = np.float32(1.0)
     return (b1 * u + (one - b1) * g32).astype(np.float32), \
         (b2 * v + (one - b2) * g32 * g32).astype(np.float32)
+
+
+def advance_sparse(u: np.ndarray, v: np.ndarray, idx: np.ndarray, vals: np.ndarray,
+                   betas: tuple[float, float] = BETAS) -> None:
+    """:func:`advance` in place, for an aggregate that is ``vals`` at the sorted
+    positions ``idx`` and zero elsewhere: the same float32 arithmetic, bit for bit,
+    ``CHUNK`` values at a time (no dense copy of the aggregate)."""
+    b1, b2 = np.float32(betas[0]), np.float32(betas[1])
+    one = np.float32(1.0)
+    c1, c2 = one - b1, one - b2
+    vals = np.asarray(vals, dtype=np.float32)
+    cuts = np.searchsorted(idx, np.arange(0, u.size + CHUNK, CHUNK))
+    for j, start in enumerate(range(0, u.size, CHUNK)):
+        stop = min(u.size, start + CHUNK)
+        g = np.zeros(stop - start, dtype=np.float32)
+        g[idx[cuts[j]:cuts[j + 1]] - start] = vals[cuts[j]:cuts[j + 1]]
+        uu, vv = u[start:stop], v[start:stop]
+        uu *= b1
+        uu += c1 * g
+        vv *= b2
+        t = c2 * g
+        t *= g
+        vv += t

@@ -16,6 +16,11 @@ Payload::
     u8 version (2) | varint k | indices (grad.indices) | values (hgc_exchange.write_values)
 
 Version 1 always XOR-ed the codes with the prediction and always rANS-coded them.
+
+Memory: the decoder writes the kept values straight into the output (no float32 copy
+of the tensor) and advances the moving averages in place, a chunk at a time; what it
+allocates beyond the output grows with ``k`` (:meth:`HGCCodec.decode_peak_bytes`), and
+the two float32 averages are the state (:meth:`HGCCodec.min_state_bytes`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from .hgc_exchange import read_values, write_values
 from .indices import read_indices, write_indices
 
 VERSION = 2
+#: bytes the decoder allocates per kept value beyond the output (indices, codes, the
+#: prediction and its quantization, the values): up to 30 measured at density 1
+K_BYTES = 40
 
 
 @register_codec
@@ -70,24 +78,36 @@ class HGCCodec(StatefulCodec):
             raise ConfigError("hgc: predict=True needs quantize=True (it XORs the codes)")
         self.predict, self.quantize = predict, quantize
 
-    def _averages(self, state: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _averages(self, state: Any, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The state's moving averages if they fit a tensor of ``n`` values (writable
+        copies if the state's arrays are read-only), else None (they start at zero)."""
         st = state if state is not None else TensorState()
         u, v = st.get("u"), st.get("v")
         if u is None or v is None or u.shape != (n,) or v.shape != (n,) \
                 or u.dtype != np.float32 or v.dtype != np.float32:
-            return np.zeros(n, np.float32), np.zeros(n, np.float32)
-        return u, v
+            return None
+        return (u if u.flags.writeable else u.copy()), (v if v.flags.writeable else v.copy())
 
-    def _predicted(self, u: np.ndarray, v: np.ndarray,
+    def _predicted(self, averages: tuple[np.ndarray, np.ndarray] | None,
                    idx: np.ndarray) -> list[np.ndarray] | None:
         if not self.predict:
             return None
-        return [ec.quantize(ec.predict(u[idx], v[idx]), self.levels)[0]]
+        if averages is None:
+            u_k = v_k = np.zeros(idx.size, np.float32)
+        else:
+            u_k, v_k = averages[0][idx], averages[1][idx]
+        return [ec.quantize(ec.predict(u_k, v_k), self.levels)[0]]
 
     @staticmethod
-    def _advance(state: Any, u: np.ndarray, v: np.ndarray, y: np.ndarray) -> None:
-        if state is not None:
-            state["u"], state["v"] = ec.advance(u, v, y)
+    def _advance(state: Any, averages: tuple[np.ndarray, np.ndarray] | None, n: int,
+                 idx: np.ndarray, vals: np.ndarray) -> None:
+        """Advance the averages (in place) by the decoded tensor: ``vals`` at ``idx``."""
+        if state is None:
+            return
+        u, v = averages if averages is not None else (np.zeros(n, np.float32),
+                                                      np.zeros(n, np.float32))
+        ec.advance_sparse(u, v, idx, vals)
+        state["u"], state["v"] = u, v
 
     def encode(self, x: np.ndarray, state: Any = None) -> bytes:  # type: ignore[override]
         return self.encode_with_output(x, state)[0]
@@ -102,16 +122,16 @@ class HGCCodec(StatefulCodec):
         idx = np.sort(np.argpartition(np.abs(flat), n - k)[n - k:]) if 0 < k < n \
             else np.arange(k, dtype=np.int64)
         idx = idx.astype(np.int64)
-        u, v = self._averages(state, n)
+        averages = self._averages(state, n)
         w = Writer()
         w.u8(VERSION)
         w.varint(k)
         write_indices(w, idx, n)
         sent = write_values(w, [flat[idx]], self.levels, self.quantize,
-                            self._predicted(u, v, idx))[0]
+                            self._predicted(averages, idx))[0]
         y = np.zeros(n, np.float32)
         y[idx] = sent
-        self._advance(state, u, v, y)
+        self._advance(state, averages, n, idx, sent)
         return w.getvalue(), y.astype(x.dtype).reshape(np.shape(x))
 
     def decode(self, payload: bytes | memoryview, spec: TensorSpec,  # type: ignore[override]
@@ -123,13 +143,26 @@ class HGCCodec(StatefulCodec):
         n = spec.size
         k = rd.varint(cap=n, name="hgc k")
         idx = read_indices(rd, k, n)
-        u, v = self._averages(state, n)
-        vals = read_values(rd, [k], self.levels, self.quantize, self._predicted(u, v, idx))[0]
+        averages = self._averages(state, n)
+        vals = read_values(rd, [k], self.levels, self.quantize,
+                           self._predicted(averages, idx))[0]
         rd.expect_end()
-        y = np.zeros(n, np.float32)
-        y[idx] = vals
-        out = y.astype(spec.dtype)
-        if not np.isfinite(out).all():
+        cast = vals.astype(spec.dtype)
+        if not np.isfinite(cast).all():
             raise FormatError("hgc payload: values overflow the tensor's dtype")
-        self._advance(state, u, v, y)
+        out = np.zeros(n, dtype=spec.dtype)
+        out[idx] = cast
+        self._advance(state, averages, n, idx, vals)
         return out.reshape(spec.shape)
+
+    def decode_peak_bytes(self, spec: TensorSpec) -> int:
+        """The output, plus what grows with the ``k`` kept values (indices, codes,
+        prediction, values: at most ``K_BYTES`` each) and the averages' chunk. The
+        averages themselves are state, counted by :meth:`min_state_bytes` against
+        ``Limits.max_state_bytes`` (a first round allocates them: 8 bytes a value)."""
+        k = keep_count(spec.size, self.density)
+        return spec.nbytes + K_BYTES * k + 16 * min(spec.size, ec.CHUNK)
+
+    def min_state_bytes(self, spec: TensorSpec) -> int:
+        """Every decode with state leaves the two float32 moving averages."""
+        return spec.size * 8

@@ -10,6 +10,9 @@ round)::
 
 The receiver rebuilds ``P Q^T``. A tensor whose rank-``r`` factors would not be
 smaller than the tensor itself (vectors, small or thin matrices) is sent densely.
+Both ends multiply float16/bfloat16 factors in float32 (NumPy has no BLAS path for
+them), a block of rows at a time, and round each block to the tensor's dtype. The
+decoder refuses a payload whose rank exceeds the codec's ``rank``.
 
 This codec is the single-message form: each sender's own factors travel together
 (``(n + m) r`` values instead of ``n m``). In the all-reduce form of the paper the
@@ -42,6 +45,9 @@ from .base import StatefulGradientCodec, check_seed, finite_values
 from .ef import residual_of
 
 DENSE, LOW_RANK = 0, 1
+#: rows of ``P Q^T`` multiplied at a time for float16/bfloat16 factors (bounds the
+#: float32 temporary) and checked for finiteness at a time
+BLOCK_ELEMENTS = 1 << 18
 
 
 def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -76,7 +82,6 @@ class PowerSGD(StatefulGradientCodec):
         self.rank = rank
         self.seed = check_seed(self.codec_id, seed)
         self.error_feedback = error_feedback
-
 
     def low_rank(self, shape: tuple[int, ...]) -> bool:
         n, m = matrix_shape(shape)
@@ -120,17 +125,23 @@ class PowerSGD(StatefulGradientCodec):
         rd = Reader(payload, "powersgd payload")
         form = rd.u8()
         if form == DENSE:
-            out = finite_values(rd.array(spec.dtype, spec.size), "powersgd payload")
-            out = out.reshape(spec.shape)
+            out = rd.array(spec.dtype, spec.size).reshape(spec.shape)
+            if not all_finite(out):
+                raise FormatError("powersgd payload: non-finite values")
         elif form == LOW_RANK:
             n, m = matrix_shape(spec.shape)
             r = rd.varint(cap=min(n, m), name="rank")
             if r < 1 or len(spec.shape) < 2:
                 raise FormatError("powersgd payload: bad rank or shape for low-rank form")
+            if r > self.rank:
+                raise FormatError(f"powersgd payload: rank {r} exceeds the codec's rank "
+                                  f"{self.rank}")
             p = finite_values(rd.array(spec.dtype, n * r), "powersgd payload").reshape(n, r)
             q = finite_values(rd.array(spec.dtype, m * r), "powersgd payload").reshape(m, r)
             with np.errstate(over="ignore", invalid="ignore"):
-                out = finite_values(rebuild(p, q, spec.shape), "powersgd payload")
+                out = rebuild(p, q, spec.shape)
+            if not all_finite(out):
+                raise FormatError("powersgd payload: non-finite values")
         else:
             raise FormatError(f"powersgd payload: unknown form {form}")
         rd.expect_end()
@@ -138,5 +149,27 @@ class PowerSGD(StatefulGradientCodec):
 
 
 def rebuild(p: np.ndarray, q: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """``P Q^T`` in the factors' dtype, shaped like the tensor (what decoders return)."""
-    return (p @ q.T).astype(p.dtype, copy=False).reshape(shape)
+    """``P Q^T`` in the factors' dtype, shaped like the tensor (what decoders return).
+
+    float32/float64 factors are multiplied in their dtype in one product; others
+    (float16, bfloat16) in float32, ``BLOCK_ELEMENTS // m`` rows at a time, each
+    block rounded to the factors' dtype.
+    """
+    if p.dtype in (np.float32, np.float64):
+        return (p @ q.T).astype(p.dtype, copy=False).reshape(shape)
+    n, m = p.shape[0], q.shape[0]
+    out = np.empty((n, m), dtype=p.dtype)
+    q32 = q.astype(np.float32).T
+    rows = max(1, BLOCK_ELEMENTS // max(m, 1))
+    for start in range(0, n, rows):
+        block = p[start:start + rows].astype(np.float32) @ q32
+        out[start:start + rows] = block.astype(p.dtype)
+    return out.reshape(shape)
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """Whether every value of ``x`` is finite, checked in blocks (no full-size mask)."""
+    flat = x.reshape(-1)
+    with np.errstate(invalid="ignore"):  # signalling NaNs of float16
+        return all(bool(np.isfinite(flat[i:i + BLOCK_ELEMENTS]).all())
+                   for i in range(0, flat.size, BLOCK_ELEMENTS))

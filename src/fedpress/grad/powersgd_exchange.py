@@ -19,7 +19,10 @@ under ``threshold`` elements) travel raw in phase 1 and are averaged as they are
 
 :class:`PowerSGDClient` is a client's side (its errors and the matrices between the
 phases); :class:`PowerSGDServer` the server's (``Q``, the averages). Both exchange
-plain ``{name: array}`` dicts of float32 factors; their bytes are the traffic.
+plain ``{name: array}`` dicts of float32 factors; their bytes are the traffic. Each
+end checks the factors it receives (the tensor names, shapes ``n x r`` / ``m x r`` with
+``r = min(rank, n, m)``, finite values; :class:`fedpress.FormatError` if not) and
+multiplies them in float32 (float16/bfloat16 factors have no BLAS path in NumPy).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..dtypes import is_float
+from ..errors import ConfigError, FormatError
 from .powersgd import matrix_shape, orthonormalize
 
 State = dict[str, np.ndarray]
@@ -47,6 +51,30 @@ def low_rank_names(state: Mapping[str, np.ndarray], rank: int, threshold: int,
         if (np.issubdtype(v.dtype, np.floating) and v.ndim >= 2 and v.size >= threshold
                 and (n + m) * r < n * m):
             out.append(k)
+    return out
+
+
+def factor_rank(shape: tuple[int, ...], rank: int) -> int:
+    """The factors' column count for a tensor of ``shape``: ``min(rank, n, m)``."""
+    n, m = matrix_shape(shape)
+    return min(rank, n, m)
+
+
+def received_factor(message: Mapping[str, np.ndarray], name: str, rows: int, rank: int,
+                    what: str) -> np.ndarray:
+    """A peer's factor ``message[name]`` as float32, checked: a finite floating array of
+    shape ``(rows, rank)``; FormatError if not (missing, other shape or dtype, NaN/Inf)."""
+    if name not in message:
+        raise FormatError(f"powersgd {what}: no factor for tensor {name!r}")
+    arr = np.asarray(message[name])
+    if arr.shape != (rows, rank):
+        raise FormatError(f"powersgd {what}: factor of {name!r} has shape {arr.shape}, "
+                          f"expected {(rows, rank)}")
+    if not is_float(arr.dtype):
+        raise FormatError(f"powersgd {what}: factor of {name!r} is {arr.dtype}, not floating")
+    out = arr.astype(np.float32, copy=False)
+    if not np.isfinite(out).all():
+        raise FormatError(f"powersgd {what}: factor of {name!r} holds NaN or Inf")
     return out
 
 
@@ -81,7 +109,7 @@ class PowerSGDClient:
             if e is not None:
                 mat = mat + e
             self._m[k] = mat
-            ps[k] = mat @ q[k]
+            ps[k] = mat @ received_factor(q, k, m, factor_rank(g.shape, self.rank), "Q")
         rest = {k: v for k, v in grads.items() if k not in self._m}
         return ps, rest
 
@@ -89,10 +117,12 @@ class PowerSGDClient:
         """{name: Q_i}; updates the errors with what rank ``r`` left out."""
         qs: State = {}
         for k, mat in self._m.items():
-            qi = mat.T @ p_hat[k]
+            n, m = mat.shape
+            ph = received_factor(p_hat, k, n, min(self.rank, n, m), "P^")
+            qi = mat.T @ ph
             qs[k] = qi
             if self.error_feedback:
-                self.errors[k] = mat - p_hat[k] @ qi.T
+                self.errors[k] = mat - ph @ qi.T
         self._m = {}
         return qs
 
@@ -102,16 +132,20 @@ class PowerSGDServer:
 
     def __init__(self, shapes: Mapping[str, tuple[int, ...]], names: Sequence[str],
                  rank: int = 2, seed: int = 0) -> None:
-        self.names, self.shapes = list(names), dict(shapes)
+        self.names, self.shapes, self.rank = list(names), dict(shapes), rank
         self.q: State = {k: initial_q(k, self.shapes[k], rank, seed) for k in self.names}
 
     def orthogonal_p(self, ps: Sequence[Mapping[str, np.ndarray]],
                      weights: Sequence[float]) -> State:
         """``P^ = orth(weighted mean of the P_i)`` for each tensor."""
         w = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
-        return {k: orthonormalize(sum(wi * p[k].astype(np.float64)
-                                      for wi, p in zip(w, ps))).astype(np.float32)
-                for k in self.names}
+        out: State = {}
+        for k in self.names:
+            rows, rank = matrix_shape(self.shapes[k])[0], factor_rank(self.shapes[k], self.rank)
+            mean = sum(wi * received_factor(p, k, rows, rank, "P").astype(np.float64)
+                       for wi, p in zip(w, ps))
+            out[k] = orthonormalize(np.asarray(mean)).astype(np.float32)
+        return out
 
     def aggregate(self, p_hat: Mapping[str, np.ndarray],
                   qs: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> State:
@@ -120,7 +154,9 @@ class PowerSGDServer:
         w = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
         out: State = {}
         for k in self.names:
-            q = sum(wi * qi[k].astype(np.float64) for wi, qi in zip(w, qs))
+            cols, rank = matrix_shape(self.shapes[k])[1], factor_rank(self.shapes[k], self.rank)
+            q = sum(wi * received_factor(qi, k, cols, rank, "Q").astype(np.float64)
+                    for wi, qi in zip(w, qs))
             self.q[k] = np.asarray(q, dtype=np.float32)
-            out[k] = (p_hat[k] @ self.q[k].T).reshape(self.shapes[k])
+            out[k] = (np.asarray(p_hat[k], np.float32) @ self.q[k].T).reshape(self.shapes[k])
         return out

@@ -51,13 +51,23 @@ largest finite value.
 
 The reconstruction is ``norm_b / s * level`` (float64, then cast to the dtype) and
 ``+-s_t``; the encoder hands the decoder's exact output to error feedback.
+
+Decoding memory: both decoders write the levels (or symbols) as exact floats into one
+array of the tensor's size and dequantize it in place, ``CHUNK`` values at a time
+(2-bit codes are unpacked straight into the output)
+(float32 levels for float16/bfloat16 tensors, then cast into the output; float64 when
+``levels >= 2**24``, where float32 would round a level just over the cap onto it).
+Elias streams are decoded by one kernel that scatters (position, sign, magnitude)
+straight into that array. :meth:`QSGD.decode_peak_bytes` and
+:meth:`TernGrad.decode_peak_bytes` declare the result.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, ClassVar
 
-import ml_dtypes
 import numpy as np
 
 from .._bytes import Reader, Writer
@@ -80,10 +90,23 @@ ZERO, ELIAS, RANS, PACK2 = 0, 1, 2, 1  # PACK2 is terngrad's coding 1
 RANS_MIN_BYTES = 16
 QSGD_CODINGS = {ELIAS: "elias", RANS: "rans"}
 TERN_CODINGS = {ZERO: "zero", PACK2: "2-bit", RANS: "rans"}
+#: values dequantized (or unpacked) at a time: bounds the decoders' temporaries
+CHUNK = 1 << 16
+#: bytes per value of those temporaries (levels, steps and product in float64, bucket
+#: numbers, masks, the cast), declared by ``decode_peak_bytes``
+CHUNK_BYTES_PER_VALUE = 48
+#: integers up to this magnitude are exact in float32
+_F32_EXACT = 1 << 24
+#: the Elias kernel's statuses
+_ERR_BITS, _ERR_RANGE, _ERR_BEYOND = -1, -2, -3
 
 
 def _finite_max(dtype: np.dtype) -> float:
-    return float(ml_dtypes.finfo(dtype).max)
+    if np.dtype(dtype).name == "bfloat16":  # ml_dtypes' own; imported only for it
+        import ml_dtypes
+
+        return float(ml_dtypes.finfo(dtype).max)
+    return float(np.finfo(dtype).max)
 
 
 def _check_int(codec_id: str, name: str, value: Any, low: int, high: int) -> int:
@@ -162,19 +185,154 @@ def write_elias(w: Writer, levels: np.ndarray, s: int) -> None:
         w.raw(golomb.gamma_pack(np.abs(nz)))
 
 
-def read_elias(rd: Reader, n: int, s: int) -> np.ndarray:
+def read_elias(rd: Reader, n: int, s: int, out: np.ndarray) -> None:
+    """Write the signed levels of an Elias body into ``out`` (n zeros, float32 or
+    float64); FormatError on a bad stream (the gaps' errors first, as they come first)."""
     k = rd.varint(cap=n, name="non-zero levels")
-    gaps = golomb.gamma_unpack(rd.blob(cap=rd.remaining, name="level gaps"), k, n)
-    idx = np.cumsum(gaps) - 1
-    if idx.size and idx[-1] >= n:
-        raise FormatError("qsgd payload: a level position lies beyond the tensor")
-    signs = np.unpackbits(np.frombuffer(rd.take((k + 7) // 8), dtype=np.uint8))
-    if signs[k:].any():
+    gaps = np.frombuffer(rd.blob(cap=rd.remaining, name="level gaps"), dtype=np.uint8)
+    _check_fits(k, gaps)
+    kernel = elias_kernel()
+    none = np.zeros(0, dtype=np.uint8)
+    status, value, gap_bits = kernel(gaps, none, none, k, n, 0, out)  # the gaps alone
+    _check_status(status, value)
+    _check_end(gaps, gap_bits)
+    signs = np.frombuffer(rd.take((k + 7) // 8), dtype=np.uint8)
+    if k % 8 and int(signs[-1]) & (0xFF >> (k % 8)):
         raise FormatError("qsgd payload: sign padding is not zero")
-    mags = golomb.gamma_unpack(rd.rest(), k, s) if s > 1 else np.ones(k, dtype=np.int64)
-    levels = np.zeros(n, dtype=np.int64)
-    levels[idx] = np.where(signs[:k].astype(bool), -mags, mags)
-    return levels
+    mags = np.frombuffer(rd.rest(), dtype=np.uint8) if s > 1 else none
+    _check_fits(k if s > 1 else 0, mags)
+    status, value, mag_bits = kernel(gaps, signs, mags, k, n, s, out)
+    _check_status(status, value)
+    if s > 1:
+        _check_end(mags, mag_bits)
+
+
+def _check_status(status: int, value: int) -> None:
+    """FormatError for an Elias kernel status (``value``: the cap a value exceeded)."""
+    if status == _ERR_BITS:
+        raise FormatError("gamma: stream ends early")
+    if status == _ERR_RANGE:
+        raise FormatError(f"gamma: value exceeds {value}")
+    if status == _ERR_BEYOND:
+        raise FormatError("qsgd payload: a level position lies beyond the tensor")
+
+
+def _check_fits(k: int, buf: np.ndarray) -> None:
+    if k > 8 * buf.size:
+        raise FormatError(f"gamma: {k} codes cannot fit in {buf.size} bytes")
+
+
+def _check_end(buf: np.ndarray, bits: int) -> None:
+    """The codes must fill the bytes exactly: no extra byte, zero padding bits."""
+    if (bits + 7) // 8 != buf.size:
+        raise FormatError(f"gamma: {buf.size - (bits + 7) // 8} unexpected trailing bytes")
+    if bits % 8 and int(buf[-1]) & (0xFF >> (bits % 8)):
+        raise FormatError("gamma: padding bits are not zero")
+
+
+def _elias_levels(gaps, signs, mags, k, n, s, out):  # pragma: no cover - compiled
+    """Decode ``k`` Elias triples into ``out``: a gamma gap (cap ``n``), a sign bit, a
+    gamma magnitude (cap ``s``; none when ``s == 1``). ``s == 0`` reads the gaps only
+    (no sign, magnitude or write). Returns ``(status, value, bits)``: ``(0, 0, bits of
+    the gaps)`` after the gaps-only pass, ``(0, 0, bits of the magnitudes)`` after the
+    whole one, or an error status (``_ERR_RANGE`` with the cap exceeded as value).
+    Every read is checked against its stream's length."""
+    gbits = gaps.size * 8
+    mbits = mags.size * 8
+    gp = 0
+    mp = 0
+    at = -1
+    for i in range(k):
+        zeros = 0
+        while True:
+            if gp >= gbits:
+                return _ERR_BITS, 0, 0
+            if (gaps[gp >> 3] >> (7 - (gp & 7))) & 1:
+                break
+            zeros += 1
+            gp += 1
+            if zeros > 62:
+                return _ERR_RANGE, n, 0
+        if gp + zeros + 1 > gbits:
+            return _ERR_BITS, 0, 0
+        gap = 0
+        for _ in range(zeros + 1):
+            gap = (gap << 1) | ((gaps[gp >> 3] >> (7 - (gp & 7))) & 1)
+            gp += 1
+        if gap > n:
+            return _ERR_RANGE, n, 0
+        at += gap
+        if at >= n:
+            return _ERR_BEYOND, 0, 0
+        if s == 0:
+            continue
+        mag = 1
+        if s > 1:
+            zeros = 0
+            while True:
+                if mp >= mbits:
+                    return _ERR_BITS, 0, 0
+                if (mags[mp >> 3] >> (7 - (mp & 7))) & 1:
+                    break
+                zeros += 1
+                mp += 1
+                if zeros > 62:
+                    return _ERR_RANGE, s, 0
+            if mp + zeros + 1 > mbits:
+                return _ERR_BITS, 0, 0
+            mag = 0
+            for _ in range(zeros + 1):
+                mag = (mag << 1) | ((mags[mp >> 3] >> (7 - (mp & 7))) & 1)
+                mp += 1
+            if mag > s:
+                return _ERR_RANGE, s, 0
+        if (signs[i >> 3] >> (7 - (i & 7))) & 1:
+            out[at] = -mag
+        else:
+            out[at] = mag
+    return 0, 0, gp if s == 0 else mp
+
+
+@functools.cache
+def elias_kernel() -> Callable[..., tuple[int, int, int]]:
+    """The compiled Elias decoder (numba is loaded on first use)."""
+    from numba import njit
+
+    return njit(cache=True, nogil=True)(_elias_levels)
+
+
+def level_dtype(dtype: np.dtype, s: int) -> np.dtype:
+    """The float dtype the decoder holds levels in: exact for every level up to ``s``
+    and for the first one over it (float64 for float64 tensors and ``s >= 2**24``)."""
+    return np.dtype(np.float64 if dtype == np.float64 or s >= _F32_EXACT else np.float32)
+
+
+def dequantize_levels(buf: np.ndarray, norms: np.ndarray, s: int, d: int,
+                      spec: TensorSpec) -> np.ndarray:
+    """:func:`qsgd_values` of the levels held (exactly) in ``buf``, a chunk at a time,
+    written over ``buf`` when it has the tensor's dtype. ``norms`` is the payload's
+    view; FormatError if a bucket of norm 0 holds a non-zero level."""
+    n = buf.size
+    out = buf if buf.dtype == spec.dtype else np.empty(n, dtype=spec.dtype)
+    top = _finite_max(spec.dtype)
+    for start in range(0, n, CHUNK):
+        part = slice(start, min(n, start + CHUNK))
+        norm = norms[np.arange(part.start, part.stop) // d].astype(np.float64)
+        lev = buf[part].astype(np.float64)
+        if np.any((norm == 0) & (lev != 0)):
+            raise FormatError("qsgd payload: non-zero levels in a bucket of norm 0")
+        vals = lev * (norm / s)
+        np.clip(vals, -top, top, out=vals)
+        out[part] = vals.astype(spec.dtype)
+    return out.reshape(spec.shape)
+
+
+def check_norms(norms: np.ndarray) -> None:
+    """FormatError if a norm is negative or not finite (a chunk at a time)."""
+    for start in range(0, norms.size, CHUNK):
+        part = norms[start:start + CHUNK]
+        if not np.all(np.isfinite(part)) or np.any(part < 0):
+            raise FormatError("qsgd payload: a norm is negative or not finite")
 
 
 @register_codec
@@ -222,18 +380,26 @@ class QSGD(GradientCodec):
         if width not in (4, 8):
             raise FormatError(f"qsgd payload: bad norm width {width}")
         d, nb = bucket_layout(n, self.bucket)
-        norms = rd.array("<f4" if width == 4 else "<f8", nb).astype(np.float64)
-        if not np.all(np.isfinite(norms)) or np.any(norms < 0):
-            raise FormatError("qsgd payload: a norm is negative or not finite")
+        norms = np.frombuffer(rd.take(nb * width), dtype="<f4" if width == 4 else "<f8")
+        check_norms(norms)
+        lev_dt = level_dtype(np.dtype(spec.dtype), self.levels)
         if coding == ELIAS:
-            levels = read_elias(rd, n, self.levels)
+            buf = np.zeros(n, dtype=lev_dt)
+            read_elias(rd, n, self.levels, buf)
         else:
-            levels = rans.decode(rd, n)
-            if levels.size and int(np.abs(levels).max()) > self.levels:
+            buf = rans.decode(rd, n, step=1.0, dtype=lev_dt)
+            if buf.size and max(float(buf.max()), -float(buf.min())) > self.levels:
                 raise FormatError(f"qsgd payload: a level exceeds {self.levels}")
-        if nb and np.any((np.repeat(norms, d)[:n] == 0) & (levels != 0)):
-            raise FormatError("qsgd payload: non-zero levels in a bucket of norm 0")
-        return qsgd_values(levels, norms, self.levels, d, spec)
+        return dequantize_levels(buf, norms, self.levels, d, spec)
+
+    def decode_peak_bytes(self, spec: TensorSpec) -> int:
+        """The levels (in the output's place unless it is float16/bfloat16, or
+        ``levels >= 2**24`` for a float32 tensor), the output and the chunks'
+        temporaries (the rANS stage's own buffers are not counted)."""
+        n = spec.size
+        lev_dt = level_dtype(np.dtype(spec.dtype), self.levels)
+        peak = n * lev_dt.itemsize + CHUNK_BYTES_PER_VALUE * min(n, CHUNK)
+        return peak + (spec.nbytes if lev_dt != spec.dtype else 0)
 
     def describe(self, payload: bytes | memoryview, spec: TensorSpec) -> dict[str, Any]:
         coding = Reader(payload, "qsgd payload").u8()
@@ -268,6 +434,54 @@ def unpack2(data: bytes | memoryview, n: int) -> np.ndarray:
         raise FormatError("terngrad payload: 2-bit padding is not zero")
     codes = codes[:n].astype(np.int64)
     return np.where(codes == 2, -1, codes)
+
+
+def ternary_table(scale: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """What the 2-bit codes stand for: ``[0, scale, -scale, 0]`` in ``dtype``."""
+    table = np.zeros(4, dtype=dtype)
+    table[1] = scale
+    table[2] = -scale
+    return table
+
+
+def unpack2_values(data: memoryview, n: int, table: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """The tensor of 2-bit codes ``data`` (``table[code]``), unpacked a chunk at a time;
+    FormatError on code 3 or non-zero padding."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    out = np.empty(n, dtype=spec.dtype)
+    step = CHUNK // 4
+    for first in range(0, raw.size, step):
+        part = raw[first:first + step]
+        codes = np.stack([part >> 6, (part >> 4) & 3, (part >> 2) & 3, part & 3],
+                         axis=1).reshape(-1)
+        if np.any(codes == 3):
+            raise FormatError("terngrad payload: invalid 2-bit code")
+        start = 4 * first
+        keep = min(codes.size, n - start)
+        if codes[keep:].any():
+            raise FormatError("terngrad payload: 2-bit padding is not zero")
+        out[start:start + keep] = table[codes[:keep]]
+    return out.reshape(spec.shape)
+
+
+def symbol_dtype(dtype: np.dtype) -> np.dtype:
+    """The float dtype the decoder holds ternary symbols in (float64 for float64 tensors)."""
+    return np.dtype(np.float64 if dtype == np.float64 else np.float32)
+
+
+def symbols_to_values(sym: np.ndarray, scale: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """``scale * sym`` (symbols held as floats), written over ``sym`` when it has the
+    tensor's dtype, else cast into the output a chunk at a time (exact: the products
+    are ``0`` and ``+-scale``)."""
+    if sym.dtype == spec.dtype:
+        np.multiply(sym, scale.astype(sym.dtype), out=sym)
+        return sym.reshape(spec.shape)
+    out = np.empty(sym.size, dtype=spec.dtype)
+    wide = scale.astype(sym.dtype)
+    for start in range(0, sym.size, CHUNK):
+        part = slice(start, start + CHUNK)
+        out[part] = (sym[part] * wide).astype(spec.dtype)
+    return out.reshape(spec.shape)
 
 
 def _check_clip(clip: Any) -> float | None:
@@ -344,13 +558,22 @@ class TernGrad(GradientCodec):
             raise FormatError("terngrad payload: the scale does not match the coding")
         if coding == ZERO:  # nothing but zeros: no symbol array
             return np.zeros(spec.shape, dtype=spec.dtype)
+        scale = scale.astype(spec.dtype)
         if coding == PACK2:
-            sym = unpack2(rd.take((n + 3) // 4), n)
-        else:
-            sym = rans.decode(rd, n)
-            if sym.size and int(np.abs(sym).max()) > 1:
-                raise FormatError("terngrad payload: a symbol is not in {-1, 0, 1}")
-        return ternary_values(sym, scale.astype(spec.dtype), spec)
+            return unpack2_values(rd.take((n + 3) // 4), n, ternary_table(scale, spec.dtype),
+                                  spec)
+        sym = rans.decode(rd, n, step=1.0, dtype=symbol_dtype(np.dtype(spec.dtype)))
+        if sym.size and max(float(sym.max()), -float(sym.min())) > 1:
+            raise FormatError("terngrad payload: a symbol is not in {-1, 0, 1}")
+        return symbols_to_values(sym, scale, spec)
+
+    def decode_peak_bytes(self, spec: TensorSpec) -> int:
+        """The symbols (in the output's place unless it is float16/bfloat16), the output
+        and the chunks' temporaries (the rANS stage's own buffers are not counted)."""
+        n = spec.size
+        sym_dt = symbol_dtype(np.dtype(spec.dtype))
+        peak = n * sym_dt.itemsize + CHUNK_BYTES_PER_VALUE * min(n, CHUNK)
+        return peak + (spec.nbytes if sym_dt != spec.dtype else 0)
 
     def describe(self, payload: bytes | memoryview, spec: TensorSpec) -> dict[str, Any]:
         coding = Reader(payload, "terngrad payload").u8()
