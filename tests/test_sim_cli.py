@@ -137,3 +137,36 @@ def test_a_plan_spec_can_carry_its_own_run_settings(tmp_path: Path) -> None:
     low = json.loads((tmp_path / "powersgd_rank_1__aggregate_powersgd_" /
                       "summary.json").read_text())
     assert low["config"]["aggregate"] == "powersgd" and low["cr_down"] < 1
+
+
+def test_simulate_at_80_columns_titles_its_plots(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedpress.cli.sim import SUMMARY_COLUMNS
+    from fedpress.sim import report
+
+    titles: list[tuple[str, list[str]]] = []
+    real = report.save_png
+
+    def keep(fig, path, **kw):  # type: ignore[no-untyped-def]
+        ax = fig.axes[0]
+        titles.append((ax.get_title(), [t.get_text() for t in ax.get_legend().get_texts()]))
+        real(fig, path, **kw)
+
+    monkeypatch.setattr(report, "save_png", keep)
+    result = runner.invoke(app, [str(a) for a in ("simulate", *TINY, "--plan", "fpz",
+                                                  "--uplink-mbps", "2,8,4", "--out", tmp_path)],
+                           env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    lines = lines[lines.index(next(x for x in lines if x.startswith("fedpress simulation"))):]
+    assert all(len(line.rstrip()) <= 80 and "…" not in line for line in lines), lines
+    at = next(i for i, line in enumerate(lines) if line.startswith("plan"))
+    assert lines[at].split() == [w for title, _ in SUMMARY_COLUMNS for w in title.split()]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    row = lines[at + 2].split()  # under the header's rule
+    assert row[0] == "fpz"
+    assert row[1] == f"{summary['final_accuracy']:.3f}"
+    assert len(titles) == 3
+    for title, legend in titles:
+        assert title == "digits, mlp, up 2-8 Mbps, down 10 Mbps"
+        assert legend and all(label.startswith("fpz") for label in legend)

@@ -144,6 +144,7 @@ class _Steps:
     def __init__(self, total: int) -> None:
         self.total = total
         self.progress: Any = None
+        self.task: Any = None
 
     def __enter__(self) -> Callable[[str], None]:
         console = err_console()
@@ -157,23 +158,25 @@ class _Steps:
             TimeElapsedColumn,
         )
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(),
-                                 console=console, transient=True)
-        self.progress.__enter__()
-        task = self.progress.add_task("advise", total=self.total)
+        progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                            MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=console, transient=True)
+        progress.__enter__()
+        self.progress, self.task = progress, progress.add_task("advise", total=self.total)
         started = [0]
 
         def step(label: str) -> None:
             if started[0]:
-                self.progress.advance(task)
+                progress.advance(self.task)
             started[0] += 1
-            self.progress.update(task, description=escape(label))
+            progress.update(self.task, description=escape(label))
 
         return step
 
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
+            if exc[0] is None:
+                self.progress.update(self.task, completed=self.total)
             self.progress.__exit__(*exc)
 
 

@@ -1,0 +1,5 @@
+"""``python -m fedpress.cli``: the ``fedpress`` command."""
+
+from . import main
+
+main()
