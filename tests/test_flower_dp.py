@@ -161,3 +161,13 @@ def test_a_server_side_dp_wrapper_outside_compressed_strategy_meets_frames() -> 
         noise_multiplier=0.0, clipping_norm=CLIP, num_sampled_clients=NODES)
     with pytest.raises(TypeError, match=r"fedpress\.frame/1"):
         _change(_app([compression_mod]), outside)
+
+
+def test_the_client_side_dp_wrapper_outside_compressed_strategy_still_works() -> None:
+    """Its server half only adds the clipping norm to the config and noises the
+    aggregate, which CompressedStrategy has decoded by then: either nesting works (the
+    docs still put CompressedStrategy outermost)."""
+    outer = DifferentialPrivacyClientSideFixedClipping(
+        CompressedStrategy(FedAvg(fraction_evaluate=0.0), uplink="zstd"),
+        noise_multiplier=0.0, clipping_norm=CLIP, num_sampled_clients=NODES)
+    assert 0 < _change(_app([compression_mod, fixedclipping_mod]), outer) <= CLIP * (1 + 1e-6)
