@@ -46,8 +46,10 @@ def advise(state: Mapping[str, np.ndarray], codecs: Sequence[str], ebs: Sequence
     raw = int(sum(np.asarray(v).nbytes for v in state.values()))
     rows = []
     for codec in codecs:
-        plan, options = ("fedsz", {"lossy": codec.split(":", 1)[1]}) \
-            if codec.startswith("fedsz:") else (codec, {})
+        options: dict[str, Any] = {}
+        plan = codec
+        if codec.startswith("fedsz:"):
+            plan, options = "fedsz", {"lossy": codec.split(":", 1)[1]}
         # its own frames: every codec of the plan decodes here (sz2 too)
         limits = fedpress.trusting(plan, **options)
         # once untimed: loads the codec's library and compiled kernels
@@ -56,7 +58,7 @@ def advise(state: Mapping[str, np.ndarray], codecs: Sequence[str], ebs: Sequence
         for eb in ebs:
             if on_step is not None:
                 on_step(f"{codec} eb={eb:g}")
-            enc = [], []
+            enc: tuple[list[float], list[float]] = [], []
             blob = b""
             for _ in range(repeats):
                 t0 = time.perf_counter()
