@@ -91,7 +91,7 @@ def _crash_kind(text: str) -> tuple[str, str]:
     reason = m.group(1).strip() if m else "worker died"
     kind = ("timeout" if "timeout" in reason else "oom" if "out-of-memory" in reason
             else "exit" if "exited" in reason else "crash")
-    reason = re.sub(r"\(used: \d+Mb; exceeds: \d+Mb\)", "", reason)
+    reason = re.sub(r"\s*\(used: \d+Mb; (exceeds|limit): \d+Mb\)", "", reason)
     reason = re.sub(r"after \d+ seconds", "", reason).strip()
     return kind, reason
 
@@ -117,10 +117,10 @@ def _save(data: bytes, target: str, regressions: Path) -> Path:
 def fuzz_target(target: str, seconds: float, corpus: Path, regressions: Path, *,
                 timeout: int = 30, rss_limit_mb: int = 2048, nice: int = 0,
                 max_restarts: int = 10, known: frozenset[str] = frozenset(),
-                log: bool = True) -> Summary:
+                extra: tuple[str, ...] = (), log: bool = True) -> Summary:
     """Fuzz ``target`` for about ``seconds`` of fuzzing (start-up excluded), restarting
     it after crashes; findings whose signature is in ``known`` are reported, not
-    saved."""
+    saved; ``extra``: more libFuzzer flags (e.g. ``-use_value_profile=1``)."""
     summary = Summary(target)
     corpus.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
@@ -135,7 +135,7 @@ def fuzz_target(target: str, seconds: float, corpus: Path, regressions: Path, *,
                    "--findings", str(findings_dir), "--",
                    f"-max_total_time={left}", f"-timeout={timeout}",
                    f"-rss_limit_mb={rss_limit_mb}", "-print_final_stats=1",
-                   f"-artifact_prefix={artifacts}/"]
+                   f"-artifact_prefix={artifacts}/", *extra]
             t0 = time.monotonic()
             proc = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -258,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nice", type=int, default=0, help="niceness of the workers")
     p.add_argument("--known", action="append", default=[], metavar="SIGNATURE",
                    help="a finding already known (not saved, not failing the run)")
+    p.add_argument("--libfuzzer", action="append", default=[], metavar="FLAG",
+                   help="a libFuzzer flag for the workers, e.g. -use_value_profile=1 "
+                        "(repeatable; write it as --libfuzzer=-flag=value)")
     p.add_argument("--replay", nargs="+", type=Path, metavar="FILE",
                    help="replay these files (each through its target)")
     args = p.parse_args(argv)
@@ -284,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             s = fuzz_target(name, args.seconds, base / name, args.regressions,
                             timeout=args.timeout, rss_limit_mb=args.rss_limit_mb,
-                            nice=args.nice, known=frozenset(args.known))
+                            nice=args.nice, known=frozenset(args.known),
+                            extra=tuple(args.libfuzzer))
             _print_summary(s)
             summaries.append(s)
     finally:

@@ -285,6 +285,26 @@ def frame_seeds() -> list[bytes]:
     return seeds
 
 
+def frame_edge_seeds() -> list[bytes]:
+    """Frames at the edges of the codecs' ranges: huge float64 ranges, tiny bounds
+    (large codes, escapes), all-NaN and one-value tensors."""
+    import fedpress
+
+    seeds = []
+    huge = np.array([-1e308, 1e308, 0.0, 5e307, -3e307] * 40)
+    tiny = _signal(500, 9) * 1e3
+    for codec in ("szx", "fpz"):
+        seeds.append(fedpress.compress(huge, codec=codec, eb=1e-2))
+        seeds.append(fedpress.compress(tiny, codec=codec, eb=1e-12))
+        seeds.append(fedpress.compress(np.full(30, np.nan, np.float32), codec=codec))
+        seeds.append(fedpress.compress(np.array([2.5], np.float32), codec=codec, eb=1e-3))
+    for coder in ("rans", "huffman"):  # large codes (smaller bounds cost the encoder
+        # memory in proportion to the code range)
+        seeds.append(fedpress.compress(tiny.astype(np.float32), codec="fpz", eb=1e-7,
+                                       coder=coder))
+    return seeds
+
+
 def native_seeds() -> list[bytes]:
     import fedpress
     from fedpress.registry import unavailable_reason
@@ -380,6 +400,10 @@ def update_streams() -> dict[str, tuple[dict[str, Any], bool]]:
                         "eb": 1e-2}, False),
         "gaeb_none": ({"plan": {"default": "zstd",
                                 "re:weight$": {"id": "gaeb", "predictor": "none"}}}, False),
+        "gaeb_magnitude": ({"plan": {"default": "zstd", "re:weight$": {
+            "id": "gaeb", "predictor": "context", "features": "magnitude"}}}, False),
+        "gaeb_sign": ({"plan": {"default": "zstd", "re:weight$": {
+            "id": "gaeb", "predictor": "context", "features": "sign"}}}, False),
         "fpz_reference": ({"plan": {"default": "zstd", "re:weight$": "fpz"}, "eb": 1e-3}, True),
         "gaeb_reference": ({"plan": {"default": "zstd", "re:weight$": "gaeb"}, "eb": 1e-3},
                            True),
@@ -819,7 +843,7 @@ class Target:
 
 TARGETS: dict[str, Target] = {
     t.name: t for t in (
-        Target("frame", one_frame, frame_seeds, "frame"),
+        Target("frame", one_frame, frame_seeds, "frame", frame_edge_seeds),
         Target("native", one_native, native_seeds, "frame"),
         Target("update", one_update, update_seeds, "update"),
         Target("hgc", one_hgc, hgc_seeds, "hgc"),
