@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -69,11 +70,17 @@ def decoder_limits(allow: list[str] | None, isolate: list[str] | None) -> Limits
     return Limits(codecs=codecs, isolate=frozenset(isolate or ()))
 
 
+_REFUSED_CODEC = re.compile(r"codec '([^']+)' is not")
+
+
 def opt_in_hint(exc: FormatError) -> FormatError:
-    """A refused codec's error, with how to opt in on the command line."""
+    """A refused codec's error, with how to opt in on the command line (naming the
+    codec when the error does)."""
     text = str(exc)
     if "Limits(" in text or "Limits.codecs" in text:
-        return FormatError(f"{text} (on the command line: --isolate CODEC or --allow CODEC)")
+        found = _REFUSED_CODEC.search(text)
+        cid = found.group(1) if found else "CODEC"
+        return FormatError(f"{text} (on the command line: --isolate {cid} or --allow {cid})")
     return exc
 
 
