@@ -1,9 +1,9 @@
 """Coverage-guided fuzzing of every decoder (``fuzz/``, atheris), briefly, and the replay
 of every input fuzzing ever found (``tests/data/fuzz_regressions/``).
 
-Each target runs in a subprocess for ``FEDPRESS_FUZZ_SECONDS`` seconds (default 4, so
-that all of them take about a minute with their start-up on a loaded two-core
-machine); a target that finds anything not listed in :data:`KNOWN` fails, printing the
+Each target runs in a subprocess for ``FEDPRESS_FUZZ_SECONDS`` seconds of fuzzing
+(default 3, so that all of them take about a minute with their start-up on a loaded
+two-core machine); a target that finds anything not listed in :data:`KNOWN` fails, printing the
 reproducer's path. The long runs before a release are in ``fuzz/README.md``.
 """
 
@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 REGRESSIONS = ROOT / "tests" / "data" / "fuzz_regressions"
-SECONDS = float(os.environ.get("FEDPRESS_FUZZ_SECONDS", "4"))
+SECONDS = float(os.environ.get("FEDPRESS_FUZZ_SECONDS", "3"))
 
 #: regression inputs whose decoder is not fixed yet: file name -> (signature, reason).
 #: Their replay is an expected failure (strict: the fix makes it pass, and then the
