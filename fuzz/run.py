@@ -194,13 +194,37 @@ def _collect(target: str, text: str, rc: int, findings_dir: Path, artifacts: Pat
     arts = [p for p in sorted(artifacts.iterdir()) if not p.name.startswith("slow-unit")]
     if arts or (rc not in (0,) and "Done " not in text):
         kind, sig = _crash_kind(text)
+        detail = _crash_detail(text)
+        data = arts[0].read_bytes() if arts else None
+        if data is not None and kind in ("crash", "exit"):
+            # libFuzzer's report has no Python stack: replay the input alone, with
+            # faulthandler, for the stack and a signature that tells crashes apart
+            alone = artifacts / f"{target}-alone.bin"
+            alone.write_bytes(data)
+            res = replay_file(alone, timeout=60.0)
+            if res["status"] != "ok":
+                sig = _replay_signature(res) or sig
+                detail += "\n--- the input replayed alone ---\n" + res["detail"][-4000:]
         if sig not in seen:
             seen.add(sig)
-            f = Finding(target, kind, sig, _crash_detail(text), known=sig in known)
-            if arts and not f.known:
-                f.path = str(_save(arts[0].read_bytes(), target, regressions))
+            f = Finding(target, kind, sig, detail, known=sig in known)
+            if data is not None and not f.known:
+                f.path = str(_save(data, target, regressions))
             out.append(f)
     return out
+
+
+def _replay_signature(res: dict[str, str]) -> str:
+    """``<signal or status> in <module>.<function>``: the innermost frame of fedpress's
+    package in a replayed crash's faulthandler stack (else its innermost frame)."""
+    if res["status"] == "finding":
+        return res["signature"]
+    frames = re.findall(r'File "([^"]+)", line \d+ in (\w+)', res["detail"])
+    if not frames:
+        return res["signature"]
+    ours = [(p, f) for p, f in frames if "/fedpress/" in p and "/fuzz/" not in p]
+    path, func = (ours or frames)[0]
+    return f"{res['signature']} in {Path(path).stem}.{func}"
 
 
 # -- replay ---------------------------------------------------------------------------
