@@ -527,3 +527,33 @@ def test_from_run_config_names_the_key_of_a_bad_value(key: str, value, match: st
         CompressedStrategy.from_run_config(FedAvg(), {key: value})
     with pytest.raises(fedpress.ConfigError, match="run config mapping"):
         CompressedStrategy.from_run_config(FedAvg(), ["fedpress-uplink"])  # type: ignore
+
+
+def test_message_bytes_is_the_protobuf_size_without_serializing_the_data() -> None:
+    """The metric's size equals protobuf's own for messages of every shape (length
+    prefixes of 1 to 4 bytes, empty arrays, frames, no arrays, errors)."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord
+    from flwr.common.serde import message_to_proto
+
+    from fedpress.flower.strategy import message_bytes
+
+    InlineGrid(_numpy_app(), 1)  # makes this process a server (messages need one)
+    rng = np.random.default_rng(0)
+    messages = []
+    for sizes in ([0], [1], [31, 32], [4095, 4096, 3], [600_000]):  # up to 2.4 MB of data
+        arrays = ArrayRecord({f"t{i}": Array(rng.random(n).astype(np.float32))
+                              for i, n in enumerate(sizes)})
+        messages.append(Message(RecordDict({
+            "arrays": arrays, "config": ConfigRecord({"a": 1, "s": "x" * 300}),
+            "metrics": MetricRecord({"n": 3})}), dst_node_id=5, message_type="train"))
+    messages += [
+        Message(RecordDict({"arrays": wire.frame_record(b"\x01" * 70_000)}), dst_node_id=7,
+                message_type="train"),
+        Message(RecordDict({"config": ConfigRecord({"a": 1})}), dst_node_id=7,
+                message_type="evaluate"),
+        Message(RecordDict({"a": ArrayRecord(), "b": ArrayRecord(
+            {"x": Array(np.zeros((0, 3), np.float32))})}), dst_node_id=7, message_type="train")]
+    messages.append(Message(Error(code=3, reason="boom"), reply_to=messages[0]))
+    for m in messages:
+        assert message_bytes(m) == message_to_proto(m).ByteSize()
+    assert message_bytes(messages[4]) > 2_400_000
