@@ -40,8 +40,12 @@ the slowest client counting). Beside the frames' bytes (``fedpress-bytes-up``/
 ``-down``), ``fedpress-flower-bytes-up``/``-down`` count the whole Flower messages
 that carry them, serialized as Flower's protobuf ``Message`` (metadata, config and
 metric records, the Array framing; transport framing such as HTTP/2 or TLS is not
-counted): their difference is Flower's own overhead. :attr:`CompressedStrategy.history`
-keeps them per round and phase.
+counted): their difference is Flower's own overhead. (Flower 1.41's deployment runtime
+moves a message as separate content-addressed objects, each Array in chunks of at most
+5 MB, each object with a header naming its children by 64-character hashes; an object
+the SuperLink already holds, such as a frame broadcast to several nodes, is pushed
+once but pulled by each node.) :attr:`CompressedStrategy.history` keeps them per round
+and phase.
 
 :meth:`CompressedStrategy.from_run_config` builds the wrapper from the run config
 (``[tool.flwr.app.config]``, keys ``fedpress-*``), so that a plan is switched with
