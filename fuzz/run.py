@@ -186,16 +186,15 @@ def _collect(target: str, text: str, rc: int, findings_dir: Path, artifacts: Pat
             if sig in seen:
                 continue
             seen.add(sig)
-            data = txt.with_suffix(".bin").read_bytes()
             f = Finding(target, "exception", sig, detail, known=sig in known)
             if not f.known:
-                f.path = str(_save(data, target, regressions))
+                f.path = str(_save(txt.with_suffix(".bin").read_bytes(), target, regressions))
             out.append(f)
     arts = [p for p in sorted(artifacts.iterdir()) if not p.name.startswith("slow-unit")]
     if arts or (rc not in (0,) and "Done " not in text):
         kind, sig = _crash_kind(text)
         detail = _crash_detail(text)
-        data = arts[0].read_bytes() if arts else None
+        data: bytes | None = arts[0].read_bytes() if arts else None
         if data is not None and kind in ("crash", "exit"):
             # libFuzzer's report has no Python stack: replay the input alone, with
             # faulthandler, for the stack and a signature that tells crashes apart
@@ -305,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = None
     if args.corpus is None:
         tmp = Path(tempfile.mkdtemp(prefix="fedpress-corpus-"))
-    base = args.corpus or tmp
+    base = args.corpus if args.corpus is not None else tmp
+    assert base is not None
     summaries = []
     try:
         for name in names:

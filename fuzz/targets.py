@@ -275,9 +275,10 @@ def frame_seeds() -> list[bytes]:
         seeds.append(fedpress.compress(ints, codec=codec))
         seeds.append(fedpress.compress(x, codec=codec))
     g = np.random.default_rng(3).laplace(0, 1, (40, 50)).astype(np.float32)
-    for codec, opts in {"topk": {"ratio": 0.02}, "randk": {"ratio": 0.02},
-                        "threshold": {"tau": 2.5}, "qsgd": {"levels": 4},
-                        "terngrad": {}, "signsgd": {}, "ternary": {"ratio": 0.05}}.items():
+    grad: dict[str, dict[str, Any]] = {
+        "topk": {"ratio": 0.02}, "randk": {"ratio": 0.02}, "threshold": {"tau": 2.5},
+        "qsgd": {"levels": 4}, "terngrad": {}, "signsgd": {}, "ternary": {"ratio": 0.05}}
+    for codec, opts in grad.items():
         seeds.append(fedpress.compress(g, codec=codec, **opts))
     seeds.append(fedpress.compress(g[:2, :10], codec="qsgd", levels=16))
     seeds.append(fedpress.encode_update(
@@ -505,6 +506,7 @@ def one_hgc(data: bytes) -> None:
         return
     check_mask(mask)
     if dense is not None:
+        assert mask is not None
         check_dense(dense, mask)
 
 
@@ -880,10 +882,10 @@ def mutate(layout: str, data: bytes, max_size: int, seed: int,
     if layout == "stages":
         if len(data) < 4:
             return mut(data, max_size)
-        head = bytearray(data[:4])
+        header = bytearray(data[:4])
         if rng.random() < 0.1:
-            head[1 + rng.randrange(3)] = rng.randrange(256)  # count or parameter
-        return bytes(head) + mut(data[4:], max(1, max_size - 4))
+            header[1 + rng.randrange(3)] = rng.randrange(256)  # count or parameter
+        return bytes(header) + mut(data[4:], max(1, max_size - 4))
     try:
         cur = Cursor(data)
         head = cur.u8()

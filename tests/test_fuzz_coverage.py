@@ -15,6 +15,7 @@ import sys
 import zlib
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -78,7 +79,7 @@ def test_short_fuzzing_run_finds_nothing(target: str, tmp_path: Path) -> None:
     assert s.execs > 0 and s.cov > 0, f"the {target} target did not run: {s}"
 
 
-def _regression_cases() -> list[object]:
+def _regression_cases() -> list[Any]:
     cases = []
     for path in sorted(REGRESSIONS.glob("*.bin")):
         marks = []
@@ -95,7 +96,7 @@ def test_known_entries_have_their_files() -> None:
 
 @pytest.mark.parametrize("path", _regression_cases())
 def test_regression_input_replays_cleanly(path: Path) -> None:
-    res = RUN.replay_file(path)
+    res = RUN.replay_file(path, timeout=60.0)
     assert res["status"] == "ok", f"{path.name}: {res['status']} {res['signature']}\n" \
                                   f"{res['detail'][-3000:]}"
 
