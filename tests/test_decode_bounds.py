@@ -132,6 +132,11 @@ def _memory_cases() -> dict[str, dict[str, Any]]:
     cases["fpz float32 reference"] = _case({"id": "fpz"}, x32,
                                            _encode({"id": "fpz"}, x32, reference=ref),
                                            reference=ref)
+    # PowerSGD's low-rank form for a float16 matrix (products in float32 blocks)
+    mat = _gauss(np.float16).reshape(2048, -1)
+    cases["powersgd float16"] = _case({"id": "powersgd", "rank": 4}, mat,
+                                      _encode({"id": "powersgd", "rank": 4}, mat))
+    assert cases["powersgd float16"]["payload"][0] == 1
     for name, step, kind in [("fpz float32 patches", 5, 2), ("fpz float32 lossless", 3, 3)]:
         holes = x32.copy()
         holes[::step] = np.nan  # NaN travels as patches, or the body goes lossless
@@ -276,6 +281,33 @@ def test_powersgd_exchange_checks_what_peers_send() -> None:
         server.aggregate(p_hat, [{"w": np.zeros((40, 5), np.float32)}], weights)
     agg = server.aggregate(p_hat, [{"w": qs["w"].astype(np.float16)}], weights)
     assert agg["w"].shape == (60, 40) and agg["w"].dtype == np.float32
+
+
+def test_powersgd_exchange_refuses_finite_factors_that_overflow() -> None:
+    """Finite but huge factors from a peer: an error, not Inf/NaN in the results or in
+    the client's error feedback (which every later round would add)."""
+    from fedpress.grad.powersgd_exchange import PowerSGDClient, PowerSGDServer
+
+    shapes = {"w": (60, 40)}
+    server = PowerSGDServer(shapes, ["w"], rank=2, seed=0)
+    client = PowerSGDClient(rank=2)
+    grads = {"w": np.random.default_rng(0).standard_normal((60, 40)).astype(np.float32)}
+    with pytest.raises(FormatError, match="overflows"):
+        client.first(grads, ["w"], {"w": np.full((40, 2), 3e38, np.float32)})
+    ps, _ = client.first(grads, ["w"], server.q)
+    p_hat = server.orthogonal_p([ps], [1.0])
+    client.second(p_hat)  # a first round leaves error feedback
+    before = client.errors["w"].copy()
+    client.first(grads, ["w"], server.q)
+    with pytest.raises(FormatError, match="orthonormal"):
+        client.second({"w": p_hat["w"] * np.float32(3e37)})
+    assert np.array_equal(client.errors["w"], before)  # nothing updated
+    qs = client.second(p_hat)
+    q_before = server.q["w"].copy()
+    with pytest.raises(FormatError, match="NaN"):
+        server.aggregate(p_hat, [qs, {"w": np.full((40, 2), np.inf, np.float32)}], [1.0, 1.0])
+    assert np.array_equal(server.q["w"], q_before)  # the warm start unchanged
+    assert np.isfinite(server.aggregate(p_hat, [qs], [1.0])["w"]).all()
 
 
 # ---------------------------------------------------------------------------- flush-to-zero

@@ -136,8 +136,8 @@ class PowerSGD(StatefulGradientCodec):
             if r > self.rank:
                 raise FormatError(f"powersgd payload: rank {r} exceeds the codec's rank "
                                   f"{self.rank}")
-            p = finite_values(rd.array(spec.dtype, n * r), "powersgd payload").reshape(n, r)
-            q = finite_values(rd.array(spec.dtype, m * r), "powersgd payload").reshape(m, r)
+            p = finite_values(_factor(rd, spec.dtype, n, r), "powersgd payload")
+            q = finite_values(_factor(rd, spec.dtype, m, r), "powersgd payload")
             with np.errstate(over="ignore", invalid="ignore"):
                 out = rebuild(p, q, spec.shape)
             if not all_finite(out):
@@ -146,6 +146,25 @@ class PowerSGD(StatefulGradientCodec):
             raise FormatError(f"powersgd payload: unknown form {form}")
         rd.expect_end()
         return out
+
+
+    def decode_peak_bytes(self, spec: TensorSpec) -> int:
+        """The output, plus for the low-rank form the float32 copy of ``Q`` that
+        float16/bfloat16 factors are multiplied with and one block of rows (the factors
+        themselves are read in place)."""
+        n, m = matrix_shape(spec.shape)
+        r = min(self.rank, n, m)
+        extra = 0
+        if np.dtype(spec.dtype).itemsize < 4 and len(spec.shape) >= 2:
+            extra = 4 * (m * r + n * r) + 8 * min(spec.size, BLOCK_ELEMENTS)
+        return spec.nbytes + extra
+
+
+def _factor(rd: Reader, dtype: np.dtype, rows: int, r: int) -> np.ndarray:
+    """A ``rows x r`` factor, read in place (a read-only view of the payload)."""
+    dt = np.dtype(dtype)
+    return np.frombuffer(rd.take(rows * r * dt.itemsize), dtype=dt.newbyteorder("<")) \
+        .reshape(rows, r)
 
 
 def rebuild(p: np.ndarray, q: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

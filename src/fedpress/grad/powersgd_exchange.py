@@ -98,9 +98,10 @@ class PowerSGDClient:
 
     def first(self, grads: Mapping[str, np.ndarray], names: Sequence[str],
               q: Mapping[str, np.ndarray]) -> tuple[State, State]:
-        """({name: P_i} of the low-rank tensors, {name: tensor} of the others)."""
+        """({name: P_i} of the low-rank tensors, {name: tensor} of the others).
+        FormatError if the server's ``Q`` is malformed or its product overflows."""
         ps: State = {}
-        self._m = {}
+        mats: dict[str, np.ndarray] = {}
         for k in names:
             g = grads[k]
             n, m = matrix_shape(g.shape)
@@ -108,23 +109,43 @@ class PowerSGDClient:
             e = self.errors.get(k)
             if e is not None:
                 mat = mat + e
-            self._m[k] = mat
-            ps[k] = mat @ received_factor(q, k, m, factor_rank(g.shape, self.rank), "Q")
-        rest = {k: v for k, v in grads.items() if k not in self._m}
+            mats[k] = mat
+            qk = received_factor(q, k, m, factor_rank(g.shape, self.rank), "Q")
+            ps[k] = finite_product(mat, qk, k, "M Q")
+        self._m = mats
+        rest = {k: v for k, v in grads.items() if k not in mats}
         return ps, rest
 
     def second(self, p_hat: Mapping[str, np.ndarray]) -> State:
-        """{name: Q_i}; updates the errors with what rank ``r`` left out."""
+        """{name: Q_i}; updates the errors with what rank ``r`` left out. FormatError
+        (nothing updated) if the server's ``P^`` is malformed, not orthonormal (a
+        column longer than 1) or its products overflow."""
         qs: State = {}
+        errors: State = {}
         for k, mat in self._m.items():
             n, m = mat.shape
             ph = received_factor(p_hat, k, n, min(self.rank, n, m), "P^")
-            qi = mat.T @ ph
-            qs[k] = qi
+            # unit columns (or zero ones), up to bfloat16's rounding of a genuine P^
+            if np.any(np.sqrt(np.square(ph.astype(np.float64)).sum(axis=0)) > 1 + 2**-6):
+                raise FormatError(f"powersgd P^: factor of {k!r} is not orthonormal")
+            qs[k] = finite_product(mat.T, ph, k, "M^T P^")
             if self.error_feedback:
-                self.errors[k] = mat - ph @ qi.T
+                with np.errstate(over="ignore", invalid="ignore"):
+                    errors[k] = mat - ph @ qs[k].T
+                if not np.isfinite(errors[k]).all():
+                    raise FormatError(f"powersgd P^: the error of {k!r} overflows float32")
+        self.errors.update(errors)
         self._m = {}
         return qs
+
+
+def finite_product(a: np.ndarray, b: np.ndarray, name: str, what: str) -> np.ndarray:
+    """``a @ b`` in float32; FormatError if it overflows (finite factors, huge values)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = a @ b
+    if not np.isfinite(out).all():
+        raise FormatError(f"powersgd: {what} of {name!r} overflows float32")
+    return out
 
 
 class PowerSGDServer:
@@ -150,13 +171,17 @@ class PowerSGDServer:
     def aggregate(self, p_hat: Mapping[str, np.ndarray],
                   qs: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> State:
         """``P^ Q^T`` with ``Q`` the weighted mean of the ``Q_i`` (kept for the next
-        round), shaped like the tensors."""
+        round), shaped like the tensors. FormatError (``Q`` unchanged) if a client's
+        ``Q_i`` is malformed or the product overflows."""
         w = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
         out: State = {}
+        new_q: State = {}
         for k in self.names:
             cols, rank = matrix_shape(self.shapes[k])[1], factor_rank(self.shapes[k], self.rank)
             q = sum(wi * received_factor(qi, k, cols, rank, "Q").astype(np.float64)
                     for wi, qi in zip(w, qs))
-            self.q[k] = np.asarray(q, dtype=np.float32)
-            out[k] = (np.asarray(p_hat[k], np.float32) @ self.q[k].T).reshape(self.shapes[k])
+            new_q[k] = np.asarray(q, dtype=np.float32)
+            out[k] = finite_product(np.asarray(p_hat[k], np.float32), new_q[k].T, k,
+                                    "P^ Q^T").reshape(self.shapes[k])
+        self.q.update(new_q)
         return out
