@@ -694,6 +694,22 @@ def one_powersgd(data: bytes) -> None:
 
 
 def powersgd_seeds() -> list[bytes]:
+    g = _psgd_round()
+    genuine = {"server_p": g["ps"][1], "server_q": g["qs"][1], "client_q": g["q"],
+               "client_p_hat": g["p_hat"]}
+    seeds = []
+    for i, kind in enumerate(PSGD_KINDS):
+        msg = genuine[kind]
+        for dt in (np.float32, np.float64):
+            cast = {k: np.asarray(v).astype(dt) for k, v in msg.items()}
+            seeds.append(bytes([i]) + write_message(cast))
+    return seeds
+
+
+def powersgd_edge_seeds() -> list[bytes]:
+    """Genuine factors in 16-bit floats (P^ is then orthonormal only to their
+    precision) and scaled near float32's largest value (finite; products of them may
+    overflow): the byte mutator rarely reaches such exponents by itself."""
     import fedpress.dtypes
 
     g = _psgd_round()
@@ -701,21 +717,9 @@ def powersgd_seeds() -> list[bytes]:
                "client_p_hat": g["p_hat"]}
     seeds = []
     for i, kind in enumerate(PSGD_KINDS):
-        msg = genuine[kind]
-        for dt in (np.float32, np.float64, np.float16, fedpress.dtypes.BFLOAT16):
-            cast = {k: np.asarray(v).astype(dt) for k, v in msg.items()}
+        for dt in (np.float16, fedpress.dtypes.BFLOAT16):
+            cast = {k: np.asarray(v).astype(dt) for k, v in genuine[kind].items()}
             seeds.append(bytes([i]) + write_message(cast))
-    return seeds
-
-
-def powersgd_edge_seeds() -> list[bytes]:
-    """Genuine factors scaled near float32's largest value (finite; products of them
-    may overflow): the byte mutator rarely reaches such exponents by itself."""
-    g = _psgd_round()
-    genuine = {"server_p": g["ps"][1], "server_q": g["qs"][1], "client_q": g["q"],
-               "client_p_hat": g["p_hat"]}
-    seeds = []
-    for i, kind in enumerate(PSGD_KINDS):
         for top in (1e30, 3e38):
             big = {k: (v * (top / np.abs(v).max())).astype(np.float32)
                    for k, v in genuine[kind].items()}

@@ -27,17 +27,7 @@ SECONDS = float(os.environ.get("FEDPRESS_FUZZ_SECONDS", "3"))
 #: regression inputs whose decoder is not fixed yet: file name -> (signature, reason).
 #: Their replay is an expected failure (strict: the fix makes it pass, and then the
 #: entry must go); the short fuzzing runs do not fail on the same signature.
-KNOWN: dict[str, tuple[str, str]] = {
-    "powersgd-29f97c4b5871de74dda28ba7c2b7182f0099d6b3.bin": (
-        "Finding: client_q: '*' holds NaN or Inf computed from finite factors",
-        "PowerSGDClient.first: a finite Q near float32's largest value (here bfloat16 "
-        "-2.9e38) overflows M @ Q to Inf/NaN; the P_i it returns is not finite"),
-    "powersgd-4ffcb6fa91007631e772b4802b93fbe25e96fe40.bin": (
-        "Finding: client_p_hat: the error feedback of '*' holds NaN or Inf",
-        "PowerSGDClient.second: a finite P^ with entries near 3e38 (an orthonormal P^ "
-        "has entries in [-1, 1]) overflows M^T P^ and leaves NaN in the client's error "
-        "feedback, which every later round adds to its gradient"),
-}
+KNOWN: dict[str, tuple[str, str]] = {}
 
 
 def _load(name: str, path: Path) -> ModuleType:
