@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar, cast
 
 import numpy as np
 
@@ -211,6 +211,7 @@ class ErrorBoundedCodec(Codec):
                 y = _add_reference(np.asarray(yc).reshape(-1), ref, flat.dtype)
                 if check:
                     over = _over_bound(xs, y, eb_abs, all_finite)
+            assert over is not None  # the core's own count, or the check above
             if over.size:
                 bad_idx = np.union1d(bad_idx, over)
             patch_bytes = bad_idx.size * (flat.dtype.itemsize + 8)
@@ -556,9 +557,10 @@ def _lossless_decode(data: memoryview, n: int, dtype: np.dtype, codec_id: str) -
         raise FormatError(f"{what}: {exc}") from None
     if declared != expected:
         raise FormatError(f"{what}: its frame declares {declared} bytes, expected {expected}")
-    writer = _ArrayWriter(memoryview(out.view(np.uint8)))
+    writer = _ArrayWriter(out.view(np.uint8).data)
     try:
-        read, _ = zstandard.ZstdDecompressor().copy_stream(_SliceReader(data), writer)
+        read, _ = zstandard.ZstdDecompressor().copy_stream(
+            cast(IO[bytes], _SliceReader(data)), cast(IO[bytes], writer))
     except zstandard.ZstdError as exc:
         raise FormatError(f"{what}: cannot decompress: {exc}") from None
     if writer.pos != expected or read != len(data):

@@ -134,9 +134,9 @@ def bucket_norms(a: np.ndarray, d: int, nb: int) -> np.ndarray:
     max so that it overflows only when the norm itself does (then it saturates)."""
     if nb == 0:
         return np.zeros(0, dtype=np.float64)
-    rows = np.zeros(nb * d, dtype=np.float64)
-    rows[: a.size] = a
-    rows = rows.reshape(nb, d)
+    padded = np.zeros(nb * d, dtype=np.float64)
+    padded[: a.size] = a
+    rows = padded.reshape(nb, d)
     top = rows.max(axis=1)
     safe = np.where(top > 0, top, 1.0)
     with np.errstate(over="ignore"):
