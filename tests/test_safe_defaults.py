@@ -46,8 +46,8 @@ def test_the_allow_list_holds_on_the_codec_tree_however_the_inner_codec_is_spell
 
 def test_default_limits_accept_every_peer_safe_codec_and_refuse_sz2() -> None:
     safe = peer_safe_codecs()
-    assert "sz2" not in safe
-    assert {"fpz", "zstd", "sz3", "zfp", "gaeb", "ef", "topk", "hgc"} <= safe
+    assert "sz2" not in safe and "sz3" not in safe
+    assert {"fpz", "zstd", "zfp", "gaeb", "ef", "topk", "hgc"} <= safe
     limits = fedpress.Limits()
     assert limits.codecs is None
     with pytest.raises(fedpress.FormatError, match=r"isolate=\{'sz2'\}"):
@@ -107,6 +107,17 @@ def test_a_codecs_declared_decoding_peak_counts_against_max_total_bytes() -> Non
             fedpress.decode_update(update, fedpress.Limits(max_total_bytes=79_999))
     finally:
         unregister_codec("test-greedy")
+
+
+def test_sz3_from_a_peer_is_decoded_only_when_opted_in() -> None:
+    if not available(("sz3",)):
+        pytest.skip("sz3 (pysz) not installed")
+    x = RNG.standard_normal(4000).astype(np.float32)
+    blob = fedpress.compress(x, codec="sz3", algorithm="lorenzo_reg")
+    with pytest.raises(fedpress.FormatError, match=r"isolate=\{'sz3'\}"):
+        fedpress.decompress(blob)
+    y = fedpress.decompress(blob, fedpress.Limits(isolate=frozenset({"sz3"})))
+    assert np.abs(y - x).max() <= 1e-2 * float(x.max() - x.min())
 
 
 def test_a_plan_whose_back_end_is_missing_fails_when_built(

@@ -23,8 +23,9 @@ it fill a vector of that many entries without reading input: a 1 KB payload can
 make it allocate and touch gigabytes. Only streams of the ``lorenzo_reg`` algorithm
 take that path (``interp_lorenzo``'s Lorenzo branch has no regression, and its
 selection count is checked), but the algorithm is part of the codec configuration
-a frame names. Servers that must bound a peer's memory should decode ``sz3`` in a
-child process (``Limits(isolate={"sz3"})``).
+a frame names. The codec is therefore not ``peer_safe``: default decoders refuse it
+from peers, and a server that accepts it decodes it in a child process with a memory
+limit (``Limits(isolate={"sz3"})``).
 """
 
 from __future__ import annotations
@@ -89,6 +90,10 @@ class SZ3Codec(ErrorBoundedCodec):
     codec_id = "sz3"
     config_keys: ClassVar[tuple[str, ...]] = ("mode", "eb", "algorithm")
     core_float64 = True
+    #: a crafted Lorenzo/regression stream within every check above can still make the
+    #: library allocate and fill gigabytes from a kilobyte frame: decode it from peers
+    #: only in a child process with a memory limit (``Limits(isolate={"sz3"})``)
+    peer_safe: ClassVar[bool] = False
 
     def __init__(self, mode: str = "rel", eb: float = 1e-2,
                  algorithm: str = "interp_lorenzo") -> None:
