@@ -31,5 +31,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # torch pinned to the CPU build: a bare 'torch' would pull a multi-GB CUDA build
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
   "$VENV/bin/python" -m pip install -q -e ".[all,dev]"
+  # APPFL for the adapter's tests, without its heavy dependencies (Ray, Globus, wandb,
+  # a CUDA torch): only what its compressor and agents import
+  "$VENV/bin/python" -m pip install -q --no-deps "appfl==1.12.0"
+  "$VENV/bin/python" -m pip install -q omegaconf zstd blosc
   touch "$stamp"
 fi
