@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from ._deps import require
-from .dtypes import BFLOAT16, as_state_dict, to_numpy, to_torch
+from .dtypes import as_state_dict, bfloat16, to_numpy, to_torch
 from .errors import ConfigError, FedpressError, MissingDependencyError
 
 __all__ = ["SUPPORTED_EXTENSIONS", "format_of", "load_tensors", "replaced_atomically",
@@ -258,14 +258,14 @@ def _from_npy(name: str, arr: np.ndarray) -> np.ndarray:
     """Undo the bfloat16 encoding of .npy/.npz files and check the dtype."""
     if arr.dtype == NPY_BFLOAT16 or (arr.dtype.kind == "V" and arr.dtype.names is None
                                      and arr.dtype.itemsize == 2):
-        arr = _contiguous(arr).view(np.uint16).view(BFLOAT16)
+        arr = _contiguous(arr).view(np.uint16).view(bfloat16())
     elif arr.dtype.names is not None:
         raise ConfigError(f"tensor {name!r}: structured dtype {arr.dtype} is not a tensor dtype")
     return _checked(name, arr)
 
 
 def _to_npy(arr: np.ndarray) -> np.ndarray:
-    if arr.dtype == BFLOAT16:
+    if arr.dtype.name == "bfloat16":
         return _contiguous(arr).view(np.uint16).astype("<u2").view(NPY_BFLOAT16)
     return arr
 
@@ -371,7 +371,7 @@ def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def _save_safetensors(arrays: dict[str, np.ndarray], path: Path) -> None:
-    has_bf16 = any(a.dtype == BFLOAT16 for a in arrays.values())
+    has_bf16 = any(a.dtype.name == "bfloat16" for a in arrays.values())
     if has_bf16 and _torch_or_none() is not None:
         st_torch = require("safetensors.torch", "safetensors")
         st_torch.save_file({k: _torch_tensor(a) for k, a in arrays.items()}, str(path))

@@ -114,8 +114,14 @@ def warm_codecs(plan: Any, options: Mapping[str, Any]) -> None:
     """Encode and decode a probe once, so compiled kernels load before anything is timed."""
     enc, dec = make_encoder(plan, options), make_decoder(plan, options)
     if enc is not None and dec is not None:
-        probe = {"probe.weight": np.random.default_rng(0).standard_normal(8192, np.float32)}
-        dec.decode(enc.encode(probe))
+        rng = np.random.default_rng(0)
+        # a small tensor and one large enough for fpz's rANS coder (small ones use
+        # Huffman); two messages, since stateful codecs use their history kernels from
+        # the second on
+        probe = {"probe.weight": rng.standard_normal(8192, np.float32),
+                 "probe.large.weight": rng.standard_normal(1 << 15, np.float32)}
+        for _ in range(2):
+            dec.decode(enc.encode(probe))
 
 
 def local_train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FLConfig,
