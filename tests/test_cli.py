@@ -149,7 +149,7 @@ def test_bfloat16_model_via_named_codec(tmp_path: Path, state_dict: dict[str, np
     assert by_name["conv.weight"]["eb_abs"] == pytest.approx(1e-3)
     assert by_name["conv.bias"]["codec"] == "zstd"  # 16 elements < threshold
     out = tmp_path / "bf16_out.pt"
-    ok("decompress", frame, "-o", out)
+    ok("decompress", frame, "-o", out, "--allow", "sz3")
     back = load_tensors(out)
     assert back["fc.weight"].dtype == BFLOAT16
     check_decoded(sd, back, info)
@@ -181,7 +181,7 @@ def test_single_npy_tensor(tmp_path: Path, state_dict: dict[str, np.ndarray]) ->
     ok("compress", src, "-o", frame, "--codec", "sz3", "--threshold", "0")
     info = json.loads(ok("inspect", frame, "--json").stdout)
     assert [t["name"] for t in info["tensors"]] == ["fc"]
-    ok("decompress", frame, "-o", tmp_path / "out.npy")
+    ok("decompress", frame, "-o", tmp_path / "out.npy", "--allow", "sz3")
     y = load_tensors(tmp_path / "out.npy")["out"]
     x = state_dict["fc.weight"]
     assert y.shape == x.shape and np.abs(y - x).max() <= info["tensors"][0]["eb_abs"]
@@ -194,11 +194,11 @@ def test_single_tensor_frame(tmp_path: Path) -> None:
     info = json.loads(ok("inspect", frame, "--json").stdout)
     assert info["kind"] == "tensor"
     assert "(tensor)" in ok("inspect", frame).output
-    ok("decompress", frame, "-o", tmp_path / "x.npz")
+    ok("decompress", frame, "-o", tmp_path / "x.npz", "--allow", "sz3")
     back = load_tensors(tmp_path / "x.npz")
     assert list(back) == ["tensor"]
     assert np.abs(back["tensor"] - x).max() <= info["tensors"][0]["eb_abs"]
-    ok("decompress", frame, "-o", tmp_path / "y.npy")
+    ok("decompress", frame, "-o", tmp_path / "y.npy", "--isolate", "sz3")
     assert load_tensors(tmp_path / "y.npy")["y"].shape == (30, 100)
 
 
