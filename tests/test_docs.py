@@ -11,6 +11,7 @@ cannot rot.
   names a file of the repository (paths outside it, ``../``, are not checked) / an
   importable module, every ``pip install`` names extras that pyproject.toml defines,
   and every argument that names a path in the repository exists.
+- ```yaml blocks parse (APPFL configurations);
 - ```toml blocks parse (on the simulator's page: as settings the simulator accepts);
   ```text blocks are output or prose and are not checked.
 - Relative links between the pages name files, and headings, that exist.
@@ -34,7 +35,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-LANGUAGES = {"python", "diff", "bash", "toml", "text"}
+LANGUAGES = {"python", "diff", "bash", "toml", "yaml", "text"}
 #: third-party packages the python blocks use (the dev set-up installs them all)
 OPTIONAL = ("flwr", "torch", "pysz", "zfpy", "hdf5plugin", "blosc2", "lz4")
 #: argument prefixes that name paths in the repository
@@ -302,6 +303,15 @@ def test_shell_parsing() -> None:
         _check_command(["pip", "install", "fedpress[nope]"], group, targets, extras, "t")
     with pytest.raises(AssertionError):
         _check_command(["python", "examples/none.py"], group, targets, extras, "t")
+
+
+# -- yaml ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block", _of("yaml"), ids=lambda b: b.id)
+def test_yaml_blocks_parse(block: Block) -> None:
+    yaml = pytest.importorskip("yaml")
+    assert isinstance(yaml.safe_load(block.code), dict), f"{block.id}: not a mapping"
 
 
 # -- toml ----------------------------------------------------------------------------
