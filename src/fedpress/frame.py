@@ -60,8 +60,9 @@ class Limits:
         payload byte reaches a back end; a frame naming another codec is a
         FormatError. ``None`` (the default) accepts every registered codec whose
         decoder is safe on a peer's bytes (``Codec.peer_safe``): all but ``sz2``,
-        whose native library crashes or exits on crafted streams. Naming ``sz2``
-        here opts in to decoding it in this process.
+        whose native library crashes or exits on crafted streams, and ``sz3``, whose
+        library a crafted stream can make fill gigabytes. Naming one here opts in to
+        decoding it in this process.
     isolate : frozenset of str
         Codec ids decoded in a child process with ``isolate_memory`` bytes of
         address space and ``isolate_seconds`` of time (e.g. ``{"sz2"}``): a crash,
