@@ -21,8 +21,8 @@ set beside its reference figures:
   to one CPU (``--cpu``).
 
 It also encodes each WHOLE state dict with FedSZ
-(``fedpress.encode_update(sd, plan="fedsz", eb=rel)``: SZ2 + blosc-lz by
-default, and with ``lossy="sz3"``): CR of the update frame against the raw
+(``fedpress.encode_update(sd, plan="fedsz-paper", eb=rel)``: SZ2 + blosc-lz,
+and with ``lossy="sz3"``/``"fpz"``): CR of the update frame against the raw
 float32 bytes of all tensors, encode and decode seconds.
 
 Usage (from the project root)::
@@ -194,9 +194,9 @@ def measure_fedsz(sd: dict[str, np.ndarray], lossy: str, rel: float, runs: int,
     res: dict[str, Any] = {}
     for r in range(runs):
         t0 = time.perf_counter()
-        blob = fedpress.encode_update(sd, plan="fedsz", eb=rel, lossy=lossy)
+        blob = fedpress.encode_update(sd, plan="fedsz-paper", eb=rel, lossy=lossy)
         t1 = time.perf_counter()
-        out = fedpress.decode_update(blob, fedpress.trusting("fedsz", lossy=lossy))
+        out = fedpress.decode_update(blob, fedpress.trusting("fedsz-paper", lossy=lossy))
         t2 = time.perf_counter()
         etimes.append(t1 - t0)
         dtimes.append(t2 - t1)

@@ -7,7 +7,8 @@ data, seed, clients, rounds; the downlink sends the global model raw, so the upl
 columns carry the comparison):
 
 * ``none``: raw float32;
-* ``fedsz``: the FedSZ partition (SZ2 on big weight tensors, blosc-lz on the rest);
+* ``fedsz``: the FedSZ paper's plan (``fedsz-paper``: SZ2 on big weight tensors,
+  blosc-lz on the rest);
 * ``fpz``: every float tensor of 1000+ elements through fpz, the rest lossless;
 * ``fpz-ref`` / ``gaeb-ref``: the same with ``reference=true``: each client codes its
   weights against the model it started from (which the server holds), under the
@@ -45,7 +46,7 @@ from _table import markdown_table  # benchmarks/ is on the path when run as a sc
 
 PLANS: dict[str, str] = {
     "none": "none",
-    "fedsz": "fedsz",
+    "fedsz": "fedsz-paper",
     "fpz": "fpz",
     "fpz-ref": "fpz(reference=true)",
     "gaeb": "gaeb",
