@@ -11,6 +11,7 @@ import pytest
 import fedpress
 from fedpress.frame import MAGIC, VERSION, Frame, Record, pack, unpack
 
+from .common import TRUSTED
 from .make_golden import golden_inputs
 
 DATA = Path(__file__).parent / "data"
@@ -42,12 +43,12 @@ def test_golden_frames_still_decode(path: Path) -> None:
     blob = path.read_bytes()
     inputs = golden_inputs()
     if name.startswith("update"):
-        out = fedpress.decode_update(blob)
+        out = fedpress.decode_update(blob, TRUSTED)
         for k, v in out.items():
             assert v.tobytes() == expected[f"{name}/{k}"].tobytes()
         assert out["bn.num_batches_tracked"] == 3
     else:
-        y = fedpress.decompress(blob)
+        y = fedpress.decompress(blob, TRUSTED)
         assert y.tobytes() == expected[name].tobytes(), "decoder output changed"
         sources = {"fpz2_grad": "grad", "fpz2_lanes": "burst", "fpz2_lorenzo2d": "surface"}
         if name in ("sz3", "sz2", "zfp", "szx", "fpz", "fpz2_smooth", *sources):
@@ -68,14 +69,14 @@ def test_truncations_and_bitflips_are_format_errors(rng: np.random.Generator) ->
     blob = fedpress.encode_update(sd, plan="sz3")
     for n in range(len(blob)):
         with pytest.raises(fedpress.FormatError):
-            fedpress.decode_update(blob[:n])
+            fedpress.decode_update(blob[:n], TRUSTED)
     for pos in range(0, len(blob), max(1, len(blob) // 300)):
         bad = bytearray(blob)
         bad[pos] ^= 1 << (pos % 8)
         with pytest.raises(fedpress.FormatError):
-            fedpress.decode_update(bytes(bad))
+            fedpress.decode_update(bytes(bad), TRUSTED)
     with pytest.raises(fedpress.FormatError):
-        fedpress.decode_update(blob + b"\0")
+        fedpress.decode_update(blob + b"\0", TRUSTED)
 
 
 def test_wrong_magic_version_kind_flags() -> None:
@@ -87,13 +88,13 @@ def test_wrong_magic_version_kind_flags() -> None:
     }
     for what, bad in cases.items():
         with pytest.raises(fedpress.FormatError, match=what if what != "kind" else "kind"):
-            fedpress.decompress(bad)
+            fedpress.decompress(bad, TRUSTED)
     flagged = _refresh_crc(blob[:6] + b"\x01" + blob[7:-4])
     with pytest.raises(fedpress.FormatError, match="flags"):
-        fedpress.decompress(flagged)
+        fedpress.decompress(flagged, TRUSTED)
     for junk in (b"", b"\x89FPZ", "text", None, 12):
         with pytest.raises(fedpress.FormatError):
-            fedpress.decompress(junk)  # type: ignore[arg-type]
+            fedpress.decompress(junk, TRUSTED)  # type: ignore[arg-type]
 
 
 def _frame_with(spec_shape: tuple[int, ...], payload: bytes = b"", codec: str = "zstd",
@@ -105,7 +106,7 @@ def _frame_with(spec_shape: tuple[int, ...], payload: bytes = b"", codec: str = 
 def test_declared_sizes_checked_against_caps_before_allocating() -> None:
     # a 2**40-element tensor declared by a 60-byte frame: refused, nothing allocated
     with pytest.raises(fedpress.FormatError, match="limit"):
-        fedpress.decompress(_frame_with((1 << 20, 1 << 20), b"\0" * 8))
+        fedpress.decompress(_frame_with((1 << 20, 1 << 20), b"\0" * 8), TRUSTED)
     small = fedpress.Limits(max_tensor_elements=100)
     blob = fedpress.compress(np.zeros(1000, np.float32), codec="sz3")
     with pytest.raises(fedpress.FormatError, match="limit"):
@@ -127,10 +128,10 @@ def test_decompression_bomb_in_lossless_payload() -> None:
 
     bomb = zstandard.ZstdCompressor().compress(b"\0" * (1 << 24))
     with pytest.raises(fedpress.FormatError):
-        fedpress.decompress(_frame_with((10,), bomb))
+        fedpress.decompress(_frame_with((10,), bomb), TRUSTED)
     z = zlib.compress(b"\0" * (1 << 24))
     with pytest.raises(fedpress.FormatError):
-        fedpress.decompress(_frame_with((10,), z, codec="zlib"))
+        fedpress.decompress(_frame_with((10,), z, codec="zlib"), TRUSTED)
 
 
 def test_codec_allow_list(rng: np.random.Generator) -> None:
@@ -149,11 +150,11 @@ def test_unknown_codec_and_bad_config_are_format_errors() -> None:
     with pytest.raises(fedpress.FormatError, match="not registered"):
         fedpress.decompress(pack(Frame(ord("T"), [{"id": "nope"}],
                                        [Record("", 0, fedpress.TensorSpec((1,), np.dtype("f4")),
-                                               b"x")])))
+                                               b"x")])), TRUSTED)
     with pytest.raises(fedpress.FormatError, match="invalid config"):
         fedpress.decompress(pack(Frame(ord("T"), [{"id": "sz3", "eb": -5}],
                                        [Record("", 0, fedpress.TensorSpec((1,), np.dtype("f4")),
-                                               b"x")])))
+                                               b"x")])), TRUSTED)
 
 
 def test_duplicate_names_and_bad_json_rejected() -> None:
@@ -165,13 +166,13 @@ def test_duplicate_names_and_bad_json_rejected() -> None:
     dup = pack(Frame(ord("U"), [{"id": "lz4", "level": 0}],
                      [Record("a", 0, spec, payload), Record("a", 0, spec, payload)]))
     with pytest.raises(fedpress.FormatError, match="twice"):
-        fedpress.decode_update(dup)
+        fedpress.decode_update(dup, TRUSTED)
     good = pack(Frame(ord("U"), [{"id": "lz4", "level": 0}], [Record("a", 0, spec, payload)]))
-    assert fedpress.decode_update(good)["a"].shape == (1,)
+    assert fedpress.decode_update(good, TRUSTED)["a"].shape == (1,)
     i = good.index(b'{"id"')
     bad = good[:i] + b'[    "id"' + good[i + 9 : -4]
     with pytest.raises(fedpress.FormatError, match="JSON"):
-        fedpress.decode_update(_refresh_crc(bad))
+        fedpress.decode_update(_refresh_crc(bad), TRUSTED)
 
 
 def test_inspect_reports_sizes_and_bounds(rng: np.random.Generator) -> None:

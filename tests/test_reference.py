@@ -13,7 +13,7 @@ import pytest
 import fedpress
 from fedpress.frame import KIND_UPDATE, Frame, Record, pack, reference_digest, unpack
 
-from .common import EB_CODECS, abs_bound, assert_within_bound, available, same_bits
+from .common import EB_CODECS, TRUSTED, abs_bound, assert_within_bound, available, same_bits
 
 REF_CODECS = available(("fpz", "sz3", "gaeb"))
 ALL_EB = available((*EB_CODECS, "gaeb"))
@@ -50,7 +50,7 @@ def test_bound_holds_on_x_itself(codec: str, mode: str, eb: float, dtype: Any) -
     for rec in fr.records:
         assert rec.reference == reference_digest(ref[rec.name])
     info = {t["name"]: t for t in fedpress.inspect(blob)["tensors"]}
-    out = fedpress.UpdateDecoder().decode(blob, reference=ref)
+    out = fedpress.UpdateDecoder(limits=TRUSTED).decode(blob, reference=ref)
     for name in x:
         assert_within_bound(x[name], out[name], mode, eb)
         # the bound is the one of x, not of the (much smaller) difference
@@ -64,13 +64,13 @@ def test_small_updates_code_smaller_against_their_reference(codec: str) -> None:
     plain = fedpress.UpdateEncoder(_plan(codec), "rel", 1e-3).encode(x)
     coded = fedpress.UpdateEncoder(_plan(codec), "rel", 1e-3).encode(x, reference=ref)
     assert len(coded) < 0.5 * len(plain), (len(coded), len(plain))
-    out = fedpress.UpdateDecoder().decode(coded, reference=ref)
+    out = fedpress.UpdateDecoder(limits=TRUSTED).decode(coded, reference=ref)
     for name in x:
         assert_within_bound(x[name], out[name], "rel", 1e-3)
     # x equal to its reference: next to nothing to send, still within the bound
     same = fedpress.UpdateEncoder(_plan(codec), "rel", 1e-3).encode(ref, reference=ref)
     assert len(same) < len(coded)
-    out = fedpress.UpdateDecoder().decode(same, reference=ref)
+    out = fedpress.UpdateDecoder(limits=TRUSTED).decode(same, reference=ref)
     for name in ref:
         assert_within_bound(ref[name], out[name], "rel", 1e-3)
 
@@ -81,7 +81,7 @@ def test_decoding_needs_the_same_reference(codec: str) -> None:
     ref = _model(3)
     x = _updated(ref)
     blob = fedpress.UpdateEncoder(_plan(codec), "rel", 1e-3).encode(x, reference=ref)
-    dec = fedpress.UpdateDecoder()
+    dec = fedpress.UpdateDecoder(limits=TRUSTED)
     modified = {k: v.copy() for k, v in ref.items()}
     modified["fc.weight"].flat[7] = np.nextafter(modified["fc.weight"].flat[7], np.float32(1))
     wrong = [
@@ -127,7 +127,7 @@ def test_bad_references_are_config_errors_at_encode(codec: str) -> None:
         enc.store.get(p, n).round == 0 for p, n in enc.store.keys())
     # the encoder still works, and its first frame is round 1
     blob = enc.encode(x, reference=ref)
-    out = fedpress.UpdateDecoder().decode(blob, reference=ref)
+    out = fedpress.UpdateDecoder(limits=TRUSTED).decode(blob, reference=ref)
     for name in x:
         assert_within_bound(x[name], out[name], "rel", 1e-3)
 
@@ -168,7 +168,7 @@ def test_tensors_outside_the_reference_and_lossless_tensors_take_none(codec: str
     codecs = {t["name"]: t["codec"] for t in fedpress.inspect(blob)["tensors"]}
     assert codecs["fc.bias"] == "zstd" and codecs["new.weight"] == codec
     # the decoder needs references only for the tensors coded against one
-    out = fedpress.UpdateDecoder().decode(blob, reference={k: ref[k] for k in ref})
+    out = fedpress.UpdateDecoder(limits=TRUSTED).decode(blob, reference={k: ref[k] for k in ref})
     for name in ("conv.weight", "fc.weight", "new.weight"):
         assert_within_bound(x[name], out[name], "rel", 1e-3)
     for name in ("fc.bias", "bn.num_batches_tracked"):
@@ -178,8 +178,8 @@ def test_tensors_outside_the_reference_and_lossless_tensors_take_none(codec: str
         {k: x[k] for k in ("new.weight", "fc.bias", "bn.num_batches_tracked")},
         reference=reference)
     assert all(r.reference is None for r in unpack(plain).records)
-    a = fedpress.UpdateDecoder().decode(plain)
-    b = fedpress.UpdateDecoder().decode(plain, reference=reference)
+    a = fedpress.UpdateDecoder(limits=TRUSTED).decode(plain)
+    b = fedpress.UpdateDecoder(limits=TRUSTED).decode(plain, reference=reference)
     assert all(same_bits(a[k], b[k]) for k in a)
 
 
@@ -194,7 +194,7 @@ def test_reference_flag_on_a_lossless_record_is_a_format_error() -> None:
     blob = pack(Frame(KIND_UPDATE, fr.codecs, recs, fr.meta))
     for reference in (ref, {"w.weight": ref["w.weight"]}):  # with or without one for n
         with pytest.raises(fedpress.FormatError, match="takes no reference"):
-            fedpress.UpdateDecoder().decode(blob, reference=reference)
+            fedpress.UpdateDecoder(limits=TRUSTED).decode(blob, reference=reference)
     # and through the raw flags byte: set bit 1 on the lossless record
     body = bytearray(pack(Frame(KIND_UPDATE, fr.codecs, fr.records, fr.meta))[:-4])
     name_at = bytes(body).index(b"\x01n")  # name length 1, "n"
@@ -204,7 +204,7 @@ def test_reference_flag_on_a_lossless_record_is_a_format_error() -> None:
     body[flags_at + 1:flags_at + 1] = reference_digest(ref["n"])
     crafted = bytes(body) + (zlib.crc32(body) & 0xFFFFFFFF).to_bytes(4, "little")
     with pytest.raises(fedpress.FormatError):
-        fedpress.UpdateDecoder().decode(crafted, reference=ref)
+        fedpress.UpdateDecoder(limits=TRUSTED).decode(crafted, reference=ref)
 
 
 # -- non-finite values, special tensors ------------------------------------------------------
@@ -219,7 +219,7 @@ def test_nan_and_inf_with_a_reference_come_back_exactly(codec: str, dtype: Any) 
     x["conv.weight"][...] = np.nan  # nothing finite
     x["conv.weight"][0, 0, 0, 0] = 1.0
     blob = fedpress.UpdateEncoder(_plan(codec), "rel", 1e-3).encode(x, reference=ref)
-    out = fedpress.UpdateDecoder().decode(blob, reference=ref)
+    out = fedpress.UpdateDecoder(limits=TRUSTED).decode(blob, reference=ref)
     for name in x:
         assert_within_bound(x[name], out[name], "rel", 1e-3)
 
@@ -235,7 +235,7 @@ def test_constant_empty_and_far_tensors_with_a_reference(codec: str) -> None:
            "far.weight": -(1e4 + rng.standard_normal((30, 30))).astype(np.float32)}
     for mode, eb in (("rel", 1e-3), ("abs", 1e-4)):
         blob = fedpress.UpdateEncoder(_plan(codec), mode, eb).encode(x, reference=ref)
-        out = fedpress.UpdateDecoder().decode(blob, reference=ref)
+        out = fedpress.UpdateDecoder(limits=TRUSTED).decode(blob, reference=ref)
         for name in x:
             assert_within_bound(x[name], out[name], mode, eb)
         assert same_bits(out["const.weight"], x["const.weight"])
@@ -247,7 +247,7 @@ def test_gaeb_stream_against_a_moving_reference(predictor: str) -> None:
     """A federated run: each round the client codes its model against the global model
     of that round, which moves; encoder and decoder states stay equal."""
     enc = fedpress.UpdateEncoder(_plan({"id": "gaeb", "predictor": predictor}), "rel", 1e-2)
-    dec = fedpress.UpdateDecoder()
+    dec = fedpress.UpdateDecoder(limits=TRUSTED)
     rng = np.random.default_rng(11)
     scale = {k: rng.lognormal(0, 1, v.shape) for k, v in _model(12).items()}
     glob = _model(12)
@@ -269,7 +269,7 @@ def test_gaeb_stream_against_a_moving_reference(predictor: str) -> None:
             diff = out["fc.weight"].astype(np.float64) - glob["fc.weight"]
             assert np.array_equal(st_["sign"], np.sign(diff.astype(np.float32)).reshape(-1))
         with pytest.raises(fedpress.ReferenceMismatchError):
-            fedpress.UpdateDecoder().decode(blob, reference=_model(13))
+            fedpress.UpdateDecoder(limits=TRUSTED).decode(blob, reference=_model(13))
         glob = {k: (0.5 * (glob[k] + out[k])).astype(np.float32) for k in glob}
     plain = fedpress.UpdateEncoder(_plan({"id": "gaeb", "predictor": predictor}), "rel",
                                    1e-2).encode(x)
@@ -290,4 +290,4 @@ def test_crafted_shape_against_the_reference_is_a_format_error(codec: str) -> No
         Record(rec.name, rec.codec_index, fedpress.TensorSpec((50, 64), rec.spec.dtype),
                rec.payload, rec.state, rec.reference)], fr.meta))
     with pytest.raises(fedpress.FormatError):
-        fedpress.UpdateDecoder().decode(crafted, reference={"fc.weight": ref})
+        fedpress.UpdateDecoder(limits=TRUSTED).decode(crafted, reference={"fc.weight": ref})

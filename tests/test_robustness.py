@@ -15,7 +15,7 @@ from fedpress.eblc.base import ErrorBoundedCodec
 from fedpress.frame import KIND_TENSOR, KIND_UPDATE, Frame, Record, StateTag, pack
 from fedpress.registry import register_codec, unregister_codec
 
-from .common import EB_CODECS, available, run_isolated
+from .common import EB_CODECS, TRUSTED, available, run_isolated
 
 
 def _frame(cfg: dict[str, Any], spec: TensorSpec, payload: bytes,
@@ -47,7 +47,7 @@ def test_truncated_zfp_stream_does_not_crash() -> None:
 @pytest.mark.parametrize("codec", available(EB_CODECS))
 def test_rel_bound_of_a_huge_float64_range(codec: str) -> None:
     x = np.array([-1e308, 1e308, 0.0, 5e307] * 10)
-    y = fedpress.decompress(fedpress.compress(x, codec=codec, eb=1e-2))
+    y = fedpress.decompress(fedpress.compress(x, codec=codec, eb=1e-2), TRUSTED)
     assert np.all(np.abs(y - x) <= np.finfo(np.float64).max)
     assert np.all(np.abs(y / 1e308 - x / 1e308) <= 2e-2)
 
@@ -90,7 +90,7 @@ def test_records_a_codec_cannot_have_made() -> None:
     with pytest.raises(fedpress.FormatError, match="cannot produce"):
         fedpress.decompress(_frame({"id": "sz3", "mode": "rel", "eb": 0.01,
                                     "algorithm": "interp_lorenzo"},
-                                   TensorSpec((100,), np.dtype("i4")), payload))
+                                   TensorSpec((100,), np.dtype("i4")), payload), TRUSTED)
     z = fedpress.get_codec("zstd").encode(np.zeros(3, np.float32))
     with pytest.raises(fedpress.FormatError, match="state tag"):
         fedpress.decode_update(_frame({"id": "zstd", "level": 3}, TensorSpec((3,), np.dtype("f4")),
@@ -136,7 +136,7 @@ def test_codecs_from_many_threads(rng: np.random.Generator) -> None:
     def work(codec: str) -> None:
         try:
             for _ in range(3):
-                y = fedpress.decompress(fedpress.compress(x, codec=codec, eb=1e-3))
+                y = fedpress.decompress(fedpress.compress(x, codec=codec, eb=1e-3), TRUSTED)
                 assert np.abs(y - x).max() <= 1e-3 * float(x.max() - x.min())
         except BaseException as exc:
             errors.append(exc)

@@ -145,7 +145,7 @@ def check_stream(raw: bytes, n: int, itemsize: int, eb_abs: float, algorithm: st
     algo, switches, block_size = _check_config(raw[_HEADER.size + payload_len:], n, eb_abs)
     if algo not in _STORED[algorithm]:
         raise FormatError(f"sz3 payload: algorithm {algo} is not one {algorithm!r} stores")
-    if switches != _switches_for(algorithm, algo):
+    if switches not in _switches_for(algorithm, algo):
         raise FormatError(f"sz3 payload: predictor switches {switches:#x} are not what "
                           f"{algorithm!r} writes")
     inner_size = _check_lossless_stage(payload, n, itemsize)
@@ -154,13 +154,17 @@ def check_stream(raw: bytes, n: int, itemsize: int, eb_abs: float, algorithm: st
     return Sz3Stream(version, algo, switches, block_size, inner_size)
 
 
-def _switches_for(algorithm: str, algo: int) -> int:
-    """The predictor switches a stream of ``algorithm`` that SZ3 stored as ``algo``
-    carries: interp_lorenzo's Lorenzo branch tunes them (first and second order, no
-    regression), everything else keeps SZ3's defaults."""
-    if algorithm == "interp_lorenzo" and algo == _LORENZO_REG:
-        return _SWITCHES_TUNED
-    return _SWITCHES_DEFAULT
+def _switches_for(algorithm: str, algo: int) -> frozenset[int]:
+    """The predictor switches a stream of ``algorithm`` that SZ3 stored as ``algo`` can
+    carry: interp_lorenzo tunes them (first and second order Lorenzo, no regression)
+    before it picks its branch, so its Lorenzo branch always carries the tuned ones and
+    its other branches (interpolation, the lossless fallback) either; every other
+    algorithm keeps SZ3's defaults."""
+    if algorithm == "interp_lorenzo":
+        if algo == _LORENZO_REG:
+            return frozenset({_SWITCHES_TUNED})
+        return frozenset({_SWITCHES_TUNED, _SWITCHES_DEFAULT})
+    return frozenset({_SWITCHES_DEFAULT})
 
 
 def _check_config(conf: bytes, n: int, eb_abs: float) -> tuple[int, int, int]:
