@@ -112,7 +112,11 @@ def _memory_cases() -> dict[str, dict[str, Any]]:
         ("qsgd float16", {"id": "qsgd"}, x16),
         ("terngrad rans float32", {"id": "terngrad"}, x32),
         ("terngrad float16", {"id": "terngrad"}, x16),
-        ("fpz bfloat16", {"id": "fpz"}, x32.astype(BF16))]
+        ("fpz bfloat16", {"id": "fpz"}, x32.astype(BF16)),
+        ("szx float32", {"id": "szx"}, x32),
+        ("szx float16", {"id": "szx"}, x16)]
+    if available(("zfp",)):  # the other peer-safe back end that decodes in this process
+        plain.append(("zfp float32", {"id": "zfp", "mode": "abs", "eb": 1e-3}, x32))
     for name, cfg, x in plain:
         cases[name] = _case(cfg, x, _encode(cfg, x))
     assert cases["qsgd rans float32"]["payload"][0] == quant.RANS

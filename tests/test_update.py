@@ -8,7 +8,7 @@ import pytest
 import fedpress
 from fedpress.dtypes import BFLOAT16
 
-from .common import abs_bound, same_bits
+from .common import TRUSTED, abs_bound, same_bits
 
 
 def _state_dict(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -92,7 +92,7 @@ def test_dict_plan_exact_then_regex_then_default(rng: np.random.Generator) -> No
     assert info["emb.table"]["codec"] == "zstd"
     # lossy rule never takes an integer tensor: it falls to the default / lossless
     assert info["bn.num_batches_tracked"]["codec"] == "zlib"
-    out = fedpress.decode_update(blob)
+    out = fedpress.decode_update(blob, TRUSTED)  # sz3: its own frame
     assert np.abs(out["fc.weight"] - sd["fc.weight"]).max() <= 1e-4
 
 

@@ -74,6 +74,11 @@ class SZ2Codec(ErrorBoundedCodec):
     core_float64 = True
     peer_safe: ClassVar[bool] = False
 
+    def _core_decode_extra_bytes(self, n: int, dtype: np.dtype) -> int:
+        """SZ2's and HDF5's buffers while decoding: about 5.8 (float32) and 8.6
+        (float64) bytes a value, measured."""
+        return 9 * n
+
     def check_available(self) -> None:
         _h5()
 
