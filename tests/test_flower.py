@@ -28,12 +28,13 @@ INIT = {"w": RNG.standard_normal((48, 40)).astype(np.float32),
 
 
 def _numpy_app(with_mod: bool = True, mods: list | None = None,
-               trained: list | None = None) -> ClientApp:
+               trained: list | None = None, train_mods: list | None = None) -> ClientApp:
     """Clients that move every weight by a seeded, node-specific step (``mods``: in
-    place of the mod; ``trained``: gets the node id of each train call)."""
+    place of the mod; ``trained``: gets the node id of each train call; ``train_mods``:
+    the train function's own mods, inside the app's)."""
     app = ClientApp(mods=mods if mods is not None else [compression_mod] if with_mod else [])
 
-    @app.train()
+    @app.train(mods=train_mods or [])
     def train(msg: Message, ctx: Context) -> Message:
         if trained is not None:
             trained.append(ctx.node_id)

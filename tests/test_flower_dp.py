@@ -12,7 +12,7 @@ import random
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Message
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import LocalDpMod, fixedclipping_mod
 from flwr.serverapp.strategy import (
@@ -23,6 +23,8 @@ from flwr.serverapp.strategy import (
 
 from fedpress.flower import CompressedStrategy, FailedRoundsError, compression_mod, wire
 from fedpress.flower.inline import InlineGrid
+
+from .test_flower import _numpy_app
 
 RNG = np.random.default_rng(1)
 # "weight" in the name: plan fedsz codes it lossily (FedSZ's partition), the bias not
@@ -35,25 +37,7 @@ NODES = 3
 def _app(mods: list, train_mods: list | None = None) -> ClientApp:
     """Clients that move every weight by a seeded step of norm ~2.2 (``mods``: the
     app's; ``train_mods``: the train function's own, inside them)."""
-    app = ClientApp(mods=mods)
-
-    @app.train(mods=train_mods or [])
-    def train(msg: Message, ctx: Context) -> Message:
-        st = wire.state_of(msg.content["arrays"])
-        pid = int(ctx.node_config["partition-id"])
-        rng = np.random.default_rng(100 * int(msg.content["config"]["server-round"]) + pid)
-        out = {k: (v + 0.05 * rng.standard_normal(v.shape)).astype(np.float32)
-               for k, v in st.items()}
-        return Message(RecordDict({"arrays": wire.plain_record(out),
-                                   "metrics": MetricRecord({"num-examples": 10 + pid})}),
-                       reply_to=msg)
-
-    @app.evaluate()
-    def evaluate(msg: Message, ctx: Context) -> Message:
-        return Message(RecordDict({"metrics": MetricRecord({"num-examples": 5})}),
-                       reply_to=msg)
-
-    return app
+    return _numpy_app(mods=mods, train_mods=train_mods)
 
 
 def _client_dp(inner: FedAvg) -> DifferentialPrivacyClientSideFixedClipping:
