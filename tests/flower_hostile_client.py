@@ -6,7 +6,8 @@ Used in process (``tests/test_flower_hostile.py`` builds ClientApps with
 this file as ``fedpress_example/hostile_client.py`` and points the app's ``clientapp``
 at :data:`app`. Run config (the app's ``[tool.flwr.app.config]``):
 
-* ``hostile-partition``: the partition id of the node that turns hostile (``-1``: none);
+* ``hostile-partition``: the partition id of the node that turns hostile (``-1``: none,
+  :data:`EVERY`: every node);
 * ``hostile-frames``: comma-separated kinds of :data:`KINDS`, one per round, in turn.
 """
 
@@ -29,6 +30,8 @@ from fedpress.frame import unpack as unpack_frame
 #: elements of the tensor a "huge" frame declares (1 GiB of float32: under the default
 #: Limits, so only the server's check against the model refuses it before allocating)
 HUGE = 1 << 28
+#: ``hostile-partition`` value for which every node turns hostile
+EVERY = -2
 
 
 def _rng(frame: bytes) -> np.random.Generator:
@@ -117,7 +120,8 @@ def hostile_mod(message: Message, context: Context,
     frame for a crafted one (the run config says which node and which frames)."""
     reply = call_next(message, context)
     config = context.run_config
-    if int(config.get("hostile-partition", -1)) != int(context.node_config["partition-id"]) \
+    hostile = int(config.get("hostile-partition", -1))
+    if hostile not in (EVERY, int(context.node_config["partition-id"])) \
             or message.metadata.message_type.split(".")[0] != "train" \
             or reply.has_error() or "arrays" not in reply.content:
         return reply

@@ -1,7 +1,8 @@
 """A hostile client's crafted frames (valid checksum) against the Flower server: in
 process for every kind of frame, and once in a real local deployment (SuperLink + 2
 SuperNodes, `flwr run`), where one node's ClientApp turns hostile. The server drops
-each crafted reply with a logged reason and completes the run with the other nodes.
+each crafted reply with a logged reason and completes the run with the other nodes;
+when every node turns hostile, the run fails (``FailedRoundsError``).
 
 The hostile ClientApp is ``tests/flower_hostile_client.py`` (test code only; the
 example app has no such switch)."""
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -28,7 +30,7 @@ from fedpress.flower import CompressedStrategy, compression_mod, wire
 from fedpress.flower.inline import InlineGrid
 from fedpress.frame import unpack
 
-from .flower_hostile_client import HUGE, KINDS, craft, hostile_mod
+from .flower_hostile_client import EVERY, HUGE, KINDS, craft, hostile_mod
 from .test_flower import INIT, _numpy_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,3 +142,40 @@ def test_a_deployment_survives_a_hostile_client(tmp_path) -> None:
     assert f"as float32({HUGE},)" in stream, tails
     final = np.load(out / "final.npz")
     assert all(np.isfinite(final[k]).all() for k in final.files)
+
+
+@pytest.mark.slow
+def test_a_deployment_where_every_reply_is_dropped_fails(tmp_path) -> None:
+    """SuperLink + 2 SuperNodes, 2 rounds planned, max-failed-rounds 1; both nodes reply
+    with frames naming SZ2, so no train reply of round 1 is usable: the ServerApp raises
+    FailedRoundsError, ``flwr ls`` shows the run as failed with the dropped replies in
+    its details, deploy_local exits 1 and every process exits."""
+    from .test_flower_deploy import _flower_processes
+
+    home, out = tmp_path / "flwr", tmp_path / "out"
+    run_config = (f'num-server-rounds=2 dataset="digits" model="mlp" local-steps=3 '
+                  f'batch-size=16 test-limit=0 hostile-partition={EVERY} '
+                  f'hostile-frames="sz2" max-failed-rounds=1 out="{out}"')
+    proc = subprocess.run([sys.executable, str(EXAMPLE / "deploy_local.py"), "--nodes", "2",
+                           "--app", str(_hostile_app(tmp_path)), "--flwr-home", str(home),
+                           "--run-config", run_config, "--timeout", "300"],
+                          capture_output=True, text=True, timeout=600)
+    logs = {p.name: p.read_text() for p in sorted((home / "logs").glob("*.log"))}
+    tails = "\n".join(f"== {n}\n{t[-1500:]}" for n, t in logs.items())
+    everything = proc.stdout + proc.stderr + tails
+    assert proc.returncode == 1, everything
+    assert "finished:completed" not in proc.stdout + proc.stderr, everything
+    assert _flower_processes(home) == []
+    # deploy_local's report of the run's `flwr ls` entry: "run N ended STATUS: DETAILS"
+    # then the tail of the run's log stream (flwr_run.log)
+    stream = logs["flwr_run.log"]
+    m = re.search(r"run \d+ ended (\S+): ", proc.stderr)
+    assert m is not None, everything
+    status, details = m.group(1), proc.stderr[m.end():].split("\n" + stream[-3000:])[0]
+    assert status == "finished:failed", everything
+    assert "no train reply could be used in a round (max_failed_rounds=1)" in details, details
+    assert ("round 1: 0 of 2 replies decodable: 2x dropped: codec 'sz2' is not accepted "
+            "by this decoder") in details, details
+    assert "FailedRoundsError" in stream, tails
+    assert "[ROUND 2/2]" not in stream, tails  # it stopped after the first failed round
+    assert not (out / "metrics.json").exists()  # the ServerApp did not reach its end
