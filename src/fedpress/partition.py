@@ -29,10 +29,16 @@ a dict
     config without ``mode`` or ``eb`` takes the plan's) or
     :class:`~fedpress.abc.Codec` objects. ``lossless`` still names the codec
     for tensors no rule and no default can take (integers under lossy rules).
+
+Written as text (command line, TOML settings, Flower links), a plan is read by
+:meth:`Plan.parse`: a name or codec id, ``name(key=value, ...)`` with options
+(``"topk(ratio=0.01, approx=true)"``), or a JSON object of rules; and
+:func:`split_plans` splits a comma-separated list of them.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -137,8 +143,7 @@ class Plan:
     def stateful(self) -> bool:
         """Whether any codec of the plan keeps state between rounds (then the same
         tensors give different frames round after round, and per peer)."""
-        return any(isinstance(c, StatefulCodec)
-                   for c in [r.codec for r in self.rules] + [self.default, self.lossless])
+        return any(isinstance(c, StatefulCodec) for c in self.codecs())
 
     def __repr__(self) -> str:
         return f"Plan(name={self.name!r}, rules={self.rules!r}, default={self.default!r})"
@@ -156,6 +161,40 @@ class Plan:
         back end library here."""
         for c in self.codecs():
             c.check_available()
+
+    @staticmethod
+    def parse(text: Any) -> tuple[Any, dict[str, Any]]:
+        """A plan written as text -> ``(spec, options)`` for :meth:`build`.
+
+        ``"fedsz"`` -> ``("fedsz", {})``; ``"topk(ratio=0.01, approx=true)"`` ->
+        ``("topk", {"ratio": 0.01, "approx": True})`` (values: ``true``/``false``,
+        ``none``/``null``, ints, floats, else strings); a JSON object of rules
+        (``'{"re:bias$": "zstd", "default": "sz3"}'``) -> ``(dict, {})``. Anything
+        that is not a string (a rule dict, ``None``) comes back as is, with no options.
+        """
+        if not isinstance(text, str):
+            return text, {}
+        spec = text.strip()
+        if spec.startswith("{"):
+            try:
+                rules = json.loads(spec)
+            except ValueError as exc:
+                raise ConfigError(f"plan looks like JSON but does not parse: {exc}") from None
+            if not isinstance(rules, dict):
+                raise ConfigError("plan JSON must be an object of pattern -> codec")
+            return rules, {}
+        if "(" not in spec:
+            return spec, {}
+        name, _, rest = spec.partition("(")
+        if not rest.endswith(")") or not name.strip():
+            raise ConfigError(f"plan {text!r}: write options as name(key=value, ...)")
+        options: dict[str, Any] = {}
+        for item in split_plans(rest[:-1]):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip().isidentifier():
+                raise ConfigError(f"plan {text!r}: {item!r} is not key=value")
+            options[key.strip()] = _value(value.strip())
+        return name.strip(), options
 
     @classmethod
     def build(cls, plan: str | Mapping[str, CodecSpec] | Plan = "fedsz", mode: str = "rel",
@@ -225,3 +264,47 @@ class Plan:
         if not codec.lossy:
             return cls([], codec, fallback, name=plan)
         return cls([Rule("re:", codec, min_elements=threshold)], fallback, fallback, name=plan)
+
+
+_OPEN, _CLOSE = "({", ")}"
+
+
+def split_plans(text: str) -> list[str]:
+    """Comma-separated plan specs (:meth:`Plan.parse`); commas inside parentheses,
+    braces or a JSON object's strings belong to a spec."""
+    out, stack, cur, quoted, escaped = [], [], "", False, False
+    for ch in text:
+        if quoted:  # inside a JSON string
+            quoted = ch != '"' or escaped
+            escaped = not escaped and ch == "\\"
+        elif ch == '"' and "{" in stack:
+            quoted = True
+        elif ch in _OPEN:
+            stack.append(ch)
+        elif ch in _CLOSE:
+            if not stack or _OPEN.index(stack.pop()) != _CLOSE.index(ch):
+                raise ConfigError(f"unbalanced parentheses or braces in plans {text!r}")
+        elif ch == "," and not stack:
+            out.append(cur.strip())
+            cur = ""
+            continue
+        cur += ch
+    out.append(cur.strip())
+    if stack or quoted:
+        raise ConfigError(f"unbalanced parentheses or braces in plans {text!r}")
+    return [p for p in out if p]
+
+
+def _value(text: str) -> Any:
+    """An option's value: bool, None, int, float, else the string itself."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

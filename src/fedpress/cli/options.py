@@ -20,6 +20,7 @@ import typer
 
 from ..errors import ConfigError, FormatError
 from ..frame import Limits
+from ..partition import Plan
 from ..registry import codec_class, list_codecs
 
 __all__ = ["AllowOption", "IsolateOption", "Mode", "decoder_limits", "opt_in_hint",
@@ -101,39 +102,43 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def parse_plan(plan: str) -> str | dict[str, Any]:
-    """A plan name / codec id, or a JSON object of rules."""
-    text = plan.strip()
-    if text.startswith("{"):
-        try:
-            rules = json.loads(text)
-        except ValueError as exc:
-            raise ConfigError(f"--plan looks like JSON but does not parse: {exc}") from None
-        if not isinstance(rules, dict):
-            raise ConfigError("--plan JSON must be an object of pattern -> codec")
-        return rules
-    return text
-
-
 _RESERVED_OPTIONS = frozenset({"mode", "eb", "threshold", "lossy", "lossless", "plan", "codec",
                                "store", "peer"})
 
 
-def parse_options(options: list[str] | None) -> dict[str, Any]:
-    """``key=value`` pairs; values are JSON when they parse (``level=19``), else strings."""
-    out: dict[str, Any] = {}
+def parse_plan(plan: str) -> tuple[str | dict[str, Any], dict[str, Any]]:
+    """``--plan``: ``(spec, codec options)`` by :meth:`fedpress.Plan.parse` (a plan name
+    or codec id, ``name(key=value, ...)``, or a JSON object of rules)."""
+    spec, options = Plan.parse(plan)
+    for key in options:
+        _check_key(key, "--plan")
+    return spec, options
+
+
+def parse_options(options: list[str] | None,
+                  plan_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``key=value`` pairs; values are JSON when they parse (``level=19``), else strings.
+    ``plan_options`` (from ``--plan``'s parentheses) come first; a key given both ways
+    is an error."""
+    out: dict[str, Any] = dict(plan_options or {})
     for item in options or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--option expects key=value, got {item!r}")
-        if key.strip() in _RESERVED_OPTIONS:
-            raise ConfigError(f"--option {key.strip()}=... : use --{key.strip()} instead")
+        _check_key(key.strip(), "--option")
+        if plan_options and key.strip() in plan_options:
+            raise ConfigError(f"--option {key.strip()}=... : already given in --plan")
         try:
             value: Any = json.loads(raw)
         except ValueError:
             value = raw
         out[key.strip()] = value
     return out
+
+
+def _check_key(key: str, flag: str) -> None:
+    if key in _RESERVED_OPTIONS:
+        raise ConfigError(f"{flag} {key}=... : use --{key} instead")
 
 
 def split_list(text: str, what: str) -> list[str]:

@@ -12,8 +12,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import MissingDependencyError
+from ..partition import Plan, split_plans
 from .common import app, err_console, handle_errors, out_console
-from .options import Mode, parse_floats, parse_plan, sim_settings, split_list, with_sim_flags
+from .options import Mode, parse_floats, sim_settings, split_list, with_sim_flags
 from .render import compact_table, fmt_bytes, fmt_num, fmt_size
 
 __all__ = ["SUMMARY_COLUMNS", "advise", "compare_plans", "require", "simulate",
@@ -64,12 +65,19 @@ def simulate(
     Writes metrics.csv, summary.json and PNG plots into --out.
     """
     config = flags.pop("config", None)
-    settings = sim_settings(config, plan=parse_plan(plan) if plan else None, **flags)
+    settings = sim_settings(config, plan=_sim_plan(plan) if plan else None, **flags)
     require("simulate", ("torch", "matplotlib"))
     from ..sim.run import run
 
     result = run(settings, out)
     print_summary([result | {"plan": settings.get("plan", "none")}], out)
+
+
+def _sim_plan(text: str) -> str | dict[str, Any]:
+    """``--plan`` of ``simulate``, checked by :meth:`fedpress.Plan.parse`: its JSON rules
+    as a dict, any other spec as written (the simulator reads its options)."""
+    spec, _ = Plan.parse(text)
+    return spec if isinstance(spec, dict) else text.strip()
 
 
 @app.command("compare")
@@ -88,7 +96,6 @@ def compare_plans(
     settings = sim_settings(config, **flags)
     require("compare", ("torch", "matplotlib"))
     from ..sim.run import compare as run_compare
-    from ..sim.run import split_plans
 
     results = run_compare(settings, split_plans(plans), out)
     print_summary(results, out)

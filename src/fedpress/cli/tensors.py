@@ -62,7 +62,8 @@ def compress(
                                                                ".safetensors, .pt/.pth.")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Frame to write.",
                                                 show_default="INPUT.fpz")] = None,
-    plan: Annotated[str | None, typer.Option(help="'fedsz', a codec id, or a JSON object of "
+    plan: Annotated[str | None, typer.Option(help="'fedsz', a codec id, name(key=value, ...) "
+                                           "with codec options, or a JSON object of "
                                            "rules such as '{\"re:weight\": \"sz3\", "
                                            "\"default\": \"zstd\"}' [default: fedsz]")]
     = None,
@@ -90,12 +91,13 @@ def compress(
     """Compress a tensor file into one fedpress update frame."""
     if codec is not None and plan is not None:
         raise ConfigError("give --plan or --codec, not both")
-    spec: str | dict[str, Any] = codec if codec is not None else parse_plan(plan or "fedsz")
+    spec: str | dict[str, Any]
+    spec, plan_opts = (codec, {}) if codec is not None else parse_plan(plan or "fedsz")
     out = output if output is not None else input.with_name(input.name + ".fpz")
     tensors = fio.load_tensors(input)
     if same_file(out, input):
         raise ConfigError(f"output {str(out)!r} would overwrite the input")
-    opts = parse_options(option)
+    opts = parse_options(option, plan_opts)
     t0 = time.perf_counter()
     ref = fio.load_tensors(reference) if reference is not None else None
     blob = encode_update(tensors, spec, mode.value, eb, threshold=threshold, lossy=lossy,

@@ -33,7 +33,7 @@ import fedpress
 from ..abc import Codec
 from ..errors import ConfigError
 from ..frame import DEFAULT_LIMITS, Limits
-from ..sim.run import parse_plan_spec
+from ..partition import Plan
 
 SENDS = ("weights", "update")
 #: config keys the server adds to every message it sends
@@ -77,7 +77,10 @@ class Link:
         else:
             if spec is not None and not isinstance(spec, str):
                 raise ConfigError(f"a link is a plan spec string, got {spec!r}")
-            name, options = parse_plan_spec(spec)
+            name, options = Plan.parse(spec)
+            if isinstance(name, dict):
+                raise ConfigError("a link's plan is a name or codec id with options, "
+                                  "not JSON rules")
             settings = {k: options.pop(k) for k in ("send", "reference", "eb", "mode")
                         if k in options}
             plan = None if name in (None, "", "none", "raw") else str(name)

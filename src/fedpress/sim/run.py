@@ -33,6 +33,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..io import write_bytes_atomically
+from ..partition import Plan, split_plans  # noqa: F401 - split_plans: imported from here
 
 DEFAULTS: dict[str, Any] = {
     "dataset": "fashion-mnist", "data_dir": None, "model": "cnn", "clients": 4, "rounds": 5,
@@ -282,56 +283,13 @@ def _steps(value: Any) -> tuple[tuple[int, float], ...]:
     return tuple(out)
 
 
-def split_plans(text: str) -> list[str]:
-    """Comma-separated plan specs; commas inside parentheses belong to a spec."""
-    out, depth, cur = [], 0, ""
-    for ch in text:
-        depth += (ch == "(") - (ch == ")")
-        if ch == "," and depth == 0:
-            out.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    out.append(cur.strip())
-    if depth != 0:
-        raise ConfigError(f"unbalanced parentheses in plans {text!r}")
-    return [p for p in out if p]
-
-
-def parse_plan_spec(spec: Any) -> tuple[Any, dict[str, Any]]:
-    """``"topk(ratio=0.01, approx=true)"`` -> ``("topk", {"ratio": 0.01, "approx": True})``;
-    other specs (names, rule dicts) pass through with no options."""
-    if not isinstance(spec, str) or "(" not in spec:
-        return spec, {}
-    name, _, rest = spec.partition("(")
-    if not rest.endswith(")") or not name.strip():
-        raise ConfigError(f"plan {spec!r}: write options as name(key=value, ...)")
-    options: dict[str, Any] = {}
-    for item in split_plans(rest[:-1]):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip().isidentifier():
-            raise ConfigError(f"plan {spec!r}: {item!r} is not key=value")
-        options[key.strip()] = _value(value.strip())
-    return name.strip(), options
-
-
-def _value(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+#: the plan-spec grammar (:meth:`fedpress.Plan.parse`), under its former name here
+parse_plan_spec = Plan.parse
 
 
 def _plan(spec: Any, settings: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     """(plan for UpdateEncoder or None for raw, its options)."""
-    spec, extra = parse_plan_spec(spec)
+    spec, extra = Plan.parse(spec)
     extra = {k: v for k, v in extra.items() if k not in SIM_KEYS}  # run settings
     if spec in (None, "none", "raw"):
         return None, {}
@@ -355,7 +313,7 @@ def run(settings: Mapping[str, Any], out_dir: str | os.PathLike[str] | None = No
     from .network import Network
 
     # run settings given inside the uplink plan spec: "signsgd(aggregate=vote)"
-    name, spec_settings = parse_plan_spec(settings.get("plan"))
+    name, spec_settings = Plan.parse(settings.get("plan"))
     s = resolve({**settings, **{k: v for k, v in spec_settings.items() if k in SIM_KEYS}})
     if name == "hgc":  # HGC's exchange: its run settings where the defaults stand
         for key, value in (("aggregate", "hgc"), ("send", "update")):
