@@ -74,7 +74,7 @@ from ..dtypes import to_numpy, to_torch
 from ..errors import ConfigError, FormatError
 from ..frame import KIND_UPDATE, Limits
 from ..frame import unpack as unpack_frame
-from ..sim.run import parse_plan_spec
+from ..partition import Plan
 
 #: the name APPFL's YAML gives (``lossy_compressor``) once :func:`register` ran
 NAME = "FedpressCompressor"
@@ -135,7 +135,7 @@ def settings(config: Any) -> tuple[Any, str, float, dict[str, Any]]:
     """``(plan, mode, eb, options)`` for :class:`fedpress.UpdateEncoder` from an APPFL
     compressor configuration (see the module docs); ConfigError on bad values."""
     cfg = _plain(config)
-    plan, options = parse_plan_spec(cfg.get("plan", "fedsz"))
+    plan, options = Plan.parse(cfg.get("plan", "fedsz"))
     extra = cfg.get("plan_options") or {}
     if not isinstance(extra, Mapping):
         raise ConfigError(f"{NAME}: plan_options is a mapping, got {extra!r}")

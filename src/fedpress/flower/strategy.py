@@ -71,9 +71,9 @@ import fedpress
 from ..errors import ConfigError, FedpressError, FormatError, StateDesyncError
 from ..frame import Limits
 from ..frame import unpack as unpack_frame
+from ..partition import Plan
 from ..sim.client import apply_changes, raw_bytes
 from ..sim.fl import Downlink
-from ..sim.run import parse_plan_spec
 from . import wire
 from .link import KEY_BASE, KEY_DELAY, KEY_DOWNLINK, KEY_RESET, KEY_UPLINK, Link
 from .mod import REPLY_KEY
@@ -313,7 +313,7 @@ class CompressedStrategy(Strategy):
             if key in cfg and not isinstance(spec, str):
                 raise bad(key, "a plan spec string")
             try:
-                given = set(parse_plan_spec(spec)[1]) if isinstance(spec, str) else set()
+                given = set(Plan.parse(spec)[1]) if isinstance(spec, str) else set()
                 extra = {} if isinstance(spec, Link) else {
                     k: v for k, v in bound.items() if k not in given}
                 args[name] = Link.parse(spec, **extra)
