@@ -36,9 +36,8 @@ from flwr.common.constant import ErrorCode
 import fedpress
 
 from ..errors import MissingDependencyError, StateDesyncError
+from ..exchange import apply_changes, changes, raw_bytes, zeros_like
 from ..frame import DEFAULT_LIMITS
-from ..sim.client import apply_changes, raw_bytes
-from ..sim.fl import changes, zeros_like
 from ..state import MemoryStateStore, TensorState
 from . import wire
 from .link import KEY_BASE, KEY_DELAY, KEY_DOWNLINK, KEY_RESET, KEY_UPLINK, Link

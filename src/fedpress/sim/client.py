@@ -28,6 +28,7 @@ from torch.nn import functional
 import fedpress
 
 from ..errors import ConfigError
+from ..exchange import State, apply_changes, raw_bytes
 from ..grad.hgc_exchange import HGCClient
 from ..grad.powersgd_exchange import PowerSGDClient, low_rank_names
 from ..update import trusting
@@ -38,7 +39,6 @@ P_PREFIX = "powersgd.P/"  # PowerSGD's phase-1 factors in a reply
 if TYPE_CHECKING:
     from .fl import FLConfig
 
-State = dict[str, np.ndarray]
 Message = bytes | State  # a fedpress frame, or the raw state dict
 
 
@@ -48,10 +48,6 @@ def state_of(model: torch.nn.Module) -> State:
 
 def load_state(model: torch.nn.Module, state: Mapping[str, np.ndarray]) -> None:
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
-
-
-def raw_bytes(state: Mapping[str, np.ndarray]) -> int:
-    return int(sum(v.nbytes for v in state.values()))
 
 
 def normalise(x: np.ndarray) -> torch.Tensor:
@@ -88,13 +84,6 @@ def hgc_names(state: State, params: frozenset[str]) -> list[str]:
 
 def client_seed(seed: int, rnd: int, client: int) -> int:
     return seed * 1_000_003 + rnd * 1_009 + client
-
-
-def apply_changes(held: State, got: State) -> State:
-    """``held`` moved by decoded changes: float tensors add, the others are replaced
-    (the server mirrors this arithmetic exactly)."""
-    return {k: (held[k] + v).astype(held[k].dtype, copy=False)
-            if np.issubdtype(v.dtype, np.floating) else v for k, v in got.items()}
 
 
 def make_encoder(plan: Any, options: Mapping[str, Any],

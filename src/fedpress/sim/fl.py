@@ -38,6 +38,7 @@ from torch.nn import functional
 import fedpress
 
 from ..errors import ConfigError
+from ..exchange import changes, zeros_like
 from ..grad.powersgd_exchange import PowerSGDServer, low_rank_names
 from .client import (
     P_PREFIX,
@@ -459,18 +460,6 @@ def _keeps_sender_state(plan: Any) -> bool:
 
     return any(isinstance(c, StatefulCodec) and c.scope is Scope.SENDER
                for c in [r.codec for r in plan.rules] + [plan.default, plan.lossless])
-
-
-def zeros_like(state: State) -> State:
-    """A copy of ``state`` with every value zero (a client that holds nothing yet)."""
-    return {k: np.zeros_like(v) for k, v in state.items()}
-
-
-def changes(held: State, target: State) -> State:
-    """What turns ``held`` into ``target``: differences of float tensors, the values
-    of the others (integer buffers)."""
-    return {k: target[k] - held[k] if np.issubdtype(v.dtype, np.floating) else v
-            for k, v in target.items()}
 
 
 def gradient_compressor(plan: Any, options: Mapping[str, Any]) -> str | None:
