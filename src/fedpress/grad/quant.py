@@ -98,7 +98,7 @@ CHUNK_BYTES_PER_VALUE = 48
 #: integers up to this magnitude are exact in float32
 _F32_EXACT = 1 << 24
 #: the Elias kernel's statuses
-_ERR_BITS, _ERR_RANGE, _ERR_BEYOND = -1, -2, -3
+_ERR_BITS, _ERR_RANGE, _ERR_BEYOND = -1, -2, -3  # the statuses of stages._bitkernels
 
 
 def _finite_max(dtype: np.dtype) -> float:
@@ -195,7 +195,7 @@ def read_elias(rd: Reader, n: int, s: int, out: np.ndarray) -> None:
     none = np.zeros(0, dtype=np.uint8)
     status, value, gap_bits = kernel(gaps, none, none, k, n, 0, out)  # the gaps alone
     _check_status(status, value)
-    _check_end(gaps, gap_bits)
+    golomb.check_end(gaps, gap_bits, "gamma")
     signs = np.frombuffer(rd.take((k + 7) // 8), dtype=np.uint8)
     if k % 8 and int(signs[-1]) & (0xFF >> (k % 8)):
         raise FormatError("qsgd payload: sign padding is not zero")
@@ -204,7 +204,7 @@ def read_elias(rd: Reader, n: int, s: int, out: np.ndarray) -> None:
     status, value, mag_bits = kernel(gaps, signs, mags, k, n, s, out)
     _check_status(status, value)
     if s > 1:
-        _check_end(mags, mag_bits)
+        golomb.check_end(mags, mag_bits, "gamma")
 
 
 def _check_status(status: int, value: int) -> None:
@@ -222,83 +222,13 @@ def _check_fits(k: int, buf: np.ndarray) -> None:
         raise FormatError(f"gamma: {k} codes cannot fit in {buf.size} bytes")
 
 
-def _check_end(buf: np.ndarray, bits: int) -> None:
-    """The codes must fill the bytes exactly: no extra byte, zero padding bits."""
-    if (bits + 7) // 8 != buf.size:
-        raise FormatError(f"gamma: {buf.size - (bits + 7) // 8} unexpected trailing bytes")
-    if bits % 8 and int(buf[-1]) & (0xFF >> (bits % 8)):
-        raise FormatError("gamma: padding bits are not zero")
-
-
-def _elias_levels(gaps, signs, mags, k, n, s, out):  # pragma: no cover - compiled
-    """Decode ``k`` Elias triples into ``out``: a gamma gap (cap ``n``), a sign bit, a
-    gamma magnitude (cap ``s``; none when ``s == 1``). ``s == 0`` reads the gaps only
-    (no sign, magnitude or write). Returns ``(status, value, bits)``: ``(0, 0, bits of
-    the gaps)`` after the gaps-only pass, ``(0, 0, bits of the magnitudes)`` after the
-    whole one, or an error status (``_ERR_RANGE`` with the cap exceeded as value).
-    Every read is checked against its stream's length."""
-    gbits = gaps.size * 8
-    mbits = mags.size * 8
-    gp = 0
-    mp = 0
-    at = -1
-    for i in range(k):
-        zeros = 0
-        while True:
-            if gp >= gbits:
-                return _ERR_BITS, 0, 0
-            if (gaps[gp >> 3] >> (7 - (gp & 7))) & 1:
-                break
-            zeros += 1
-            gp += 1
-            if zeros > 62:
-                return _ERR_RANGE, n, 0
-        if gp + zeros + 1 > gbits:
-            return _ERR_BITS, 0, 0
-        gap = 0
-        for _ in range(zeros + 1):
-            gap = (gap << 1) | ((gaps[gp >> 3] >> (7 - (gp & 7))) & 1)
-            gp += 1
-        if gap > n:
-            return _ERR_RANGE, n, 0
-        at += gap
-        if at >= n:
-            return _ERR_BEYOND, 0, 0
-        if s == 0:
-            continue
-        mag = 1
-        if s > 1:
-            zeros = 0
-            while True:
-                if mp >= mbits:
-                    return _ERR_BITS, 0, 0
-                if (mags[mp >> 3] >> (7 - (mp & 7))) & 1:
-                    break
-                zeros += 1
-                mp += 1
-                if zeros > 62:
-                    return _ERR_RANGE, s, 0
-            if mp + zeros + 1 > mbits:
-                return _ERR_BITS, 0, 0
-            mag = 0
-            for _ in range(zeros + 1):
-                mag = (mag << 1) | ((mags[mp >> 3] >> (7 - (mp & 7))) & 1)
-                mp += 1
-            if mag > s:
-                return _ERR_RANGE, s, 0
-        if (signs[i >> 3] >> (7 - (i & 7))) & 1:
-            out[at] = -mag
-        else:
-            out[at] = mag
-    return 0, 0, gp if s == 0 else mp
-
-
 @functools.cache
 def elias_kernel() -> Callable[..., tuple[int, int, int]]:
-    """The compiled Elias decoder (numba is loaded on first use)."""
-    from numba import njit
+    """The compiled Elias decoder, :func:`fedpress.stages._bitkernels.elias_levels`
+    (numba is loaded on first use)."""
+    from ..stages import _bitkernels
 
-    return njit(cache=True, nogil=True)(_elias_levels)
+    return _bitkernels.elias_levels
 
 
 def level_dtype(dtype: np.dtype, s: int) -> np.dtype:

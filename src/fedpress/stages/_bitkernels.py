@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-ERR_BITS, ERR_RANGE = -1, -2
+ERR_BITS, ERR_RANGE, ERR_BEYOND = -1, -2, -3
 
 
 @njit(cache=True, nogil=True)
@@ -105,29 +105,79 @@ def gamma_encode(v, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
+def gamma_read(buf, pos, nbits):  # pragma: no cover - compiled
+    """One Elias gamma code at bit ``pos`` of ``buf`` (``nbits`` long): ``(value, next
+    pos)``, or ``(ERR_BITS, pos)`` if the stream ends, ``(ERR_RANGE, pos)`` if the
+    code is longer than 62 bits."""
+    zeros = 0
+    while True:
+        if pos >= nbits:
+            return ERR_BITS, pos
+        if (buf[pos >> 3] >> (7 - (pos & 7))) & 1:
+            break
+        zeros += 1
+        pos += 1
+        if zeros > 62:
+            return ERR_RANGE, pos
+    if pos + zeros + 1 > nbits:
+        return ERR_BITS, pos
+    x = 0
+    for _ in range(zeros + 1):
+        x = (x << 1) | ((buf[pos >> 3] >> (7 - (pos & 7))) & 1)
+        pos += 1
+    return x, pos
+
+
+@njit(cache=True, nogil=True)
 def gamma_decode(buf, n, cap, out):  # pragma: no cover - compiled
     """Read ``n`` Elias gamma codes into ``out``; values above ``cap`` (or longer
     than 62 bits) give ``ERR_RANGE``. Returns the bits read or a negative status."""
     nbits = buf.size * 8
     pos = 0
     for i in range(n):
-        zeros = 0
-        while True:
-            if pos >= nbits:
-                return ERR_BITS
-            if (buf[pos >> 3] >> (7 - (pos & 7))) & 1:
-                break
-            zeros += 1
-            pos += 1
-            if zeros > 62:
-                return ERR_RANGE
-        if pos + zeros + 1 > nbits:
-            return ERR_BITS
-        x = 0
-        for _ in range(zeros + 1):
-            x = (x << 1) | ((buf[pos >> 3] >> (7 - (pos & 7))) & 1)
-            pos += 1
+        x, pos = gamma_read(buf, pos, nbits)
+        if x < 0:
+            return x
         if x > cap:
             return ERR_RANGE
         out[i] = x
     return pos
+
+
+@njit(cache=True, nogil=True)
+def elias_levels(gaps, signs, mags, k, n, s, out):  # pragma: no cover - compiled
+    """Decode ``k`` Elias triples into ``out`` (QSGD's sparse levels): a gamma gap (cap
+    ``n``), a sign bit, a gamma magnitude (cap ``s``; none when ``s == 1``). ``s == 0``
+    reads the gaps only (no sign, magnitude or write). Returns ``(status, value,
+    bits)``: ``(0, 0, bits of the gaps)`` after the gaps-only pass, ``(0, 0, bits of
+    the magnitudes)`` after the whole one, or an error status (``ERR_RANGE`` with the
+    cap exceeded as value, ``ERR_BEYOND`` for a position past ``n``). Every read is
+    checked against its stream's length."""
+    gbits = gaps.size * 8
+    mbits = mags.size * 8
+    gp = 0
+    mp = 0
+    at = -1
+    for i in range(k):
+        gap, gp = gamma_read(gaps, gp, gbits)
+        if gap == ERR_BITS:
+            return ERR_BITS, 0, 0
+        if gap == ERR_RANGE or gap > n:
+            return ERR_RANGE, n, 0
+        at += gap
+        if at >= n:
+            return ERR_BEYOND, 0, 0
+        if s == 0:
+            continue
+        mag = 1
+        if s > 1:
+            mag, mp = gamma_read(mags, mp, mbits)
+            if mag == ERR_BITS:
+                return ERR_BITS, 0, 0
+            if mag == ERR_RANGE or mag > s:
+                return ERR_RANGE, s, 0
+        if (signs[i >> 3] >> (7 - (i & 7))) & 1:
+            out[at] = -mag
+        else:
+            out[at] = mag
+    return 0, 0, gp if s == 0 else mp

@@ -85,15 +85,15 @@ def rice_unpack(data: bytes | memoryview, n: int, b: int, cap: int) -> np.ndarra
     if status < 0:
         raise FormatError("rice: stream ends early" if status == _bits().ERR_BITS
                           else f"rice: value exceeds {cap}")
-    _check_end(buf, int(status), "rice")
+    check_end(buf, int(status), "rice")
     return out
 
 
-def _check_end(buf: np.ndarray, bits: int, what: str) -> None:
+def check_end(buf: np.ndarray, bits: int, what: str) -> None:
     """The codes must fill the bytes exactly: no extra byte, zero padding bits."""
     if (bits + 7) // 8 != buf.size:
         raise FormatError(f"{what}: {buf.size - (bits + 7) // 8} unexpected trailing bytes")
-    if bits % 8 and buf[-1] & (0xFF >> (bits % 8)):
+    if bits % 8 and int(buf[-1]) & (0xFF >> (bits % 8)):
         raise FormatError(f"{what}: padding bits are not zero")
 
 
@@ -122,5 +122,5 @@ def gamma_unpack(data: bytes | memoryview, n: int, cap: int) -> np.ndarray:
     if status < 0:
         raise FormatError("gamma: stream ends early" if status == _bits().ERR_BITS
                           else f"gamma: value exceeds {cap}")
-    _check_end(buf, int(status), "gamma")
+    check_end(buf, int(status), "gamma")
     return out
