@@ -111,6 +111,23 @@ def _hostile_app(tmp_path: Path) -> Path:
     return app
 
 
+def _deploy(tmp_path: Path, hostile: str, timeout: int,
+            ) -> tuple[subprocess.CompletedProcess[str], dict[str, str], str]:
+    """deploy_local.py with the hostile test app: SuperLink + 2 SuperNodes, 2 rounds of
+    the digits MLP, ``hostile`` run-config settings, FLWR_HOME ``tmp_path/flwr``, outputs
+    in ``tmp_path/out``. Returns the process, its logs by file name and their tails."""
+    home, out = tmp_path / "flwr", tmp_path / "out"
+    run_config = (f'num-server-rounds=2 dataset="digits" model="mlp" local-steps=3 '
+                  f'batch-size=16 test-limit=0 {hostile} out="{out}"')
+    proc = subprocess.run([sys.executable, str(EXAMPLE / "deploy_local.py"), "--nodes", "2",
+                           "--app", str(_hostile_app(tmp_path)), "--flwr-home", str(home),
+                           "--run-config", run_config, "--timeout", str(timeout)],
+                          capture_output=True, text=True, timeout=2 * timeout)
+    logs = {p.name: p.read_text() for p in sorted((home / "logs").glob("*.log"))}
+    tails = "\n".join(f"== {n}\n{t[-1500:]}" for n, t in logs.items())
+    return proc, logs, tails
+
+
 @pytest.mark.slow
 def test_a_deployment_survives_a_hostile_client(tmp_path) -> None:
     """SuperLink + 2 SuperNodes, the example's server app for 2 rounds (fedsz up, the
@@ -121,15 +138,8 @@ def test_a_deployment_survives_a_hostile_client(tmp_path) -> None:
     from .test_flower_deploy import _flower_processes
 
     home, out = tmp_path / "flwr", tmp_path / "out"
-    run_config = (f'num-server-rounds=2 dataset="digits" model="mlp" local-steps=3 '
-                  f'batch-size=16 test-limit=0 hostile-partition=1 '
-                  f'hostile-frames="sz2,huge" out="{out}"')
-    proc = subprocess.run([sys.executable, str(EXAMPLE / "deploy_local.py"), "--nodes", "2",
-                           "--app", str(_hostile_app(tmp_path)), "--flwr-home", str(home),
-                           "--run-config", run_config, "--timeout", "600"],
-                          capture_output=True, text=True, timeout=1200)
-    logs = {p.name: p.read_text() for p in sorted((home / "logs").glob("*.log"))}
-    tails = "\n".join(f"== {n}\n{t[-1500:]}" for n, t in logs.items())
+    proc, logs, tails = _deploy(tmp_path, "hostile-partition=1 hostile-frames=\"sz2,huge\"",
+                                timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr + tails
     assert "finished:completed" in proc.stdout
     assert _flower_processes(home) == []
@@ -153,15 +163,9 @@ def test_a_deployment_where_every_reply_is_dropped_fails(tmp_path) -> None:
     from .test_flower_deploy import _flower_processes
 
     home, out = tmp_path / "flwr", tmp_path / "out"
-    run_config = (f'num-server-rounds=2 dataset="digits" model="mlp" local-steps=3 '
-                  f'batch-size=16 test-limit=0 hostile-partition={EVERY} '
-                  f'hostile-frames="sz2" max-failed-rounds=1 out="{out}"')
-    proc = subprocess.run([sys.executable, str(EXAMPLE / "deploy_local.py"), "--nodes", "2",
-                           "--app", str(_hostile_app(tmp_path)), "--flwr-home", str(home),
-                           "--run-config", run_config, "--timeout", "300"],
-                          capture_output=True, text=True, timeout=600)
-    logs = {p.name: p.read_text() for p in sorted((home / "logs").glob("*.log"))}
-    tails = "\n".join(f"== {n}\n{t[-1500:]}" for n, t in logs.items())
+    proc, logs, tails = _deploy(
+        tmp_path, f'hostile-partition={EVERY} hostile-frames="sz2" max-failed-rounds=1',
+        timeout=300)
     everything = proc.stdout + proc.stderr + tails
     assert proc.returncode == 1, everything
     assert "finished:completed" not in proc.stdout + proc.stderr, everything
