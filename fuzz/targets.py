@@ -21,10 +21,10 @@ Targets (``python fuzz/targets.py --list``):
     references): valid frames first, then the mutated one; a frame that fails must
     leave no trace in the decoder's state.
 ``hgc``
-    HGC's exchange messages (mask, values, aggregate; ``grad/hgc_exchange.py``), after
+    HGC's exchange messages (mask, values, aggregate; ``exchange/hgc.py``), after
     a few valid rounds so the predictor holds something.
 ``powersgd``
-    PowerSGD's exchange (``grad/powersgd_exchange.py``): a peer's factors (``P_i`` and
+    PowerSGD's exchange (``exchange/powersgd.py``): a peer's factors (``P_i`` and
     ``Q_i`` at the server, ``Q`` and ``P^`` at a client) given to the receiving end
     beside a genuine peer's; the result must have the tensors' shapes, float32, finite.
 ``stages``
@@ -86,7 +86,8 @@ DECODER_MODULES = (
     "fedpress.grad.base", "fedpress.grad.indices", "fedpress.grad.topk", "fedpress.grad.ef",
     "fedpress.grad.quant", "fedpress.grad.sign", "fedpress.grad.dgc", "fedpress.grad.stc",
     "fedpress.grad.powersgd", "fedpress.grad.equalcount", "fedpress.grad.hgc",
-    "fedpress.grad.hgc_exchange", "fedpress.grad.powersgd_exchange", "fedpress.stages",
+    "fedpress.grad.hgc_values",
+    "fedpress.exchange.hgc", "fedpress.exchange.powersgd", "fedpress.stages",
     "fedpress.stages.quantize",
     "fedpress.stages.predict", "fedpress.stages.rans", "fedpress.stages.crans",
     "fedpress.stages.huffman", "fedpress.stages.golomb", "fedpress.stages.radix",
@@ -467,7 +468,7 @@ HGC_DENSITY = 0.05
 
 
 def _hgc_end(cfg: int, server: bool) -> Any:
-    from fedpress.grad.hgc_exchange import HGCClient, HGCServer
+    from fedpress.exchange.hgc import HGCClient, HGCServer
 
     levels, predict, quantize, _ = HGC_CONFIGS[cfg]
     cls = HGCServer if server else HGCClient
@@ -628,7 +629,7 @@ def write_message(msg: dict[str, np.ndarray]) -> bytes:
 
 def _psgd_round() -> dict[str, Any]:
     """One genuine round of the exchange between two clients and a server."""
-    from fedpress.grad.powersgd_exchange import PowerSGDClient, PowerSGDServer, low_rank_names
+    from fedpress.exchange.powersgd import PowerSGDClient, PowerSGDServer, low_rank_names
 
     rng = np.random.default_rng(11)
     grads = [{k: rng.standard_normal(s).astype(np.float32) for k, s in HGC_SHAPES.items()}
@@ -647,7 +648,7 @@ _PSGD: dict[str, Any] = {}
 
 
 def one_powersgd(data: bytes) -> None:
-    from fedpress.grad.powersgd_exchange import PowerSGDClient, PowerSGDServer
+    from fedpress.exchange.powersgd import PowerSGDClient, PowerSGDServer
 
     try:
         cur = Cursor(data)

@@ -262,7 +262,7 @@ def test_powersgd_multiplies_16_bit_factors_in_float32(dtype: Any) -> None:
 
 
 def test_powersgd_exchange_checks_what_peers_send() -> None:
-    from fedpress.grad.powersgd_exchange import PowerSGDClient, PowerSGDServer
+    from fedpress.exchange.powersgd import PowerSGDClient, PowerSGDServer
 
     shapes = {"w": (60, 40)}
     server = PowerSGDServer(shapes, ["w"], rank=2, seed=0)
@@ -295,7 +295,7 @@ def test_powersgd_exchange_checks_what_peers_send() -> None:
 def test_powersgd_exchange_refuses_finite_factors_that_overflow() -> None:
     """Finite but huge factors from a peer: an error, not Inf/NaN in the results or in
     the client's error feedback (which every later round would add)."""
-    from fedpress.grad.powersgd_exchange import PowerSGDClient, PowerSGDServer
+    from fedpress.exchange.powersgd import PowerSGDClient, PowerSGDServer
 
     shapes = {"w": (60, 40)}
     server = PowerSGDServer(shapes, ["w"], rank=2, seed=0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fedpress
-from fedpress.grad.hgc_exchange import HGCClient, HGCServer
+from fedpress.exchange.hgc import HGCClient, HGCServer
 from fedpress.stages import radix
 
 SHAPES = {"conv.weight": (16, 8, 3, 3), "fc.weight": (40, 50), "fc.bias": (40,)}

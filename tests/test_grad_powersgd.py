@@ -104,7 +104,7 @@ def test_bad_options_input_and_payloads() -> None:
 
 
 def test_two_phase_exchange_averages_projected_matrices() -> None:
-    from fedpress.grad.powersgd_exchange import PowerSGDClient, PowerSGDServer, low_rank_names
+    from fedpress.exchange.powersgd import PowerSGDClient, PowerSGDServer, low_rank_names
 
     shapes = {"a.weight": (40, 3, 5, 5), "b.weight": (30, 50), "b.bias": (30,)}
     names = low_rank_names({k: np.zeros(s, np.float32) for k, s in shapes.items()}, 2, 100)

@@ -15,8 +15,9 @@ import fedpress
 from fedpress._bytes import Writer
 from fedpress.abc import TensorSpec
 from fedpress.dtypes import BFLOAT16
+from fedpress.exchange import majority_vote
 from fedpress.frame import unpack
-from fedpress.grad.sign import HEADER_BYTES, SignSGD, majority_vote, mean_abs, payload_size
+from fedpress.grad.sign import HEADER_BYTES, SignSGD, mean_abs, payload_size
 
 from .common import same_bits
 

@@ -11,6 +11,7 @@ import fedpress
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
+from fedpress.exchange import Downlink, gradient_compressor  # noqa: E402
 from fedpress.sim import data, fl  # noqa: E402
 from fedpress.sim.models import build_model  # noqa: E402
 from fedpress.sim.network import Network, per_client, transfer_s  # noqa: E402
@@ -130,11 +131,11 @@ def test_a_process_pool_gives_the_same_run(digits: data.Dataset) -> None:
 
 def test_a_stateless_downlink_is_encoded_once_and_broadcast() -> None:
     state = {"w.weight": np.random.default_rng(1).standard_normal(4096).astype(np.float32)}
-    down = fl.Downlink("fpz", {"eb": 1e-2}, clients=3)
+    down = Downlink("fpz", {"eb": 1e-2}, clients=3)
     messages, sizes, seconds = down.send([0, 2], state)
     assert down.broadcast and messages[0] is messages[2] and seconds > 0
     assert sizes == {0: len(messages[0]), 2: len(messages[0])}
-    raw = fl.Downlink(None, {}, clients=3)
+    raw = Downlink(None, {}, clients=3)
     messages, sizes, seconds = raw.send([1], state)
     assert messages[1] is state and sizes == {1: 16384} and seconds == 0.0
 
@@ -155,13 +156,13 @@ def test_downlink_updates_mirror_each_clients_copy(digits: data.Dataset) -> None
                          digits.input_shape, 10)
     model = build_model("mlp", digits.input_shape, 10, seed=0)
     state = fl.state_of(model)
-    down = fl.Downlink("topk", {"ratio": 0.2}, 4, "update", state)
+    down = Downlink("topk", {"ratio": 0.2}, 4, "update", state)
     for rnd in (1, 2, 3):
         target = {k: v + 0.01 * rnd for k, v in state.items()}
         messages, sizes, _ = down.send([0, 2] if rnd % 2 else [1, 2], target)
         pool.run(rnd, messages)
         for k in messages:
-            held = pool.clients[k].held
+            held = pool.clients[k].end.held
             assert held is not None
             assert all(np.array_equal(held[n], down.held[k][n]) for n in held)
         assert all(s < fl.raw_bytes(target) for s in sizes.values())
@@ -172,7 +173,7 @@ def test_downlink_updates_mirror_each_clients_copy(digits: data.Dataset) -> None
         down.send([3], target)
     assert all(np.abs(down.held[3][k] - target[k]).max() < 1e-5 for k in target)
     with pytest.raises(fedpress.ConfigError, match="stateless form"):
-        fl.Downlink("ef:topk", {"ratio": 0.2}, 4, "update", state)
+        Downlink("ef:topk", {"ratio": 0.2}, 4, "update", state)
 
 
 def test_gradient_compressors_are_refused_on_weights(digits: data.Dataset) -> None:
@@ -180,8 +181,8 @@ def test_gradient_compressors_are_refused_on_weights(digits: data.Dataset) -> No
         fl.simulate(digits, _cfg(plan="topk"))
     with pytest.raises(fedpress.ConfigError, match="downlink_send to 'update'"):
         fl.simulate(digits, _cfg(send="update", downlink_plan="ef:signsgd"))
-    assert fl.gradient_compressor("fpz", {}) is None
-    assert fl.gradient_compressor("ef:qsgd", {}) == "ef"
+    assert gradient_compressor("fpz", {}) is None
+    assert gradient_compressor("ef:qsgd", {}) == "ef"
 
 
 def test_weights_coded_against_the_start_model(digits: data.Dataset) -> None:

@@ -8,7 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import fedpress  # noqa: E402
-from fedpress.grad.hgc_exchange import schedule  # noqa: E402
+from fedpress.exchange import hgc as hgc_exchange  # noqa: E402
+from fedpress.exchange.hgc import schedule  # noqa: E402
 from fedpress.sim import data, fl  # noqa: E402
 from fedpress.sim.client import state_of  # noqa: E402
 
@@ -29,7 +30,7 @@ def _cfg(**kw: object) -> fl.FLConfig:
 def _capture(monkeypatch: pytest.MonkeyPatch) -> dict:
     """Keep the pool and the server's HGC end of the next simulate() call."""
     got: dict = {}
-    make_pool, hgc_round = fl.make_pool, fl.HGCRound
+    make_pool, hgc_round = fl.make_pool, hgc_exchange.HGCRounds
 
     def pool(*a: object, **k: object) -> object:
         got["pool"] = make_pool(*a, **k)  # type: ignore[arg-type]
@@ -40,7 +41,7 @@ def _capture(monkeypatch: pytest.MonkeyPatch) -> dict:
         return got["server"]
 
     monkeypatch.setattr(fl, "make_pool", pool)
-    monkeypatch.setattr(fl, "HGCRound", server)
+    monkeypatch.setattr(hgc_exchange, "HGCRounds", server)
     return got
 
 
@@ -51,14 +52,14 @@ def test_clients_hold_the_servers_model_and_predictor(digits: data.Dataset,
     history, _ = fl.simulate(digits, _cfg(rounds=4))
     global3 = state_of(model3)
     clients = got["pool"].clients
-    for c in clients.values():
+    for c in (client.end for client in clients.values()):
         # round 4 began with round 3's aggregate: the client's copy is the global model
         assert all(c.held[k].tobytes() == global3[k].tobytes() for k in global3)
         # one mask for everyone, and the predictor mirrors the server's
-        assert all(np.array_equal(c.hgc_mask[k], clients[0].hgc_mask[k]) for k in c.hgc_mask)
+        assert all(np.array_equal(c.mask[k], clients[0].end.mask[k]) for k in c.mask)
         # the server advanced its predictor with round 4's aggregate; the clients do when
         # the next round's downlink brings it
-        c.hgc.receive_aggregate(got["server"].last, c.hgc_mask)
+        c.hgc.receive_aggregate(got["server"].last, c.mask)
         for k in c.hgc.shapes:
             assert c.hgc.u[k].tobytes() == got["server"].server.u[k].tobytes()
             assert c.hgc.v[k].tobytes() == got["server"].server.v[k].tobytes()
@@ -135,7 +136,7 @@ def test_learning_rate_and_momentum_schedules() -> None:
 
 
 def test_correction_window_around_milestones() -> None:
-    from fedpress.grad.hgc_exchange import correction
+    from fedpress.exchange.hgc import correction
 
     # milestone at round 6 (0-based 5), window 2: rounds 3..6 (0-based) corrected
     got = [correction(r, 0.001, (6,), 2) for r in range(9)]
@@ -145,7 +146,7 @@ def test_correction_window_around_milestones() -> None:
 
 
 def test_clear_drops_the_residuals() -> None:
-    from fedpress.grad.hgc_exchange import HGCClient
+    from fedpress.exchange.hgc import HGCClient
 
     c = HGCClient({"w": (100,)}, density=0.1)
     c.encode_update({"w": np.arange(100, dtype=np.float32)}, c.select_mask(

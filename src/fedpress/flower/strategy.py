@@ -69,11 +69,10 @@ from flwr.serverapp.strategy import Strategy
 import fedpress
 
 from ..errors import ConfigError, FedpressError, FormatError, StateDesyncError
-from ..exchange import apply_changes, raw_bytes
+from ..exchange import Downlink, apply_changes, raw_bytes
 from ..frame import Limits
 from ..frame import unpack as unpack_frame
 from ..partition import Plan
-from ..sim.fl import Downlink
 from . import wire
 from .link import KEY_BASE, KEY_DELAY, KEY_DOWNLINK, KEY_RESET, KEY_UPLINK, Link
 from .mod import REPLY_KEY

@@ -26,9 +26,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp.strategy import FedAvg
 
 from ..errors import ConfigError
+from ..exchange import weighted_mean
 from ..sim.client import SimClient, Trainer, load_state, normalise, state_of
 from ..sim.data import Dataset, load_dataset, partition
-from ..sim.fl import FLConfig, weighted_mean
+from ..sim.fl import FLConfig
 from ..sim.fl import evaluate as test_model
 from ..sim.models import build_model
 from . import wire

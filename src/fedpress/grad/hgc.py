@@ -2,7 +2,7 @@
 
 HGC (Hu, Jiang & He, IJCAI-24) shares one top-k mask between all clients of a round;
 that needs the simulator's exchange (``aggregate="hgc"``,
-:mod:`fedpress.grad.hgc_exchange`). This codec is the same coding for a single
+:mod:`fedpress.exchange.hgc`). This codec is the same coding for a single
 sender: its own top-k mask (positions coded with the cheapest of bitmap / Rice /
 Elias gamma / rANS), the equal-count quantizer, and the codes XOR the codes of an
 Adam-like prediction made from the values decoded in earlier rounds. The predictor's
@@ -13,7 +13,7 @@ quantizer dropped and adds it to the next round's tensor, as HGC does.
 
 Payload::
 
-    u8 version (2) | varint k | indices (grad.indices) | values (hgc_exchange.write_values)
+    u8 version (2) | varint k | indices (grad.indices) | values (hgc_values.write_values)
 
 Version 1 always XOR-ed the codes with the prediction and always rANS-coded them.
 
@@ -36,7 +36,7 @@ from ..registry import register_codec
 from ..state import TensorState
 from . import equalcount as ec
 from .base import check_ratio, keep_count, require_finite
-from .hgc_exchange import read_values, write_values
+from .hgc_values import read_values, write_values
 from .indices import read_indices, write_indices
 
 VERSION = 2

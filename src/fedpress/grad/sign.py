@@ -1,4 +1,4 @@
-"""Sign compressors: ``signsgd``, ``efsignsgd``, and the server's :func:`majority_vote`.
+"""Sign compressors: ``signsgd`` and ``efsignsgd``.
 
 - ``signsgd`` sends one bit per value, the sign, plus one scale, and decodes to
   ``scale * sign(x)`` (Bernstein et al., "signSGD: Compressed Optimisation for
@@ -17,10 +17,10 @@
   ``||e||^2 = (1 - ||c||_1^2 / (n ||c||_2^2)) ||c||^2`` for the corrected tensor
   ``c``. The plain sign (``ef:signsgd`` with ``scale="none"``) is not: under
   gradients larger than 1 its residual grows round after round.
-- :func:`majority_vote` is the server side of signSGD with majority vote (Bernstein
-  et al., "signSGD with Majority Vote is Communication Efficient and Fault
-  Tolerant", ICLR 2019): the sign of the (weighted) sum of the clients' signs,
-  times the (weighted) mean of the clients' scales.
+- The server side of signSGD with majority vote (Bernstein et al., "signSGD with
+  Majority Vote is Communication Efficient and Fault Tolerant", ICLR 2019) is
+  :func:`fedpress.exchange.majority_vote`: the sign of the (weighted) sum of the
+  clients' signs, times the (weighted) mean of the clients' scales.
 
 Payload layout (``signsgd``, hence also ``efsignsgd``)::
 
@@ -37,14 +37,12 @@ lengths, set padding bits and bad scales with a :class:`fedpress.FormatError`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .._bytes import Reader, Writer
 from ..abc import TensorSpec
-from ..dtypes import is_float
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
 from .base import GradientCodec
@@ -144,52 +142,3 @@ class EFSignSGD(ErrorFeedback):
 
     def __init__(self) -> None:
         super().__init__(SignSGD(scale="l1"))
-
-
-def majority_vote(decoded: Sequence[np.ndarray],
-                  weights: Sequence[float] | None = None) -> np.ndarray:
-    """The server's aggregate of sign messages: ``mean_scale * sign(sum_i w_i sign(d_i))``.
-
-    ``decoded`` are the clients' decoded messages (e.g. ``signsgd`` outputs,
-    ``s_i * sign(x_i)``), all of one shape and floating dtype; ``weights`` (default
-    all 1, e.g. the clients' sample counts) must be finite, >= 0 and not all 0.
-
-    Each coordinate takes the sign of the weighted vote of the clients' signs
-    (Bernstein et al. 2019); a tie (weighted sum exactly 0, computed in float64)
-    gives 0, and so does a coordinate where every client sent 0. The vote is then
-    multiplied by the weighted mean of the clients' scales, ``mean |d_i|``.
-    Plain majority vote has magnitude 1 and needs a sign-sized learning rate;
-    scaled by the mean scale, the aggregate has the magnitude of an average
-    client's message, so the learning rate used with averaged (uncompressed)
-    updates still fits. For ``scale="none"`` messages the mean scale is 1 and this
-    is the plain vote. Returns an array of the inputs' shape and dtype.
-    """
-    arrays = [np.asarray(d) for d in decoded]
-    if not arrays:
-        raise ValueError("majority_vote needs at least one message")
-    shape, dtype = arrays[0].shape, arrays[0].dtype
-    for a in arrays:
-        if a.shape != shape or a.dtype != dtype:
-            raise ValueError(f"majority_vote: messages differ in shape or dtype "
-                             f"({dtype}{shape} and {a.dtype}{a.shape})")
-    if not is_float(dtype):
-        raise ValueError(f"majority_vote takes floating messages, not {dtype}")
-    if weights is None:
-        w = np.ones(len(arrays), dtype=np.float64)
-    else:
-        w = np.asarray(weights, dtype=np.float64)
-        if w.shape != (len(arrays),):
-            raise ValueError(f"majority_vote: {w.size} weights for {len(arrays)} messages")
-        if not np.isfinite(w).all() or (w < 0).any() or not w.sum() > 0:
-            raise ValueError("majority_vote: weights must be finite, >= 0 and not all 0")
-        w = w / w.max()  # same vote and mean, no overflow
-    votes = np.zeros(shape, dtype=np.float64)
-    scales = np.empty(len(arrays), dtype=np.float64)
-    for i, a in enumerate(arrays):
-        a64 = a.astype(np.float64)
-        if not np.isfinite(a64).all():
-            raise ValueError(f"majority_vote: message {i} holds NaN or Inf")
-        votes += w[i] * np.sign(a64)
-        scales[i] = mean_abs(a64)
-    scale = float(np.dot(w, scales) / w.sum())
-    return (np.sign(votes) * scale).astype(dtype)

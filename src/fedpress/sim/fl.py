@@ -35,26 +35,20 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-import fedpress
-
 from ..errors import ConfigError
-from ..exchange import changes, zeros_like
-from ..grad.powersgd_exchange import PowerSGDServer, low_rank_names
-from .client import (
-    P_PREFIX,
-    Message,
+from ..exchange import (
+    Downlink,
+    RoundProtocol,
     State,
-    apply_changes,
-    hgc_names,
-    hgc_options,
-    load_state,
+    exchange_for,
+    gradient_compressor,
+    majority_vote,
     make_decoder,
-    make_encoder,
-    normalise,
     raw_bytes,
-    state_of,
     warm_codecs,
+    weighted_mean,
 )
+from .client import load_state, normalise, state_of
 from .data import Dataset, partition
 from .models import build_model
 from .network import Network
@@ -113,39 +107,20 @@ class FLConfig:
                 value = m
         return value
 
+    def protocol(self) -> RoundProtocol:
+        """The round protocol ``aggregate`` selects, checked against these settings."""
+        return exchange_for(self, self.aggregate)
+
     def check(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"unknown algorithm {self.algorithm!r}; choose one of "
                               f"{', '.join(ALGORITHMS)}")
         if self.send not in SENDS:
             raise ConfigError(f"unknown send {self.send!r}; choose one of {', '.join(SENDS)}")
-        if self.aggregate not in AGGREGATES:
-            raise ConfigError(f"unknown aggregate {self.aggregate!r}; choose one of "
-                              f"{', '.join(AGGREGATES)}")
         if self.downlink_send not in DOWNLINK_SENDS:
             raise ConfigError(f"unknown downlink_send {self.downlink_send!r}; choose one of "
                               f"{', '.join(DOWNLINK_SENDS)}")
-        if self.aggregate == "powersgd" and (self.plan != "powersgd"
-                                             or self.send == "weights"):
-            raise ConfigError("aggregate='powersgd' runs PowerSGD's two-phase exchange: "
-                              "use plan='powersgd' (options: rank, seed, error_feedback) "
-                              "with send='gradient' or 'update'")
-        if self.aggregate == "hgc" and (self.plan != "hgc" or self.send != "update"
-                                        or self.algorithm != "fedavg"
-                                        or self.server_lr != 1.0 or self.fraction != 1.0
-                                        or self.downlink_plan is not None):
-            raise ConfigError("aggregate='hgc' runs HGC's exchange (shared mask, aggregate "
-                              "sent back at the mask): use plan='hgc' (options: density, "
-                              "warmup, levels, predict, quantize, correction, "
-                              "correction_density) with send='update', algorithm='fedavg', "
-                              "server_lr=1, fraction=1 (every client every round, as HGC "
-                              "requires) and no downlink plan")
-        if self.plan == "hgc" and self.aggregate != "hgc":
-            raise ConfigError("in the simulator, plan 'hgc' runs HGC's exchange: set "
-                              "aggregate='hgc' (the 'hgc' codec, one sender's stream, is "
-                              "for UpdateEncoder)")
-        if self.aggregate == "hgc":
-            hgc_options(self)  # its options, checked before anything runs
+        self.protocol()  # the round protocol checks its own settings
         if self.reference and (self.send != "weights" or self.plan is None):
             raise ConfigError("reference=true codes the weights a client sends against the "
                               "model it started from: it needs send='weights' and an "
@@ -215,18 +190,6 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     return correct / len(y), loss / len(y)
 
 
-def weighted_mean(states: list[State], weights: list[float]) -> State:
-    """Weighted mean of float tensors (in float64, cast back); other dtypes: the
-    rounded mean (e.g. BatchNorm's num_batches_tracked)."""
-    w = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
-    out: State = {}
-    for k, ref in states[0].items():
-        acc = sum(wi * s[k].astype(np.float64) for wi, s in zip(w, states))
-        out[k] = (np.asarray(acc).astype(ref.dtype) if np.issubdtype(ref.dtype, np.floating)
-                  else np.rint(acc).astype(ref.dtype))
-    return out
-
-
 def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
              on_round: Callable[[RoundMetrics], None] | None = None,
              test_limit: int | None = None, workers: int = 1,
@@ -239,7 +202,9 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
     across pools at equal thread counts; see :mod:`fedpress.sim.pool`.
     """
     cfg.check()
-    for plan, options, sends, what in ((codec_plan(cfg), cfg.plan_options, cfg.send, "send"),
+    protocol = cfg.protocol()
+    uplink = protocol.uplink_plan
+    for plan, options, sends, what in ((uplink, cfg.plan_options, cfg.send, "send"),
                                        (cfg.downlink_plan, cfg.downlink_options,
                                         cfg.downlink_send, "downlink_send")):
         gradient_codec = gradient_compressor(plan, options)
@@ -261,12 +226,11 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
     params = frozenset(n for n, _ in model.named_parameters())
     down = Downlink(cfg.downlink_plan, cfg.downlink_options, cfg.clients,
                     cfg.downlink_send, global_state, track=cfg.reference)
-    up_decoder = make_decoder(codec_plan(cfg), cfg.plan_options)
-    warm_codecs(codec_plan(cfg), cfg.plan_options)
+    up_decoder = make_decoder(uplink, cfg.plan_options)
+    warm_codecs(uplink, cfg.plan_options)
     if threads is None:
         threads = max(1, torch.get_num_threads() // max(1, workers))
-    lowrank = powersgd_server(cfg, global_state, params)
-    hgc = HGCRound(cfg, global_state, params) if cfg.aggregate == "hgc" else None
+    server = protocol.server(global_state, params)
     pool = make_pool(cfg, [(ds.x_train[p], ds.y_train[p]) for p in parts], ds.input_shape,
                      ds.num_classes, workers, threads)
     try:
@@ -277,14 +241,7 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
         for rnd in range(1, cfg.rounds + 1):
             wall0 = time.perf_counter()
             chosen = sorted(rng.choice(cfg.clients, per_round, replace=False).tolist())
-            if hgc is not None:  # the last aggregate at the last mask, and the buffers
-                messages, down_bytes = hgc.downlink(chosen, global_state)
-                server_s = 0.0
-            else:
-                messages, down_bytes, server_s = down.send(chosen, global_state)
-            if lowrank is not None:  # the shared Q travels with the weights
-                messages = {k: (m, lowrank.q) for k, m in messages.items()}  # type: ignore
-                down_bytes = {k: b + raw_bytes(lowrank.q) for k, b in down_bytes.items()}
+            messages, down_bytes, server_s = server.downlink(chosen, global_state, down)
             results = pool.run(rnd, messages)
             replies, weights = [], []
             bytes_up = raw_up = 0
@@ -312,36 +269,18 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
                 comm_s = max(comm_s, transfer)
                 slowest = max(slowest, transfer + r.decode_s + r.train_s + r.encode_s)
                 server_s += d_up
+            extra = server.exchange(chosen, replies, weights,
+                                    lambda phase, msgs, rnd=rnd: pool.call(phase, rnd, msgs),
+                                    network, down_bytes)
             factored: State = {}
-            if hgc is not None:  # the master's mask, then everyone's values at it
-                exchange = hgc.exchange(pool, rnd, chosen, weights, network, down_bytes)
-                factored = exchange.aggregate
-                bytes_up += exchange.bytes_up
-                enc_s += exchange.encode_s
-                dec_s += exchange.decode_s
-                server_s += exchange.server_s
-                comm_s += exchange.comm_s
-                slowest += exchange.slowest
-            if lowrank is not None:  # phase 2: P^ down, Q_i up
-                t0 = time.perf_counter()
-                p_hat = lowrank.orthogonal_p([{k: rep.pop(P_PREFIX + k) for k in lowrank.names}
-                                              for rep in replies], weights)
-                server_s += time.perf_counter() - t0
-                second = pool.call("powersgd_second", rnd, {k: p_hat for k in chosen})
-                phase2 = comm2 = 0.0
-                for r in second:
-                    bytes_up += r.nbytes
-                    down_bytes[r.client] += raw_bytes(p_hat)
-                    enc_s += r.encode_s
-                    transfer = (network.download_s(r.client, raw_bytes(p_hat))
-                                + network.upload_s(r.client, r.nbytes))
-                    comm2 = max(comm2, transfer)
-                    phase2 = max(phase2, transfer + r.encode_s)
-                comm_s += comm2
-                slowest += phase2
-                t0 = time.perf_counter()
-                factored = lowrank.aggregate(p_hat, [r.message for r in second], weights)
-                server_s += time.perf_counter() - t0
+            if extra is not None:  # the protocol's later phases (HGC's mask, PowerSGD's Q)
+                factored = extra.aggregate
+                bytes_up += extra.bytes_up
+                enc_s += extra.encode_s
+                dec_s += extra.decode_s
+                server_s += extra.server_s
+                comm_s += extra.comm_s
+                slowest += extra.slowest
             t0 = time.perf_counter()
             global_state, velocity = _aggregate(global_state, replies, weights, cfg, velocity,
                                                 params, factored, cfg.lr_at(rnd))
@@ -359,141 +298,6 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
     return history, model
 
 
-class Downlink:
-    """The server's end of the downlink.
-
-    ``send="weights"``: the global model, raw, or encoded once and broadcast
-    (stateless plans), or encoded per client (stateful plans keep per-client state).
-    ``send="update"``: each client gets the change from the model it holds to the
-    global model; the server decodes its own frames to mirror what every client
-    holds, so what a lossy downlink dropped is sent again later (error feedback
-    for free). Clients that hold the same copy share one frame when the plan is
-    stateless. Both ends start from ``initial`` (the simulator's seeded initial
-    model; ``None``: nothing, so the first change is the whole model). Clients are
-    keyed ``0 .. clients - 1``, and any other key names a new client.
-
-    ``track=True`` (weights uplink with a reference) also keeps, in ``held``, the
-    model each client decoded in weights mode: the server decodes its own frames.
-    """
-
-    def __init__(self, plan: Any, options: Mapping[str, Any], clients: int,
-                 send: str = "weights", initial: State | None = None,
-                 track: bool = False) -> None:
-        warm_codecs(plan, options)
-        self.plan, self.options, self.send_mode = plan, options, send
-        probe = make_encoder(plan, options, peer="server")
-        if probe is not None and probe.residual_feedback:
-            raise ConfigError("residual_feedback is for a sender's stream of its own tensors; "
-                              "the downlink cannot use it (update mode already re-sends what "
-                              "was dropped)")
-        self.broadcast = probe is None or not probe.plan.stateful
-        if send == "update" and probe is not None and _keeps_sender_state(probe.plan):
-            raise ConfigError(f"downlink plan {plan!r} keeps state (error feedback or a "
-                              "residual), but downlink updates already re-send what was "
-                              "dropped (the server mirrors each client's copy): use its "
-                              "stateless form, e.g. 'topk' for 'ef:topk', 'ternary' for "
-                              "'stc', 'signsgd' for 'efsignsgd'")
-        self.decoder = make_decoder(plan, options) or fedpress.UpdateDecoder()
-        self.track = track or send == "update"
-        self.initial = initial
-        # per client (any hashable key; clients not seen yet start from ``initial``):
-        self.encoders: dict[Any, fedpress.UpdateEncoder] = {}
-        self.held: dict[Any, State | None] = {}  # what it holds (update mode, or tracked)
-        self.version: dict[Any, int] = {}  # equal versions: equal copies
-        self._next_version = 1
-        for k in range(clients):
-            self._client(k)
-
-    def _client(self, k: Any) -> None:
-        """Start tracking client ``k`` (its copy: the initial model, version 0)."""
-        if k not in self.version:
-            self.held[k], self.version[k] = self.initial, 0
-            encoder = make_encoder(self.plan, self.options, peer="server")
-            if encoder is not None:
-                self.encoders[k] = encoder
-
-    def forget(self, k: Any) -> None:
-        """Drop client ``k``'s copy and codec state: its next message starts afresh from
-        ``initial`` (a client that failed, whose copy is no longer known)."""
-        for table in (self.held, self.version, self.encoders):
-            table.pop(k, None)
-        self.decoder.reset(str(k))
-
-    def send(self, chosen: list[Any], state: State,
-             ) -> tuple[dict[Any, Message], dict[Any, int], float]:
-        """({client: message}, {client: bytes on the wire}, the server's encode seconds)."""
-        t0 = time.perf_counter()
-        groups: dict[Any, list[Any]] = {}
-        for k in chosen:
-            self._client(k)
-            key = (self.version[k] if self.send_mode == "update" else 0) if self.broadcast \
-                else ("own", k)
-            groups.setdefault(key, []).append(k)
-        messages: dict[Any, Message] = {}
-        for members in groups.values():
-            first = members[0]
-            held = self.held[first]
-            content = state if self.send_mode == "weights" else \
-                changes(held if held is not None else zeros_like(state), state)
-            message: Message = content if self.plan is None else \
-                self.encoders[first].encode(content)
-            if self.track:
-                got = content if isinstance(message, dict) else \
-                    self.decoder.decode(message, peer=str(first))
-                held = apply_changes(held if held is not None else zeros_like(state), got) \
-                    if self.send_mode == "update" else got
-                version, self._next_version = self._next_version, self._next_version + 1
-                for k in members:
-                    self.held[k], self.version[k] = held, version
-            for k in members:
-                messages[k] = message
-        seconds = time.perf_counter() - t0 if self.plan is not None else 0.0
-        sizes = {k: raw_bytes(m) if isinstance(m, dict) else len(m)
-                 for k, m in messages.items()}
-        return messages, sizes, seconds
-
-
-def _keeps_sender_state(plan: Any) -> bool:
-    """Whether a codec of ``plan`` keeps state only the sender holds (error feedback,
-    residuals); mirrored state (``gaeb``'s history) is no such thing."""
-    from ..abc import Scope, StatefulCodec
-
-    return any(isinstance(c, StatefulCodec) and c.scope is Scope.SENDER
-               for c in [r.codec for r in plan.rules] + [plan.default, plan.lossless])
-
-
-def gradient_compressor(plan: Any, options: Mapping[str, Any]) -> str | None:
-    """The id of a gradient compressor in ``plan`` (wrapped in ``ef`` or not), if any."""
-    from ..grad.base import GradientCodec, StatefulGradientCodec
-    from ..grad.ef import ErrorFeedback
-
-    encoder = make_encoder(plan, options)
-    if encoder is None:
-        return None
-    p = encoder.plan
-    for codec in [r.codec for r in p.rules] + [p.default]:
-        inner = codec.codec if isinstance(codec, ErrorFeedback) else codec
-        if isinstance(inner, (GradientCodec, StatefulGradientCodec)):
-            return codec.codec_id
-    return None
-
-
-def codec_plan(cfg: FLConfig) -> Any:
-    """The uplink plan as an UpdateEncoder plan (None for raw traffic and for HGC's
-    exchange, which is not one)."""
-    return None if cfg.aggregate == "hgc" else cfg.plan
-
-
-def powersgd_server(cfg: FLConfig, state: State, params: frozenset[str],
-                    ) -> PowerSGDServer | None:
-    """The server's side of PowerSGD's exchange when ``cfg.aggregate == "powersgd"``."""
-    if cfg.aggregate != "powersgd":
-        return None
-    rank, seed = int(cfg.plan_options.get("rank", 2)), int(cfg.plan_options.get("seed", 0))
-    names = low_rank_names(state, rank, int(cfg.plan_options.get("threshold", 1000)), params)
-    return PowerSGDServer({k: state[k].shape for k in names}, names, rank, seed)
-
-
 def _aggregate(global_state: State, replies: list[State], weights: list[float], cfg: FLConfig,
                velocity: State | None, params: frozenset[str],
                factored: State | None = None, lr: float | None = None,
@@ -508,8 +312,6 @@ def _aggregate(global_state: State, replies: list[State], weights: list[float], 
     floats = [k for k, v in global_state.items() if np.issubdtype(v.dtype, np.floating)
               and (cfg.send != "gradient" or k in params)]
     if cfg.aggregate == "vote":  # signSGD: the majority of the clients' signs
-        from ..grad.sign import majority_vote
-
         for k in params:
             mean[k] = majority_vote([r[k] for r in replies], weights)
     if cfg.send == "weights" and cfg.algorithm != "fedavgm" and cfg.server_lr == 1.0:
@@ -533,91 +335,3 @@ def _aggregate(global_state: State, replies: list[State], weights: list[float], 
         if k not in floats:
             new[k] = v  # sent as values in every mode (never as differences)
     return new, velocity
-
-
-@dataclass
-class HGCExchange:
-    """What HGC's mid-round exchange added to a round."""
-
-    aggregate: State
-    bytes_up: int
-    encode_s: float
-    decode_s: float
-    server_s: float
-    comm_s: float
-    slowest: float
-
-
-class HGCRound:
-    """The server's side of HGC's rounds (see :mod:`fedpress.grad.hgc_exchange`).
-
-    Each round the clients train and reply with their buffers (BatchNorm statistics)
-    raw; then the master (round-robin over the clients) sends its mask and values,
-    the server forwards the mask to the others, they send values at it, and the server
-    averages. The next round's downlink carries the aggregate at that mask and the new
-    buffers; every client holds the global model exactly (same arithmetic).
-    """
-
-    def __init__(self, cfg: FLConfig, state: State, params: frozenset[str]) -> None:
-        from ..grad.hgc_exchange import HGCServer
-
-        self.cfg = cfg
-        self.options = hgc_options(cfg)
-        self.names = hgc_names(state, params)
-        o = self.options
-        self.server = HGCServer({k: state[k].shape for k in self.names}, o["density"],
-                                o["levels"], o["predict"], o["quantize"])
-        self.last: bytes | None = None  # the last aggregate message
-
-    def downlink(self, chosen: list[int], state: State) -> tuple[dict[int, Any], dict[int, int]]:
-        """Round 1: the initial model (raw; the simulated clients start from the same
-        seeded copy, so nothing is passed, but its bytes are counted). Later: the last
-        aggregate at the last mask, and the buffers raw."""
-        buffers = {k: v for k, v in state.items() if k not in self.names}
-        message = None if self.last is None else (self.last, buffers)
-        size = raw_bytes(state) if self.last is None else len(self.last) + raw_bytes(buffers)
-        return {k: message for k in chosen}, {k: size for k in chosen}
-
-    def exchange(self, pool: Any, rnd: int, chosen: list[int], weights: list[float],
-                 network: Network, down_bytes: dict[int, int]) -> HGCExchange:
-        from ..grad.hgc_exchange import correction, schedule
-
-        o = self.options
-        density, compressed = schedule(rnd - 1, o["density"], o["warmup"])
-        if compressed:  # corrections start after the warm-up
-            density, clear = correction(rnd - 1, density, self.cfg.lr_milestones,
-                                        o["correction"], o["correction_density"])
-        else:
-            clear = False
-        self.server.configure(density, compressed)
-        master = chosen[(rnd - 1) % len(chosen)]
-        (first,) = pool.call("hgc_master", rnd, {master: (density, compressed, clear)})
-        mask_msg, values = first.message
-        t0 = time.perf_counter()
-        mask = self.server.decode_mask(mask_msg)
-        server_s = time.perf_counter() - t0
-        others = pool.call("hgc_values", rnd, {k: (mask_msg, density, compressed, clear)
-                                               for k in chosen if k != master})
-        results = {r.client: r for r in [first, *others]}
-        t0 = time.perf_counter()
-        decoded = [self.server.decode_values(values if k == master else results[k].message,
-                                             mask) for k in chosen]
-        decode_s = time.perf_counter() - t0
-        server_s += decode_s
-        t0 = time.perf_counter()
-        self.last, aggregate = self.server.aggregate(decoded, weights, mask)
-        server_s += time.perf_counter() - t0
-        up_master = network.upload_s(master, first.nbytes)
-        phase = up_master + first.encode_s
-        comm = up_master
-        for k in chosen:
-            if k == master:
-                continue
-            down_bytes[k] += len(mask_msg)  # the mask, forwarded mid-round
-            t = network.download_s(k, len(mask_msg)) + network.upload_s(k, results[k].nbytes)
-            comm = max(comm, up_master + t)
-            phase = max(phase, up_master + first.encode_s + t + results[k].encode_s)
-        return HGCExchange(aggregate, sum(r.nbytes for r in results.values()),
-                           sum(r.encode_s for r in results.values()), decode_s, server_s,
-                           comm, phase)
-

@@ -26,14 +26,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .client import (
-    ClientResult,
-    SimClient,
-    Trainer,
-    state_of,
-    warm_codecs,
-    warm_up,
-)
+from ..exchange import warm_codecs
+from .client import ClientResult, SimClient, Trainer, state_of, warm_up
 
 if TYPE_CHECKING:
     from .fl import FLConfig
@@ -59,8 +53,8 @@ class InProcessPool:
         self.trainer = Trainer(cfg, input_shape, classes)
         initial = state_of(self.trainer.model)  # both ends start from the seeded model
         for client in self.clients.values():
-            client.held = initial
-        warm_codecs(None if cfg.aggregate == "hgc" else cfg.plan, cfg.plan_options)
+            client.end.held = initial
+        warm_codecs(cfg.protocol().uplink_plan, cfg.plan_options)
         warm_codecs(cfg.downlink_plan, cfg.downlink_options)
         first = self.clients[ids[0]]
         warm_up(self.trainer.model, first.x[:cfg.batch_size], first.y[:cfg.batch_size])
@@ -69,8 +63,8 @@ class InProcessPool:
         return [self.clients[k].round(rnd, messages[k], self.trainer) for k in sorted(messages)]
 
     def call(self, method: str, rnd: int, messages: Mapping[int, Any]) -> list[ClientResult]:
-        """A later phase of the round: ``client.<method>(rnd, message)``."""
-        return [getattr(self.clients[k], method)(rnd, messages[k]) for k in sorted(messages)]
+        """A later phase of the round: each client's answer to ``method``."""
+        return [self.clients[k].answer(method, rnd, messages[k]) for k in sorted(messages)]
 
     def close(self) -> None:
         pass

@@ -27,13 +27,27 @@ multiplies them in float32 (float16/bfloat16 factors have no BLAS path in NumPy)
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..dtypes import is_float
 from ..errors import ConfigError, FormatError
-from .powersgd import matrix_shape, orthonormalize
+from ..grad.powersgd import matrix_shape, orthonormalize
+from .deltas import raw_bytes
+from .protocol import (
+    Call,
+    ClientEnd,
+    Links,
+    PhaseCost,
+    RoundProtocol,
+    ServerEnd,
+    Settings,
+    register_exchange,
+)
+from .single import SingleClient
 
 State = dict[str, np.ndarray]
 
@@ -185,3 +199,102 @@ class PowerSGDServer:
                                     "P^ Q^T").reshape(self.shapes[k])
         self.q.update(new_q)
         return out
+
+
+P_PREFIX = "powersgd.P/"  # PowerSGD's phase-1 factors in a client's first reply
+
+
+class PowerSGDRounds(ServerEnd):
+    """The server's side over a run: ``Q`` travels with the weights, the first
+    replies carry the ``P_i`` (``P_PREFIX + name``) beside the other tensors raw, the
+    second phase sends ``P^`` and collects the ``Q_i``."""
+
+    def __init__(self, options: Mapping[str, Any], state: Mapping[str, np.ndarray],
+                 params: frozenset[str]) -> None:
+        rank, seed = int(options.get("rank", 2)), int(options.get("seed", 0))
+        names = low_rank_names(state, rank, int(options.get("threshold", 1000)), params)
+        self.server = PowerSGDServer({k: state[k].shape for k in names}, names, rank, seed)
+
+    def downlink(self, chosen: list[Any], state: State, down: Any,
+                 ) -> tuple[dict[Any, Any], dict[Any, int], float]:
+        messages, sizes, seconds = down.send(chosen, state)
+        q = self.server.q  # the shared Q travels with the weights
+        return ({k: (m, q) for k, m in messages.items()},
+                {k: b + raw_bytes(q) for k, b in sizes.items()}, seconds)
+
+    def exchange(self, chosen: list[Any], replies: list[State], weights: list[float],
+                 call: Call, links: Links, down_bytes: dict[Any, int]) -> PhaseCost:
+        names = self.server.names
+        t0 = time.perf_counter()
+        p_hat = self.server.orthogonal_p([{k: rep.pop(P_PREFIX + k) for k in names}
+                                          for rep in replies], weights)
+        server_s = time.perf_counter() - t0
+        second = call("powersgd_second", {k: p_hat for k in chosen})
+        cost = PhaseCost({})
+        for r in second:
+            cost.bytes_up += r.nbytes
+            down_bytes[r.client] += raw_bytes(p_hat)
+            cost.encode_s += r.encode_s
+            transfer = (links.download_s(r.client, raw_bytes(p_hat))
+                        + links.upload_s(r.client, r.nbytes))
+            cost.comm_s = max(cost.comm_s, transfer)
+            cost.slowest = max(cost.slowest, transfer + r.encode_s)
+        t0 = time.perf_counter()
+        cost.aggregate = self.server.aggregate(p_hat, [r.message for r in second], weights)
+        cost.server_s = server_s + time.perf_counter() - t0
+        return cost
+
+
+class PowerSGDEnd(SingleClient):
+    """A client's side: the downlink as in the single exchange, then ``P_i`` in the
+    first reply and ``Q_i`` in the second phase."""
+
+    def __init__(self, settings: Settings, peer: str) -> None:
+        super().__init__(settings, peer, encode=False)
+        o = settings.plan_options
+        self.encodes = True
+        self.lowrank = PowerSGDClient(int(o.get("rank", 2)), bool(o.get("error_feedback", True)))
+        self.threshold = int(o.get("threshold", 1000))
+        self.q: State = {}
+
+    def receive(self, message: Any) -> State:
+        message, self.q = message
+        return super().receive(message)
+
+    def reply(self, trained: State, start: State, params: frozenset[str]) -> tuple[Any, int]:
+        names = low_rank_names(trained, self.lowrank.rank, self.threshold, params)
+        ps, rest = self.lowrank.first(trained, names, self.q)
+        out = rest | {P_PREFIX + k: v for k, v in ps.items()}
+        return out, raw_bytes(out)
+
+    def answer(self, phase: str, payload: Any) -> tuple[Any, int]:
+        if phase != "powersgd_second":
+            return super().answer(phase, payload)
+        qs = self.lowrank.second(payload)
+        return qs, raw_bytes(qs)
+
+
+@register_exchange
+class PowerSGDExchange(RoundProtocol):
+    """PowerSGD's two-phase exchange (``aggregate="powersgd"``)."""
+
+    name = "powersgd"
+    title = "PowerSGD"
+    aggregates = ("powersgd",)
+
+    def check(self) -> None:
+        s = self.settings
+        if s.plan != "powersgd" or s.send == "weights":
+            raise ConfigError("aggregate='powersgd' runs PowerSGD's two-phase exchange: "
+                              "use plan='powersgd' (options: rank, seed, error_feedback) "
+                              "with send='gradient' or 'update'")
+
+    @property
+    def uplink_plan(self) -> Any:
+        return None  # the factors travel raw
+
+    def server(self, state: State, params: frozenset[str]) -> ServerEnd:
+        return PowerSGDRounds(self.settings.plan_options, state, params)
+
+    def client(self, peer: str) -> ClientEnd:
+        return PowerSGDEnd(self.settings, peer)

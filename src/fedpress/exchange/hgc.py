@@ -17,39 +17,45 @@ HGC (Hu, Jiang & He, IJCAI-24; notes in ``docs/hgc_research.md``). In each round
    per value); everyone, server included, advances the predictor from it, so
    predictions stay equal on all ends.
 
-This module holds the two ends (:class:`HGCClient`, :class:`HGCServer`) and their
-messages; the simulator's round protocol and the schedules (warm-up, corrections)
-build on it. Messages start with a version byte (2; version 1 coded each tensor's
-codes as its own rANS stream, whose tables cost more than the codes at HGC's
-densities), a kind byte and an 8-byte digest of
-the tensor names and shapes, so peers configured for other models are told so; every malformed
-message is a :class:`fedpress.FormatError`.
+This module holds the two ends (:class:`HGCClient`, :class:`HGCServer`), their
+messages, the schedules (warm-up, corrections) and the round protocol built on them
+(:class:`HGCExchange`, ``aggregate="hgc"``), which the simulator and Flower drive;
+the value coders are :mod:`fedpress.grad.hgc_values`. Messages start with a version
+byte (2; version 1 coded each tensor's codes as its own rANS stream, whose tables cost
+more than the codes at HGC's densities), a kind byte and an 8-byte digest of the
+tensor names and shapes, so peers configured for other models are told so; every
+malformed message is a :class:`fedpress.FormatError`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from .._bytes import Reader, Writer
-from ..abc import TensorSpec
-from ..backends.lossless import ZstdCodec
 from ..errors import ConfigError, FormatError
-from ..stages import radix, rans
-from . import equalcount as ec
-from .base import check_ratio, keep_count
-from .indices import read_indices, write_indices
+from ..grad import equalcount as ec
+from ..grad.base import check_ratio, keep_count
+from ..grad.hgc_values import read_floats, read_values, write_floats, write_values
+from ..grad.indices import read_indices, write_indices
+from .deltas import raw_bytes
+from .protocol import (
+    Call,
+    ClientEnd,
+    Links,
+    PhaseCost,
+    RoundProtocol,
+    ServerEnd,
+    Settings,
+    register_exchange,
+)
 
 VERSION = 2
 MSG_MASK, MSG_VALUES, MSG_AGGREGATE = 1, 2, 3
-VALUES_RAW, VALUES_CODES = 0, 1
-CODES_PLAIN, CODES_XOR = 0, 1
-SYMBOLS_PACKED, SYMBOLS_RANS = 0, 1
-FLOATS_ZSTD, FLOATS_TABLE = 0, 1
-MAX_TABLE = 1 << 16
-_ZSTD = ZstdCodec(level=3)
 
 Shapes = Mapping[str, tuple[int, ...]]
 State = dict[str, np.ndarray]
@@ -210,133 +216,6 @@ class _End:
         return self._scatter(np.concatenate(vals) if vals else np.zeros(0, np.float32), mask)
 
 
-def write_symbols(w: Writer, symbols: np.ndarray, alphabet: int) -> None:
-    """Symbols in ``[0, alphabet)``, the smaller of radix-packed and rANS coded (a
-    method byte, then a length-prefixed blob). Short streams pack smaller: a rANS
-    stream's tables cost tens of bytes."""
-    options = {SYMBOLS_PACKED: radix.pack(symbols, alphabet)}
-    if symbols.size:
-        coded = Writer()
-        rans.encode(np.asarray(symbols, np.int64), coded)
-        options[SYMBOLS_RANS] = coded.getvalue()
-    w.smallest(options)
-
-
-def read_symbols(rd: Reader, count: int, alphabet: int) -> np.ndarray:
-    """The ``count`` symbols :func:`write_symbols` wrote (int64, checked in range)."""
-    method = rd.u8()
-    data = rd.blob(cap=rd.remaining, name="hgc symbols")
-    if method == SYMBOLS_PACKED:
-        return radix.unpack(data, count, alphabet)
-    if method != SYMBOLS_RANS or not count:
-        raise FormatError(f"hgc message: unknown symbol coding {method}")
-    sub = Reader(data, "hgc symbols")
-    symbols = rans.decode(sub, count)
-    sub.expect_end()
-    if int(symbols.min()) < 0 or int(symbols.max()) >= alphabet:
-        raise FormatError("hgc message: symbol out of range")
-    return symbols
-
-
-def write_values(w: Writer, values: Sequence[np.ndarray], levels: int, quantize: bool,
-                 predicted: Sequence[np.ndarray] | None) -> list[np.ndarray]:
-    """Some tensors' values at the mask: raw float32, or per tensor the equal-count
-    group means, then all the codes in one stream. With ``predicted`` (the
-    prediction's codes, per tensor) the codes go XOR the prediction when that makes
-    the stream smaller (a flag says which). Returns what the receiver will decode."""
-    vals = [np.asarray(v, np.float32).reshape(-1) for v in values]
-    if not quantize:
-        w.u8(VALUES_RAW)
-        for v in vals:
-            w.raw(v.astype("<f4").tobytes())
-        return vals
-    quantized = [ec.quantize(v, levels) for v in vals]
-    w.u8(VALUES_CODES)
-    for _, means in quantized:
-        w.raw(means.astype("<f4").tobytes())
-    codes = np.concatenate([c for c, _ in quantized]) if quantized else np.zeros(0, np.uint8)
-    options = {CODES_PLAIN: (codes, levels)}
-    if predicted is not None:
-        residues = ec.xor_codes(codes, np.concatenate(predicted) if predicted else codes)
-        options[CODES_XOR] = (residues, ec.residue_alphabet(levels))
-    blobs = {}
-    for flag, (symbols, alphabet) in options.items():
-        sub = Writer()
-        write_symbols(sub, symbols, alphabet)
-        blobs[flag] = sub.getvalue()
-    flag = min(blobs, key=lambda f: (len(blobs[f]), f))
-    w.u8(flag)
-    w.raw(blobs[flag])
-    return [ec.dequantize(c, means, levels) for c, means in quantized]
-
-
-def read_values(rd: Reader, counts: Sequence[int], levels: int, quantize: bool,
-                predicted: Sequence[np.ndarray] | None) -> list[np.ndarray]:
-    """The values :func:`write_values` wrote, ``counts[i]`` for tensor ``i`` (float32);
-    FormatError on bad bytes."""
-    mode = rd.u8()
-    if mode == VALUES_RAW and not quantize:
-        out = [rd.array("<f4", k).astype(np.float32) for k in counts]
-    elif mode == VALUES_CODES and quantize:  # raw values are refused in a quantized round
-        means = [rd.array("<f4", levels - 1).astype(np.float32) for _ in counts]
-        flag = rd.u8()
-        if flag == CODES_PLAIN:
-            codes = read_symbols(rd, sum(counts), levels)
-        elif flag == CODES_XOR and predicted is not None:
-            residues = read_symbols(rd, sum(counts), ec.residue_alphabet(levels))
-            codes = ec.xor_codes(residues, np.concatenate(predicted)
-                                 if predicted else residues)
-        else:
-            raise FormatError(f"hgc message: codes flag {flag} not valid here")
-        if codes.size and int(codes.max()) >= levels:
-            raise FormatError("hgc message: code out of range")
-        parts = np.split(codes.astype(np.uint8), np.cumsum(counts)[:-1]) if counts else []
-        out = [ec.dequantize(c, m, levels) for c, m in zip(parts, means, strict=True)]
-    else:
-        raise FormatError(f"hgc message: unknown values mode {mode}")
-    for v in out:
-        if not np.isfinite(v).all():
-            raise FormatError("hgc message: NaN or Inf among the values")
-    return out
-
-
-def write_floats(w: Writer, vals: np.ndarray) -> None:
-    """float32 values losslessly, the smaller of zstd and a table of the distinct
-    values plus one symbol per value (an average of few clients' quantized values
-    takes few distinct values)."""
-    vals = np.ascontiguousarray(vals, np.float32)
-    options = {FLOATS_ZSTD: _ZSTD.encode(vals)}
-    table, inverse = np.unique(vals.view(np.uint32), return_inverse=True)
-    if 0 < table.size <= MAX_TABLE:
-        sub = Writer()
-        sub.varint(int(table.size))
-        sub.raw(table.astype("<u4").tobytes())
-        write_symbols(sub, inverse.reshape(-1), max(2, int(table.size)))
-        options[FLOATS_TABLE] = sub.getvalue()
-    w.smallest(options)
-
-
-def read_floats(rd: Reader, count: int) -> np.ndarray:
-    """The ``count`` float32 values :func:`write_floats` wrote (finite, else FormatError)."""
-    method = rd.u8()
-    sub = Reader(rd.blob(cap=rd.remaining, name="hgc aggregate"), "hgc aggregate")
-    if method == FLOATS_ZSTD:
-        vals = _ZSTD.decode(sub.rest(), TensorSpec((count,), np.dtype(np.float32)))
-    elif method == FLOATS_TABLE:
-        size = sub.varint(cap=min(MAX_TABLE, max(count, 1)), name="hgc value table")
-        table = sub.array("<u4", size).astype(np.uint32)
-        symbols = read_symbols(sub, count, max(2, size))
-        sub.expect_end()
-        if symbols.size and int(symbols.max()) >= size:
-            raise FormatError("hgc message: value index out of range")
-        vals = table[symbols].view(np.float32) if size else np.zeros(count, np.float32)
-    else:
-        raise FormatError(f"hgc message: unknown aggregate coding {method}")
-    if not np.isfinite(vals).all():
-        raise FormatError("hgc message: NaN or Inf in the aggregate")
-    return np.asarray(vals, np.float32)
-
-
 class HGCClient(_End):
     """A client's end: error-feedback residual (sender state) and the mirrored predictor.
 
@@ -419,3 +298,203 @@ class HGCServer(_End):
         agg = self._scatter(flat, mask)
         self.advance(agg)
         return w.getvalue(), agg
+
+
+# -- the round protocol -------------------------------------------------------------
+#: the plan options HGC's exchange reads, and those every plan gets (ignored here)
+OPTIONS = ("density", "warmup", "levels", "predict", "quantize", "correction",
+           "correction_density")
+_GENERIC = ("mode", "eb", "lossy", "lossless", "threshold")
+
+
+def hgc_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """HGC's options from a plan's options, checked, with their defaults."""
+    unknown = set(options) - set(OPTIONS) - set(_GENERIC)
+    if unknown:
+        raise ConfigError(f"plan 'hgc': unknown options {sorted(unknown)}")
+    for key in ("predict", "quantize"):
+        if key in options and not isinstance(options[key], bool):
+            raise ConfigError(f"plan 'hgc': {key} must be true or false, got {options[key]!r}")
+    o = options
+    out = {"density": float(o.get("density", 1e-3)), "warmup": int(o.get("warmup", 0)),
+           "levels": int(o.get("levels", 3)), "predict": o.get("predict", True),
+           "quantize": o.get("quantize", True), "correction": int(o.get("correction", 0)),
+           "correction_density": float(o.get("correction_density", 0.01))}
+    if out["warmup"] < 0 or out["correction"] < 0:
+        raise ConfigError("plan 'hgc': warmup and correction are rounds, >= 0")
+    return out
+
+
+def hgc_names(state: Mapping[str, np.ndarray], params: frozenset[str]) -> list[str]:
+    """The tensors HGC's exchange carries: the float parameters (buffers go raw)."""
+    return sorted(k for k in params if np.issubdtype(state[k].dtype, np.floating))
+
+
+def round_plan(rnd: int, options: Mapping[str, Any], milestones: tuple[int, ...],
+               ) -> tuple[float, bool, bool]:
+    """Round ``rnd``'s (1-based) ``(density, compressed, clear)``: the warm-up, then
+    the corrections around learning-rate milestones."""
+    density, compressed = schedule(rnd - 1, options["density"], options["warmup"])
+    clear = False
+    if compressed:  # corrections start after the warm-up
+        density, clear = correction(rnd - 1, density, milestones, options["correction"],
+                                    options["correction_density"])
+    return density, compressed, clear
+
+
+class HGCRounds(ServerEnd):
+    """The server's side over a run.
+
+    Each round the clients train and reply with their buffers (BatchNorm statistics)
+    raw; then the master (round-robin over the clients) sends its mask and values,
+    the server forwards the mask to the others, they send values at it, and the server
+    averages. The next round's downlink carries the aggregate at that mask and the new
+    buffers; every client holds the global model exactly (same arithmetic).
+    """
+
+    def __init__(self, options: Mapping[str, Any], milestones: tuple[int, ...],
+                 state: Mapping[str, np.ndarray], params: frozenset[str]) -> None:
+        self.options, self.milestones = dict(options), tuple(milestones)
+        self.names = hgc_names(state, params)
+        o = self.options
+        self.server = HGCServer({k: state[k].shape for k in self.names}, o["density"],
+                                o["levels"], o["predict"], o["quantize"])
+        self.rnd = 0
+        self.last: bytes | None = None  # the last aggregate message
+
+    def downlink(self, chosen: list[Any], state: State, down: Any,
+                 ) -> tuple[dict[Any, Any], dict[Any, int], float]:
+        """Round 1: the initial model (raw; clients that start from the same seeded
+        copy get ``None``, but its bytes are counted). Later: the last aggregate at
+        the last mask, and the buffers raw."""
+        self.rnd += 1
+        buffers = {k: v for k, v in state.items() if k not in self.names}
+        message = None if self.last is None else (self.last, buffers)
+        size = raw_bytes(state) if self.last is None else len(self.last) + raw_bytes(buffers)
+        return {k: message for k in chosen}, {k: size for k in chosen}, 0.0
+
+    def exchange(self, chosen: list[Any], replies: list[State], weights: list[float],
+                 call: Call, links: Links, down_bytes: dict[Any, int]) -> PhaseCost:
+        rnd = self.rnd
+        density, compressed, clear = round_plan(rnd, self.options, self.milestones)
+        self.server.configure(density, compressed)
+        master = chosen[(rnd - 1) % len(chosen)]
+        (first,) = call("hgc_master", {master: (density, compressed, clear)})
+        mask_msg, values = first.message
+        t0 = time.perf_counter()
+        mask = self.server.decode_mask(mask_msg)
+        server_s = time.perf_counter() - t0
+        others = call("hgc_values", {k: (mask_msg, density, compressed, clear)
+                                     for k in chosen if k != master})
+        results = {r.client: r for r in [first, *others]}
+        t0 = time.perf_counter()
+        decoded = [self.server.decode_values(values if k == master else results[k].message,
+                                             mask) for k in chosen]
+        decode_s = time.perf_counter() - t0
+        server_s += decode_s
+        t0 = time.perf_counter()
+        self.last, aggregate = self.server.aggregate(decoded, weights, mask)
+        server_s += time.perf_counter() - t0
+        up_master = links.upload_s(master, first.nbytes)
+        phase = up_master + first.encode_s
+        comm = up_master
+        for k in chosen:
+            if k == master:
+                continue
+            down_bytes[k] += len(mask_msg)  # the mask, forwarded mid-round
+            t = links.download_s(k, len(mask_msg)) + links.upload_s(k, results[k].nbytes)
+            comm = max(comm, up_master + t)
+            phase = max(phase, up_master + first.encode_s + t + results[k].encode_s)
+        return PhaseCost(aggregate, sum(r.nbytes for r in results.values()),
+                         sum(r.encode_s for r in results.values()), decode_s, server_s,
+                         comm, phase)
+
+
+class HGCEnd(ClientEnd):
+    """A client's side: applies the last aggregate to its copy, keeps its update for
+    the mid-round phases, and replies with its buffers raw."""
+
+    decodes = True
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.options = dict(options)
+        self.hgc: HGCClient | None = None  # made at the first reply
+        self.mask: Mask | None = None  # the last round's mask
+        self.pending: State = {}  # this round's update, waiting for the mask
+
+    def receive(self, message: Any) -> State:
+        assert self.held is not None
+        if message is not None:  # the last round's aggregate, at the last mask
+            agg_msg, buffers = message
+            if self.hgc is None or self.mask is None:
+                raise FormatError("hgc: an aggregate arrived before any round's mask")
+            agg = self.hgc.receive_aggregate(agg_msg, self.mask)
+            held = dict(self.held)
+            for k, v in agg.items():  # the server's arithmetic (send=update, server_lr 1)
+                held[k] = (held[k] + 1.0 * v.astype(np.float64)).astype(held[k].dtype)
+            held.update(buffers)
+            self.held = held
+        return self.held
+
+    def reply(self, trained: State, start: State, params: frozenset[str]) -> tuple[Any, int]:
+        if self.hgc is None:
+            names = hgc_names(start, params)
+            o = self.options
+            self.hgc = HGCClient({k: start[k].shape for k in names}, o["density"],
+                                 o["levels"], o["predict"], o["quantize"])
+        self.pending = {k: trained[k] for k in self.hgc.shapes}
+        out = {k: v for k, v in trained.items() if k not in self.hgc.shapes}
+        return out, raw_bytes(out)
+
+    def answer(self, phase: str, payload: Any) -> tuple[Any, int]:
+        if self.hgc is None:
+            raise FormatError(f"hgc: phase {phase!r} before this client trained")
+        if phase == "hgc_master":  # its mask message and values message
+            self.hgc.configure(*payload)
+            self.mask = self.hgc.select_mask(self.pending)
+            mask_msg = self.hgc.encode_mask(self.mask)
+            values = self.hgc.encode_update(self.pending, self.mask)
+            return (mask_msg, values), len(mask_msg) + len(values)
+        if phase == "hgc_values":  # its values at the master's mask
+            mask_msg, density, compressed, clear = payload
+            self.hgc.configure(density, compressed, clear)
+            self.mask = self.hgc.decode_mask(mask_msg)
+            values = self.hgc.encode_update(self.pending, self.mask)
+            return values, len(values)
+        return super().answer(phase, payload)
+
+
+@register_exchange
+class HGCExchange(RoundProtocol):
+    """HGC's shared-mask exchange (``aggregate="hgc"``, plan ``hgc``)."""
+
+    name = "hgc"
+    title = "HGC"
+    aggregates = ("hgc",)
+    exclusive_plans = ("hgc",)
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.options = hgc_options(settings.plan_options)
+
+    def check(self) -> None:
+        s = self.settings
+        if (s.plan != "hgc" or s.send != "update" or s.algorithm != "fedavg"
+                or s.server_lr != 1.0 or s.fraction != 1.0 or s.downlink_plan is not None):
+            raise ConfigError("aggregate='hgc' runs HGC's exchange (shared mask, aggregate "
+                              "sent back at the mask): use plan='hgc' (options: density, "
+                              "warmup, levels, predict, quantize, correction, "
+                              "correction_density) with send='update', algorithm='fedavg', "
+                              "server_lr=1, fraction=1 (every client every round, as HGC "
+                              "requires) and no downlink plan")
+
+    @property
+    def uplink_plan(self) -> Any:
+        return None  # HGC codes its own messages
+
+    def server(self, state: State, params: frozenset[str]) -> ServerEnd:
+        return HGCRounds(self.options, tuple(self.settings.lr_milestones), state, params)
+
+    def client(self, peer: str) -> ClientEnd:
+        return HGCEnd(self.options)
