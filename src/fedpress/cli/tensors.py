@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import io as fio
+from ..analysis import error_profile, plot_error_profile
 from ..api import DEFAULT_CODEC
 from ..api import decompress as fp_decompress
 from ..api import inspect as fp_inspect
@@ -22,6 +23,7 @@ from ..partition import DEFAULT_LOSSLESS, DEFAULT_LOSSY, DEFAULT_THRESHOLD
 from ..registry import codec_class, list_codecs, unavailable_reason
 from ..update import decode_update, encode_update
 from .common import app, err_console, handle_errors, out_console
+from .error_table import ERROR_LEGEND, error_table
 from .options import (
     AllowOption,
     IsolateOption,
@@ -172,12 +174,32 @@ def decompress(
 @handle_errors
 def inspect(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="A .fpz frame.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print fedpress.inspect() as JSON.")]
+    as_json: Annotated[bool, typer.Option("--json", help="Print fedpress.inspect() as JSON "
+                                                         "(with --errors: the profiles).")]
     = False,
+    errors: Annotated[Path | None, typer.Option(
+        "--errors", metavar="ORIGINAL",
+        help="Decode the frame and profile its coding error against ORIGINAL, the tensor "
+             "file it was compressed from: max error against the bound, fitted Laplace / "
+             "Gaussian / uniform scales and their Kolmogorov-Smirnov distances, "
+             "correlations.")] = None,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", metavar="PNG", help="With --errors: draw each tensor's error histogram "
+                                      "and fitted densities into PNG (needs matplotlib).")]
+    = None,
+    reference: Annotated[Path | None, typer.Option(
+        help="With --errors: the tensor file the frame was compressed against "
+             "(compress --reference).")] = None,
     allow: AllowOption = None,
     isolate: IsolateOption = None,
 ) -> None:
-    """Describe a frame per tensor without decoding it."""
+    """Describe a frame per tensor without decoding it; with --errors, decode it and
+    describe its coding error."""
+    if errors is None and (plot is not None or reference is not None):
+        raise ConfigError("--plot and --reference go with --errors ORIGINAL")
+    if errors is not None:
+        _inspect_errors(file, errors, plot, reference, as_json, decoder_limits(allow, isolate))
+        return
     try:
         info = fp_inspect(read_frame(file), decoder_limits(allow, isolate))
     except FormatError as exc:
@@ -199,6 +221,38 @@ def inspect(
         if "describe_error" in t:
             err_console().print(Text(f"warning: {t['name'] or '(tensor)'}: "
                                      f"{t['describe_error']}", style="yellow"), soft_wrap=True)
+
+
+def _inspect_errors(file: Path, original: Path, plot: Path | None, reference: Path | None,
+                    as_json: bool, limits: Limits) -> None:
+    """``inspect --errors``: decode ``file`` under ``limits`` and profile its error."""
+    if plot is not None:
+        if plot.suffix.lower() != ".png":
+            raise ConfigError(f"--plot {str(plot)!r}: give a .png file")
+        if same_file(plot, file) or same_file(plot, original):
+            raise ConfigError(f"--plot {str(plot)!r} would overwrite an input")
+    blob = read_frame(file)
+    tensors = fio.load_tensors(original)
+    ref = fio.load_tensors(reference) if reference is not None else None
+    try:
+        profiles = error_profile(tensors, blob, limits=limits, reference=ref)
+    except FormatError as exc:
+        raise opt_in_hint(exc) from None
+    if plot is not None:
+        plot_error_profile(profiles, plot)
+    if as_json:
+        typer.echo(json.dumps(jsonable([p.to_dict() for p in profiles.values()]), indent=2,
+                              allow_nan=False))
+        return
+    console = out_console()
+    console.print(error_table(profiles, f"{file}: coding error against {original}"))
+    console.print(Text(ERROR_LEGEND, style="dim"))
+    over = [p.name or "(tensor)" for p in profiles.values() if p.within_bound is False]
+    if over:
+        err_console().print(Text(f"warning: over the declared bound: {', '.join(over)}",
+                                 style="yellow"), soft_wrap=True)
+    if plot is not None:
+        console.print(f"plot: {escape(str(plot))}", highlight=False)
 
 
 def inspect_table(info: dict[str, Any], title: str) -> Table:
