@@ -23,6 +23,7 @@ from ..abc import Codec, TensorSpec
 from ..dtypes import le_bytes
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
+from ..stages.lossless import ZstdStage, zstd_decompress
 
 
 class LosslessCodec(Codec):
@@ -81,39 +82,25 @@ def _bounded_stream(decomp: object, data: bytes, expected: int) -> bytes:
 
 @register_codec
 class ZstdCodec(LosslessCodec):
-    """Zstandard (``zstandard`` package), levels 1-22, default 3."""
+    """Zstandard (``zstandard`` package), levels 1-22, default 3: the registered face
+    of :class:`fedpress.stages.lossless.ZstdStage`."""
 
     codec_id = "zstd"
     level_range = (1, 22)
     default_level = 3
 
+    def __init__(self, level: int | None = None) -> None:
+        super().__init__(level)
+        self.stage = ZstdStage(self.level)
+
     def check_available(self) -> None:
         require("zstandard", codec=self.codec_id)
 
     def compress_bytes(self, data: bytes, itemsize: int) -> bytes:
-        zstd = require("zstandard", codec=self.codec_id)
-        return zstd.ZstdCompressor(level=self.level).compress(data)
+        return self.stage.encode(data)
 
     def decompress_bytes(self, data: bytes, expected: int) -> bytes:
         return zstd_decompress(data, expected)
-
-
-def zstd_decompress(data: bytes, expected: int) -> bytes:
-    """Decompress exactly one zstd frame of exactly ``expected`` bytes.
-
-    The frame must declare its content size (fedpress always writes it), and
-    zstd checks the decoded size against it, so nothing larger is produced;
-    bytes after the frame are refused.
-    """
-    zstd = require("zstandard", codec="zstd")
-    params = zstd.get_frame_parameters(data)
-    if params.content_size != expected:
-        raise FormatError(f"zstd frame declares {params.content_size} bytes, expected {expected}")
-    dobj = zstd.ZstdDecompressor().decompressobj()
-    out = dobj.decompress(data)
-    if not dobj.eof or dobj.unused_data or len(out) != expected:
-        raise FormatError("zstd payload: truncated, trailing bytes or wrong size")
-    return out
 
 
 @register_codec

@@ -43,16 +43,16 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import IO, Any, ClassVar, cast
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .._bytes import Reader, Writer
 from ..abc import Codec, TensorSpec
-from ..backends.lossless import ZstdCodec
 from ..bounds import ErrorBound, check_bound
 from ..dtypes import is_float, le_bytes
 from ..errors import ConfigError, FormatError
+from ..stages.lossless import ZSTD
 
 KIND_EMPTY, KIND_CONSTANT, KIND_CORE, KIND_LOSSLESS = 0, 1, 2, 3
 #: values handled at a time when the decoder adds a reference or applies patches
@@ -66,7 +66,7 @@ CHUNK_BYTES_PER_VALUE = 32
 #: smallest normal (zfp: a block's scale 2**(emax - 30) goes subnormal below 2**-96
 #: and the block decodes to zero); none above that
 FLUSH_SAFE_FACTOR = 2.0**40
-_LOSSLESS = ZstdCodec(level=3)  # kind 3's coder
+_LOSSLESS = ZSTD  # kind 3's coder
 _F32_TINY, _F32_HUGE = 1e-30, 1e30  # margins safely inside float32's normal range
 _KIND_NAMES = {0: "empty", 1: "constant", 2: "core", 3: "lossless"}
 
@@ -228,7 +228,7 @@ class ErrorBoundedCodec(Codec):
         if kind == KIND_CONSTANT:
             w.f64(lo)
         elif kind == KIND_LOSSLESS:
-            w.raw(_LOSSLESS.encode(flat))
+            w.raw(_LOSSLESS.encode_array(flat))
         else:
             assert body is not None
             w.raw(body)
@@ -514,59 +514,12 @@ def _write_patches(w: Writer, flat: np.ndarray, idx: np.ndarray) -> None:
     w.raw(le_bytes(flat[idx]))
 
 
-class _SliceReader:
-    """A file-like reader over a buffer (no copy of the whole buffer)."""
-
-    def __init__(self, data: memoryview) -> None:
-        self.data, self.pos = data, 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self.data) if size < 0 else min(len(self.data), self.pos + size)
-        chunk = bytes(self.data[self.pos:end])
-        self.pos = end
-        return chunk
-
-
-class _ArrayWriter:
-    """A file-like writer into a preallocated buffer that refuses to overflow it."""
-
-    def __init__(self, buf: memoryview) -> None:
-        self.buf, self.pos = buf, 0
-
-    def write(self, data: bytes) -> int:
-        end = self.pos + len(data)
-        if end > len(self.buf):
-            raise FormatError("lossless body expands past the tensor's size")
-        self.buf[self.pos:end] = data
-        self.pos = end
-        return len(data)
-
-
 def _lossless_decode(data: memoryview, n: int, dtype: np.dtype, codec_id: str) -> np.ndarray:
     """Kind 3's body (one zstd frame of the raw little-endian values), decompressed
     straight into the output array (no second copy); FormatError on a frame that is
     not exactly the tensor's bytes."""
-    import zstandard
-
     out = np.empty(n, dtype=dtype)
-    expected = out.nbytes
-    what = f"{codec_id} payload: lossless body"
-    try:
-        declared = zstandard.get_frame_parameters(bytes(data[:18])).content_size
-    except zstandard.ZstdError as exc:
-        raise FormatError(f"{what}: {exc}") from None
-    if declared != expected:
-        raise FormatError(f"{what}: its frame declares {declared} bytes, expected {expected}")
-    writer = _ArrayWriter(out.view(np.uint8).data)
-    try:
-        read, _ = zstandard.ZstdDecompressor().copy_stream(
-            cast(IO[bytes], _SliceReader(data)), cast(IO[bytes], writer))
-    except zstandard.ZstdError as exc:
-        raise FormatError(f"{what}: cannot decompress: {exc}") from None
-    if writer.pos != expected or read != len(data):
-        raise FormatError(f"{what}: truncated, trailing bytes or wrong size")
-    if not np.little_endian:
-        out.byteswap(inplace=True)
+    _LOSSLESS.decode_into(data, out, f"{codec_id} payload: lossless body")
     return out
 
 

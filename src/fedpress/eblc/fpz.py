@@ -31,7 +31,8 @@ Payload (after the envelope)::
             every value lies in a zero block)
             flags bit 0: zero blocks skipped; the bitmap (zstd frame of
             ``ceil(n / 128)`` bits, little-endian bit order) marks them
-            coder ids: 0 ans (constriction), 1 zstd, 2 rans, 3 huffman
+            coder ids (``stages.coders.CoderId``): 0 ans (constriction), 1 zstd,
+            2 rans, 3 huffman
     mode 1: zstd frame of the raw values
 """
 
@@ -43,19 +44,22 @@ from typing import ClassVar
 import numpy as np
 
 from .._bytes import Reader, Writer
-from ..abc import TensorSpec
-from ..backends.lossless import ZstdCodec
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
-from ..stages import ans, huffman, kernels, rans, spread_chunks
+from ..stages import ans, kernels, rans, spread_chunks
+from ..stages.coders import CODERS, CoderId, Symbols
+from ..stages.lossless import ZSTD
 from ..stages.predict import BY_NAME, NEEDS_COLS, PREDICTORS, predictor
 from ..stages.quantize import MAX_CODE, dequantize, quantize, quantize_values, usable_step
 from .base import ErrorBoundedCodec
 
 VERSION = 2
 MODE_QUANT, MODE_LOSSLESS = 0, 1
-CODER_ANS, CODER_ZSTD, CODER_RANS, CODER_HUFFMAN = 0, 1, 2, 3
-_CODERS = {"ans": CODER_ANS, "zstd": CODER_ZSTD, "rans": CODER_RANS, "huffman": CODER_HUFFMAN}
+#: the coders fpz writes, by their ids in the shared table (``stages.coders``); version 1
+#: knew only the first two
+_OWN_CODERS = (CoderId.ANS, CoderId.ZSTD, CoderId.RANS, CoderId.HUFFMAN)
+_V1_CODERS = (CoderId.ANS, CoderId.ZSTD)
+_CODERS = {CODERS[cid].name: cid for cid in _OWN_CODERS}
 FLAG_ZERO_BLOCKS = 1
 ZERO_BLOCK = 128
 _BLOCK_BITS = ZERO_BLOCK.bit_length() - 1
@@ -66,22 +70,11 @@ _SMALL = 1 << 14
 _SAMPLE_CHUNKS, _CHUNK = 32, 2048
 #: predictor whose values the rANS decoding loop computes itself (dequantization fused)
 _FUSED = BY_NAME["none"]
-_ZSTD = ZstdCodec(level=3)  # lossless mode, the zstd residual coder, the bitmap
 
 
 def _sample(v: np.ndarray) -> np.ndarray:
     """Contiguous chunks spread over ``v`` (all of it when small), for estimates."""
     return v if v.size <= _SAMPLE_CHUNKS * _CHUNK * 2 else spread_chunks(v, _SAMPLE_CHUNKS, _CHUNK)
-
-
-def _narrow(r: np.ndarray) -> np.ndarray:
-    """``r`` in the narrowest signed integer type that holds it."""
-    lo, hi = int(r.min()), int(r.max())
-    for dt in (np.int8, np.int16, np.int32):
-        info = np.iinfo(dt)
-        if info.min <= lo and hi <= info.max:
-            return r.astype(dt)
-    return r.astype(np.int64)
 
 
 def zero_blocks(q: np.ndarray) -> np.ndarray | None:
@@ -229,7 +222,7 @@ class FpzCodec(ErrorBoundedCodec):
         w.u8(VERSION)
         if coded is None:
             w.u8(MODE_LOSSLESS)
-            w.raw(_ZSTD.encode(x))
+            w.raw(ZSTD.encode_array(x))
             return w.getvalue(), x, np.zeros(0, np.int64)
         z, hist, zero, values, over = coded
         w.u8(MODE_QUANT)
@@ -238,44 +231,31 @@ class FpzCodec(ErrorBoundedCodec):
             w.varint(cols)
         w.u8(0 if zero is None else FLAG_ZERO_BLOCKS)
         if zero is not None:
-            w.blob(_ZSTD.encode(np.packbits(zero, bitorder="little")))
+            w.blob(ZSTD.encode_array(np.packbits(zero, bitorder="little")))
         if z.size:
             w.raw(self._code(z, hist))
         return w.getvalue(), values, over
 
     def _code(self, z: np.ndarray, hist: np.ndarray) -> bytes:
         """Coder id byte + body, for the residuals' zigzag codes ``z``."""
-        def with_rans() -> bytes:
+        symbols = Symbols(zigzag=z, hist=hist)
+
+        def coded(cid: CoderId) -> bytes:
+            coder = CODERS[cid]
+            if cid == CoderId.ANS:
+                r = symbols.values
+                if int(r.max()) - int(r.min()) + 1 > ans.MAX_ALPHABET:
+                    raise ConfigError("fpz: alphabet too large for coder='ans' at this bound")
             w = Writer()
-            w.u8(CODER_RANS)
-            rans.encode_symbols(z, hist, w)
+            w.u8(cid)
+            coder.encode(symbols, w)
             return w.getvalue()
 
-        def with_ans() -> bytes:
-            r = rans.unzigzag(z.astype(np.int64))
-            if int(r.max()) - int(r.min()) + 1 > ans.MAX_ALPHABET:
-                raise ConfigError("fpz: alphabet too large for coder='ans' at this bound")
-            w = Writer()
-            w.u8(CODER_ANS)
-            ans.encode(r, w)
-            return w.getvalue()
-
-        def with_zstd() -> bytes:
-            narrow = _narrow(rans.unzigzag(z.astype(np.int64)))
-            return bytes([CODER_ZSTD, narrow.dtype.itemsize]) + _ZSTD.encode(narrow)
-
-        def with_huffman() -> bytes:
-            w = Writer()
-            w.u8(CODER_HUFFMAN)
-            huffman.encode_symbols(z, hist, w)
-            return w.getvalue()
-
-        coders = {"rans": with_rans, "ans": with_ans, "zstd": with_zstd, "huffman": with_huffman}
         if self.coder != "auto":
-            return coders[self.coder]()
+            return coded(_CODERS[self.coder])
         if z.size > _SMALL:
-            return with_rans()
-        return min((with_rans(), with_zstd(), with_huffman()), key=len)
+            return coded(CoderId.RANS)
+        return min((coded(CoderId.RANS), coded(CoderId.ZSTD), coded(CoderId.HUFFMAN)), key=len)
 
     def _decode_core(self, data: memoryview, n: int, dtype: np.dtype, eb_abs: float) -> np.ndarray:
         rd = Reader(data, "fpz payload")
@@ -284,7 +264,7 @@ class FpzCodec(ErrorBoundedCodec):
             raise FormatError(f"fpz payload: unknown version {version}")
         mode = rd.u8()
         if mode == MODE_LOSSLESS:
-            return _ZSTD.decode(rd.rest(), TensorSpec((n,), dtype))
+            return ZSTD.decode_array(rd.rest(), n, dtype)
         if mode != MODE_QUANT:
             raise FormatError(f"fpz payload: unknown mode {mode}")
         pid = rd.u8()
@@ -300,8 +280,8 @@ class FpzCodec(ErrorBoundedCodec):
         zero = None
         if flags & FLAG_ZERO_BLOCKS:
             nb = -(-n // ZERO_BLOCK)
-            bits = _ZSTD.decode(rd.blob(cap=rd.remaining, name="fpz zero blocks"),
-                                TensorSpec((-(-nb // 8),), np.dtype(np.uint8)))
+            bits = ZSTD.decode_array(rd.blob(cap=rd.remaining, name="fpz zero blocks"),
+                                     -(-nb // 8), np.uint8)
             zero = np.unpackbits(bits, count=nb, bitorder="little").astype(bool)
         m = n if zero is None else n - _zero_block_values(zero, n)
         if not m:
@@ -321,22 +301,13 @@ class FpzCodec(ErrorBoundedCodec):
     def _decode_values(rd: Reader, m: int, pid: int, inverse: Callable[[np.ndarray], np.ndarray],
                        step: float, dtype: np.dtype, version: int) -> np.ndarray:
         """The ``m`` coded values: residuals -> codes (``inverse``) -> ``codes * step``."""
-        coder = rd.u8()
-        if version == 1 and coder in (CODER_RANS, CODER_HUFFMAN):
-            raise FormatError(f"fpz payload: coder {coder} does not exist in version 1")
-        own = {CODER_RANS: rans.decode, CODER_HUFFMAN: huffman.decode}
-        if coder in own and pid == _FUSED:
-            return own[coder](rd, m, step=step, dtype=dtype)
-        if coder in own:
-            r = own[coder](rd, m)
-        elif coder == CODER_ANS:
-            r = ans.decode(rd, m)
-        elif coder == CODER_ZSTD:
-            width = rd.u8()
-            if width not in (1, 2, 4, 8):
-                raise FormatError(f"fpz payload: bad integer width {width}")
-            ints = np.dtype(f"i{width}")
-            r = _ZSTD.decode(rd.rest(), TensorSpec((m,), ints)).astype(np.int64)
-        else:
-            raise FormatError(f"fpz payload: unknown coder {coder}")
+        cid = rd.u8()
+        if version == 1 and cid in _OWN_CODERS and cid not in _V1_CODERS:
+            raise FormatError(f"fpz payload: coder {cid} does not exist in version 1")
+        if cid not in _OWN_CODERS:
+            raise FormatError(f"fpz payload: unknown coder {cid}")
+        coder = CODERS[CoderId(cid)]
+        if coder.fused and pid == _FUSED:
+            return coder.decode(rd, m, step=step, dtype=dtype)
+        r = coder.decode(rd, m)
         return dequantize(inverse(r), step / 2.0, dtype)

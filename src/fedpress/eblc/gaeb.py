@@ -57,10 +57,11 @@ import numpy as np
 
 from .._bytes import Reader, Writer
 from ..abc import Scope, StatefulCodec, TensorSpec
-from ..backends.lossless import ZstdCodec
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
 from ..stages import crans, kernels, rans, spread_chunks
+from ..stages.coders import RANS, ContextRansCoder
+from ..stages.lossless import ZSTD
 from ..stages.quantize import MAX_CODE, usable_step
 from ..state import TensorState
 from .base import KIND_CORE, ErrorBoundedCodec
@@ -85,7 +86,6 @@ _STD_GUARD = 1e-8
 #: ways and the smaller kept (the estimate is against crans without history, and fpz
 #: has coding tools of its own: zero blocks, Lorenzo, Huffman)
 _MIN_SAVING, _SURE_SAVING, _ALWAYS_BOTH = 0.005, 0.02, 1 << 19
-_ZSTD = ZstdCodec(level=3)
 
 
 def _n_ext(features: int) -> int:
@@ -274,7 +274,7 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
         if feats != FEATURES[self.features]:
             raise FormatError(f"gaeb payload: features {feats} are not this codec's")
         ext = self._contexts(hist, 2.0 * eb_abs, feats)
-        return crans.decode(rd, n, ext, _n_ext(feats), step=2.0 * eb_abs, dtype=dtype)
+        return ContextRansCoder(ext, _n_ext(feats)).decode(rd, n, step=2.0 * eb_abs, dtype=dtype)
 
     def _promising(self, x: np.ndarray, step: float, hist: dict[str, np.ndarray],
                    feats: int) -> tuple[bool, dict[tuple[bool, int], float] | None]:
@@ -292,8 +292,8 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
             return False, None
         part = {k: spread_chunks(v, chunks, size) for k, v in hist.items()}
         es = self._contexts(part, step, feats)
-        k = rans._escape_symbol(hs, zs.size)
-        est = crans.estimates(zs, es, _n_ext(feats), x.size, k, rans._precision(k),
+        k = rans.escape_symbol(hs, zs.size)
+        est = crans.estimates(zs, es, _n_ext(feats), x.size, k, rans.precision(k),
                               chunk=size)
         return crans.sample_saving(est) >= _MIN_SAVING, est
 
@@ -357,9 +357,9 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
         w.u8(P_PAPER)
         w.f64(mu_t)
         w.f64(sigma_t)
-        w.blob(_ZSTD.encode(np.packbits(predicted)))
-        w.blob(_ZSTD.encode(np.packbits(signs[predicted])))
-        rans.encode(q, w)
+        w.blob(ZSTD.encode_array(np.packbits(predicted)))
+        w.blob(ZSTD.encode_array(np.packbits(signs[predicted])))
+        RANS.encode(q, w)
         pending["M"] = m_new
         return w.getvalue(), values, None
 
@@ -374,7 +374,7 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
         kernels_n = n // (shape[2] * shape[3])
         predicted = self._bits(rd, kernels_n, "kernel bitmap")
         signs = self._bits(rd, int(predicted.sum()), "kernel signs")
-        q = rans.decode(rd, n)
+        q = RANS.decode(rd, n)
         if q.size and int(np.abs(q).max()) >= MAX_CODE:
             raise FormatError("gaeb payload: residual code out of range")
         p, m_new = self._paper_prediction(shape, hist, mu_t, sigma_t, predicted, signs)
@@ -383,8 +383,8 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
 
     @staticmethod
     def _bits(rd: Reader, count: int, what: str) -> np.ndarray:
-        raw = _ZSTD.decode(rd.blob(cap=rd.remaining, name=f"gaeb {what}"),
-                           TensorSpec((-(-count // 8),), np.dtype(np.uint8)))
+        raw = ZSTD.decode_array(rd.blob(cap=rd.remaining, name=f"gaeb {what}"), -(-count // 8),
+                                np.uint8)
         bits = np.unpackbits(raw, count=count).astype(bool)
         if np.unpackbits(raw)[count:].any():
             raise FormatError(f"gaeb payload: padding bits set in the {what}")

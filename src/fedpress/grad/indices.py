@@ -10,20 +10,30 @@ The indices are strictly increasing positions in ``[0, n)``; the gaps between th
 ``3`` rANS of the gaps (fedpress's static coder with its own tables): clustered
    positions whose gaps follow no single geometric law.
 
+Methods 1-3 are the shared coders of :mod:`fedpress.stages.coders` (Rice: ``u8 b`` then
+the codes; gamma of ``gap + 1``; rANS with one table), mapped from this format's method
+bytes in :data:`GAP_CODERS`.
+
 Layout: ``u8`` method, then the method's bytes as a length-prefixed blob. The count
 ``k`` and the length ``n`` are the caller's (written beside the values).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .._bytes import Reader, Writer
 from ..errors import FormatError
-from ..stages import golomb, rans
+from ..stages import coders
+from ..stages.coders import EntropyCoder
 
 BITMAP, RICE, GAMMA, RANS = 0, 1, 2, 3
-METHODS = {BITMAP: "bitmap", RICE: "rice", GAMMA: "gamma", RANS: "rans"}
+#: the method byte -> the shared coder of the gaps (the bitmap codes positions, no gaps)
+GAP_CODERS: dict[int, EntropyCoder[Any]] = {
+    RICE: coders.RICE, GAMMA: coders.GAMMA, RANS: coders.RansCoder(ctx_model=0)}
+METHODS = {BITMAP: "bitmap", **{m: c.name for m, c in GAP_CODERS.items()}}
 
 
 def gaps_of(idx: np.ndarray) -> np.ndarray:
@@ -40,12 +50,10 @@ def candidates(idx: np.ndarray, n: int) -> dict[int, bytes]:
     """Every method's bytes (the bitmap only when it can win)."""
     gaps = gaps_of(idx)
     out: dict[int, bytes] = {}
-    b = golomb.best_rice_parameter(gaps)
-    out[RICE] = bytes([b]) + golomb.rice_pack(gaps, b)
-    out[GAMMA] = golomb.gamma_pack(gaps + 1)
-    w = Writer()
-    rans.encode(gaps, w, ctx_model=0)
-    out[RANS] = w.getvalue()
+    for method, coder in GAP_CODERS.items():
+        w = Writer()
+        coder.encode(gaps, w)
+        out[method] = w.getvalue()
     if (n + 7) // 8 < min(len(v) for v in out.values()):
         mask = np.zeros(n, dtype=bool)
         mask[idx] = True
@@ -78,18 +86,12 @@ def read_indices(rd: Reader, k: int, n: int) -> np.ndarray:
         if idx.size != k:
             raise FormatError(f"sparse payload: bitmap holds {idx.size} positions, not {k}")
         return idx
-    if method == RICE:
-        if len(data) < 1:
-            raise FormatError("sparse payload: missing rice parameter")
-        gaps = golomb.rice_unpack(data[1:], k, data[0], n)
-    elif method == GAMMA:
-        gaps = golomb.gamma_unpack(data, k, n) - 1
-    elif method == RANS:
-        sub = Reader(data, "sparse indices")
-        gaps = rans.decode(sub, k)
-        sub.expect_end()
-    else:
+    coder = GAP_CODERS.get(method)
+    if coder is None:
         raise FormatError(f"sparse payload: unknown index method {method}")
+    sub = Reader(data, "sparse indices")
+    gaps = coder.decode(sub, k)
+    sub.expect_end()
     if gaps.size and (int(gaps.min()) < 0 or int(gaps.max()) >= n):
         raise FormatError("sparse payload: index gap out of range")
     idx = np.cumsum(gaps + 1) - 1

@@ -75,7 +75,8 @@ from ..abc import TensorSpec
 from ..dtypes import le_bytes
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
-from ..stages import golomb, rans
+from ..stages import golomb
+from ..stages.coders import RANS as RANS_CODER
 from .base import GradientCodec, check_seed, data_rng
 from .indices import gaps_of
 
@@ -84,7 +85,9 @@ MAX_LEVELS = 1 << 24
 _F32_MAX = float(np.finfo(np.float32).max)
 _F64_MAX = float(np.finfo(np.float64).max)
 
-ZERO, ELIAS, RANS, PACK2 = 0, 1, 2, 1  # PACK2 is terngrad's coding 1
+#: the coding byte (PACK2 is terngrad's coding 1); RANS codes the symbols with the shared
+#: rANS coder (``stages.coders``), whose id in the coder table is the same number
+ZERO, ELIAS, RANS, PACK2 = 0, 1, 2, 1
 #: fewer bytes than any rANS stream takes (two zstd frames and a header): a smaller
 #: Elias or 2-bit body wins without trying rANS (saves its cost on small tensors)
 RANS_MIN_BYTES = 16
@@ -292,7 +295,7 @@ class QSGD(GradientCodec):
         bodies = {ELIAS: w.getvalue()}
         if len(bodies[ELIAS]) > RANS_MIN_BYTES:
             w = Writer()
-            rans.encode(levels, w)
+            RANS_CODER.encode(levels, w)
             bodies[RANS] = w.getvalue()
         coding = min(bodies, key=lambda c: (len(bodies[c]), c))
         w = Writer()
@@ -317,7 +320,7 @@ class QSGD(GradientCodec):
             buf = np.zeros(n, dtype=lev_dt)
             read_elias(rd, n, self.levels, buf)
         else:
-            buf = rans.decode(rd, n, step=1.0, dtype=lev_dt)
+            buf = RANS_CODER.decode(rd, n, step=1.0, dtype=lev_dt)
             if buf.size and max(float(buf.max()), -float(buf.min())) > self.levels:
                 raise FormatError(f"qsgd payload: a level exceeds {self.levels}")
         return dequantize_levels(buf, norms, self.levels, d, spec)
@@ -467,7 +470,7 @@ class TernGrad(GradientCodec):
         bodies = {PACK2: pack2(sym)}
         if len(bodies[PACK2]) > RANS_MIN_BYTES:
             sub = Writer()
-            rans.encode(sym, sub)
+            RANS_CODER.encode(sym, sub)
             bodies[RANS] = sub.getvalue()
         coding = min(bodies, key=lambda c: (len(bodies[c]), c))
         w.u8(coding)
@@ -492,7 +495,7 @@ class TernGrad(GradientCodec):
         if coding == PACK2:
             return unpack2_values(rd.take((n + 3) // 4), n, ternary_table(scale, spec.dtype),
                                   spec)
-        sym = rans.decode(rd, n, step=1.0, dtype=symbol_dtype(np.dtype(spec.dtype)))
+        sym = RANS_CODER.decode(rd, n, step=1.0, dtype=symbol_dtype(np.dtype(spec.dtype)))
         if sym.size and max(float(sym.max()), -float(sym.min())) > 1:
             raise FormatError("terngrad payload: a symbol is not in {-1, 0, 1}")
         return symbols_to_values(sym, scale, spec)

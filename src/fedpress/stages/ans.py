@@ -14,17 +14,27 @@ length against ``n`` and the bytes present.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .._bytes import Reader, Writer
 from .._deps import require
-from ..abc import TensorSpec
-from ..backends.lossless import ZstdCodec
 from ..errors import FormatError
+from .lossless import ZSTD
 
 #: largest alphabet coded with ANS (the histogram header grows with it)
 MAX_ALPHABET = 1 << 22
-_ZSTD = ZstdCodec(level=3)  # the histogram header's coder
+#: largest ``|lo|`` a stream may declare (its zigzag code is capped at 2**62)
+MAX_LO = 1 << 61
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """The head of a stream: the smallest symbol and the exact symbol counts."""
+
+    lo: int
+    counts: np.ndarray  # uint32, one per symbol lo .. lo + counts.size - 1
 
 
 def zigzag(v: int) -> int:
@@ -44,34 +54,69 @@ def entropy_bits(counts: np.ndarray) -> float:
 
 def encode(sym: np.ndarray, w: Writer) -> None:
     """Append the ANS coding of int64 symbols ``sym`` to ``w``."""
-    lo = int(sym.min())
-    s = (sym - lo).astype(np.int32)
-    counts = np.bincount(s).astype(np.uint32)
-    nsym = counts.size
-    if nsym > MAX_ALPHABET:
+    hist = fit(sym)
+    write_histogram(w, hist)
+    encode_body(w, hist, sym)
+
+
+def fit(sym: np.ndarray) -> Histogram:
+    """The histogram of int64 symbols ``sym`` (an empty array: one unused symbol 0).
+
+    Raises ValueError for an alphabet over ``MAX_ALPHABET`` or symbols beyond
+    ``+-MAX_LO`` (a decoder would refuse the stream).
+    """
+    if sym.size == 0:
+        return Histogram(0, np.zeros(1, np.uint32))
+    lo, hi = int(sym.min()), int(sym.max())
+    if hi - lo + 1 > MAX_ALPHABET:
         raise ValueError("alphabet too large for ANS")
-    w.varint(zigzag(lo))
-    w.varint(nsym)
-    w.blob(_ZSTD.encode(counts))
-    if nsym > 1:
+    if not -MAX_LO <= lo <= MAX_LO:
+        raise ValueError(f"ans: symbols must lie within +-2**61, got {lo}")
+    counts = np.bincount((sym - lo).astype(np.int32)).astype(np.uint32)
+    return Histogram(lo, counts)
+
+
+def write_histogram(w: Writer, hist: Histogram) -> None:
+    """The head: ``varint zigzag(lo) | varint nsym | blob zstd(counts)``."""
+    w.varint(zigzag(hist.lo))
+    w.varint(hist.counts.size)
+    w.blob(ZSTD.encode_array(hist.counts))
+
+
+def encode_body(w: Writer, hist: Histogram, sym: np.ndarray) -> None:
+    """After the head: the ANS words (none for a single-symbol alphabet)."""
+    if hist.counts.size > 1:
         constriction = require("constriction", codec="fpz")
-        model = constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
+        model = constriction.stream.model.Categorical(hist.counts.astype(np.float64),
+                                                      perfect=False)
         coder = constriction.stream.stack.AnsCoder()
-        coder.encode_reverse(s, model)
+        coder.encode_reverse((sym - hist.lo).astype(np.int32), model)
         w.raw(coder.get_compressed().astype("<u4").tobytes())
 
 
 def decode(r: Reader, n: int) -> np.ndarray:
     """Read ``n`` int64 symbols written by :func:`encode`."""
+    return decode_body(r, read_histogram(r, n), n)
+
+
+def read_histogram(r: Reader, n: int) -> Histogram:
+    """The head of a stream of ``n`` symbols, checked: an alphabet of 1 to
+    ``MAX_ALPHABET`` symbols whose counts add up to ``n``."""
     lo = unzigzag(r.varint(cap=1 << 62, name="ans lo"))
     nsym = r.varint(cap=MAX_ALPHABET, name="ans alphabet")
     if nsym < 1:
         raise FormatError("ans: empty alphabet")
     raw = r.blob(cap=r.remaining, name="ans counts")
-    counts = _ZSTD.decode(raw, TensorSpec((nsym,), np.dtype(np.uint32)))
+    counts = ZSTD.decode_array(raw, nsym, np.uint32)
     if int(counts.sum(dtype=np.uint64)) != n:
         raise FormatError("ans: histogram does not add up to the tensor size")
-    if nsym == 1:
+    return Histogram(lo, counts)
+
+
+def decode_body(r: Reader, hist: Histogram, n: int) -> np.ndarray:
+    """The ``n`` symbols after the head ``hist`` (of :func:`read_histogram`)."""
+    lo, counts = hist.lo, hist.counts
+    if counts.size == 1:
         r.expect_end()
         return np.full(n, lo, dtype=np.int64)
     words = r.rest()

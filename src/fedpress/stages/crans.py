@@ -26,17 +26,14 @@ Layout (as :mod:`.rans`, with another model byte)::
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 
 from .._bytes import Reader, Writer
-from ..abc import TensorSpec
 from ..errors import FormatError
 from . import kernels, spread_chunks
 from . import rans as _rans
@@ -76,7 +73,7 @@ def estimates(zs: np.ndarray, es: np.ndarray, n_ext: int, n: int, k: int, pb: in
     scale = n / zs.size
     est = {}
     for m in models:
-        model = _rans._model(_counts(zs, bounds, k, es, n_ext, m), pb, 0)
+        model = _rans.build_model(_counts(zs, bounds, k, es, n_ext, m), pb, 0)
         est[m] = (model.est_bytes - len(model.table_blob)) * scale + len(model.table_blob)
     return est
 
@@ -116,7 +113,7 @@ class Choice:
 
     use_ext: bool
     spatial: int
-    model: Any  # rans._Model
+    model: _rans.Model
     k: int
     pb: int
     #: estimated saving of using ext (share of the bytes without it); 0 if unused
@@ -137,8 +134,8 @@ def choose(z: np.ndarray, hist: np.ndarray, ext: np.ndarray, n_ext: int,
     too: the saving comes out low, never high); the model without ``ext`` is counted
     only if it wins.
     """
-    k = _rans._escape_symbol(hist, z.size)
-    pb = _rans._precision(k)
+    k = _rans.escape_symbol(hist, z.size)
+    pb = _rans.precision(k)
     bounds = _rans.lane_bounds(z.size)
     if est is None:
         ranked, est = _candidates(z, k, pb, ext, n_ext, models)
@@ -147,15 +144,19 @@ def choose(z: np.ndarray, hist: np.ndarray, ext: np.ndarray, n_ext: int,
     best_ext = next((m for m in ranked if m[0]), None)
     best_plain = next((m for m in ranked if not m[0]), None)
 
-    def build(m: tuple[bool, int]) -> Any:
-        return _rans._model(_counts(z, bounds, k, ext, n_ext, m), pb,
+    def build(m: tuple[bool, int]) -> _rans.Model:
+        return _rans.build_model(_counts(z, bounds, k, ext, n_ext, m), pb,
                             m[1] | (USE_EXT if m[0] else 0))
 
     built = {m: build(m) for m in (best_ext,) if m is not None}
     if best_plain is not None:
         if est is None or best_ext is None:
             built[best_plain] = build(best_plain)
-        plain_bytes = built[best_plain].est_bytes if best_plain in built else est[best_plain]
+        if best_plain in built:
+            plain_bytes = built[best_plain].est_bytes
+        else:
+            assert est is not None  # built above when there is no estimate
+            plain_bytes = est[best_plain]
         if best_ext is None or built[best_ext].est_bytes >= plain_bytes:
             model = built.get(best_plain) or build(best_plain)
             return Choice(False, best_plain[1], model, k, pb, 0.0)
@@ -168,13 +169,26 @@ def choose(z: np.ndarray, hist: np.ndarray, ext: np.ndarray, n_ext: int,
 
 def write(choice: Choice, z: np.ndarray, ext: np.ndarray, w: Writer) -> None:
     """Append the coding of ``z`` with the model of ``choice`` (see :func:`choose`)."""
-    best, k, pb, sp = choice.model, choice.k, choice.pb, choice.spatial
+    head = tables(choice)
+    _rans.write_tables(w, head)
+    write_body(head, z, ext, w)
+
+
+def tables(choice: Choice) -> _rans.Tables:
+    """The head :func:`write` writes for ``choice``: rans's, with crans's model byte
+    (bit 7: ext used; bits 0-6: spatial model)."""
+    m = choice.model
+    return _rans.Tables(choice.k, choice.pb, m.ctx_model, m.freq, m.table_blob)
+
+
+def write_body(head: _rans.Tables, z: np.ndarray, ext: np.ndarray, w: Writer) -> None:
+    """After the head (:func:`tables`): the lanes of ``z`` coded with its tables."""
+    use_ext, sp = bool(head.model & USE_EXT), head.model & ~USE_EXT
     bounds = _rans.lane_bounds(z.size)
-    cum = np.zeros_like(best.freq)
-    np.cumsum(best.freq[:, :-1], axis=1, out=cum[:, 1:])
-    ctx = ext if choice.use_ext else np.zeros(z.size, np.uint8)
-    words, offsets = _kern().encode(z, bounds, k, ctx, SPATIAL[sp], _nsp(sp), best.freq, cum, pb)
-    _rans.write_stream(w, z, k, pb, best.ctx_model, best.table_blob, bounds, words, offsets)
+    ctx = ext if use_ext else np.zeros(z.size, np.uint8)
+    words, offsets = _kern().encode(z, bounds, head.k, ctx, SPATIAL[sp], _nsp(sp), head.freq,
+                                    _rans.cumulative(head.freq), head.pb)
+    _rans.write_body(w, z, head.k, bounds, words, offsets)
 
 
 def encode(z: np.ndarray, hist: np.ndarray, ext: np.ndarray, n_ext: int, w: Writer,
@@ -192,42 +206,40 @@ def decode(rd: Reader, n: int, ext: np.ndarray, n_ext: int, *, step: float = 0.0
     Returns int64 residuals, or with ``step > 0`` the residuals times ``step`` in
     ``dtype``.
     """
-    k = rd.varint(cap=_rans.MAX_K, name="crans escape symbol")
-    pb = rd.u8()
-    if not 1 <= pb <= 16 or (k + 1) > (1 << pb):
-        raise FormatError(f"crans: bad table precision {pb} for alphabet {k + 1}")
-    model = rd.u8()
+    return decode_body(rd, read_tables(rd, n_ext), n, ext, step=step, dtype=dtype)
+
+
+def read_tables(rd: Reader, n_ext: int) -> _rans.Tables:
+    """The head of a stream, checked (as :func:`rans.read_tables`); ``model`` is
+    crans's model byte (bit 7: ext used; bits 0-6: spatial model)."""
+    k, pb, model = _rans.read_head(rd, "crans")
     use_ext, sp = bool(model & USE_EXT), model & ~USE_EXT
     if sp not in SPATIAL:
         raise FormatError(f"crans: unknown spatial model {sp}")
     nctx = (n_ext if use_ext else 1) * _nsp(sp)
-    raw = rd.blob(cap=rd.remaining, name="crans tables")
-    freq = _rans._ZSTD.decode(raw, TensorSpec((nctx, k + 1), np.dtype(np.uint32)))
-    table = _rans._decode_table(freq.astype(np.int64), pb, k)
-    bounds = _rans.lane_bounds(n)
-    lanes = bounds.size - 1
-    nwords, nesc = [], []
-    for _ in range(lanes - 1):
-        nwords.append(rd.varint(cap=n + 2, name="crans lane words"))
-        nesc.append(rd.varint(cap=n, name="crans lane escapes"))
-    escapes = _rans.read_escapes(rd, k, n)
-    words = rd.rest()
-    if len(words) % 2 or len(words) > 2 * (n + 2 * lanes):
-        raise FormatError("crans: bad stream length")
-    wbounds = np.array([0, *itertools.accumulate(nwords), len(words) // 2], dtype=np.int64)
-    ebounds = np.array([0, *itertools.accumulate(nesc), escapes.size], dtype=np.int64)
-    if wbounds[-2] > wbounds[-1] or ebounds[-2] > ebounds[-1]:
-        raise FormatError("crans: lane sizes exceed the stream")
+    freq, slots = _rans.read_freq(rd, nctx, k, pb, "crans")
+    return _rans.Tables(k, pb, model, freq, slots=slots)
+
+
+def decode_body(rd: Reader, tables: _rans.Tables, n: int, ext: np.ndarray, *,
+                step: float = 0.0, dtype: np.dtype | None = None) -> np.ndarray:
+    """The ``n`` residuals (or their values times ``step``) after the head ``tables``
+    (of :func:`read_tables`), given the same ``ext`` as the encoder."""
+    assert tables.slots is not None
+    use_ext, sp = bool(tables.model & USE_EXT), tables.model & ~USE_EXT
+    lanes = _rans.read_lanes(rd, n, tables.k, "crans")
     ctx = ext if use_ext else np.zeros(n, np.uint8)
     if ctx.size != n:
         raise ValueError("crans: one context per symbol")
     out = np.empty(n, dtype=(dtype or np.float64) if step > 0.0 else np.int64)
-    status = _kern().decode(np.frombuffer(words, dtype="<u2"), wbounds, bounds, ebounds, k,
-                            table, pb, ctx, SPATIAL[sp], _nsp(sp), escapes, float(step), out)
+    status = _kern().decode(lanes.words, lanes.wbounds, lanes.bounds, lanes.ebounds, tables.k,
+                            tables.slots, tables.pb, ctx, SPATIAL[sp], _nsp(sp), lanes.escapes,
+                            float(step), out)
     if status:
         raise FormatError(f"crans: corrupt stream (status {status})")
     return out
 
 
-__all__ = ["ALL_MODELS", "SPATIAL", "USE_EXT", "Choice", "choose", "decode", "encode",
-           "kernels", "write"]
+__all__ = ["ALL_MODELS", "SPATIAL", "USE_EXT", "Choice", "choose", "decode", "decode_body",
+           "encode", "estimates", "kernels", "read_tables", "sample_saving", "tables", "write",
+           "write_body"]

@@ -23,16 +23,29 @@ slot decodes; the one exception is a single used symbol, coded with the 1-bit co
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .._bytes import Reader, Writer
-from ..abc import TensorSpec
-from ..backends.lossless import ZstdCodec
 from ..errors import FormatError
 from . import kernels, rans
+from .lossless import ZSTD
 
 MAX_LEN = 15
-_ZSTD = ZstdCodec(level=3)
+
+
+@dataclass(frozen=True)
+class Code:
+    """The head of a stream: escape symbol ``k`` and the code lengths of ``0..k``.
+
+    The encoder's (:func:`fit`) also carry the symbol ``counts`` (for the bit count);
+    the decoder's (:func:`read_code`) are checked to form a complete prefix code.
+    """
+
+    k: int
+    lengths: np.ndarray  # uint8, k + 1
+    counts: np.ndarray | None = None
 
 
 def code_lengths(counts: np.ndarray, max_len: int = MAX_LEN) -> np.ndarray:
@@ -71,13 +84,36 @@ def canonical_codes(lengths: np.ndarray) -> np.ndarray:
 
 def encode_symbols(z: np.ndarray, hist: np.ndarray, w: Writer) -> None:
     """Append the Huffman coding of zigzag codes ``z`` (histogram as rans wants it)."""
-    k = rans._escape_symbol(hist, z.size)
+    code = fit(z, hist)
+    write_code(w, code)
+    encode_body(w, code, z)
+
+
+def fit(z: np.ndarray, hist: np.ndarray) -> Code:
+    """The code of zigzag codes ``z`` (histogram ``hist`` of ``min(z, rans.HIST_CAP)``).
+
+    An empty stream gets the single-symbol code of symbol 0 (no symbol uses it).
+    """
+    k = rans.escape_symbol(hist, z.size)
     counts = np.append(hist[:k], hist[k:].sum())
     lengths = code_lengths(counts)
+    if not lengths.any():
+        lengths[0] = 1  # no symbol at all: still a code the decoder accepts
+    return Code(k, lengths, counts)
+
+
+def write_code(w: Writer, code: Code) -> None:
+    """The head: ``varint k | blob zstd(lengths)``."""
+    w.varint(code.k)
+    w.blob(ZSTD.encode_array(code.lengths))
+
+
+def encode_body(w: Writer, code: Code, z: np.ndarray) -> None:
+    """After the head: the escapes, the bit count and the codes of ``z``."""
+    assert code.counts is not None
+    k, lengths = code.k, code.lengths
     codes = canonical_codes(lengths)
-    nbits = int((counts * lengths).sum())
-    w.varint(k)
-    w.blob(_ZSTD.encode(lengths))
+    nbits = int((code.counts * lengths).sum())
     rans.write_escapes(w, z[z >= k], k)
     w.varint(nbits)
     w.raw(kernels().huffman_encode(z, k, codes, lengths.astype(np.int64), nbits).tobytes())
@@ -91,22 +127,36 @@ def encode(r: np.ndarray, w: Writer) -> None:
 def decode(rd: Reader, n: int, *, step: float = 0.0,
            dtype: np.dtype | None = None) -> np.ndarray:
     """Read ``n`` residuals written by :func:`encode` (or their values times ``step``)."""
+    return decode_body(rd, read_code(rd), n, step=step, dtype=dtype)
+
+
+def read_code(rd: Reader) -> Code:
+    """The head of a stream, checked: lengths of at most ``MAX_LEN`` bits that form a
+    complete prefix code (or the single-symbol code)."""
     k = rd.varint(cap=rans.MAX_K, name="huffman escape symbol")
-    lengths = _ZSTD.decode(rd.blob(cap=rd.remaining, name="huffman lengths"),
-                           TensorSpec((k + 1,), np.dtype(np.uint8)))
+    lengths = ZSTD.decode_array(rd.blob(cap=rd.remaining, name="huffman lengths"), k + 1,
+                                np.uint8)
     used = np.flatnonzero(lengths)
-    escapes = rans.read_escapes(rd, k, n)
-    nbits = rd.varint(cap=8 * rd.remaining, name="huffman bits")
-    data = np.frombuffer(rd.rest(), dtype=np.uint8)
-    if data.size != (nbits + 7) // 8:
-        raise FormatError("huffman: stream length does not match its bit count")
-    out = np.empty(n, dtype=dtype if step > 0.0 else np.int64)
     if used.size == 0 or int(lengths.max()) > MAX_LEN:
         raise FormatError("huffman: code lengths missing or longer than the format allows")
     kraft = sum(1 << (MAX_LEN - int(lengths[s])) for s in used)
     single = used.size == 1 and lengths[used[0]] == 1
     if kraft != 1 << MAX_LEN and not single:
         raise FormatError("huffman: code lengths do not form a complete prefix code")
+    return Code(k, lengths)
+
+
+def decode_body(rd: Reader, code: Code, n: int, *, step: float = 0.0,
+                dtype: np.dtype | None = None) -> np.ndarray:
+    """The ``n`` residuals (or their values times ``step``) after the head ``code``
+    (of :func:`read_code`)."""
+    k, lengths = code.k, code.lengths
+    escapes = rans.read_escapes(rd, k, n)
+    nbits = rd.varint(cap=8 * rd.remaining, name="huffman bits")
+    data = np.frombuffer(rd.rest(), dtype=np.uint8)
+    if data.size != (nbits + 7) // 8:
+        raise FormatError("huffman: stream length does not match its bit count")
+    out = np.empty(n, dtype=dtype if step > 0.0 else np.int64)
     maxlen = int(lengths.max())
     table = _table(lengths, maxlen)
     status = kernels().huffman_decode(data, nbits, n, k, table, maxlen, escapes, float(step), out)

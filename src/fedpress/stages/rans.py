@@ -45,11 +45,10 @@ import numpy as np
 import zstandard
 
 from .._bytes import Reader, Writer
-from ..abc import TensorSpec
-from ..backends.lossless import ZstdCodec
 from ..errors import FormatError
 from . import kernels, spread_chunks
 from .ans import entropy_bits
+from .lossless import ZSTD
 
 #: largest escape symbol a stream may declare (decoder's limit)
 MAX_K = (1 << 14) - 1
@@ -69,6 +68,8 @@ _CTX_SAMPLE_CHUNKS, _CTX_CHUNK, _CTX_MIN_GAIN = 16, 4096, 0.002
 HIST_CAP = ENCODE_MAX_K + 1
 #: share of symbols allowed to be escaped (the tail of the histogram)
 ESCAPE_SHARE = 1.0 / 1024
+#: residuals the coder takes: ``-2**62 <= r < 2**62`` (their zigzag codes fit in int64)
+MIN_RESIDUAL, MAX_RESIDUAL = -(1 << 62), (1 << 62) - 1
 _EDGES = np.array([0, 1, 2, 4, 6, 9, 14, 22, 34, 52, 80, 124], dtype=np.int64)
 #: context model id -> lookup table of ``s[i-1] + s[i-2]`` (integer edges only,
 #: so both ends build it bit for bit)
@@ -76,7 +77,6 @@ LUTS: dict[int, np.ndarray] = {
     0: np.zeros(1, dtype=np.uint8),
     1: (np.searchsorted(_EDGES, np.arange(256), side="right") - 1).astype(np.uint8),
 }
-_ZSTD = ZstdCodec(level=3)
 _NO_ESCAPES = np.zeros(0, dtype=np.int64)
 
 
@@ -89,8 +89,8 @@ def unzigzag(z: np.ndarray) -> np.ndarray:
     return (z >> 1) ^ -(z & 1)
 
 
-def _escape_symbol(hist: np.ndarray, n: int) -> int:
-    """Smallest ``k`` with at most ``ESCAPE_SHARE`` of the symbols ``>= k``.
+def escape_symbol(hist: np.ndarray, n: int) -> int:
+    """Smallest ``k`` with at most ``ESCAPE_SHARE`` of the ``n`` symbols ``>= k``.
 
     ``hist`` is the histogram of ``min(z, HIST_CAP)``.
     """
@@ -100,7 +100,8 @@ def _escape_symbol(hist: np.ndarray, n: int) -> int:
     return min(int(ok[0]) if ok.size else ENCODE_MAX_K, ENCODE_MAX_K)
 
 
-def _precision(k: int) -> int:
+def precision(k: int) -> int:
+    """Table precision (``pb``, slots = ``2**pb``) of an alphabet ``0..k``."""
     return int(min(MAX_PB, max(11, int(k + 1).bit_length() + 3)))
 
 
@@ -110,19 +111,54 @@ def normalize(counts: np.ndarray, pb: int) -> np.ndarray:
 
 
 @dataclass
-class _Model:
+class Model:
+    """Normalised tables of one candidate model and their cost."""
+
+    #: the model byte written in the stream
     ctx_model: int
-    freq: np.ndarray  # (C, k + 1) int64
+    #: (contexts, k + 1) int64 frequencies, each row summing to ``2**pb`` (or zero)
+    freq: np.ndarray
+    #: the tables as written: zstd frame of ``freq`` as uint32
     table_blob: bytes
+    #: estimated stream bytes: ideal code length plus ``table_blob``
     est_bytes: float
 
 
-def _model(counts: np.ndarray, pb: int, ctx_model: int) -> _Model:
+def build_model(counts: np.ndarray, pb: int, ctx_model: int) -> Model:
+    """The :class:`Model` of per-context histograms ``counts`` at precision ``pb``."""
     freq = normalize(counts, pb)
     used = counts > 0
     bits = float((counts[used] * (pb - np.log2(freq[used]))).sum())
-    blob = _ZSTD.encode(freq.astype(np.uint32))
-    return _Model(ctx_model, freq, blob, bits / 8 + len(blob))
+    blob = ZSTD.encode_array(freq.astype(np.uint32))
+    return Model(ctx_model, freq, blob, bits / 8 + len(blob))
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The head of a stream: escape symbol, precision, model byte, frequency tables.
+
+    The encoder's (:func:`fit`) carry the frequencies and their frame ``blob``; the
+    decoder's (:func:`read_tables`) the checked slot table ``slots`` the kernels
+    decode with.
+    """
+
+    k: int
+    pb: int
+    model: int
+    freq: np.ndarray
+    blob: bytes = b""
+    slots: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Lanes:
+    """The body of a stream as :func:`read_lanes` checked it, ready for a kernel."""
+
+    words: np.ndarray    # uint16 rANS words of all lanes
+    wbounds: np.ndarray  # word ranges of the lanes
+    bounds: np.ndarray   # symbol ranges of the lanes
+    ebounds: np.ndarray  # escape ranges of the lanes
+    escapes: np.ndarray  # escaped values (int64, ``>= k``)
 
 
 def symbols(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,9 +184,18 @@ def encode_symbols(z: np.ndarray, hist: np.ndarray, w: Writer,
                    ctx_model: int | None = None) -> None:
     """:func:`encode` from the zigzag codes ``z`` (uint32 or int64) and their
     histogram ``hist`` of ``min(z, HIST_CAP)`` (as :func:`symbols` gives)."""
+    tables = fit(z, hist, ctx_model)
+    write_tables(w, tables)
+    encode_body(w, tables, z)
+
+
+def fit(z: np.ndarray, hist: np.ndarray, ctx_model: int | None = None) -> Tables:
+    """The tables for zigzag codes ``z`` (histogram ``hist`` of ``min(z, HIST_CAP)``):
+    escape symbol, precision, and the context model (``ctx_model``, or with None the
+    one of smaller estimated size)."""
     kern = kernels()
-    k = _escape_symbol(hist, z.size)
-    pb = _precision(k)
+    k = escape_symbol(hist, z.size)
+    pb = precision(k)
     models = [ctx_model] if ctx_model is not None else _promising_models(z, k)
     bounds = lane_bounds(z.size)
     best = None
@@ -159,25 +204,52 @@ def encode_symbols(z: np.ndarray, hist: np.ndarray, w: Writer,
             counts = np.append(hist[:k], hist[k:].sum())[None, :]
         else:
             counts = kern.context_counts(z, bounds, k, LUTS[m])
-        cand = _model(counts, pb, m)
+        cand = build_model(counts, pb, m)
         if best is None or cand.est_bytes < best.est_bytes:
             best = cand
     assert best is not None
-    cum = np.zeros_like(best.freq)
-    np.cumsum(best.freq[:, :-1], axis=1, out=cum[:, 1:])
-    lut = LUTS[best.ctx_model]
-    words, offsets = kern.encode(z, bounds, k, lut, best.freq, cum, pb)
-    write_stream(w, z, k, pb, best.ctx_model, best.table_blob, bounds, words, offsets)
+    return Tables(k, pb, best.ctx_model, best.freq, best.table_blob)
+
+
+def cumulative(freq: np.ndarray) -> np.ndarray:
+    """Per context, the cumulative frequency of each symbol (the encoder's tables)."""
+    cum = np.zeros_like(freq)
+    np.cumsum(freq[:, :-1], axis=1, out=cum[:, 1:])
+    return cum
+
+
+def encode_body(w: Writer, tables: Tables, z: np.ndarray) -> None:
+    """Append the lanes of ``z`` coded with ``tables`` (of :func:`fit`)."""
+    bounds = lane_bounds(z.size)
+    words, offsets = kernels().encode(z, bounds, tables.k, LUTS[tables.model], tables.freq,
+                                      cumulative(tables.freq), tables.pb)
+    write_body(w, z, tables.k, bounds, words, offsets)
 
 
 def write_stream(w: Writer, z: np.ndarray, k: int, pb: int, model: int, table_blob: bytes,
                  bounds: np.ndarray, words: np.ndarray, offsets: np.ndarray) -> None:
     """The layout of the module docs, from the coded ``words`` of each lane (``offsets``)."""
-    is_esc = z >= k
+    write_head(w, k, pb, model, table_blob)
+    write_body(w, z, k, bounds, words, offsets)
+
+
+def write_tables(w: Writer, tables: Tables) -> None:
+    """The head of the stream: escape symbol, precision, model byte, tables."""
+    write_head(w, tables.k, tables.pb, tables.model, tables.blob)
+
+
+def write_head(w: Writer, k: int, pb: int, model: int, table_blob: bytes) -> None:
+    """``varint k | u8 pb | u8 model | blob tables``."""
     w.varint(k)
     w.u8(pb)
     w.u8(model)
     w.blob(table_blob)
+
+
+def write_body(w: Writer, z: np.ndarray, k: int, bounds: np.ndarray, words: np.ndarray,
+               offsets: np.ndarray) -> None:
+    """After the head: the lanes' sizes, the escapes, the words of every lane."""
+    is_esc = z >= k
     for j in range(bounds.size - 2):
         w.varint(int(offsets[j + 1] - offsets[j]))
         w.varint(int(np.count_nonzero(is_esc[bounds[j] : bounds[j + 1]])))
@@ -189,7 +261,7 @@ def write_escapes(w: Writer, escaped: np.ndarray, k: int) -> None:
     """The escape block: the values ``>= k`` of the escaped symbols, in order."""
     rest = (escaped - k).astype(np.uint64)
     width = _width(rest)
-    w.blob(bytes([width]) + _ZSTD.encode(rest.astype(f"<u{width}")))
+    w.blob(bytes([width]) + ZSTD.encode_array(rest.astype(f"<u{width}")))
 
 
 def _promising_models(z: np.ndarray, k: int) -> list[int]:
@@ -225,41 +297,76 @@ def decode(rd: Reader, n: int, *, step: float = 0.0,
     By default returns the int64 residuals. With ``step > 0`` returns
     ``residual * step`` in ``dtype`` instead, computed in the decoding loop.
     """
-    k = rd.varint(cap=MAX_K, name="rans escape symbol")
-    pb = rd.u8()
-    if not 1 <= pb <= 16 or (k + 1) > (1 << pb):
-        raise FormatError(f"rans: bad table precision {pb} for alphabet {k + 1}")
-    ctx_model = rd.u8()
+    return decode_body(rd, read_tables(rd), n, step=step, dtype=dtype)
+
+
+def read_tables(rd: Reader) -> Tables:
+    """The head of a stream (:func:`write_tables`), checked: escape symbol, precision,
+    context model, and tables whose rows add up to the precision."""
+    k, pb, ctx_model = read_head(rd, "rans")
     if ctx_model not in LUTS:
         raise FormatError(f"rans: unknown context model {ctx_model}")
-    lut = LUTS[ctx_model]
-    nctx = int(lut.max()) + 1
-    raw = rd.blob(cap=rd.remaining, name="rans tables")
-    freq = _ZSTD.decode(raw, TensorSpec((nctx, k + 1), np.dtype(np.uint32))).astype(np.int64)
-    table = _decode_table(freq, pb, k)
-    bounds = lane_bounds(n)
-    lanes = bounds.size - 1
-    nwords, nesc = [], []
-    for _ in range(lanes - 1):
-        nwords.append(rd.varint(cap=n + 2, name="rans lane words"))
-        nesc.append(rd.varint(cap=n, name="rans lane escapes"))
-    escapes = read_escapes(rd, k, n)
-    words = rd.rest()
-    if len(words) % 2 or len(words) > 2 * (n + 2 * lanes):
-        raise FormatError("rans: bad stream length")
-    wbounds = np.array([0, *itertools.accumulate(nwords), len(words) // 2], dtype=np.int64)
-    ebounds = np.array([0, *itertools.accumulate(nesc), escapes.size], dtype=np.int64)
-    if wbounds[-2] > wbounds[-1] or ebounds[-2] > ebounds[-1]:
-        raise FormatError("rans: lane sizes exceed the stream")
+    nctx = int(LUTS[ctx_model].max()) + 1
+    freq, slots = read_freq(rd, nctx, k, pb, "rans")
+    return Tables(k, pb, ctx_model, freq, slots=slots)
+
+
+def decode_body(rd: Reader, tables: Tables, n: int, *, step: float = 0.0,
+                dtype: np.dtype | None = None) -> np.ndarray:
+    """The ``n`` residuals (or their values times ``step``) after the head ``tables``
+    (of :func:`read_tables`)."""
+    assert tables.slots is not None
+    lanes = read_lanes(rd, n, tables.k, "rans")
     if step > 0.0:
         out = np.empty(n, dtype=dtype if dtype is not None else np.float64)
     else:
         out = np.empty(n, dtype=np.int64)
-    status = kernels().decode(np.frombuffer(words, dtype="<u2"), wbounds, bounds, ebounds, k,
-                               table, pb, lut, escapes, float(step), out)
+    status = kernels().decode(lanes.words, lanes.wbounds, lanes.bounds, lanes.ebounds,
+                              tables.k, tables.slots, tables.pb, LUTS[tables.model],
+                              lanes.escapes, float(step), out)
     if status:
         raise FormatError(f"rans: corrupt stream (status {status})")
     return out
+
+
+def read_head(rd: Reader, what: str) -> tuple[int, int, int]:
+    """``(k, pb, model byte)`` of a stream's head, ``k`` and ``pb`` checked (the model
+    byte is the caller's to check); ``what`` names the coder in messages."""
+    k = rd.varint(cap=MAX_K, name=f"{what} escape symbol")
+    pb = rd.u8()
+    if not 1 <= pb <= 16 or (k + 1) > (1 << pb):
+        raise FormatError(f"{what}: bad table precision {pb} for alphabet {k + 1}")
+    return k, pb, rd.u8()
+
+
+def read_freq(rd: Reader, nctx: int, k: int, pb: int, what: str
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``nctx`` x ``(k + 1)`` frequency tables after the head and the slot table
+    the kernels decode with; FormatError unless every row adds up to ``2**pb`` (or 0)."""
+    raw = rd.blob(cap=rd.remaining, name=f"{what} tables")
+    freq = ZSTD.decode_array(raw, (nctx, k + 1), np.uint32).astype(np.int64)
+    return freq, _decode_table(freq, pb, k)
+
+
+def read_lanes(rd: Reader, n: int, k: int, what: str) -> Lanes:
+    """The body of a stream of ``n`` symbols with escape symbol ``k``: the lanes'
+    sizes, the escapes and the words, each count checked against ``n`` and the
+    bytes present."""
+    bounds = lane_bounds(n)
+    lanes = bounds.size - 1
+    nwords, nesc = [], []
+    for _ in range(lanes - 1):
+        nwords.append(rd.varint(cap=n + 2, name=f"{what} lane words"))
+        nesc.append(rd.varint(cap=n, name=f"{what} lane escapes"))
+    escapes = read_escapes(rd, k, n)
+    words = rd.rest()
+    if len(words) % 2 or len(words) > 2 * (n + 2 * lanes):
+        raise FormatError(f"{what}: bad stream length")
+    wbounds = np.array([0, *itertools.accumulate(nwords), len(words) // 2], dtype=np.int64)
+    ebounds = np.array([0, *itertools.accumulate(nesc), escapes.size], dtype=np.int64)
+    if wbounds[-2] > wbounds[-1] or ebounds[-2] > ebounds[-1]:
+        raise FormatError(f"{what}: lane sizes exceed the stream")
+    return Lanes(np.frombuffer(words, dtype="<u2"), wbounds, bounds, ebounds, escapes)
 
 
 def _decode_table(freq: np.ndarray, pb: int, k: int) -> np.ndarray:
@@ -287,7 +394,7 @@ def read_escapes(rd: Reader, k: int, n: int) -> np.ndarray:
         raise FormatError("rans: bad escape block")
     if size == 0:
         return _NO_ESCAPES
-    vals = _ZSTD.decode(body, TensorSpec((size // width,), np.dtype(f"<u{width}")))
+    vals = ZSTD.decode_array(body, size // width, f"<u{width}")
     vals = vals.astype(np.uint64)
     if vals.size and int(vals.max()) > (1 << 63) - 1 - k:
         raise FormatError("rans: escape value out of range")
