@@ -199,3 +199,50 @@ def test_weights_coded_against_the_start_model(digits: data.Dataset) -> None:
     # the server's copy of a client's start model is what the client decoded
     half, _ = fl.simulate(digits, _cfg(reference=True, clients=4, fraction=0.5, **kw))
     assert len(half) == 3
+
+
+def test_kept_client_momentum_continues_the_optimizer(digits: data.Dataset) -> None:
+    """client_state="keep": two rounds of 2 full-batch steps with the momentum carried
+    over equal 4 steps of one optimizer; "reset" starts the momentum at zero."""
+    from fedpress.sim.client import local_train, normalise
+
+    x, y = normalise(digits.x_train[:64]), torch.from_numpy(digits.y_train[:64])
+    cfg = _cfg(batch_size=64, local_steps=2, momentum=0.9)
+    start = build_model("mlp", digits.input_shape, 10, seed=1).state_dict()
+
+    def trained(steps: list[int], keep: bool) -> dict:
+        model = build_model("mlp", digits.input_shape, 10, seed=1)
+        model.load_state_dict(start)
+        momentum: dict | None = {} if keep else None
+        for n in steps:
+            kept = local_train(model, x, y, _cfg(batch_size=64, local_steps=n, momentum=0.9),
+                               torch.Generator().manual_seed(0), momentum=momentum)
+            momentum = kept if keep else None
+        assert (kept is not None) == keep
+        return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+    once, kept, reset = trained([4], False), trained([2, 2], True), trained([2, 2], False)
+    assert all(np.allclose(once[k], kept[k], atol=1e-6) for k in once)
+    assert not all(np.allclose(once[k], reset[k], atol=1e-6) for k in once)
+    # in the simulator: round 1 is the same either way, later rounds differ
+    h_reset, _ = fl.simulate(digits, _cfg(rounds=2, local_steps=3), test_limit=200)
+    h_keep, _ = fl.simulate(digits, _cfg(rounds=2, local_steps=3, client_state="keep"),
+                            test_limit=200)
+    assert h_reset[0].loss == h_keep[0].loss and h_reset[1].loss != h_keep[1].loss
+    assert cfg.client_state == "reset"
+    with pytest.raises(fedpress.ConfigError, match="client_state"):
+        _cfg(client_state="forever").check()
+
+
+def test_first_download_sent_counts_the_initial_model(digits: data.Dataset) -> None:
+    kw = {"send": "update", "plan": "fpz", "downlink_plan": "fpz", "downlink_send": "update",
+          "rounds": 2}
+    seeded, _ = fl.simulate(digits, _cfg(**kw), test_limit=100)
+    sent, _ = fl.simulate(digits, _cfg(**kw, first_download="sent"), test_limit=100)
+    model = build_model("mlp", digits.input_shape, 10, seed=0)
+    raw = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    assert sent[0].bytes_down == seeded[0].bytes_down + 3 * raw
+    assert sent[1].bytes_down == seeded[1].bytes_down
+    assert [m.accuracy for m in sent] == [m.accuracy for m in seeded]
+    with pytest.raises(fedpress.ConfigError, match="first_download"):
+        _cfg(first_download="maybe").check()

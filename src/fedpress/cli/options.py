@@ -238,6 +238,12 @@ def sim_flags() -> dict[str, Any]:
         "reference": Annotated[bool | None, opt(help="Code the weights uplink against "
                                                      "the model each client started from "
                                                      "(error-bounded codecs).")],
+        "client_state": Annotated[str | None, opt(help="reset (default): local momentum "
+                                                       "starts at zero each round; keep: "
+                                                       "each client keeps it.")],
+        "first_download": Annotated[str | None, opt(help="seeded (default): clients start "
+                                                         "from the seeded model, uncounted; "
+                                                         "sent: count it in update mode.")],
     }
 
 

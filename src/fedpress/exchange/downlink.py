@@ -31,11 +31,13 @@ class Downlink:
 
     ``track=True`` (weights uplink with a reference) also keeps, in ``held``, the
     model each client decoded in weights mode: the server decodes its own frames.
+    ``count_initial=True`` (update mode) adds the initial model's raw bytes to a
+    client's first message: what it takes to give the client that shared start.
     """
 
     def __init__(self, plan: Any, options: Mapping[str, Any], clients: int,
                  send: str = "weights", initial: State | None = None,
-                 track: bool = False) -> None:
+                 track: bool = False, count_initial: bool = False) -> None:
         warm_codecs(plan, options)
         self.plan, self.options, self.send_mode = plan, options, send
         probe = make_encoder(plan, options, peer="server")
@@ -53,6 +55,8 @@ class Downlink:
         self.decoder = make_decoder(plan, options) or UpdateDecoder()
         self.track = track or send == "update"
         self.initial = initial
+        self.count_initial = count_initial and send == "update" and initial is not None
+        self.started: set[Any] = set()  # clients that got a first message
         # per client (any hashable key; clients not seen yet start from ``initial``):
         self.encoders: dict[Any, UpdateEncoder] = {}
         self.held: dict[Any, State | None] = {}  # what it holds (update mode, or tracked)
@@ -74,6 +78,7 @@ class Downlink:
         ``initial`` (a client that failed, whose copy is no longer known)."""
         for table in (self.held, self.version, self.encoders):
             table.pop(k, None)
+        self.started.discard(k)
         self.decoder.reset(str(k))
 
     def send(self, chosen: list[Any], state: State,
@@ -107,4 +112,10 @@ class Downlink:
         seconds = time.perf_counter() - t0 if self.plan is not None else 0.0
         sizes = {k: raw_bytes(m) if isinstance(m, dict) else len(m)
                  for k, m in messages.items()}
+        if self.count_initial:
+            assert self.initial is not None
+            for k in chosen:
+                if k not in self.started:
+                    sizes[k] += raw_bytes(self.initial)
+                    self.started.add(k)
         return messages, sizes, seconds

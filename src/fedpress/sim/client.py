@@ -53,11 +53,30 @@ def client_seed(seed: int, rnd: int, client: int) -> int:
 
 def local_train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FLConfig,
                 gen: torch.Generator, anchor: Mapping[str, torch.Tensor] | None = None,
-                rnd: int = 1) -> None:
+                rnd: int = 1, momentum: State | None = None) -> State | None:
     """SGD with momentum for ``local_steps`` minibatches or ``local_epochs`` epochs, at
-    round ``rnd``'s learning rate and momentum; FedProx adds ``mu/2 ||w - anchor||^2``."""
+    round ``rnd``'s learning rate and momentum; FedProx adds ``mu/2 ||w - anchor||^2``.
+
+    ``momentum=None`` starts the optimizer afresh and returns None; a dict (parameter
+    name -> buffer, empty at first) continues its momentum from an earlier round
+    (``client_state="keep"``) and the buffers after training are returned."""
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr_at(rnd), momentum=cfg.momentum_at(rnd))
+    named = dict(model.named_parameters())
+    for n, p in named.items():
+        if momentum and n in momentum:
+            opt.state[p]["momentum_buffer"] = torch.from_numpy(momentum[n].copy())
     model.train()
+    _sgd_steps(model, opt, x, y, cfg, gen, anchor)
+    if momentum is None:
+        return None
+    return {n: opt.state[p]["momentum_buffer"].detach().numpy().copy()
+            for n, p in named.items()
+            if opt.state.get(p, {}).get("momentum_buffer") is not None}
+
+
+def _sgd_steps(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+               y: torch.Tensor, cfg: FLConfig, gen: torch.Generator,
+               anchor: Mapping[str, torch.Tensor] | None) -> None:
     steps = 0
     while True:
         for idx in torch.randperm(len(y), generator=gen).split(cfg.batch_size):
@@ -131,6 +150,7 @@ class SimClient:
         self.cid, self.cfg = cid, cfg
         self.x, self.y = normalise(x), torch.from_numpy(np.asarray(y))
         self.end = cfg.protocol().client(str(cid))
+        self.momentum: State = {}  # its optimizer's momentum (client_state="keep")
 
     def round(self, rnd: int, message: Message | Any, trainer: Trainer) -> ClientResult:
         """Receive ``message`` (the round's first message), train, reply."""
@@ -167,7 +187,10 @@ class SimClient:
                 return mean_gradient(model, self.x, self.y, cfg, gen)
             anchor = ({n: p.detach().clone() for n, p in model.named_parameters()}
                       if cfg.algorithm == "fedprox" else None)
-            local_train(model, self.x, self.y, cfg, gen, anchor, rnd)
+            kept = local_train(model, self.x, self.y, cfg, gen, anchor, rnd,
+                               self.momentum if cfg.client_state == "keep" else None)
+            if kept is not None:
+                self.momentum = kept
         local = state_of(model)
         if cfg.send != "update":
             return local

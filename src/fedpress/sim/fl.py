@@ -58,6 +58,8 @@ ALGORITHMS = ("fedavg", "fedprox", "fedavgm")
 SENDS = ("weights", "update", "gradient")
 AGGREGATES = ("mean", "vote", "powersgd", "hgc")
 DOWNLINK_SENDS = ("weights", "update")
+CLIENT_STATES = ("reset", "keep")
+FIRST_DOWNLOADS = ("seeded", "sent")
 
 
 @dataclass
@@ -93,6 +95,14 @@ class FLConfig:
     lr_gamma: float = 0.1
     #: (round, momentum) steps: the clients' momentum from that round on
     momentum_steps: tuple[tuple[int, float], ...] = ()
+    #: "reset": each round's local optimizer starts afresh (momentum at zero); "keep":
+    #: a client keeps its momentum buffers between the rounds it takes part in (DGC,
+    #: HGC and error-feedback methods assume it)
+    client_state: str = "reset"
+    #: "seeded": both ends start from the seeded initial model, which is not counted;
+    #: "sent": a client's first download of an update-mode downlink also counts the
+    #: initial model, raw (a weights downlink and HGC's send the whole model anyway)
+    first_download: str = "seeded"
     seed: int = 0
 
     def lr_at(self, rnd: int) -> float:
@@ -120,6 +130,11 @@ class FLConfig:
         if self.downlink_send not in DOWNLINK_SENDS:
             raise ConfigError(f"unknown downlink_send {self.downlink_send!r}; choose one of "
                               f"{', '.join(DOWNLINK_SENDS)}")
+        for name, options in (("client_state", CLIENT_STATES),
+                              ("first_download", FIRST_DOWNLOADS)):
+            if getattr(self, name) not in options:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of "
+                                  f"{', '.join(options)}")
         self.protocol()  # the round protocol checks its own settings
         if self.reference and (self.send != "weights" or self.plan is None):
             raise ConfigError("reference=true codes the weights a client sends against the "
@@ -225,7 +240,8 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
     global_state = state_of(model)
     params = frozenset(n for n, _ in model.named_parameters())
     down = Downlink(cfg.downlink_plan, cfg.downlink_options, cfg.clients,
-                    cfg.downlink_send, global_state, track=cfg.reference)
+                    cfg.downlink_send, global_state, track=cfg.reference,
+                    count_initial=cfg.first_download == "sent")
     up_decoder = make_decoder(uplink, cfg.plan_options)
     warm_codecs(uplink, cfg.plan_options)
     if threads is None:

@@ -14,7 +14,10 @@ exchange; ``hgc``: HGC's shared-mask exchange, implied by plan ``hgc``), ``refer
 (``true``: the weights uplink is coded against the model each client started from),
 ``lr_milestones`` (rounds from which the learning rate is multiplied by ``lr_gamma``),
 ``momentum_steps`` (``"round:momentum,..."``: the clients' momentum from those rounds),
-``uplink_mbps``,
+``client_state`` (``reset``: local momentum starts at zero every round; ``keep``: each
+client keeps it between its rounds), ``first_download`` (``seeded``: clients start from
+the seeded initial model, not counted; ``sent``: an update-mode downlink counts it in
+each client's first download), ``uplink_mbps``,
 ``downlink_mbps``, ``latency_ms`` (a number, a list or ``{median, sigma}``),
 ``seed``, ``test_limit``, ``threads`` (PyTorch threads per process), ``workers``
 (client processes; 1 = the clients run in this process), ``out``.
@@ -45,13 +48,15 @@ DEFAULTS: dict[str, Any] = {
     "latency_ms": 0.0, "seed": 0, "test_limit": None, "threads": 1, "workers": 1,
     "aggregate": "mean", "downlink_send": "weights", "reference": False,
     "lr_milestones": (), "lr_gamma": 0.1, "momentum_steps": (),
+    "client_state": "reset", "first_download": "seeded",
     "out": "out/simulate",
 }
 PLAN_KEYS = ("mode", "eb", "lossy", "lossless", "threshold")
 #: run settings a plan spec may carry for its own run (in ``compare``)
 SIM_KEYS = ("aggregate", "algorithm", "lr", "server_lr", "server_momentum", "momentum",
             "downlink_plan", "downlink_send", "send", "local_steps", "local_epochs",
-            "reference", "lr_milestones", "lr_gamma", "momentum_steps")
+            "reference", "lr_milestones", "lr_gamma", "momentum_steps", "client_state",
+            "first_download")
 
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -225,6 +230,8 @@ SETTINGS: dict[str, Check] = {
     "downlink_send": _choice(_fl_choices("DOWNLINK_SENDS")), "reference": _reference,
     "lr_milestones": _milestones, "lr_gamma": _number(0, 1, low_open=True),
     "momentum_steps": _momentum_steps, "out": _path(), "plans": _plans,
+    "client_state": _choice(_fl_choices("CLIENT_STATES")),
+    "first_download": _choice(_fl_choices("FIRST_DOWNLOADS")),
 }
 
 
@@ -335,7 +342,8 @@ def run(settings: Mapping[str, Any], out_dir: str | os.PathLike[str] | None = No
         seed=int(s["seed"]), aggregate=s["aggregate"], downlink_send=s["downlink_send"],
         reference=_flag(s["reference"], "reference"),
         lr_milestones=_int_list(s["lr_milestones"], "lr_milestones"),
-        lr_gamma=float(s["lr_gamma"]), momentum_steps=_steps(s["momentum_steps"]))
+        lr_gamma=float(s["lr_gamma"]), momentum_steps=_steps(s["momentum_steps"]),
+        client_state=s["client_state"], first_download=s["first_download"])
     network = Network.build(cfg.clients, s["uplink_mbps"], s["downlink_mbps"],
                             s["latency_ms"], seed=cfg.seed)
     with _progress(progress, label or str(s["plan"]), cfg.rounds) as tick:
