@@ -10,6 +10,7 @@
     fedpress simulate --dataset digits --model mlp --plan fpz
     fedpress compare --plans none,fedsz,fpz
     fedpress advise model.pt --codecs fpz,sz3
+    fedpress recommend --model cnn --accuracy-budget 0.5 --uplink-mbps 10
 
 Tensor files are ``.npy``, ``.npz``, ``.safetensors`` and ``.pt``/``.pth``
 (see :mod:`fedpress.io`), written atomically (an interrupted write leaves the
@@ -24,8 +25,8 @@ Modules: :mod:`~fedpress.cli.common` (the Typer app, consoles, errors),
 :mod:`~fedpress.cli.options` (shared options, value parsing, the simulator's
 flags), :mod:`~fedpress.cli.render` (number formats, tables),
 :mod:`~fedpress.cli.tensors` (compress, decompress, inspect, codecs),
-:mod:`~fedpress.cli.bench` and :mod:`~fedpress.cli.sim` (simulate, compare,
-advise).
+:mod:`~fedpress.cli.bench`, :mod:`~fedpress.cli.sim` (simulate, compare,
+advise) and :mod:`~fedpress.cli.frontier` (recommend).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any
 # importing the command modules registers their commands, in the order of --help
 # (bench imports tensors first); the private names are the helpers' earlier names,
 # kept importable from here
-from . import bench, sim, tensors  # noqa: F401
+from . import bench, frontier, sim, tensors  # noqa: F401
 from .bench import bench_one as _bench_one  # noqa: F401
 from .common import app
 from .tensors import decode_update, fp_inspect  # noqa: F401
