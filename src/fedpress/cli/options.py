@@ -40,8 +40,9 @@ class Mode(StrEnum):
 AllowOption = Annotated[list[str] | None, typer.Option(
     "--allow", metavar="CODEC",
     help="Also decode codec CODEC in this process (repeatable). By default every registered "
-         "codec whose decoder is safe on untrusted bytes is accepted: all but sz2, whose "
-         "native library can crash on a crafted frame. Only for frames you trust.")]
+         "codec whose decoder is safe on untrusted bytes is accepted: all but sz2 and sz3, "
+         "whose native libraries can crash or exhaust memory on a crafted frame. Only for "
+         "frames you trust.")]
 IsolateOption = Annotated[list[str] | None, typer.Option(
     "--isolate", metavar="CODEC",
     help="Decode codec CODEC in a child process with limited memory and time "
