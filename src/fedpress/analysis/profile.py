@@ -304,8 +304,8 @@ def error_profile(x: Any, blob: bytes | bytearray | memoryview, *,
         The frame.
     limits : Limits
         What the decoder accepts (as :func:`fedpress.decompress`); frames of codecs
-        that are not safe on a peer's bytes (``sz2``) need
-        ``fedpress.trusting("sz2")`` or ``Limits(isolate=...)``.
+        that are not safe on a peer's bytes (``sz2``, ``sz3``) need, for a frame one
+        wrote oneself, ``fedpress.trusting("sz3")``, or ``Limits(isolate=...)``.
     reference : state dict, optional
         The reference the frame was coded against (``encode(..., reference=...)``).
     bins : int
