@@ -9,7 +9,9 @@ encoder and decoder build the same quantized distribution. Layout::
     rest    ANS words          uint32, little-endian
 
 A single-symbol alphabet needs no words. Decoding checks every count and
-length against ``n`` and the bytes present.
+length against ``n`` and the bytes present, and that the words decode to symbols
+of exactly the header's histogram and leave the coder in its initial state (a
+truncated stream, or one with words left over, is refused).
 """
 
 from __future__ import annotations
@@ -128,6 +130,15 @@ def decode_body(r: Reader, hist: Histogram, n: int) -> np.ndarray:
         compressed = np.frombuffer(words, dtype="<u4").astype(np.uint32)
         coder = constriction.stream.stack.AnsCoder(compressed)
         s = coder.decode(model, n)
+        empty = coder.is_empty()
     except Exception as exc:
         raise FormatError(f"ans: cannot decode: {exc}") from exc
-    return s.astype(np.int64) + lo
+    # an encoder's words decode to exactly its symbols (whose histogram is the header's)
+    # and leave the coder in its initial state
+    if not empty:
+        raise FormatError("ans: the words do not end with the coder's initial state "
+                          "(truncated or trailing data)")
+    s = np.asarray(s).astype(np.int64)
+    if s.size != n or not np.array_equal(np.bincount(s, minlength=counts.size), counts):
+        raise FormatError("ans: the decoded symbols do not match the histogram")
+    return s + lo
