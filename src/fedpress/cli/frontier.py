@@ -49,16 +49,18 @@ def recommend_plan(
     rec = recommend(read_frontier(path), model, accuracy_budget, split)
     best, base = rec.best, rec.baseline
     console = out_console()
-    console.print(
-        f"{best.plan}: {fmt_num(best.reduction)}x less traffic than raw FedAvg (both "
-        f"ways, whole run), accuracy {best.accuracy:.4f} ± {best.spread:.4f} against "
-        f"{base.accuracy:.4f} ± {base.spread:.4f} ({best.seeds} and {base.seeds} seeds; "
-        f"{best.model}, {best.split}, {best.rounds:.0f} rounds)", highlight=False)
-    console.print(f"  fedpress simulate {best.flags}", highlight=False, soft_wrap=True)
-    console.print(
+    lines = [
+        f"Recommended: {best.plan} ({best.model}, {best.split}, {best.rounds:.0f} rounds)",
+        f"  {fmt_num(best.reduction)}x less traffic than raw FedAvg, both ways, whole run",
+        f"  accuracy {best.accuracy:.4f} ± {best.spread:.4f} ({best.seeds} seeds) against "
+        f"{base.accuracy:.4f} ± {base.spread:.4f} ({base.seeds})",
         f"  a round at {uplink_mbps:g} up / {down:g} down Mbps: "
         f"{best.round_seconds(uplink_mbps, down):.2f} s against "
-        f"{base.round_seconds(uplink_mbps, down):.2f} s raw", highlight=False)
+        f"{base.round_seconds(uplink_mbps, down):.2f} s raw"]
+    for line in lines:
+        console.print(line, highlight=False)
+    # the command to paste, on one line whatever its length
+    console.print(f"  fedpress simulate {best.flags}", highlight=False, soft_wrap=True)
     table = compact_table(f"Within {accuracy_budget:g} points, fewest bytes first")
     for header in ("plan", "acc", "spread", "seeds", "MB", "less", "s/round"):
         table.add_column(header, justify="left" if header == "plan" else "right")
