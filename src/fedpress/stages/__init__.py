@@ -1,8 +1,12 @@
-"""Composable stages of fedpress's own compressors: quantizer, predictors, entropy coders.
+"""Composable stages of fedpress's own compressors: quantizer, predictors, entropy
+coders, lossless bytes-to-bytes stages.
 
 Each stage is a pair of pure functions (forward, inverse) over NumPy arrays, and
-each coder serialises its own parameters, so codecs (``fpz`` now, the
-gradient-aware codec and HGC later) assemble them without knowing their insides.
+each coder serialises its own parameters, so codecs (``fpz``, ``gaeb``, the gradient
+compressors, HGC) assemble them without knowing their insides. The entropy coders
+share one interface and one id table (:mod:`.coders`); side tables and lossless
+fall-backs go through :data:`.lossless.ZSTD`. This package imports only fedpress's
+base modules (errors, byte reader and writer, dtypes), nothing above it.
 """
 
 from types import ModuleType
