@@ -16,10 +16,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from .._bytes import Reader, Writer
-from ..abc import TensorSpec
-from ..backends.lossless import ZstdCodec
 from ..errors import FormatError
 from ..stages import radix, rans
+from ..stages.lossless import ZSTD
 from . import equalcount as ec
 
 VALUES_RAW, VALUES_CODES = 0, 1
@@ -27,7 +26,6 @@ CODES_PLAIN, CODES_XOR = 0, 1
 SYMBOLS_PACKED, SYMBOLS_RANS = 0, 1
 FLOATS_ZSTD, FLOATS_TABLE = 0, 1
 MAX_TABLE = 1 << 16
-_ZSTD = ZstdCodec(level=3)
 
 
 def write_symbols(w: Writer, symbols: np.ndarray, alphabet: int) -> None:
@@ -125,7 +123,7 @@ def write_floats(w: Writer, vals: np.ndarray) -> None:
     values plus one symbol per value (an average of few clients' quantized values
     takes few distinct values)."""
     vals = np.ascontiguousarray(vals, np.float32)
-    options = {FLOATS_ZSTD: _ZSTD.encode(vals)}
+    options = {FLOATS_ZSTD: ZSTD.encode_array(vals)}
     table, inverse = np.unique(vals.view(np.uint32), return_inverse=True)
     if 0 < table.size <= MAX_TABLE:
         sub = Writer()
@@ -141,7 +139,7 @@ def read_floats(rd: Reader, count: int) -> np.ndarray:
     method = rd.u8()
     sub = Reader(rd.blob(cap=rd.remaining, name="hgc aggregate"), "hgc aggregate")
     if method == FLOATS_ZSTD:
-        vals = _ZSTD.decode(sub.rest(), TensorSpec((count,), np.dtype(np.float32)))
+        vals = ZSTD.decode_array(sub.rest(), count, np.float32)
     elif method == FLOATS_TABLE:
         size = sub.varint(cap=min(MAX_TABLE, max(count, 1)), name="hgc value table")
         table = sub.array("<u4", size).astype(np.uint32)
