@@ -12,7 +12,7 @@ import fedpress
 from fedpress.dtypes import BFLOAT16, FLOAT_DTYPES
 
 EB_CODECS = ("sz3", "sz2", "zfp", "szx", "fpz")
-LOSSLESS_CODECS = ("zstd", "blosc-lz", "blosc-zstd", "zlib", "gzip", "xz", "lz4")
+LOSSLESS_CODECS = ("zstd", "blosc-lz", "blosc-zstd", "zlib", "gzip", "xz", "lz4", "raw")
 
 
 def available(codec_ids: tuple[str, ...]) -> list[str]:

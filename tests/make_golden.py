@@ -119,7 +119,7 @@ def main() -> None:
         frames["fpz2_lanes"] = fedpress.compress(inputs["burst"], codec="fpz", eb=1e-3)
         # 2-D Lorenzo over the natural axes (a surface smooth along both)
         frames["fpz2_lorenzo2d"] = fedpress.compress(inputs["surface"], codec="fpz", eb=1e-4)
-    for codec in ("zstd", "blosc-lz", "blosc-zstd", "zlib", "gzip", "xz", "lz4"):
+    for codec in ("zstd", "blosc-lz", "blosc-zstd", "zlib", "gzip", "xz", "lz4", "raw"):
         frames[codec] = fedpress.compress(inputs["ints"], codec=codec)
     # the gradient compressors (single tensors, and stateful ones in update frames)
     grad_codecs = {"topk": {"ratio": 0.01}, "randk": {"ratio": 0.01}, "threshold": {"tau": 2.0},

@@ -31,7 +31,7 @@ def test_layout_prefix_and_checksum(rng: np.random.Generator) -> None:
 def test_golden_frames_exist() -> None:
     names = {p.stem.removeprefix("golden_v1_") for p in GOLDEN}
     assert {"sz3", "sz2", "zfp", "szx", "fpz", "fpz2_smooth", "fpz2_grad", "fpz2_lanes",
-            "fpz2_lorenzo2d", "zstd", "blosc-lz", "lz4", "update_fedsz", "grad_topk",
+            "fpz2_lorenzo2d", "zstd", "blosc-lz", "lz4", "raw", "update_fedsz", "grad_topk",
             "grad_qsgd", "grad_terngrad", "grad_signsgd", "update_grad_dgc",
             "update_grad_stc", "update_grad_powersgd", "update_grad_ef_topk"} <= names
 

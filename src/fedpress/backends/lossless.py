@@ -1,4 +1,4 @@
-"""Lossless codecs: zstd, blosc-lz, blosc-zstd, zlib, gzip, xz, lz4.
+"""Lossless codecs: raw, zstd, blosc-lz, blosc-zstd, zlib, gzip, xz, lz4.
 
 They code the raw little-endian bytes of any dtype and round-trip bit-exactly
 (NaN payloads and -0.0 included). Every decoder is told the exact number of
@@ -101,6 +101,27 @@ class ZstdCodec(LosslessCodec):
 
     def decompress_bytes(self, data: bytes, expected: int) -> bytes:
         return zstd_decompress(data, expected)
+
+
+@register_codec
+class RawCodec(LosslessCodec):
+    """The tensor's little-endian bytes as they are (no coding; the cheapest to run)."""
+
+    codec_id = "raw"
+    config_keys: ClassVar[tuple[str, ...]] = ()
+    level_range = (0, 0)
+    default_level = 0
+
+    def __init__(self) -> None:
+        super().__init__(0)
+
+    def compress_bytes(self, data: bytes, itemsize: int) -> bytes:
+        return data
+
+    def decompress_bytes(self, data: bytes, expected: int) -> bytes:
+        if len(data) != expected:
+            raise FormatError(f"raw payload: {len(data)} bytes, expected {expected}")
+        return data
 
 
 @register_codec
