@@ -52,6 +52,7 @@ from .protocol import (
     ServerEnd,
     Settings,
     register_exchange,
+    state_parts,
 )
 
 VERSION = 2
@@ -350,6 +351,11 @@ class HGCRounds(ServerEnd):
     the server forwards the mask to the others, they send values at it, and the server
     averages. The next round's downlink carries the aggregate at that mask and the new
     buffers; every client holds the global model exactly (same arithmetic).
+
+    A client whose answer is missing or malformed is left out of the average
+    (:attr:`PhaseCost.dropped`); when it is the master, the next client in the
+    round-robin order takes over. A client that starts afresh gets the model and the
+    predictor's state (:meth:`restart`).
     """
 
     def __init__(self, options: Mapping[str, Any], milestones: tuple[int, ...],
@@ -361,6 +367,11 @@ class HGCRounds(ServerEnd):
                                 o["levels"], o["predict"], o["quantize"])
         self.rnd = 0
         self.last: bytes | None = None  # the last aggregate message
+        self.advanced = False  # whether an aggregate moved the predictor
+
+    @property
+    def exchanged(self) -> frozenset[str]:
+        return frozenset(self.names)
 
     def downlink(self, chosen: list[Any], state: State, down: Any,
                  ) -> tuple[dict[Any, Any], dict[Any, int], float]:
@@ -373,46 +384,109 @@ class HGCRounds(ServerEnd):
         size = raw_bytes(state) if self.last is None else len(self.last) + raw_bytes(buffers)
         return {k: message for k in chosen}, {k: size for k in chosen}, 0.0
 
+    def restart(self, client: Any, state: State) -> tuple[Any, int]:
+        """A new end's whole state (:meth:`HGCEnd.export`): the model and, once an
+        aggregate moved it, the predictor (its residual starts at zero)."""
+        message = {f"held/{k}": v for k, v in state.items()}
+        if self.advanced:
+            for k in self.names:
+                message[f"u/{k}"] = self.server.u[k].copy()
+                message[f"v/{k}"] = self.server.v[k].copy()
+        return message, raw_bytes(message)
+
     def exchange(self, chosen: list[Any], replies: list[State], weights: list[float],
                  call: Call, links: Links, down_bytes: dict[Any, int]) -> PhaseCost:
         rnd = self.rnd
         density, compressed, clear = round_plan(rnd, self.options, self.milestones)
         self.server.configure(density, compressed)
-        master = chosen[(rnd - 1) % len(chosen)]
-        (first,) = call("hgc_master", {master: (density, compressed, clear)})
-        mask_msg, values = first.message
+        dropped: dict[Any, str] = {}
+        decoded: dict[Any, State] = {}
+        server_s = decode_s = 0.0
+        first: Any = None
+        start = (rnd - 1) % len(chosen)
+        for master in chosen[start:] + chosen[:start]:  # the next takes over from a failed one
+            got = [r for r in call("hgc_master", {master: (density, compressed, clear)})
+                   if r.client == master]
+            if not got:
+                dropped[master] = "no answer to hgc_master"
+                continue
+            t0 = time.perf_counter()
+            try:
+                mask_msg, values = _messages(got[0].message, 2, "hgc_master")
+                mask = self.server.decode_mask(mask_msg)
+                t1 = time.perf_counter()
+                decoded[master] = self.server.decode_values(values, mask)
+            except FormatError as exc:
+                dropped[master] = f"hgc_master: {exc}"
+                continue
+            server_s += t1 - t0
+            decode_s += time.perf_counter() - t1
+            first = got[0]
+            break
+        if first is None:  # no mask: no aggregate this round, every client out of step
+            self.last = None
+            return PhaseCost({}, dropped=dropped)
+        master = first.client
+        others = [k for k in chosen if k != master and k not in dropped]
+        asked = (mask_msg, density, compressed, clear)
+        results = {r.client: r for r in call("hgc_values", {k: asked for k in others})} \
+            if others else {}
         t0 = time.perf_counter()
-        mask = self.server.decode_mask(mask_msg)
-        server_s = time.perf_counter() - t0
-        others = call("hgc_values", {k: (mask_msg, density, compressed, clear)
-                                     for k in chosen if k != master})
-        results = {r.client: r for r in [first, *others]}
-        t0 = time.perf_counter()
-        decoded = [self.server.decode_values(values if k == master else results[k].message,
-                                             mask) for k in chosen]
-        decode_s = time.perf_counter() - t0
+        for k in others:
+            if k not in results:
+                dropped[k] = "no answer to hgc_values"
+                continue
+            try:
+                (blob,) = _messages(results[k].message, 1, "hgc_values")
+                decoded[k] = self.server.decode_values(blob, mask)
+            except FormatError as exc:
+                dropped[k] = f"hgc_values: {exc}"
+        decode_s += time.perf_counter() - t0
         server_s += decode_s
+        weight = dict(zip(chosen, weights, strict=True))
+        used = [k for k in chosen if k in decoded]
         t0 = time.perf_counter()
-        self.last, aggregate = self.server.aggregate(decoded, weights, mask)
+        self.last, aggregate = self.server.aggregate([decoded[k] for k in used],
+                                                     [weight[k] for k in used], mask)
+        self.advanced = True
         server_s += time.perf_counter() - t0
         up_master = links.upload_s(master, first.nbytes)
         phase = up_master + first.encode_s
         comm = up_master
-        for k in chosen:
-            if k == master:
-                continue
+        answered = [first]
+        for k in others:
             down_bytes[k] += len(mask_msg)  # the mask, forwarded mid-round
+            if k not in decoded:
+                continue
+            answered.append(results[k])
             t = links.download_s(k, len(mask_msg)) + links.upload_s(k, results[k].nbytes)
             comm = max(comm, up_master + t)
             phase = max(phase, up_master + first.encode_s + t + results[k].encode_s)
-        return PhaseCost(aggregate, sum(r.nbytes for r in results.values()),
-                         sum(r.encode_s for r in results.values()), decode_s, server_s,
-                         comm, phase)
+        return PhaseCost(aggregate, sum(r.nbytes for r in answered),
+                         sum(r.encode_s for r in answered), decode_s, server_s, comm, phase,
+                         dropped)
+
+
+def _messages(message: Any, count: int, what: str) -> tuple[Any, ...]:
+    """A client's answer as ``count`` byte strings; FormatError if it is not that."""
+    items = message if isinstance(message, tuple) else (message,)
+    if len(items) != count or not all(isinstance(b, (bytes, bytearray, memoryview))
+                                      for b in items):
+        raise FormatError(f"hgc: the answer to {what} is not {count} message(s)")
+    return items
+
+
+#: the parts of an HGC client end's exported state (:meth:`HGCEnd.export`)
+END_PARTS = ("held", "pending", "mask", "residual", "u", "v")
 
 
 class HGCEnd(ClientEnd):
     """A client's side: applies the last aggregate to its copy, keeps its update for
-    the mid-round phases, and replies with its buffers raw."""
+    the mid-round phases, and replies with its buffers raw.
+
+    A dict as the round's first message is a whole end state (:meth:`HGCRounds.restart`
+    for a client that starts afresh): the end loads it.
+    """
 
     decodes = True
 
@@ -424,7 +498,13 @@ class HGCEnd(ClientEnd):
         self.pending: State = {}  # this round's update, waiting for the mask
 
     def receive(self, message: Any) -> State:
-        assert self.held is not None
+        if isinstance(message, dict):  # a whole state: this end starts afresh
+            self.load(message)
+            if self.held is None:
+                raise FormatError("hgc: a restart without the model")
+            return self.held
+        if self.held is None:
+            raise FormatError("hgc: this end holds no model (it was not started)")
         if message is not None:  # the last round's aggregate, at the last mask
             agg_msg, buffers = message
             if self.hgc is None or self.mask is None:
@@ -464,6 +544,52 @@ class HGCEnd(ClientEnd):
             return values, len(values)
         return super().answer(phase, payload)
 
+    def export(self) -> State:
+        """``held/``, ``pending/`` and ``mask/`` per tensor, and once the end has its
+        coder (after its first reply) ``residual/``, ``u/``, ``v/`` per HGC tensor."""
+        out: State = {}
+        for part, arrays in (("held", self.held or {}), ("pending", self.pending),
+                             ("mask", self.mask or {})):
+            out.update({f"{part}/{k}": v for k, v in arrays.items()})
+        if self.hgc is not None:
+            for part in ("residual", "u", "v"):
+                out.update({f"{part}/{k}": v for k, v in getattr(self.hgc, part).items()})
+        return out
+
+    def load(self, state: Mapping[str, np.ndarray]) -> None:
+        """Replace this end's state with an exported one (missing ``residual/``: zeros,
+        missing ``u/``/``v/``: the coder is made at the next reply)."""
+        parts = state_parts(state, END_PARTS, "hgc")
+        self.held = dict(parts["held"]) or None
+        self.pending = dict(parts["pending"])
+        self.hgc, self.mask = None, None
+        coder = set(parts["u"]) | set(parts["v"]) | set(parts["residual"])
+        if coder:
+            if self.held is None or not coder <= set(self.held) \
+                    or set(parts["u"]) != set(parts["v"]) or not parts["u"]:
+                raise FormatError("hgc state: the predictor's tensors do not match the model")
+            o = self.options
+            self.hgc = HGCClient({k: self.held[k].shape for k in parts["u"]}, o["density"],
+                                 o["levels"], o["predict"], o["quantize"])
+            for part in ("residual", "u", "v"):
+                target = getattr(self.hgc, part)
+                for k, v in parts[part].items():
+                    if v.dtype != np.float32 or v.size != target[k].size:
+                        raise FormatError(f"hgc state: {part} of {k!r} is {v.dtype}"
+                                          f"{v.shape}, expected float32 of {target[k].size}")
+                    target[k] = v.reshape(-1).copy()
+        if parts["mask"]:
+            if self.hgc is None or set(parts["mask"]) != set(self.hgc.shapes):
+                raise FormatError("hgc state: a mask without the coder's tensors")
+            self.mask = {}
+            for k, idx in parts["mask"].items():
+                n = self.hgc.u[k].size
+                if idx.dtype != np.int64 or idx.ndim != 1 or (idx.size and (
+                        idx.min() < 0 or idx.max() >= n)):
+                    raise FormatError(f"hgc state: the mask of {k!r} is not positions in "
+                                      f"0..{n - 1}")
+                self.mask[k] = idx
+
 
 @register_exchange
 class HGCExchange(RoundProtocol):
@@ -473,6 +599,7 @@ class HGCExchange(RoundProtocol):
     title = "HGC"
     aggregates = ("hgc",)
     exclusive_plans = ("hgc",)
+    every_round = True
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)

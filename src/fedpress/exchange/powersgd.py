@@ -36,6 +36,7 @@ import numpy as np
 from ..dtypes import is_float
 from ..errors import ConfigError, FormatError
 from ..grad.powersgd import matrix_shape, orthonormalize
+from ..state import MemoryStateStore
 from .deltas import raw_bytes
 from .protocol import (
     Call,
@@ -46,6 +47,7 @@ from .protocol import (
     ServerEnd,
     Settings,
     register_exchange,
+    state_parts,
 )
 from .single import SingleClient
 
@@ -100,6 +102,10 @@ def initial_q(name: str, shape: tuple[int, ...], rank: int, seed: int) -> np.nda
     return np.random.default_rng([seed, tag, n, m]).standard_normal((m, r)).astype(np.float32)
 
 
+#: the parts of a PowerSGD client's exported state (:meth:`PowerSGDClient.export`)
+CLIENT_PARTS = ("errors", "m")
+
+
 class PowerSGDClient:
     """One client's side: ``first`` (P), then ``second`` (Q)."""
 
@@ -151,6 +157,24 @@ class PowerSGDClient:
         self.errors.update(errors)
         self._m = {}
         return qs
+
+    def export(self) -> State:
+        """``errors/`` (the error feedback) and ``m/`` (the matrices between the two
+        phases) per tensor."""
+        return {**{f"errors/{k}": v for k, v in self.errors.items()},
+                **{f"m/{k}": v for k, v in self._m.items()}}
+
+    def load(self, state: Mapping[str, np.ndarray]) -> None:
+        """Replace the errors and matrices with exported ones (FormatError unless each
+        is a finite float32 matrix)."""
+        parts = state_parts(state, CLIENT_PARTS, "powersgd")
+        for part, arrays in parts.items():
+            for k, v in arrays.items():
+                if v.dtype != np.float32 or v.ndim != 2 or not np.isfinite(v).all():
+                    raise FormatError(f"powersgd state: {part} of {k!r} is not a finite "
+                                      "float32 matrix")
+        self.errors = dict(parts["errors"])
+        self._m = dict(parts["m"])
 
 
 def finite_product(a: np.ndarray, b: np.ndarray, name: str, what: str) -> np.ndarray:
@@ -222,25 +246,68 @@ class PowerSGDRounds(ServerEnd):
         return ({k: (m, q) for k, m in messages.items()},
                 {k: b + raw_bytes(q) for k, b in sizes.items()}, seconds)
 
+    @property
+    def exchanged(self) -> frozenset[str]:
+        return frozenset(self.server.names)
+
+    def _factors(self, message: Any, which: str, axis: int) -> State:
+        """A client's factors ``{name: array}`` (``which``: "P" or "Q", of shape
+        ``(rows or cols, rank)``), checked; FormatError if they are not."""
+        if not isinstance(message, Mapping):
+            raise FormatError(f"powersgd {which}: the answer is not a state dict")
+        out = {}
+        for k in self.server.names:
+            shape = self.server.shapes[k]
+            out[k] = received_factor(message, k, matrix_shape(shape)[axis],
+                                     factor_rank(shape, self.server.rank), which)
+        return out
+
     def exchange(self, chosen: list[Any], replies: list[State], weights: list[float],
                  call: Call, links: Links, down_bytes: dict[Any, int]) -> PhaseCost:
         names = self.server.names
-        t0 = time.perf_counter()
-        p_hat = self.server.orthogonal_p([{k: rep.pop(P_PREFIX + k) for k in names}
-                                          for rep in replies], weights)
-        server_s = time.perf_counter() - t0
-        second = call("powersgd_second", {k: p_hat for k in chosen})
         cost = PhaseCost({})
-        for r in second:
+        kept, ps, kept_w = [], [], []
+        for k, rep, w in zip(chosen, replies, weights, strict=True):
+            factors = {n: rep.pop(P_PREFIX + n) for n in names if P_PREFIX + n in rep}
+            try:
+                self._factors(factors, "P", 0)
+            except FormatError as exc:
+                cost.dropped[k] = str(exc)
+                continue
+            kept.append(k)
+            ps.append(factors)
+            kept_w.append(w)
+        if not kept:
+            return cost
+        t0 = time.perf_counter()
+        p_hat = self.server.orthogonal_p(ps, kept_w)
+        server_s = time.perf_counter() - t0
+        second = {r.client: r for r in call("powersgd_second", {k: p_hat for k in kept})}
+        qs, used_w = [], []
+        for k, w in zip(kept, kept_w):
+            down_bytes[k] += raw_bytes(p_hat)
+            r = second.get(k)
+            if r is None:
+                cost.dropped[k] = "no answer to powersgd_second"
+                continue
+            try:
+                self._factors(r.message, "Q", 1)
+            except FormatError as exc:
+                cost.dropped[k] = str(exc)
+                continue
+            qs.append(r.message)
+            used_w.append(w)
             cost.bytes_up += r.nbytes
-            down_bytes[r.client] += raw_bytes(p_hat)
             cost.encode_s += r.encode_s
             transfer = (links.download_s(r.client, raw_bytes(p_hat))
                         + links.upload_s(r.client, r.nbytes))
             cost.comm_s = max(cost.comm_s, transfer)
             cost.slowest = max(cost.slowest, transfer + r.encode_s)
+        if not qs:
+            cost.server_s = server_s
+            return cost
         t0 = time.perf_counter()
-        cost.aggregate = self.server.aggregate(p_hat, [r.message for r in second], weights)
+        cost.aggregate = self.server.aggregate(p_hat, qs, used_w)
         cost.server_s = server_s + time.perf_counter() - t0
         return cost
 
@@ -272,6 +339,29 @@ class PowerSGDEnd(SingleClient):
             return super().answer(phase, payload)
         qs = self.lowrank.second(payload)
         return qs, raw_bytes(qs)
+
+    def export(self) -> State:
+        """The low-rank state (:meth:`PowerSGDClient.export`), the held copy
+        (``held/``, downlink updates) and the downlink decoder's codec state
+        (``decoder``: :meth:`fedpress.MemoryStateStore.to_bytes`, when it holds any)."""
+        out = self.lowrank.export()
+        if self.updates:  # the copy downlink updates apply to
+            out.update({f"held/{k}": v for k, v in (self.held or {}).items()})
+        store = getattr(self.decoder, "store", None)
+        if isinstance(store, MemoryStateStore) and store.keys():
+            out["decoder/store"] = np.frombuffer(store.to_bytes(), np.uint8).copy()
+        return out
+
+    def load(self, state: Mapping[str, np.ndarray]) -> None:
+        parts = state_parts(state, (*CLIENT_PARTS, "held", "decoder"), "powersgd")
+        self.lowrank.load({f"{p}/{k}": v for p in CLIENT_PARTS for k, v in parts[p].items()})
+        if self.updates:
+            self.held = dict(parts["held"]) or None
+        blob = parts["decoder"].get("store")
+        if set(parts["decoder"]) - {"store"} or (blob is not None and self.decoder is None):
+            raise FormatError("powersgd state: a decoder state this end has no decoder for")
+        if blob is not None and self.decoder is not None:
+            self.decoder.store = MemoryStateStore.from_bytes(blob.tobytes())
 
 
 @register_exchange

@@ -7,7 +7,9 @@ it trains from (:meth:`ClientEnd.receive`), trains, and replies
 can aggregate: HGC's shared mask, PowerSGD's second factor. The server end drives
 them through a ``call`` the runtime provides (the simulator's pool, a Flower grid):
 ``call(phase, {client: payload})`` has each client answer
-(:meth:`ClientEnd.answer`) and returns the replies in client order.
+(:meth:`ClientEnd.answer`) and returns the replies in client order; a runtime whose
+clients can drop out (a Flower node that does not answer) leaves their replies out,
+and the server end drops those clients from the round (:attr:`PhaseCost.dropped`).
 
 A protocol is registered under the aggregation names it serves
 (:func:`register_exchange`); the simulator and Flower look it up with
@@ -19,10 +21,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from ..errors import ConfigError
+import numpy as np
+
+from ..errors import ConfigError, FormatError
 from .deltas import State
 
 if TYPE_CHECKING:
@@ -65,6 +69,7 @@ class Links(Protocol):
 
 
 #: ``call(phase, {client: payload})``: the clients' replies to a later phase, in order
+#: (those that did not answer left out)
 Call = Callable[[str, Mapping[Any, Any]], Sequence[Reply]]
 
 
@@ -75,7 +80,9 @@ class PhaseCost:
     ``aggregate`` holds the tensors the exchange averaged itself (they replace the
     plain mean of the first replies); the rest adds to the round's figures:
     ``slowest`` is the slowest client's time through the phases, ``comm_s`` their
-    transfer time.
+    transfer time. ``dropped`` names the clients the exchange left out of
+    ``aggregate`` (no answer, or one it could not use), with the reason: the runtime
+    leaves them out of the round and starts them afresh (:meth:`ServerEnd.restart`).
     """
 
     aggregate: State
@@ -85,10 +92,16 @@ class PhaseCost:
     server_s: float = 0.0
     comm_s: float = 0.0
     slowest: float = 0.0
+    dropped: dict[Any, str] = field(default_factory=dict)
 
 
 class ServerEnd(ABC):
     """The server's side of a protocol for one run."""
+
+    @property
+    def exchanged(self) -> frozenset[str]:
+        """The tensors the later phases average (the first replies carry the others)."""
+        return frozenset()
 
     @abstractmethod
     def downlink(self, chosen: list[Any], state: State, down: Downlink,
@@ -101,6 +114,13 @@ class ServerEnd(ABC):
         """The later phases, after the first replies were decoded (``replies``, in the
         order of ``chosen``); adds what it sends down to ``down_bytes``. ``None``:
         the protocol has no later phase."""
+        return None
+
+    def restart(self, client: Any, state: State) -> tuple[Any, int] | None:
+        """The round's first message (and its bytes) for a client that starts afresh:
+        a new :class:`ClientEnd` that holds nothing, where :meth:`downlink`'s message
+        assumes a copy in step with the server (a runtime's new or failed client).
+        ``state`` is the global model; ``None``: the downlink's message serves."""
         return None
 
 
@@ -128,18 +148,46 @@ class ClientEnd(ABC):
         """The answer to a later phase (and its bytes on the wire)."""
         raise ConfigError(f"this exchange has no phase {phase!r}")
 
+    def export(self) -> State:
+        """This end's state as named arrays, for a runtime that does not keep the end
+        in memory between messages (a Flower ClientApp may run in a new process for
+        each); :meth:`load` on a new end of the same settings reads it back."""
+        raise ConfigError(f"{type(self).__name__} cannot export its state")
+
+    def load(self, state: Mapping[str, np.ndarray]) -> None:
+        """Take the state :meth:`export` made (FormatError if it is not one)."""
+        raise ConfigError(f"{type(self).__name__} cannot load a state")
+
+
+def state_parts(state: Mapping[str, np.ndarray], parts: tuple[str, ...],
+                what: str) -> dict[str, State]:
+    """An exported state (names ``part/tensor``, see :meth:`ClientEnd.export`) split by
+    part, each a ``{tensor: array}`` dict in the state's order; FormatError for a name
+    of another part."""
+    out: dict[str, State] = {part: {} for part in parts}
+    for key, value in state.items():
+        part, _, name = str(key).partition("/")
+        if part not in out or not name:
+            raise FormatError(f"{what} state: unexpected entry {key!r} (parts: "
+                              f"{', '.join(parts)})")
+        out[part][name] = np.asarray(value)
+    return out
+
 
 class RoundProtocol(ABC):
     """A round protocol, built from a run's settings.
 
     ``aggregates`` are the names that select it (the simulator's ``aggregate``
-    setting); ``exclusive_plans`` are plan names that only this protocol runs.
+    setting); ``exclusive_plans`` are plan names that only this protocol runs;
+    ``every_round``: each round moves state that every client end mirrors, so a
+    client that missed a round is out of step and must start afresh.
     """
 
     name: ClassVar[str]
     title: ClassVar[str]  # as people write it: "HGC", "PowerSGD"
     aggregates: ClassVar[tuple[str, ...]]
     exclusive_plans: ClassVar[tuple[str, ...]] = ()
+    every_round: ClassVar[bool] = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
