@@ -1,21 +1,26 @@
-"""Flower for real: the simulation engine (run_simulation, Ray) and a local deployment
-(flower-superlink + 2 flower-supernodes on 127.0.0.1, `flwr run`), each in its own
-processes, with bounded time and every process stopped."""
+"""The Flower example for real, each run in its own processes with bounded time and
+every process stopped: ``flwr run`` on Flower's local SuperLink (simulation mode, as
+docs/flower.md runs it first), and a local deployment (flower-superlink + 2
+flower-supernodes on 127.0.0.1, ``examples/flower/deploy_local.py``)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SIM = {"dataset": "digits", "model": "mlp", "local-steps": 3, "batch-size": 16, "lr": 0.05,
-       "seed": 3}
+EXAMPLE = ROOT / "examples" / "flower"
+#: a quick run of the example: scikit-learn's digits, 2 rounds
+QUICK = "num-server-rounds=2 dataset='digits' batch-size=16 learning-rate=0.05"
 
 
 def _flower_processes(home: Path) -> list[int]:
@@ -34,41 +39,70 @@ def _flower_processes(home: Path) -> list[int]:
     return found
 
 
-@pytest.mark.slow
-def test_simulation_engine_gives_the_fedpress_simulators_weights_and_bytes(tmp_path) -> None:
-    """The example app in Flower's run_simulation (Ray actors, 3 nodes, 2 rounds, tiny
-    model, FedAvg summed in float64) and ``fedpress.sim`` with the same seed and plan:
-    the same weights and bytes, up to the last bit of float arithmetic."""
-    from fedpress.flower import task
-    from fedpress.sim.fl import FLConfig, simulate
+def _stop(home: Path) -> None:
+    """SIGTERM every process of this FLWR_HOME, SIGKILL what is left after 15 s."""
+    for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        for pid in _flower_processes(home):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        end = time.monotonic() + wait
+        while _flower_processes(home) and time.monotonic() < end:
+            time.sleep(0.3)
 
-    out = tmp_path / "out"
-    run_config = (f'num-server-rounds=2 dataset="digits" model="mlp" local-steps=3 '
-                  f'batch-size=16 lr=0.05 seed=3 test-limit=0 uplink="fpz" '
-                  f'aggregation="float64" out="{out}"')
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "flower" / "simulate.py"),
-                           "--nodes", "3", "--run-config", run_config], capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = {"weights": dict(np.load(out / "final.npz")),
-           **json.loads((out / "metrics.json").read_text())}
-    cfg = FLConfig(model="mlp", clients=3, rounds=2, local_steps=3, batch_size=16, lr=0.05,
-                   seed=3, plan="fpz")
-    history, model = simulate(task.dataset(SIM), cfg, threads=1)
-    # seen once: last-bit differences (possibly FedAvg64 summing in node-id order, random
-    # each run, where the simulator sums in client order):
-    # the float64 sums may round differently in the last bit, and a value may then land
-    # in the neighbouring bin of the lossy codec (one process, fixed ids: bit for bit,
-    # test_flower.py; some runs here match bit for bit too)
-    for k, v in model.state_dict().items():
-        diff = np.abs(np.asarray(got["weights"][k], np.float32) - v.numpy())
-        assert np.mean(diff > 1e-6) < 0.02, k
-        assert diff.max() <= 2 * 1e-2 * np.ptp(v.numpy()) + 1e-6, k
-    rows = [h for h in got["history"] if h["phase"] == "train"]
-    for h, m in zip(rows, history, strict=True):
-        assert abs(h["bytes_up"] - m.bytes_up) <= 1e-3 * m.bytes_up
-        assert h["raw_up"] == m.raw_up
-    assert [h["dropped"] for h in rows] == [0, 0]
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _train_rows(out: Path) -> list[dict]:
+    """The train metrics of each round, from the ServerApp's metrics.json."""
+    train = json.loads((out / "metrics.json").read_text())["train"]
+    assert list(train) == ["1", "2"]
+    return list(train.values())
+
+
+@pytest.mark.slow
+def test_flwr_run_switches_the_plans_from_the_command_line(tmp_path) -> None:
+    """``flwr run examples/flower --stream`` with its defaults' plans replaced by
+    ``--run-config`` (fpz at a tighter bound up, fpz updates down): Flower's local
+    SuperLink in simulation mode, 2 SuperNodes, 2 rounds. The run completes, both
+    directions are compressed (the downlink is raw by default), and no process is
+    left once the SuperLink is stopped."""
+    home, out = tmp_path / "flwr", tmp_path / "out"
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
+           "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()), "OMP_NUM_THREADS": "1",
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    flwr = str(Path(sys.executable).parent / "flwr")
+    run_config = (f"{QUICK} fedpress-uplink='fpz' fedpress-eb=0.001 "
+                  f"fedpress-downlink='fpz(send=update)' out-dir='{out}'")
+    try:
+        proc = subprocess.run([flwr, "run", ".", "--stream", "--federation-config",
+                               "num-supernodes=2", "--run-config", run_config], cwd=EXAMPLE,
+                              env=env, capture_output=True, text=True, timeout=600)
+        stream = proc.stdout + proc.stderr
+        m = re.search(r"Successfully started run (\d+)", stream)
+        assert proc.returncode == 0 and m is not None, stream[-3000:]
+        ls = subprocess.run([flwr, "ls", "--run-id", m.group(1), "--format", "json"],
+                            env=env, capture_output=True, text=True, timeout=120)
+        entry = json.loads(ls.stdout)["runs"][0]
+        assert entry["status"] == "finished:completed", (entry, stream[-3000:])
+    finally:
+        _stop(home)
+    assert _flower_processes(home) == []
+    rows = _train_rows(out)
+    assert [r["fedpress-dropped"] for r in rows] == [0, 0]
+    for r in rows:
+        assert 0 < r["fedpress-bytes-up"] < r["fedpress-raw-up"]
+        assert r["fedpress-cr-up"] == pytest.approx(r["fedpress-raw-up"] / r["fedpress-bytes-up"])
+        assert r["fedpress-cr-down"] > 1  # raw unless the run config says otherwise
+    central = json.loads((out / "metrics.json").read_text())["central"]
+    assert central["2"]["accuracy"] > central["0"]["accuracy"]
 
 
 @pytest.mark.slow
@@ -76,24 +110,28 @@ def test_local_deployment_with_a_stateful_plan(tmp_path) -> None:
     """SuperLink + 2 SuperNodes on loopback (free ports), the example app for 2 rounds
     with gaeb coded against the start model plus residual feedback up and fpz updates
     down; the run completes, the bytes are reported, every process exits."""
-    home, result = tmp_path / "flwr", tmp_path / "out"
-    run_config = (f'num-server-rounds=2 dataset="digits" model="mlp" local-steps=3 '
-                  f'batch-size=16 test-limit=0 downlink="fpz(send=update)" '
-                  f'uplink="gaeb(reference=true, residual_feedback=true)" out="{result}"')
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "flower" / "deploy_local.py"),
+    home, out = tmp_path / "flwr", tmp_path / "out"
+    run_config = (f"{QUICK} fedpress-downlink='fpz(send=update)' "
+                  f"fedpress-uplink='gaeb(reference=true, residual_feedback=true)' "
+                  f"out-dir='{out}'")
+    proc = subprocess.run([sys.executable, str(EXAMPLE / "deploy_local.py"),
                            "--nodes", "2", "--flwr-home", str(home), "--run-config", run_config,
-                           "--timeout", "600"], capture_output=True, text=True, timeout=1200)
+                           "--timeout", "600"], capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     logs = "\n".join(p.read_text()[-1500:] for p in sorted((home / "logs").glob("*.log")))
     assert proc.returncode == 0, proc.stdout + proc.stderr + logs
     assert "finished:completed" in proc.stdout
     assert _flower_processes(home) == []
-    metrics = json.loads((result / "metrics.json").read_text())
-    rows = [h for h in metrics["history"] if h["phase"] == "train"]
-    assert [h["round"] for h in rows] == [1, 2] and all(h["dropped"] == 0 for h in rows)
-    for h in rows:  # two clients' weights up, coded against their start: far below raw
-        assert 0 < h["bytes_up"] < h["raw_up"] / 10
-        assert h["cr_up"] == pytest.approx(h["raw_up"] / h["bytes_up"])
-        assert 0 < h["bytes_down"] <= h["raw_down"] * 1.01
-    assert rows[1]["bytes_down"] < rows[0]["bytes_down"] / 5  # updates after the first model
-    assert set(np.load(result / "final.npz").files) == {"fc1.weight", "fc1.bias", "fc2.weight",
-                                                       "fc2.bias", "fc3.weight", "fc3.bias"}
+    rows = _train_rows(out)
+    assert all(r["fedpress-dropped"] == 0 for r in rows)
+    for r in rows:  # two clients' weights up, coded against their start: far below raw
+        assert 0 < r["fedpress-bytes-up"] < r["fedpress-raw-up"] / 5
+        assert r["fedpress-cr-up"] == pytest.approx(r["fedpress-raw-up"] / r["fedpress-bytes-up"])
+        assert 0 < r["fedpress-bytes-down"] <= r["fedpress-raw-down"] * 1.01
+    # updates after the first model
+    assert rows[1]["fedpress-bytes-down"] < rows[0]["fedpress-bytes-down"] / 1.5
+    import torch
+
+    final = torch.load(out / "final_model.pt")
+    assert set(final) == {f"{layer}.{p}" for layer in ("conv1", "conv2", "fc1", "fc2", "fc3")
+                          for p in ("weight", "bias")}

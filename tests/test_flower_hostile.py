@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 import shutil
@@ -32,6 +33,7 @@ from fedpress.frame import unpack
 
 from .flower_hostile_client import EVERY, HUGE, KINDS, craft, hostile_mod
 from .test_flower import INIT, _numpy_app
+from .test_flower_deploy import QUICK, _flower_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "flower"
@@ -95,34 +97,41 @@ def test_the_crafted_frames_are_what_they_claim() -> None:
 
 def _hostile_app(tmp_path: Path) -> Path:
     """The example app with the hostile ClientApp added and selected (node 1 hostile
-    only when the run config says so)."""
+    only when the run config says so): the example's own train and evaluate functions,
+    with the hostile mod outside fedpress's."""
     app = tmp_path / "app"
     shutil.copytree(EXAMPLE, app, ignore=shutil.ignore_patterns("__pycache__", "out"))
-    shutil.copy(ROOT / "tests" / "flower_hostile_client.py",
-                app / "fedpress_example" / "hostile_client.py")
+    hostile = app / "pytorchexample" / "hostile_client.py"
+    shutil.copy(ROOT / "tests" / "flower_hostile_client.py", hostile)
+    hostile.write_text(hostile.read_text() + (
+        "\n\n# in the example app: the example's client functions\n"
+        "from pytorchexample import client_app as _example  # noqa: E402\n\n"
+        "app = ClientApp(mods=[hostile_mod, compression_mod])\n"
+        "app.train()(_example.train)\n"
+        "app.evaluate()(_example.evaluate)\n"))
     toml = (app / "pyproject.toml").read_text()
-    honest = 'clientapp = "fedpress_example.client_app:app"'
+    honest = 'clientapp = "pytorchexample.client_app:app"'
     assert honest in toml
-    toml = toml.replace(honest, 'clientapp = "fedpress_example.hostile_client:app"')
+    toml = toml.replace(honest, 'clientapp = "pytorchexample.hostile_client:app"')
     toml += 'hostile-partition = -1\nhostile-frames = "sz2"\n'  # ends in the app config
     (app / "pyproject.toml").write_text(toml)
     config = tomllib.loads(toml)["tool"]["flwr"]["app"]["config"]
-    assert config["hostile-partition"] == -1 and config["uplink"] == "fedsz"
+    assert config["hostile-partition"] == -1 and config["fedpress-uplink"] == "fedsz"
     return app
 
 
 def _deploy(tmp_path: Path, hostile: str, timeout: int,
             ) -> tuple[subprocess.CompletedProcess[str], dict[str, str], str]:
     """deploy_local.py with the hostile test app: SuperLink + 2 SuperNodes, 2 rounds of
-    the digits MLP, ``hostile`` run-config settings, FLWR_HOME ``tmp_path/flwr``, outputs
+    the example on digits, ``hostile`` run-config settings, FLWR_HOME ``tmp_path/flwr``, outputs
     in ``tmp_path/out``. Returns the process, its logs by file name and their tails."""
     home, out = tmp_path / "flwr", tmp_path / "out"
-    run_config = (f'num-server-rounds=2 dataset="digits" model="mlp" local-steps=3 '
-                  f'batch-size=16 test-limit=0 {hostile} out="{out}"')
+    run_config = f"{QUICK} {hostile} out-dir='{out}'"
     proc = subprocess.run([sys.executable, str(EXAMPLE / "deploy_local.py"), "--nodes", "2",
                            "--app", str(_hostile_app(tmp_path)), "--flwr-home", str(home),
                            "--run-config", run_config, "--timeout", str(timeout)],
-                          capture_output=True, text=True, timeout=2 * timeout)
+                          capture_output=True, text=True, timeout=2 * timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     logs = {p.name: p.read_text() for p in sorted((home / "logs").glob("*.log"))}
     tails = "\n".join(f"== {n}\n{t[-1500:]}" for n, t in logs.items())
     return proc, logs, tails
@@ -135,23 +144,23 @@ def test_a_deployment_survives_a_hostile_client(tmp_path) -> None:
     payload in round 1 and one declaring a 1 GiB tensor in round 2. The server drops
     both with their reasons and completes the run on node 0's replies; every process
     exits."""
-    from .test_flower_deploy import _flower_processes
-
     home, out = tmp_path / "flwr", tmp_path / "out"
     proc, logs, tails = _deploy(tmp_path, "hostile-partition=1 hostile-frames=\"sz2,huge\"",
                                 timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr + tails
     assert "finished:completed" in proc.stdout
     assert _flower_processes(home) == []
-    rows = [h for h in json.loads((out / "metrics.json").read_text())["history"]
-            if h["phase"] == "train"]
-    assert [h["dropped"] for h in rows] == [1, 1]
-    assert all(0 < h["bytes_up"] and h["raw_up"] == rows[0]["raw_up"] for h in rows)
+    rows = list(json.loads((out / "metrics.json").read_text())["train"].values())
+    assert [r["fedpress-dropped"] for r in rows] == [1, 1]
+    assert all(0 < r["fedpress-bytes-up"] and r["fedpress-raw-up"] == rows[0]["fedpress-raw-up"]
+               for r in rows)
     stream = logs["flwr_run.log"]
     assert "codec 'sz2' is not accepted by this decoder" in stream, tails
     assert f"as float32({HUGE},)" in stream, tails
-    final = np.load(out / "final.npz")
-    assert all(np.isfinite(final[k]).all() for k in final.files)
+    import torch
+
+    final = torch.load(out / "final_model.pt")
+    assert all(torch.isfinite(v).all() for v in final.values())
 
 
 @pytest.mark.slow
@@ -160,11 +169,9 @@ def test_a_deployment_where_every_reply_is_dropped_fails(tmp_path) -> None:
     with frames naming SZ2, so no train reply of round 1 is usable: the ServerApp raises
     FailedRoundsError, ``flwr ls`` shows the run as failed with the dropped replies in
     its details, deploy_local exits 1 and every process exits."""
-    from .test_flower_deploy import _flower_processes
-
     home, out = tmp_path / "flwr", tmp_path / "out"
     proc, logs, tails = _deploy(
-        tmp_path, f'hostile-partition={EVERY} hostile-frames="sz2" max-failed-rounds=1',
+        tmp_path, f'hostile-partition={EVERY} hostile-frames="sz2" fedpress-max-failed-rounds=1',
         timeout=300)
     everything = proc.stdout + proc.stderr + tails
     assert proc.returncode == 1, everything

@@ -13,7 +13,7 @@ Flower app directory instead of this example (the tests use that).
 Usage (from the project root, in the project's virtual environment)::
 
     python examples/flower/deploy_local.py --nodes 2 \\
-        --run-config 'num-server-rounds=2 uplink="gaeb(reference=true)" out="out/flower"'
+        --run-config "num-server-rounds=2 fedpress-uplink='gaeb(reference=true)'"
 
 Exit status 0 when the run finished and completed.
 """

@@ -1,1 +1,0 @@
-"""fedpress in a Flower app: Fashion-MNIST CNN, FedAvg, FedSZ-compressed traffic."""
