@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run the example app on a real local Flower deployment (flwr 1.41), then stop it.
+"""Run the example app on a real local Flower deployment (flwr 1.41, 1.42), then stop it.
 
 Starts a SuperLink and ``--nodes`` SuperNodes on 127.0.0.1 (free ports, insecure,
 each SuperNode with ``partition-id``/``num-partitions``), submits the app with
