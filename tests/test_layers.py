@@ -22,7 +22,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("stages", frozenset({"stages"})),
     ("tensor", frozenset({"abc", "state", "registry"})),
     ("codecs", frozenset({"eblc", "backends", "grad"})),
-    ("model", frozenset({"frame", "isolate", "partition", "update", "api", "fedpress"})),
+    ("model", frozenset({"frame", "isolate", "partition", "update", "api", "adaptive",
+                         "fedpress"})),
     ("exchange", frozenset({"exchange"})),
     ("frontends", frozenset({"sim", "flower", "appfl", "analysis", "cli", "demo"})),
 )

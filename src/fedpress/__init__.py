@@ -9,11 +9,17 @@ Whole state dicts (FedSZ's per-tensor partition by default)::
 
     blob = fedpress.encode_update(model.state_dict(), plan="fedsz", eb=1e-2)
     sd = fedpress.decode_update(blob)
+
+A plan per message, for the link it takes (:mod:`fedpress.adaptive`)::
+
+    enc = fedpress.AdaptiveEncoder(max_eb=1e-2)
+    blob = enc.encode(model.state_dict(), uplink_mbps=25.0)
 """
 
 from __future__ import annotations
 
 from .abc import Codec, Scope, StatefulCodec, TensorSpec
+from .adaptive import AdaptiveEncoder
 from .api import DEFAULT_CODEC, compress, decompress, inspect
 from .bounds import ErrorBound
 from .errors import (
@@ -33,7 +39,8 @@ from .update import UpdateDecoder, UpdateEncoder, decode_update, encode_update, 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_CODEC", "Codec", "ConfigError", "DirStateStore", "ErrorBound", "FedpressError",
+    "DEFAULT_CODEC", "AdaptiveEncoder", "Codec", "ConfigError", "DirStateStore", "ErrorBound",
+    "FedpressError",
     "FormatError", "Limits", "MemoryStateStore", "MissingDependencyError", "Plan",
     "ReferenceMismatchError", "Rule",
     "Scope", "StateDesyncError", "StateStore", "StatefulCodec", "TensorSpec", "TensorState",

@@ -296,7 +296,10 @@ def split_plans(text: str) -> list[str]:
 
 
 def _value(text: str) -> Any:
-    """An option's value: bool, None, int, float, else the string itself."""
+    """An option's value: bool, None, int, float, else the string itself (without the
+    quotes around it, if it has them: ``'raw|zstd'``)."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
     lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"

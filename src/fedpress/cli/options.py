@@ -242,6 +242,9 @@ def sim_flags() -> dict[str, Any]:
         "client_state": Annotated[str | None, opt(help="reset (default): local momentum "
                                                        "starts at zero each round; keep: "
                                                        "each client keeps it.")],
+        "bandwidth_drift": Annotated[float | None, opt(help="Links change over rounds: "
+                                                            "each round scales a bandwidth "
+                                                            "by exp(drift * N(0,1)).")],
         "first_download": Annotated[str | None, opt(help="seeded (default): clients start "
                                                          "from the seeded model, uncounted; "
                                                          "sent: count it in update mode.")],

@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from ..adaptive import AUTO
 from ..errors import ConfigError
 from ..update import UpdateDecoder, UpdateEncoder
 from .deltas import State, apply_changes, changes, raw_bytes, zeros_like
@@ -38,6 +39,9 @@ class Downlink:
     def __init__(self, plan: Any, options: Mapping[str, Any], clients: int,
                  send: str = "weights", initial: State | None = None,
                  track: bool = False, count_initial: bool = False) -> None:
+        if plan == AUTO:
+            raise ConfigError("plan 'auto' adapts a sender's plan to its own link; the "
+                              "downlink takes a fixed plan")
         warm_codecs(plan, options)
         self.plan, self.options, self.send_mode = plan, options, send
         probe = make_encoder(plan, options, peer="server")

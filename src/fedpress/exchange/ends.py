@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..abc import Scope, StatefulCodec
+from ..adaptive import AUTO, AdaptiveEncoder, auto_limits, auto_options, candidates_for
 from ..update import UpdateDecoder, UpdateEncoder, trusting
 from .deltas import State
 
@@ -23,20 +24,36 @@ Message = bytes | State
 
 
 def make_encoder(plan: Any, options: Mapping[str, Any],
-                 peer: str = "default") -> UpdateEncoder | None:
-    """An encoder for ``plan`` (``None``: raw traffic, no encoder)."""
-    return None if plan is None else UpdateEncoder(plan, peer=peer, **options)
+                 peer: str = "default") -> UpdateEncoder | AdaptiveEncoder | None:
+    """An encoder for ``plan`` (``None``: raw traffic, no encoder; ``"auto"``: an
+    :class:`fedpress.AdaptiveEncoder`)."""
+    if plan is None:
+        return None
+    if plan == AUTO:
+        return AdaptiveEncoder(**auto_options(options), peer=peer)
+    return UpdateEncoder(plan, peer=peer, **options)
 
 
 def make_decoder(plan: Any, options: Mapping[str, Any]) -> UpdateDecoder | None:
     """A decoder of ``plan``'s own frames (``None``: raw traffic); it accepts every
-    codec of the plan (``sz2`` too) in-process."""
+    codec of the plan (``sz2`` too; every candidate's of an ``auto`` plan) in-process."""
+    if plan == AUTO:
+        o = auto_options(options)
+        return UpdateDecoder(limits=auto_limits(candidates_for(
+            o.get("candidates"), o.get("max_eb", 1e-2), o.get("mode", "rel"),
+            bool(o.get("unbounded", False)))))
     enc = make_encoder(plan, options)
     return None if enc is None else UpdateDecoder(limits=trusting(enc.plan))
 
 
 def warm_codecs(plan: Any, options: Mapping[str, Any]) -> None:
     """Encode and decode a probe once, so compiled kernels load before anything is timed."""
+    if plan == AUTO:
+        o = auto_options(options)
+        for c in candidates_for(o.get("candidates"), o.get("max_eb", 1e-2),
+                                o.get("mode", "rel"), bool(o.get("unbounded", False))):
+            warm_codecs(c.plan, {})
+        return
     enc, dec = make_encoder(plan, options), make_decoder(plan, options)
     if enc is not None and dec is not None:
         rng = np.random.default_rng(0)
@@ -65,9 +82,11 @@ def gradient_compressor(plan: Any, options: Mapping[str, Any]) -> str | None:
     encoder = make_encoder(plan, options)
     if encoder is None:
         return None
-    p = encoder.plan
-    for codec in [r.codec for r in p.rules] + [p.default]:
-        inner = codec.codec if isinstance(codec, ErrorFeedback) else codec
-        if isinstance(inner, (GradientCodec, StatefulGradientCodec)):
-            return codec.codec_id
+    plans = [c.plan for c in encoder.candidates] if isinstance(encoder, AdaptiveEncoder) \
+        else [encoder.plan]
+    for p in plans:
+        for codec in [r.codec for r in p.rules] + [p.default]:
+            inner = codec.codec if isinstance(codec, ErrorFeedback) else codec
+            if isinstance(inner, (GradientCodec, StatefulGradientCodec)):
+                return codec.codec_id
     return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..adaptive import AdaptiveEncoder
 from .deltas import State, apply_changes, raw_bytes
 from .ends import make_decoder, make_encoder
 from .protocol import ClientEnd, RoundProtocol, ServerEnd, Settings, register_exchange
@@ -36,6 +37,8 @@ class SingleClient(ClientEnd):
         self.updates = settings.downlink_send == "update"
         self.reference = bool(settings.reference)
         self.decodes, self.encodes = self.decoder is not None, self.encoder is not None
+        #: this round's uplink (Mbps, latency ms), set by the runtime for adaptive plans
+        self.link: tuple[float | None, float] = (None, 0.0)
 
     def receive(self, message: Any) -> State:
         if isinstance(message, dict):
@@ -51,7 +54,13 @@ class SingleClient(ClientEnd):
     def reply(self, trained: State, start: State, params: frozenset[str]) -> tuple[Any, int]:
         if self.encoder is None:
             return trained, raw_bytes(trained)
-        blob = self.encoder.encode(trained, reference=start if self.reference else None)
+        reference = start if self.reference else None
+        if isinstance(self.encoder, AdaptiveEncoder):  # the plan for this link
+            mbps, latency_ms = self.link
+            blob = self.encoder.encode(trained, reference=reference, uplink_mbps=mbps,
+                                       latency_ms=latency_ms)
+        else:
+            blob = self.encoder.encode(trained, reference=reference)
         return blob, len(blob)
 
 

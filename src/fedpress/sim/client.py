@@ -26,11 +26,13 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from ..adaptive import AdaptiveEncoder
 from ..exchange import Message, State, raw_bytes
 from .models import build_model
 
 if TYPE_CHECKING:
     from .fl import FLConfig
+    from .network import Network
 
 
 def state_of(model: torch.nn.Module) -> State:
@@ -146,8 +148,9 @@ class ClientResult:
 class SimClient:
     """One client: its data (uint8 images, labels) and its end of the round protocol."""
 
-    def __init__(self, cid: int, x: np.ndarray, y: np.ndarray, cfg: FLConfig) -> None:
-        self.cid, self.cfg = cid, cfg
+    def __init__(self, cid: int, x: np.ndarray, y: np.ndarray, cfg: FLConfig,
+                 network: Network | None = None) -> None:
+        self.cid, self.cfg, self.network = cid, cfg, network
         self.x, self.y = normalise(x), torch.from_numpy(np.asarray(y))
         self.end = cfg.protocol().client(str(cid))
         self.momentum: State = {}  # its optimizer's momentum (client_state="keep")
@@ -161,11 +164,25 @@ class SimClient:
         local = self._train(model, start, rnd)
         t2 = time.perf_counter()
         params = frozenset(n for n, _ in model.named_parameters())
+        adaptive = self._adaptive()
+        if adaptive is not None:  # an adaptive plan: this round's link, or its estimate
+            link = self.network.at(rnd) if self.network is not None else None
+            up = None if link is None or adaptive.link == "measured" \
+                else float(link.up_mbps[self.cid])
+            end.link = (up, 0.0 if link is None else float(link.latency_ms[self.cid]))
         reply, nbytes = end.reply(local, start, params)
         t3 = time.perf_counter()
+        if adaptive is not None and self.network is not None:  # the upload it then made
+            link = self.network.at(rnd)
+            adaptive.observe_transfer(nbytes, link.upload_s(self.cid, nbytes)
+                                      - float(link.latency_ms[self.cid]) / 1e3)
         return ClientResult(self.cid, reply, nbytes, raw_bytes(local), len(self.y),
                             t1 - t0 if end.decodes else 0.0, t2 - t1,
                             t3 - t2 if end.encodes else 0.0)
+
+    def _adaptive(self) -> AdaptiveEncoder | None:
+        encoder = getattr(self.end, "encoder", None)
+        return encoder if isinstance(encoder, AdaptiveEncoder) else None
 
     def answer(self, phase: str, rnd: int, payload: Any) -> ClientResult:
         """A later phase of the round (HGC's mask and values, PowerSGD's ``Q_i``)."""

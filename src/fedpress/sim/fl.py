@@ -248,7 +248,7 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
         threads = max(1, torch.get_num_threads() // max(1, workers))
     server = protocol.server(global_state, params)
     pool = make_pool(cfg, [(ds.x_train[p], ds.y_train[p]) for p in parts], ds.input_shape,
-                     ds.num_classes, workers, threads)
+                     ds.num_classes, workers, threads, network)
     try:
         velocity: State | None = None
         rng = np.random.default_rng(cfg.seed)
@@ -257,6 +257,7 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
         for rnd in range(1, cfg.rounds + 1):
             wall0 = time.perf_counter()
             chosen = sorted(rng.choice(cfg.clients, per_round, replace=False).tolist())
+            net = network.at(rnd)  # this round's links
             messages, down_bytes, server_s = server.downlink(chosen, global_state, down)
             results = pool.run(rnd, messages)
             replies, weights = [], []
@@ -280,14 +281,14 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
                 enc_s += r.encode_s
                 dec_s += r.decode_s + d_up
                 train_s += r.train_s
-                transfer = (network.download_s(r.client, down_bytes[r.client])
-                            + network.upload_s(r.client, r.nbytes))
+                transfer = (net.download_s(r.client, down_bytes[r.client])
+                            + net.upload_s(r.client, r.nbytes))
                 comm_s = max(comm_s, transfer)
                 slowest = max(slowest, transfer + r.decode_s + r.train_s + r.encode_s)
                 server_s += d_up
             extra = server.exchange(chosen, replies, weights,
                                     lambda phase, msgs, rnd=rnd: pool.call(phase, rnd, msgs),
-                                    network, down_bytes)
+                                    net, down_bytes)
             factored: State = {}
             if extra is not None:  # the protocol's later phases (HGC's mask, PowerSGD's Q)
                 factored = extra.aggregate

@@ -31,6 +31,7 @@ from .client import ClientResult, SimClient, Trainer, state_of, warm_up
 
 if TYPE_CHECKING:
     from .fl import FLConfig
+    from .network import Network
 
 
 class ClientPool(Protocol):
@@ -47,9 +48,9 @@ class InProcessPool:
 
     def __init__(self, cfg: FLConfig, shards: Sequence[tuple[np.ndarray, np.ndarray]],
                  input_shape: tuple[int, ...], classes: int,
-                 ids: Sequence[int] | None = None) -> None:
+                 ids: Sequence[int] | None = None, network: Network | None = None) -> None:
         ids = list(range(len(shards))) if ids is None else list(ids)
-        self.clients = {k: SimClient(k, x, y, cfg) for k, (x, y) in zip(ids, shards)}
+        self.clients = {k: SimClient(k, x, y, cfg, network) for k, (x, y) in zip(ids, shards)}
         self.trainer = Trainer(cfg, input_shape, classes)
         initial = state_of(self.trainer.model)  # both ends start from the seeded model
         for client in self.clients.values():
@@ -87,11 +88,11 @@ def _exit_with_parent() -> None:
 
 def _start_worker(cfg: FLConfig, shards: list[tuple[np.ndarray, np.ndarray]],
                   input_shape: tuple[int, ...], classes: int, ids: list[int],
-                  threads: int) -> None:
+                  threads: int, network: Network | None = None) -> None:
     global _WORKER
     _exit_with_parent()
     torch.set_num_threads(threads)
-    _WORKER = InProcessPool(cfg, shards, input_shape, classes, ids)
+    _WORKER = InProcessPool(cfg, shards, input_shape, classes, ids, network)
 
 
 def _serve(method: str, rnd: int, messages: dict[int, Any]) -> list[ClientResult]:
@@ -107,7 +108,7 @@ class ProcessPool:
 
     def __init__(self, cfg: FLConfig, shards: Sequence[tuple[np.ndarray, np.ndarray]],
                  input_shape: tuple[int, ...], classes: int, workers: int,
-                 threads: int = 1) -> None:
+                 threads: int = 1, network: Network | None = None) -> None:
         if workers < 2:
             raise ConfigError(f"a process pool needs >= 2 workers, got {workers}")
         workers = min(workers, len(shards))
@@ -121,7 +122,7 @@ class ProcessPool:
                 executor = ProcessPoolExecutor(1, mp_context=context)
                 self.executors.append(executor)
                 started.append(executor.submit(_start_worker, cfg, [shards[k] for k in ids],
-                                               input_shape, classes, ids, threads))
+                                               input_shape, classes, ids, threads, network))
             for job in started:  # the workers start side by side; errors surface here
                 job.result()
         except BaseException:
@@ -148,11 +149,11 @@ class ProcessPool:
 
 def make_pool(cfg: FLConfig, shards: Sequence[tuple[np.ndarray, np.ndarray]],
               input_shape: tuple[int, ...], classes: int, workers: int = 1,
-              threads: int = 1) -> ClientPool:
+              threads: int = 1, network: Network | None = None) -> ClientPool:
     """An :class:`InProcessPool` for ``workers <= 1``, else a :class:`ProcessPool`."""
     if workers < 1 or threads < 1:
         raise ConfigError(f"workers and threads must be >= 1, got {workers} and {threads}")
     if workers == 1:
         torch.set_num_threads(threads)
-        return InProcessPool(cfg, shards, input_shape, classes)
-    return ProcessPool(cfg, shards, input_shape, classes, workers, threads)
+        return InProcessPool(cfg, shards, input_shape, classes, network=network)
+    return ProcessPool(cfg, shards, input_shape, classes, workers, threads, network)

@@ -17,7 +17,9 @@ exchange; ``hgc``: HGC's shared-mask exchange, implied by plan ``hgc``), ``refer
 ``client_state`` (``reset``: local momentum starts at zero every round; ``keep``: each
 client keeps it between its rounds), ``first_download`` (``seeded``: clients start from
 the seeded initial model, not counted; ``sent``: an update-mode downlink counts it in
-each client's first download), ``uplink_mbps``,
+each client's first download), ``bandwidth_drift`` (links change over rounds: each
+round multiplies every bandwidth by ``exp(drift * z)``, ``z`` standard normal),
+``uplink_mbps``,
 ``downlink_mbps``, ``latency_ms`` (a number, a list or ``{median, sigma}``),
 ``seed``, ``test_limit``, ``threads`` (PyTorch threads per process), ``workers``
 (client processes; 1 = the clients run in this process), ``out``.
@@ -48,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "latency_ms": 0.0, "seed": 0, "test_limit": None, "threads": 1, "workers": 1,
     "aggregate": "mean", "downlink_send": "weights", "reference": False,
     "lr_milestones": (), "lr_gamma": 0.1, "momentum_steps": (),
-    "client_state": "reset", "first_download": "seeded",
+    "client_state": "reset", "first_download": "seeded", "bandwidth_drift": 0.0,
     "out": "out/simulate",
 }
 PLAN_KEYS = ("mode", "eb", "lossy", "lossless", "threshold")
@@ -232,6 +234,7 @@ SETTINGS: dict[str, Check] = {
     "momentum_steps": _momentum_steps, "out": _path(), "plans": _plans,
     "client_state": _choice(_fl_choices("CLIENT_STATES")),
     "first_download": _choice(_fl_choices("FIRST_DOWNLOADS")),
+    "bandwidth_drift": _number(0, 5),
 }
 
 
@@ -345,7 +348,8 @@ def run(settings: Mapping[str, Any], out_dir: str | os.PathLike[str] | None = No
         lr_gamma=float(s["lr_gamma"]), momentum_steps=_steps(s["momentum_steps"]),
         client_state=s["client_state"], first_download=s["first_download"])
     network = Network.build(cfg.clients, s["uplink_mbps"], s["downlink_mbps"],
-                            s["latency_ms"], seed=cfg.seed)
+                            s["latency_ms"], seed=cfg.seed,
+                            drift=float(s["bandwidth_drift"]))
     with _progress(progress, label or str(s["plan"]), cfg.rounds) as tick:
         history, _ = simulate(ds, cfg, network, on_round=tick,
                               test_limit=None if s["test_limit"] is None
