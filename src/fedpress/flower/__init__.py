@@ -6,8 +6,10 @@ Two pieces, one on each end:
   the plan of each direction;
 * :func:`compression_mod` goes in the ClientApp's ``mods``.
 
-Frames travel as Flower ``Array``s of stype :data:`STYPE` (no pickle). See the
-README's "Use with Flower" and ``examples/flower/``.
+Frames travel as Flower ``Array``s of stype :data:`STYPE` (no pickle). HGC's and
+PowerSGD's multi-phase exchanges run as more train messages per round
+(``exchange=``; :mod:`.rounds`, :mod:`.phases`). See the README's "Use with Flower"
+and ``examples/flower/``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,10 @@ to the plan, except the link's own settings:
   the client holds, which the server mirrors);
 * ``reference`` (uplink, weights): code the weights against the model the client
   started from (both ends hold it);
-* ``eb``, ``mode``: the error bound of the plan's error-bounded codecs.
+* ``eb``, ``mode``: the error bound of the plan's error-bounded codecs;
+* ``exchange`` (uplink): the round protocol the plan runs (``"hgc"``, ``"powersgd"``,
+  see :mod:`fedpress.exchange`): the plan's options are then the protocol's, and
+  its messages are the protocol's, not fedpress frames (:mod:`.phases`).
 
 The server's strategy wrapper holds both links; it tells each client both links in
 the config of every message (keys ``fedpress-*``), so a client is configured in one
@@ -25,6 +28,7 @@ its uplink only, and those whose native decoder is not safe on a peer's bytes
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -42,6 +46,10 @@ KEY_DOWNLINK = "fedpress-downlink"  # the downlink's spec: what the client decod
 KEY_BASE = "fedpress-base"  # hex digest of the copy a downlink update applies to
 KEY_DELAY = "fedpress-delay"  # "up_mbps,down_mbps,latency_s": the client sleeps that long
 KEY_RESET = "fedpress-reset"  # true: drop all codec state and the held copy first
+KEY_PHASE = "fedpress-phase"  # a round protocol's later phase the node answers
+KEY_LAYOUT = "fedpress-layout"  # the layout of the protocol message (payload.pack)
+#: the ConfigRecord a client adds to its reply for the server (which removes it)
+REPLY_KEY = "fedpress"
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,10 @@ class Link:
         Uplink weights coded against the model the client started from.
     eb, mode : float, str
         The error bound of the plan's error-bounded codecs.
+    exchange : str or None
+        The round protocol the plan runs (an aggregation name of
+        :func:`fedpress.exchange.exchanges`: ``"hgc"``, ``"powersgd"``); ``None``:
+        one fedpress frame per message.
     """
 
     plan: str | None = None
@@ -68,6 +80,7 @@ class Link:
     reference: bool = False
     eb: float = 1e-2
     mode: str = "rel"
+    exchange: str | None = None
 
     @classmethod
     def parse(cls, spec: str | Link | None, **overrides: Any) -> Link:
@@ -81,8 +94,10 @@ class Link:
             if isinstance(name, dict):
                 raise ConfigError("a link's plan is a name or codec id with options, "
                                   "not JSON rules")
-            settings = {k: options.pop(k) for k in ("send", "reference", "eb", "mode")
-                        if k in options}
+            settings = {k: options.pop(k) for k in ("send", "reference", "eb", "mode",
+                                                    "exchange") if k in options}
+            if settings.get("exchange") in ("none", ""):
+                settings["exchange"] = None
             plan = None if name in (None, "", "none", "raw") else str(name)
             link = cls(plan, options, **settings)
         if overrides:
@@ -100,6 +115,11 @@ class Link:
         if self.reference and (self.plan is None or self.send != "weights"):
             raise ConfigError("reference=true codes the weights against the model the "
                               "client started from: it needs a plan and send='weights'")
+        if self.exchange is not None:
+            if not isinstance(self.exchange, str) or self.plan is None:
+                raise ConfigError(f"exchange must name a round protocol and go with a plan, "
+                                  f"got exchange={self.exchange!r}, plan={self.plan!r}")
+            return  # the protocol checks its options (CompressedStrategy)
         self.encoder()  # the plan and its options, checked now rather than mid-run
 
     @property
@@ -107,12 +127,15 @@ class Link:
         """The spec string :meth:`parse` reads back into an equal link."""
         items = {**self.options, "send": self.send, "reference": self.reference,
                  "eb": self.eb, "mode": self.mode}
+        if self.exchange is not None:
+            items["exchange"] = self.exchange
         body = ", ".join(f"{k}={_text(v)}" for k, v in items.items())
         return f"{self.plan or 'none'}({body})"
 
     def encoder(self, peer: str = "default") -> fedpress.UpdateEncoder | None:
-        """A new encoder for this link's plan (``None`` for raw arrays)."""
-        if self.plan is None:
+        """A new encoder for this link's plan (``None`` for raw arrays, and for a round
+        protocol's link, whose messages the protocol codes)."""
+        if self.plan is None or self.exchange is not None:
             return None
         return fedpress.UpdateEncoder(self.plan, self.mode, self.eb, peer=peer, **self.options)
 
@@ -149,11 +172,35 @@ class Link:
     def own_limits(self, base: Limits = DEFAULT_LIMITS) -> Limits:
         """``base`` that also accepts every codec of this link in this process, for
         frames from a peer one trusts (a client decoding its server's downlink)."""
-        if self.plan is None:
-            return base
         encoder = self.encoder()
-        assert encoder is not None
+        if encoder is None:
+            return base
         return fedpress.trusting(encoder.plan, base)
+
+
+def exchange_link(spec: str | Link | None, exchange: str | None, **overrides: Any) -> Link:
+    """The uplink for a round protocol ``exchange`` (``None``: ``spec`` as it is): a
+    spec string that does not say ``send=`` sends updates, which every protocol's
+    exchange averages."""
+    if exchange is None or isinstance(spec, Link):
+        extra = {} if exchange is None else {"exchange": exchange}
+        return Link.parse(spec, **extra, **overrides)
+    if spec is not None and not isinstance(spec, str):
+        raise ConfigError(f"a link is a plan spec string, got {spec!r}")
+    given = Plan.parse(spec)[1]
+    send = {} if "send" in given else {"send": "update"}
+    return Link.parse(spec, exchange=exchange, **send, **overrides)
+
+
+def sleep_for(config: dict, nbytes: int, direction: int) -> None:
+    """Sleep for the simulated transfer time of ``nbytes`` (direction 0 up, 1 down),
+    if the server's message asks for it (:data:`KEY_DELAY`)."""
+    spec = config.get(KEY_DELAY)
+    if not spec:
+        return
+    up, down, latency = (float(v) for v in str(spec).split(","))
+    mbps = (up, down)[direction]
+    time.sleep(latency + (8 * nbytes / (mbps * 1e6) if mbps > 0 else 0.0))
 
 
 def _text(v: Any) -> str:

@@ -8,7 +8,9 @@ Add it to the ClientApp; the train/evaluate functions stay as they are::
 On every message from the server it decodes the fedpress frame (if the downlink is
 compressed) into plain arrays before the user's function runs; on a train reply it
 encodes the arrays with the uplink the server named in the message's config
-(:data:`~fedpress.flower.link.KEY_UPLINK`). The codec state (error feedback,
+(:data:`~fedpress.flower.link.KEY_UPLINK`). With an uplink that runs a round protocol
+(HGC, PowerSGD) the protocol's client end takes the train messages, and answers the
+later phases itself (:mod:`.phases`). The codec state (error feedback,
 mirrored histories, the model the client holds for update and reference modes) lives
 in ``Context.state``, so stateful plans survive across rounds in simulation and
 deployment alike; a message with :data:`~fedpress.flower.link.KEY_RESET` (the server
@@ -26,7 +28,6 @@ server, which chose them.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -40,14 +41,14 @@ from ..exchange import apply_changes, changes, raw_bytes, zeros_like
 from ..frame import DEFAULT_LIMITS
 from ..state import MemoryStateStore, TensorState
 from . import wire
-from .link import KEY_BASE, KEY_DELAY, KEY_DOWNLINK, KEY_RESET, KEY_UPLINK, Link
+from .link import KEY_BASE, KEY_DOWNLINK, KEY_RESET, KEY_UPLINK, REPLY_KEY, Link, sleep_for
+from .phases import exchange_mod
 
 log = logging.getLogger("fedpress.flower")
 
 #: where the mod keeps its state in ``Context.state``
 STATE_KEY = "fedpress-state"
-#: the reply's ConfigRecord the server reads (and removes): the start model's digest
-REPLY_KEY = "fedpress"
+__all__ = ["REPLY_KEY", "STATE_KEY", "compression_mod"]
 _HELD = "\x00held"  # the store's peer name for the model the client holds
 
 
@@ -69,16 +70,6 @@ def _hold(store: MemoryStateStore, state: dict[str, np.ndarray]) -> None:
     store.clear(_HELD)
     for name, v in state.items():
         store.put(_HELD, name, TensorState({"value": v}))
-
-
-def _sleep_for(config: dict, nbytes: int, direction: int) -> None:
-    """The simulated transfer time of ``nbytes`` (direction 0 up, 1 down), if asked."""
-    spec = config.get(KEY_DELAY)
-    if not spec:
-        return
-    up, down, latency = (float(v) for v in str(spec).split(","))
-    mbps = (up, down)[direction]
-    time.sleep(latency + (8 * nbytes / (mbps * 1e6) if mbps > 0 else 0.0))
 
 
 def compression_mod(message: Message, context: Context,
@@ -104,6 +95,9 @@ def _mod(message: Message, context: Context,
     link = Link.parse(config[KEY_UPLINK])
     down = Link.parse(config[KEY_DOWNLINK]) if KEY_DOWNLINK in config else None
     train = message.metadata.message_type.split(".")[0] == "train"
+    if train and link.exchange is not None:  # a round protocol's end answers
+        return exchange_mod(message, context, call_next, config, link,
+                            down if down is not None else Link.parse(None))
     if train:  # found before the app trains, not after
         link.check_available()
     key = wire.array_key(message.content) if message.has_content() else None
@@ -119,7 +113,7 @@ def _mod(message: Message, context: Context,
             limits = down.own_limits() if down is not None else DEFAULT_LIMITS
             got = fedpress.UpdateDecoder(store=store, limits=limits).decode(frame,
                                                                             peer="server")
-        _sleep_for(config, raw_bytes(got) if frame is None else len(frame), 1)
+        sleep_for(config, raw_bytes(got) if frame is None else len(frame), 1)
         if KEY_BASE in config:  # a change from the copy the server thinks we hold
             held = _held(store)
             mine = "" if held is None else wire.state_digest(held)
@@ -136,7 +130,7 @@ def _mod(message: Message, context: Context,
     reply = call_next(message, context)
     rkey = wire.array_key(reply.content) if reply.has_content() else None
     if train and rkey is not None and link.plan is None:
-        _sleep_for(config, raw_bytes(wire.state_of(reply.content.array_records[rkey])), 0)
+        sleep_for(config, raw_bytes(wire.state_of(reply.content.array_records[rkey])), 0)
     if train and rkey is not None and link.plan is not None:
         local = wire.state_of(reply.content.array_records[rkey])
         if link.send == "update" or link.reference:
@@ -149,7 +143,7 @@ def _mod(message: Message, context: Context,
         assert encoder is not None
         encoder.store = store
         frame = encoder.encode(content, reference=start if link.reference else None)
-        _sleep_for(config, len(frame), 0)
+        sleep_for(config, len(frame), 0)
         out = wire.with_arrays(reply, rkey, wire.frame_record(frame))
         out[REPLY_KEY] = ConfigRecord(
             {"start": "" if start is None else wire.state_digest(start)})

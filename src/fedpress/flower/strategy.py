@@ -50,19 +50,25 @@ and phase.
 :meth:`CompressedStrategy.from_run_config` builds the wrapper from the run config
 (``[tool.flwr.app.config]``, keys ``fedpress-*``), so that a plan is switched with
 ``flwr run --run-config`` rather than in code.
+
+With ``exchange="hgc"`` or ``"powersgd"`` (run config ``fedpress-exchange``) the uplink
+runs that round protocol of :mod:`fedpress.exchange` instead: HGC's shared top-k mask
+or PowerSGD's two phases, their later phases sent as more train messages in the same
+round (:mod:`.rounds` on this end, :mod:`.phases` in the clients' mod)::
+
+    strategy = CompressedStrategy(FedAvg(), uplink="hgc(density=0.01)", exchange="hgc")
 """
 
 from __future__ import annotations
 
-import copy
+import inspect
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.common.serde import message_to_proto
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -74,8 +80,21 @@ from ..frame import Limits
 from ..frame import unpack as unpack_frame
 from ..partition import Plan
 from . import wire
-from .link import KEY_BASE, KEY_DELAY, KEY_DOWNLINK, KEY_RESET, KEY_UPLINK, Link
-from .mod import REPLY_KEY
+from .link import (
+    KEY_BASE,
+    KEY_DELAY,
+    KEY_DOWNLINK,
+    KEY_RESET,
+    KEY_UPLINK,
+    REPLY_KEY,
+    Link,
+    exchange_link,
+)
+from .protocols import protocol_for
+from .rounds import ExchangeRounds
+from .sizes import message_bytes
+
+__all__ = ["RUN_CONFIG_KEYS", "CompressedStrategy", "FailedRoundsError", "message_bytes"]
 
 log = logging.getLogger("fedpress.flower")
 
@@ -85,54 +104,7 @@ _REASONS_SHOWN, _REASON_CHARS = 4, 400
 #: the run config keys :meth:`CompressedStrategy.from_run_config` reads
 RUN_CONFIG_KEYS = ("fedpress-uplink", "fedpress-downlink", "fedpress-eb", "fedpress-mode",
                    "fedpress-uplink-mbps", "fedpress-downlink-mbps", "fedpress-latency-s",
-                   "fedpress-delay", "fedpress-max-failed-rounds")
-
-
-def _varint_len(n: int) -> int:
-    return max(1, (n.bit_length() + 6) // 7)
-
-
-def _growth(proto: Any, data_tag: int) -> int:
-    """Bytes the message ``proto``, built with each Array's data replaced by a marker
-    (its real length as a little-endian integer), is short of the real one: each
-    Array's data field, and the length prefixes around it that grow with it."""
-    grown = 0
-    for field, value in proto.ListFields():
-        if field.message_type is None:
-            continue
-        for sub in ([value] if hasattr(value, "ListFields") else value):
-            inner = _growth(sub, data_tag)
-            if inner:
-                size = sub.ByteSize()
-                grown += inner + _varint_len(size + inner) - _varint_len(size)
-    if proto.DESCRIPTOR.full_name == "flwr.proto.Array":
-        marker = proto.data
-        real = int.from_bytes(marker, "little")
-        grown += (data_tag + _varint_len(real) + real if real else 0) - (
-            data_tag + _varint_len(len(marker)) + len(marker))
-    return grown
-
-
-def message_bytes(message: Message) -> int:
-    """Bytes of ``message`` serialized as Flower's protobuf ``Message`` (metadata,
-    content, error), exactly, without serializing the arrays' data (which protobuf
-    copies several times over: ~0.4 s for a 44 MB model)."""
-    if not message.has_content():
-        return message_to_proto(message).ByteSize()
-    skeleton = RecordDict()
-    for key, record in message.content.items():
-        if isinstance(record, ArrayRecord):
-            record = ArrayRecord({
-                k: Array(dtype=a.dtype, shape=a.shape, stype=a.stype,
-                         data=len(a.data).to_bytes(8, "little").rstrip(b"\0") or b"\0")
-                for k, a in record.items()})
-        skeleton[key] = record
-    light = copy.copy(message)
-    light.__dict__["_content"] = skeleton
-    proto = message_to_proto(light)
-    tag = _varint_len(proto.content.DESCRIPTOR.file.pool.FindMessageTypeByName(
-        "flwr.proto.Array").fields_by_name["data"].number << 3)
-    return proto.ByteSize() + _growth(proto, tag)
+                   "fedpress-delay", "fedpress-max-failed-rounds", "fedpress-exchange")
 
 
 class FailedRoundsError(FedpressError, RuntimeError):
@@ -166,6 +138,12 @@ class CompressedStrategy(Strategy):
         :meth:`Link.peer_limits`: name a codec that is not peer-safe in
         ``Limits(codecs=...)`` to decode it in this process rather than in a child
         process).
+    exchange : str, optional
+        A round protocol the uplink runs instead of one frame per reply: ``"hgc"``
+        (HGC's shared mask; uplink ``hgc(...)``, every node every round, no downlink
+        plan) or ``"powersgd"`` (its two phases; uplink ``powersgd(...)``). The uplink
+        spec gives the protocol's options; it sends updates unless it says ``send=``.
+        See :mod:`.rounds`.
 
     Raises
     ------
@@ -178,12 +156,12 @@ class CompressedStrategy(Strategy):
                  downlink: str | Link | None = None, *, uplink_mbps: float | None = None,
                  downlink_mbps: float | None = None, latency_s: float = 0.0,
                  delay: bool = False, max_failed_rounds: int | None = 1,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, exchange: str | None = None) -> None:
         if not isinstance(strategy, Strategy):
             raise ConfigError("CompressedStrategy wraps a flwr.serverapp.strategy.Strategy "
                               f"(FedAvg, FedProx, ...), got {type(strategy).__name__}")
         self.strategy = strategy
-        self.uplink, self.downlink = Link.parse(uplink), Link.parse(downlink)
+        self.uplink, self.downlink = exchange_link(uplink, exchange), Link.parse(downlink)
         if self.downlink.reference:
             raise ConfigError("reference=true is an uplink setting")
         for link in (self.uplink, self.downlink):  # the server decodes one, encodes the other
@@ -217,7 +195,14 @@ class CompressedStrategy(Strategy):
             raise ConfigError(f"latency_s must be >= 0, got {latency_s}")
         self.mbps = (uplink_mbps, downlink_mbps)
         self.latency_s, self.delay = float(latency_s), bool(delay)
-        track = self.uplink.send == "update" or self.uplink.reference
+        #: the round protocol's rounds (None: one frame per message)
+        self.rounds: ExchangeRounds | None = None
+        if self.uplink.exchange is not None:
+            fraction = float(getattr(strategy, "fraction_train", 1.0))
+            self.rounds = ExchangeRounds(self, protocol_for(self.uplink, self.downlink,
+                                                            fraction))
+        track = self.rounds is None and (self.uplink.send == "update"
+                                         or self.uplink.reference)
         d = self.downlink
         self._down = Downlink(d.plan, {**d.options, "mode": d.mode, "eb": d.eb}, 0, d.send,
                               None, track=track)
@@ -251,6 +236,8 @@ class CompressedStrategy(Strategy):
         ``fedpress-latency-s``          one-way latency of that time (>= 0)
         ``fedpress-delay``              true: clients sleep for their transfer times
         ``fedpress-max-failed-rounds``  int >= 0 (0: never stop)
+        ``fedpress-exchange``           a round protocol the uplink runs (``"hgc"``,
+                                        ``"powersgd"``; ``"none"``: one frame per reply)
         ==============================  ===================================================
 
         Other ``fedpress-*`` keys are refused (a misspelt key would otherwise be
@@ -283,6 +270,13 @@ class CompressedStrategy(Strategy):
                               f"fedpress reads {', '.join(RUN_CONFIG_KEYS)}")
         cfg = {k: run_config[k] for k in RUN_CONFIG_KEYS if k in run_config}
         args = dict(defaults)
+        exchange = args.pop("exchange", None)
+        if "fedpress-exchange" in cfg:
+            exchange = cfg["fedpress-exchange"]
+            if not isinstance(exchange, str):
+                raise ConfigError("run config 'fedpress-exchange' must be a protocol name "
+                                  f"such as 'hgc' or 'powersgd', got {exchange!r}")
+            exchange = None if exchange in ("", "none") else exchange
 
         def bad(key: str, what: str) -> ConfigError:
             return ConfigError(f"run config {key!r} must be {what}, got {cfg[key]!r}")
@@ -315,9 +309,12 @@ class CompressedStrategy(Strategy):
                 given = set(Plan.parse(spec)[1]) if isinstance(spec, str) else set()
                 extra = {} if isinstance(spec, Link) else {
                     k: v for k, v in bound.items() if k not in given}
-                args[name] = Link.parse(spec, **extra)
+                args[name] = exchange_link(spec, exchange, **extra) if name == "uplink" \
+                    else Link.parse(spec, **extra)
             except ConfigError as exc:
                 where = f"run config {key!r} = {spec!r}" if key in cfg else name
+                if name == "uplink" and exchange is not None:
+                    where += f" (fedpress-exchange {exchange!r})"
                 raise ConfigError(f"{where}: {exc}") from None
         for key, arg in (("fedpress-uplink-mbps", "uplink_mbps"),
                          ("fedpress-downlink-mbps", "downlink_mbps")):
@@ -356,13 +353,19 @@ class CompressedStrategy(Strategy):
             self._digests[version] = wire.state_digest(held)
         return self._digests[version]
 
-    def _encode(self, server_round: int, messages: Iterable[Message],
-                phase: str) -> list[Message]:
-        out = list(messages)
+    def _link_config(self) -> dict[str, Any]:
+        """The config entries every message to a client carries: both links and, if
+        asked, the emulated delay."""
         extra: dict[str, Any] = {KEY_UPLINK: self.uplink.spec,
                                  KEY_DOWNLINK: self.downlink.spec}
         if self.delay:
             extra[KEY_DELAY] = f"{self.mbps[0]},{self.mbps[1]},{self.latency_s}"
+        return extra
+
+    def _encode(self, server_round: int, messages: Iterable[Message],
+                phase: str) -> list[Message]:
+        out = list(messages)
+        extra = self._link_config()
         groups: dict[int, list[Message]] = {}
         for m in out:
             key = wire.array_key(m.content)
@@ -431,7 +434,10 @@ class CompressedStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        """The wrapped strategy's train messages, arrays encoded for the downlink."""
+        """The wrapped strategy's train messages, arrays encoded for the downlink (with
+        a round protocol: its first messages, :meth:`ExchangeRounds.configure_train`)."""
+        if self.rounds is not None:
+            return self.rounds.configure_train(server_round, arrays, config, grid)
         return self._encode(server_round, self.strategy.configure_train(
             server_round, arrays, config, grid), "train")
 
@@ -484,7 +490,11 @@ class CompressedStrategy(Strategy):
     def aggregate_train(self, server_round: int, replies: Iterable[Message],
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Decode the replies (dropping those that do not decode), then aggregate them
-        with the wrapped strategy; its metrics gain the ``fedpress-*`` entries."""
+        with the wrapped strategy; its metrics gain the ``fedpress-*`` entries. With a
+        round protocol: its later phases, then the merge
+        (:meth:`ExchangeRounds.aggregate_train`)."""
+        if self.rounds is not None:
+            return self.rounds.aggregate_train(server_round, replies)
         kept, up_bytes, raw_up, dropped = [], {}, 0, 0
         replies = list(replies)
         flower_up = sum(message_bytes(r) for r in replies)  # as they came, frames and all
@@ -590,6 +600,15 @@ class CompressedStrategy(Strategy):
                             "%s", server_round, r.metadata.src_node_id, r.error.reason)
                 self._forget(r.metadata.src_node_id, "its evaluate reply is an error")
         return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def start(self, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`flwr.serverapp.strategy.Strategy.start`; a round protocol's later
+        phases wait for replies as long as its ``timeout`` says."""
+        bound = inspect.signature(Strategy.start).bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        if self.rounds is not None:
+            self.rounds.timeout = bound.arguments.get("timeout", self.rounds.timeout)
+        return super().start(*args, **kwargs)
 
     def summary(self) -> None:
         """The wrapped strategy's summary and the two links."""
