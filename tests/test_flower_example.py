@@ -125,10 +125,15 @@ def test_the_docs_show_the_pyproject_lines() -> None:
     config = app["tool"]["flwr"]["app"]["config"]
     ours = {k: v for k, v in config.items() if k.startswith("fedpress-")}
     assert ours == doc["tool"]["flwr"]["app"]["config"]
-    assert sorted(ours) == sorted(RUN_CONFIG_KEYS)
+    missing = sorted(set(RUN_CONFIG_KEYS) - set(ours))
+    assert not missing, (f"from_run_config reads {missing}: declare them in the example's "
+                         "[tool.flwr.app.config] and in the docs' pyproject block, so that "
+                         "--run-config can set them")
+    assert not set(ours) - set(RUN_CONFIG_KEYS), "keys from_run_config does not read"
     table = DOC.read_text(encoding="utf-8").split("## Switch plans without code", 1)[1]
     for key in RUN_CONFIG_KEYS:
-        assert f"| `{key}`" in table or f", `{key}`" in table, f"{key} not in the table"
+        assert f"| `{key}`" in table or f", `{key}`" in table, (
+            f"{key} (read by from_run_config) is not in docs/flower.md's table of keys")
 
 
 # -- the apps, in process ---------------------------------------------------------------
