@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 m, s, p, k = jobs[job]
                 try:
                     where, seconds = job.result()
-                except Exception as e:  # noqa: BLE001 - one failed run must not stop the rest
+                except Exception as e:  # one failed run must not stop the rest
                     print(f"[{i}/{len(todo)}] {m} {s} {p} seed {k}: FAILED: {e}",
                           file=sys.stderr, flush=True)
                     continue

@@ -260,6 +260,12 @@ def test_run_plots_titles_integer_rounds_and_plan_legend(tmp_path: Path,
         ticks = [t.replace("\u2212", "-") for t in s["xticks"] if t]
         assert ticks and all(float(t).is_integer() and "." not in t for t in ticks), ticks
     assert report.plan_label({"re:weight": "fpz"}) == '{"re:weight":"fpz"}'
+    # a log-normal spread: the links as drawn, or the median when they are not known
+    spread = {"median": 10, "sigma": 1.0}
+    assert report.plot_title({"uplink_mbps": spread, "downlink_mbps": 5.0}) == \
+        "up median 10 Mbps, down 5 Mbps"
+    assert report.plot_title({"uplink_mbps": spread, "network": {"up_mbps": [2.5, 40.0]}}) \
+        == "up 2.5-40 Mbps"
 
 
 # -- missing optional packages ---------------------------------------------------------------

@@ -83,7 +83,10 @@ def plan_label(plan: Any) -> str:
 
 
 def _mbps(value: Any) -> str:
-    """One bandwidth, or the range of per-client bandwidths, in Mbps."""
+    """One bandwidth, or the range of per-client bandwidths, in Mbps (a log-normal
+    spread's median when only the setting is known)."""
+    if isinstance(value, Mapping):
+        return f"median {float(value['median']):g}"
     values = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
     low, high = min(values), max(values)
     return f"{low:g}" if low == high else f"{low:g}-{high:g}"
@@ -93,9 +96,12 @@ def plot_title(config: Mapping[str, Any]) -> str:
     """``dataset, model, up X Mbps, down Y Mbps`` from a run's settings (the keys that
     are missing are left out)."""
     parts = [str(config[k]) for k in ("dataset", "model") if config.get(k) is not None]
-    for key, word in (("uplink_mbps", "up"), ("downlink_mbps", "down")):
-        if config.get(key) is not None:
-            parts.append(f"{word} {_mbps(config[key])} Mbps")
+    network = config.get("network") or {}
+    for key, word, drawn in (("uplink_mbps", "up", "up_mbps"),
+                             ("downlink_mbps", "down", "down_mbps")):
+        value = network.get(drawn, config.get(key))  # the links as drawn, if known
+        if value is not None:
+            parts.append(f"{word} {_mbps(value)} Mbps")
     return ", ".join(parts)
 
 
