@@ -28,8 +28,8 @@ from .test_flower import INIT, _numpy_app
 
 SIM = {"dataset": "digits", "model": "mlp", "local-steps": 3, "batch-size": 16,
        "lr": 0.05, "seed": 3}
-HGC = "hgc(density=0.05)"
-PSGD = "powersgd(rank=2, threshold=100)"
+HGC = "hgc(density=0.05, aggregate=hgc)"
+PSGD = "powersgd(rank=2, threshold=100, aggregate=powersgd)"
 
 
 def _phase(reply: Message) -> str | None:
@@ -39,7 +39,7 @@ def _phase(reply: Message) -> str | None:
     return str(reply.content.config_records[REPLY_KEY]["phase"])
 
 
-def _run(uplink: str, exchange: str, rounds: int = 3, nodes: int = 3, tamper=None,
+def _run(uplink: str, rounds: int = 3, nodes: int = 3, tamper=None,
          app: ClientApp | None = None, strategy=None, **options):
     """The numpy app on InlineGrid; returns the strategy, the grid, the result and the
     global model before each round (``models[r]``: what round r + 1 starts from)."""
@@ -48,7 +48,7 @@ def _run(uplink: str, exchange: str, rounds: int = 3, nodes: int = 3, tamper=Non
     if tamper is not None:
         tamper.grid = grid
     s = CompressedStrategy(strategy or FedAvg(fraction_evaluate=0.0), uplink=uplink,
-                           exchange=exchange, **options)
+                           **options)
     models: dict[int, dict] = {}
 
     def keep(rnd: int, arrays: ArrayRecord) -> None:
@@ -79,12 +79,12 @@ def _simulated(plan: str, options: dict, rounds: int):
     return history, {k: v.detach().numpy() for k, v in model.state_dict().items()}
 
 
-def _flower(spec: str, exchange: str, rounds: int, strategy):
+def _flower(spec: str, rounds: int, strategy):
     app = ClientApp(mods=[compression_mod])
     app.train()(task.train)
     random.seed(0)
     grid = InlineGrid(app, 3, run_config=SIM)
-    s = CompressedStrategy(strategy, uplink=spec, exchange=exchange)
+    s = CompressedStrategy(strategy, uplink=spec)
     result = s.start(grid=grid, initial_arrays=task.initial_arrays(SIM), num_rounds=rounds)
     return _rows(s), wire.state_of(result.arrays)
 
@@ -96,7 +96,7 @@ def test_hgc_gives_the_simulators_bytes_and_model_bit_for_bit(strategy) -> None:
     in every round and the same final model, bit for bit, whichever FedAvg is wrapped
     (every tensor of the MLP is HGC's: the model is global + aggregate on both)."""
     history, expect = _simulated("hgc", {"density": 0.05}, 3)
-    rows, got = _flower("hgc(density=0.05)", "hgc", 3, strategy(fraction_evaluate=0.0))
+    rows, got = _flower("hgc(density=0.05, aggregate=hgc)", 3, strategy(fraction_evaluate=0.0))
     assert [h["bytes_up"] for h in rows] == [m.bytes_up for m in history]
     assert [h["bytes_down"] for h in rows] == [m.bytes_down for m in history]
     assert [(h["raw_up"], h["raw_down"]) for h in rows] == \
@@ -115,7 +115,8 @@ def test_powersgd_gives_the_simulators_bytes_and_its_factored_tensors_bit_for_bi
     From round 2 on the nodes train from those biases, so every tensor moves by such
     last-bit amounts (< 1e-6 here after 3 rounds)."""
     history, expect = _simulated("powersgd", {"rank": 2}, 1)
-    rows, got = _flower("powersgd(rank=2)", "powersgd", 1, task.FedAvg64(fraction_evaluate=0.0))
+    rows, got = _flower("powersgd(rank=2, aggregate=powersgd)", 1,
+                     task.FedAvg64(fraction_evaluate=0.0))
     assert [h["bytes_up"] for h in rows] == [m.bytes_up for m in history]
     assert [h["bytes_down"] for h in rows] == [m.bytes_down for m in history]
     for k in expect:
@@ -124,7 +125,8 @@ def test_powersgd_gives_the_simulators_bytes_and_its_factored_tensors_bit_for_bi
         else:
             assert np.all(np.abs(got[k] - expect[k]) <= np.spacing(np.abs(expect[k]))), k
     history, expect = _simulated("powersgd", {"rank": 2}, 3)
-    rows, got = _flower("powersgd(rank=2)", "powersgd", 3, task.FedAvg64(fraction_evaluate=0.0))
+    rows, got = _flower("powersgd(rank=2, aggregate=powersgd)", 3,
+                     task.FedAvg64(fraction_evaluate=0.0))
     assert [h["bytes_up"] for h in rows] == [m.bytes_up for m in history]
     assert [h["bytes_down"] for h in rows] == [m.bytes_down for m in history]
     for k in expect:
@@ -134,7 +136,7 @@ def test_powersgd_gives_the_simulators_bytes_and_its_factored_tensors_bit_for_bi
 def test_the_rounds_history_breaks_down_the_phases() -> None:
     """Each round's train row counts the whole exchange (the numbers the metrics
     report); the phases' rows show their share; every node holds the server's model."""
-    s, grid, result, models = _run(HGC, "hgc", rounds=3, uplink_mbps=10, downlink_mbps=100)
+    s, grid, result, models = _run(HGC, rounds=3, uplink_mbps=10, downlink_mbps=100)
     rows = _rows(s)
     master, values = _rows(s, "hgc_master"), _rows(s, "hgc_values")
     assert [r["nodes"] for r in master] == [1, 1, 1] and [r["nodes"] for r in values] == [2] * 3
@@ -189,7 +191,7 @@ def test_a_corrupted_phase_answer_is_dropped_and_its_node_restarts_in_step(caplo
         return reply
 
     with caplog.at_level(logging.INFO, logger="fedpress.flower"):
-        s, grid, _, models = _run(HGC, "hgc", rounds=4, tamper=_hook(fn))
+        s, grid, _, models = _run(HGC, rounds=4, tamper=_hook(fn))
     rows = _rows(s)
     assert [r["dropped"] for r in rows] == [0, 1, 0, 0]
     assert [r["restarted"] for r in rows] == [3, 0, 1, 0]
@@ -213,7 +215,7 @@ def test_a_master_that_drops_out_hands_the_mask_to_the_next_node(how: str, caplo
         return reply
 
     with caplog.at_level(logging.WARNING, logger="fedpress.flower"):
-        s, _, _, _ = _run(HGC, "hgc", rounds=3, tamper=_hook(fn))
+        s, _, _, _ = _run(HGC, rounds=3, tamper=_hook(fn))
     masters = [r["round"] for r in _rows(s, "hgc_master")]
     assert masters == [1, 1, 2, 3]  # round 1 asked 101, then 102
     assert [r["dropped"] for r in _rows(s)] == [1, 0, 0]
@@ -236,7 +238,7 @@ def test_an_answer_to_another_phase_is_dropped(caplog) -> None:
         return reply
 
     with caplog.at_level(logging.WARNING, logger="fedpress.flower"):
-        s, _, result, _ = _run(HGC, "hgc", rounds=2, tamper=_hook(fn))
+        s, _, result, _ = _run(HGC, rounds=2, tamper=_hook(fn))
     assert "dropped hgc_values reply: it answers phase 'hgc_master', not 'hgc_values'" \
         in caplog.text
     assert [r["dropped"] for r in _rows(s)] == [1, 1]
@@ -254,7 +256,7 @@ def test_a_node_that_loses_its_state_answers_an_error_and_restarts(caplog) -> No
 
     hook = _hook(fn)
     with caplog.at_level(logging.WARNING, logger="fedpress.flower"):
-        s, grid, _, models = _run(HGC, "hgc", rounds=3, tamper=hook)
+        s, grid, _, models = _run(HGC, rounds=3, tamper=hook)
     assert "holds no exchange state where the server expects one" in caplog.text
     assert [r["restarted"] for r in _rows(s)] == [3, 0, 1]
     held = _held(grid, 102)
@@ -267,7 +269,7 @@ def test_powersgd_goes_on_without_a_node_that_drops_out_of_its_second_phase(capl
             else reply
 
     with caplog.at_level(logging.WARNING, logger="fedpress.flower"):
-        s, _, result, _ = _run(PSGD, "powersgd", rounds=3, tamper=_hook(fn))
+        s, _, result, _ = _run(PSGD, rounds=3, tamper=_hook(fn))
     assert "node 103 left out of PowerSGD's exchange: no reply to powersgd_second" \
         in caplog.text
     assert [r["dropped"] for r in _rows(s)] == [0, 1, 0]
@@ -282,7 +284,7 @@ def test_a_first_reply_that_does_not_unpack_is_dropped(caplog) -> None:
         return reply
 
     with caplog.at_level(logging.WARNING, logger="fedpress.flower"):
-        s, _, _, _ = _run(PSGD, "powersgd", rounds=2, tamper=_hook(fn))
+        s, _, _, _ = _run(PSGD, rounds=2, tamper=_hook(fn))
     assert "dropping the reply of node 101: protocol message: the layout names Array " \
         "'x/w'" in caplog.text
     assert [r["dropped"] for r in _rows(s)] == [1, 1]
@@ -295,26 +297,25 @@ def test_a_round_without_a_node_through_every_phase_fails_the_run() -> None:
         return None if _phase(reply) == "hgc_master" else reply
 
     with pytest.raises(FailedRoundsError) as failed:
-        _run(HGC, "hgc", rounds=2, tamper=_hook(fn))
+        _run(HGC, rounds=2, tamper=_hook(fn))
     assert "round 1: 0 of 3 replies decodable: 3x no reply to hgc_master" in str(failed.value)
 
 
 def test_a_client_without_the_mod_is_dropped_with_the_reason() -> None:
     with pytest.raises(FailedRoundsError, match="compression_mod"):
-        _run(HGC, "hgc", rounds=1, app=_numpy_app(with_mod=False))
+        _run(HGC, rounds=1, app=_numpy_app(with_mod=False))
 
 
 # -- settings -------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, match", [
-    ({"strategy": FedAvg(fraction_train=0.5), "uplink": HGC, "exchange": "hgc"},
-     "fraction=1"),
-    ({"uplink": HGC, "exchange": "hgc", "downlink": "fpz"}, "no downlink plan"),
-    ({"uplink": "hgc(density=0.05, send=weights)", "exchange": "hgc"}, "send='update'"),
-    ({"uplink": "fpz", "exchange": "hgc"}, "use plan='hgc'"),
-    ({"uplink": "hgc(density=0.05, colour=red)", "exchange": "hgc"}, "unknown options"),
-    ({"uplink": "fpz", "exchange": "mean"}, "single-message exchange"),
-    ({"uplink": "fpz", "exchange": "median"}, "unknown aggregate 'median'"),
-    ({"uplink": PSGD, "exchange": "powersgd", "downlink": "fpz(send=update)"},
+    ({"strategy": FedAvg(fraction_train=0.5), "uplink": HGC}, "fraction=1"),
+    ({"uplink": HGC, "downlink": "fpz"}, "no downlink plan"),
+    ({"uplink": "hgc(density=0.05, send=weights, aggregate=hgc)"}, "send='update'"),
+    ({"uplink": "fpz(aggregate=hgc)"}, "use plan='hgc'"),
+    ({"uplink": "hgc(density=0.05, colour=red, aggregate=hgc)"}, "unknown options"),
+    ({"uplink": "signsgd(aggregate=vote)"}, "the wrapped strategy aggregates"),
+    ({"uplink": "fpz(aggregate=median)"}, "unknown aggregate 'median'"),
+    ({"uplink": PSGD, "downlink": "fpz(send=update)"},
      "send=update on the downlink is not supported"),
 ])
 def test_settings_a_protocol_cannot_run_are_refused(kwargs: dict, match: str) -> None:
@@ -323,26 +324,24 @@ def test_settings_a_protocol_cannot_run_are_refused(kwargs: dict, match: str) ->
         CompressedStrategy(strategy, **kwargs)
 
 
-def test_the_run_config_selects_the_exchange() -> None:
+def test_the_uplink_spec_selects_the_protocol_in_code_and_run_config() -> None:
+    """``aggregate=`` in the uplink spec, as in the simulator's plan specs; updates
+    unless the spec says ``send=``; ``aggregate=mean`` (the default) and specs without
+    it send one frame per reply (``hgc(...)`` alone is UpdateEncoder's one-stream
+    codec)."""
     s = CompressedStrategy.from_run_config(FedAvg(), {
-        "fedpress-uplink": "hgc(density=0.01, warmup=2)", "fedpress-exchange": "hgc"})
+        "fedpress-uplink": "hgc(density=0.01, warmup=2, aggregate=hgc)"})
     assert s.uplink == Link("hgc", {"density": 0.01, "warmup": 2}, send="update",
-                            exchange="hgc")
+                            aggregate="hgc")
     assert s.rounds is not None and s.rounds.protocol.title == "HGC"
     assert Link.parse(s.uplink.spec) == s.uplink  # what the clients read back
-    s = CompressedStrategy.from_run_config(FedAvg(), {"fedpress-uplink": "fpz",
-                                                      "fedpress-exchange": "none"})
-    assert s.rounds is None
-    s = CompressedStrategy.from_run_config(FedAvg(), {"fedpress-uplink": PSGD},
-                                           exchange="powersgd")
-    assert s.rounds is not None and s.uplink.send == "update"
-    with pytest.raises(fedpress.ConfigError, match="fedpress-exchange"):
-        CompressedStrategy.from_run_config(FedAvg(), {"fedpress-exchange": 3})
-    with pytest.raises(fedpress.ConfigError, match=r"exchange='hgc': .*use plan='hgc'"):
-        CompressedStrategy.from_run_config(FedAvg(), {"fedpress-uplink": "fpz",
-                                                      "fedpress-exchange": "hgc"})
-    # without exchange, hgc(...) stays the one-stream codec of UpdateEncoder
-    assert CompressedStrategy(FedAvg(), uplink="hgc(density=0.05)").rounds is None
+    s = CompressedStrategy(FedAvg(), uplink=PSGD)
+    assert s.rounds is not None and s.rounds.protocol.title == "PowerSGD"
+    for spec in ("fpz(aggregate=mean)", "hgc(density=0.05)"):
+        assert CompressedStrategy(FedAvg(), uplink=spec).rounds is None
+    with pytest.raises(fedpress.ConfigError, match=r"'fedpress-uplink' = 'fpz.aggregate=hgc.'"
+                                                   r".*use plan='hgc'"):
+        CompressedStrategy.from_run_config(FedAvg(), {"fedpress-uplink": "fpz(aggregate=hgc)"})
 
 
 def test_parameters_are_the_float_tensors_but_batchnorms_statistics() -> None:
@@ -401,8 +400,8 @@ def test_the_flower_side_loads_without_torch_or_the_simulator() -> None:
         "from fedpress.flower import payload, phases, protocols, rounds, sizes\n"
         "from fedpress.flower import CompressedStrategy\n"
         "from flwr.serverapp.strategy import FedAvg\n"
-        "CompressedStrategy(FedAvg(), uplink='hgc(density=0.01)', exchange='hgc')\n"
-        "CompressedStrategy(FedAvg(), uplink='powersgd(rank=2)', exchange='powersgd')\n"
+        "CompressedStrategy(FedAvg(), uplink='hgc(density=0.01, aggregate=hgc)')\n"
+        "CompressedStrategy(FedAvg(), uplink='powersgd(rank=2, aggregate=powersgd)')\n"
         "bad = [m for m in sys.modules if m.startswith(('torch', 'matplotlib', 'fedpress.sim'))\n"
         "       and sys.modules[m] is not None]\n"
         "assert not bad, bad\n"

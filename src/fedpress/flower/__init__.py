@@ -8,7 +8,8 @@ Two pieces, one on each end:
 
 Frames travel as Flower ``Array``s of stype :data:`STYPE` (no pickle). HGC's and
 PowerSGD's multi-phase exchanges run as more train messages per round
-(``exchange=``; :mod:`.rounds`, :mod:`.phases`). See the README's "Use with Flower"
+(an uplink spec with ``aggregate=hgc`` or ``aggregate=powersgd``; :mod:`.rounds`,
+:mod:`.phases`). See the README's "Use with Flower"
 and ``examples/flower/``.
 """
 

@@ -11,9 +11,11 @@ to the plan, except the link's own settings:
 * ``reference`` (uplink, weights): code the weights against the model the client
   started from (both ends hold it);
 * ``eb``, ``mode``: the error bound of the plan's error-bounded codecs;
-* ``exchange`` (uplink): the round protocol the plan runs (``"hgc"``, ``"powersgd"``,
-  see :mod:`fedpress.exchange`): the plan's options are then the protocol's, and
-  its messages are the protocol's, not fedpress frames (:mod:`.phases`).
+* ``aggregate`` (uplink), as in the simulator's plan specs: ``hgc`` or ``powersgd``
+  runs that round protocol of :mod:`fedpress.exchange` (HGC's shared mask,
+  PowerSGD's two phases) instead of one frame per reply: the plan's options are then
+  the protocol's, its messages the protocol's (:mod:`.rounds`, :mod:`.phases`), and
+  ``send`` defaults to ``update``; ``mean`` (the default) is one frame per reply.
 
 The server's strategy wrapper holds both links; it tells each client both links in
 the config of every message (keys ``fedpress-*``), so a client is configured in one
@@ -68,10 +70,10 @@ class Link:
         Uplink weights coded against the model the client started from.
     eb, mode : float, str
         The error bound of the plan's error-bounded codecs.
-    exchange : str or None
+    aggregate : str or None
         The round protocol the plan runs (an aggregation name of
-        :func:`fedpress.exchange.exchanges`: ``"hgc"``, ``"powersgd"``); ``None``:
-        one fedpress frame per message.
+        :func:`fedpress.exchange.exchanges`: ``"hgc"``, ``"powersgd"``); ``None``
+        (spec ``mean``): one fedpress frame per message.
     """
 
     plan: str | None = None
@@ -80,7 +82,7 @@ class Link:
     reference: bool = False
     eb: float = 1e-2
     mode: str = "rel"
-    exchange: str | None = None
+    aggregate: str | None = None
 
     @classmethod
     def parse(cls, spec: str | Link | None, **overrides: Any) -> Link:
@@ -95,9 +97,11 @@ class Link:
                 raise ConfigError("a link's plan is a name or codec id with options, "
                                   "not JSON rules")
             settings = {k: options.pop(k) for k in ("send", "reference", "eb", "mode",
-                                                    "exchange") if k in options}
-            if settings.get("exchange") in ("none", ""):
-                settings["exchange"] = None
+                                                    "aggregate") if k in options}
+            if settings.get("aggregate") in ("mean", "none", ""):
+                settings["aggregate"] = None
+            if settings.get("aggregate") is not None:  # every protocol averages updates
+                settings.setdefault("send", "update")
             plan = None if name in (None, "", "none", "raw") else str(name)
             link = cls(plan, options, **settings)
         if overrides:
@@ -115,10 +119,10 @@ class Link:
         if self.reference and (self.plan is None or self.send != "weights"):
             raise ConfigError("reference=true codes the weights against the model the "
                               "client started from: it needs a plan and send='weights'")
-        if self.exchange is not None:
-            if not isinstance(self.exchange, str) or self.plan is None:
-                raise ConfigError(f"exchange must name a round protocol and go with a plan, "
-                                  f"got exchange={self.exchange!r}, plan={self.plan!r}")
+        if self.aggregate is not None:
+            if not isinstance(self.aggregate, str) or self.plan is None:
+                raise ConfigError(f"aggregate names a round protocol and goes with a plan, "
+                                  f"got aggregate={self.aggregate!r}, plan={self.plan!r}")
             return  # the protocol checks its options (CompressedStrategy)
         self.encoder()  # the plan and its options, checked now rather than mid-run
 
@@ -127,15 +131,15 @@ class Link:
         """The spec string :meth:`parse` reads back into an equal link."""
         items = {**self.options, "send": self.send, "reference": self.reference,
                  "eb": self.eb, "mode": self.mode}
-        if self.exchange is not None:
-            items["exchange"] = self.exchange
+        if self.aggregate is not None:
+            items["aggregate"] = self.aggregate
         body = ", ".join(f"{k}={_text(v)}" for k, v in items.items())
         return f"{self.plan or 'none'}({body})"
 
     def encoder(self, peer: str = "default") -> fedpress.UpdateEncoder | None:
         """A new encoder for this link's plan (``None`` for raw arrays, and for a round
         protocol's link, whose messages the protocol codes)."""
-        if self.plan is None or self.exchange is not None:
+        if self.plan is None or self.aggregate is not None:
             return None
         return fedpress.UpdateEncoder(self.plan, self.mode, self.eb, peer=peer, **self.options)
 
@@ -176,20 +180,6 @@ class Link:
         if encoder is None:
             return base
         return fedpress.trusting(encoder.plan, base)
-
-
-def exchange_link(spec: str | Link | None, exchange: str | None, **overrides: Any) -> Link:
-    """The uplink for a round protocol ``exchange`` (``None``: ``spec`` as it is): a
-    spec string that does not say ``send=`` sends updates, which every protocol's
-    exchange averages."""
-    if exchange is None or isinstance(spec, Link):
-        extra = {} if exchange is None else {"exchange": exchange}
-        return Link.parse(spec, **extra, **overrides)
-    if spec is not None and not isinstance(spec, str):
-        raise ConfigError(f"a link is a plan spec string, got {spec!r}")
-    given = Plan.parse(spec)[1]
-    send = {} if "send" in given else {"send": "update"}
-    return Link.parse(spec, exchange=exchange, **send, **overrides)
 
 
 def sleep_for(config: dict, nbytes: int, direction: int) -> None:

@@ -95,7 +95,7 @@ def _mod(message: Message, context: Context,
     link = Link.parse(config[KEY_UPLINK])
     down = Link.parse(config[KEY_DOWNLINK]) if KEY_DOWNLINK in config else None
     train = message.metadata.message_type.split(".")[0] == "train"
-    if train and link.exchange is not None:  # a round protocol's end answers
+    if train and link.aggregate is not None:  # a round protocol's end answers
         return exchange_mod(message, context, call_next, config, link,
                             down if down is not None else Link.parse(None))
     if train:  # found before the app trains, not after

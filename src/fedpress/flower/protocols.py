@@ -1,6 +1,6 @@
 """Which round protocol a Flower app's links run, and what both of its ends share.
 
-An uplink with ``exchange`` set (:class:`~fedpress.flower.link.Link`) runs that round
+An uplink with ``aggregate`` set (:class:`~fedpress.flower.link.Link`) runs that round
 protocol of :mod:`fedpress.exchange` (HGC's shared mask, PowerSGD's two phases): the
 server drives the protocol's server end (:mod:`.rounds`), each client's mod its
 client end (:mod:`.phases`). Both build the protocol the same way from the two links
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..exchange import RoundProtocol, SingleExchange, exchange_for
+from ..exchange import RoundProtocol, SingleExchange, exchange_for, exchanges
 from .link import Link
 
 #: the ArrayRecord key of a later phase's payload, and of its answer
@@ -60,31 +60,33 @@ def settings_of(uplink: Link, downlink: Link, fraction: float = 1.0) -> FlowerSe
 
 
 def protocol_for(uplink: Link, downlink: Link, fraction: float = 1.0) -> RoundProtocol:
-    """The round protocol ``uplink.exchange`` names, checked against the links.
+    """The round protocol ``uplink.aggregate`` names, checked against the links.
 
     Raises
     ------
     fedpress.ConfigError
         No such protocol, settings it refuses (its message says which), the
-        single-message exchange (the wrapper's default: leave ``exchange`` unset), or a
-        downlink in update mode (not supported with a protocol).
+        single-message exchange's other aggregation (``vote``: the wrapped strategy
+        aggregates), or a downlink in update mode (not supported with a protocol).
     """
-    name = uplink.exchange
+    name = uplink.aggregate
     if name is None:
-        raise ConfigError("this uplink runs no round protocol (exchange is not set)")
+        raise ConfigError("this uplink runs no round protocol (no aggregate= in its spec)")
     try:
         protocol = exchange_for(settings_of(uplink, downlink, fraction), name)
     except ConfigError as exc:
-        raise ConfigError(f"exchange={name!r}: {exc} (with Flower: the uplink spec gives "
+        raise ConfigError(f"uplink {uplink.spec}: {exc} (with Flower: the uplink spec gives "
                           "the plan, its options and send; the wrapped strategy's "
                           "fraction_train the fraction)") from None
     if isinstance(protocol, SingleExchange):
-        raise ConfigError(f"exchange={name!r} is the single-message exchange, "
-                          "CompressedStrategy's default: leave exchange unset (the wrapped "
-                          "strategy aggregates)")
+        raise ConfigError(f"uplink aggregate={name!r}: with Flower the wrapped strategy "
+                          "aggregates the replies of one frame each (leave aggregate= out); "
+                          "aggregate= selects a round protocol: "
+                          + ", ".join(k for k, v in exchanges().items()
+                                      if not issubclass(v, SingleExchange)))
     if downlink.send != "weights":
-        raise ConfigError(f"exchange={name!r}: the downlink sends the weights with a round "
-                          "protocol (send=update on the downlink is not supported)")
+        raise ConfigError(f"uplink aggregate={name!r}: the downlink sends the weights with a "
+                          "round protocol (send=update on the downlink is not supported)")
     return protocol
 
 

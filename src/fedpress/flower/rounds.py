@@ -1,8 +1,9 @@
 """The server's end of a round protocol: HGC's and PowerSGD's rounds over a Flower grid.
 
 :class:`ExchangeRounds` is what :class:`~fedpress.flower.CompressedStrategy` runs when
-its uplink names a round protocol (``exchange=``). It drives the protocol's server
-end (:class:`fedpress.exchange.ServerEnd`) the way the simulator does:
+its uplink names a round protocol (``aggregate=hgc``, ``aggregate=powersgd``). It
+drives the protocol's server end (:class:`fedpress.exchange.ServerEnd`) the way the
+simulator does:
 
 1. ``configure_train``: the wrapped strategy picks the nodes; each gets the
    protocol's first message (``ServerEnd.downlink``) in place of the model, packed

@@ -51,12 +51,13 @@ and phase.
 (``[tool.flwr.app.config]``, keys ``fedpress-*``), so that a plan is switched with
 ``flwr run --run-config`` rather than in code.
 
-With ``exchange="hgc"`` or ``"powersgd"`` (run config ``fedpress-exchange``) the uplink
-runs that round protocol of :mod:`fedpress.exchange` instead: HGC's shared top-k mask
-or PowerSGD's two phases, their later phases sent as more train messages in the same
-round (:mod:`.rounds` on this end, :mod:`.phases` in the clients' mod)::
+An uplink spec with ``aggregate=hgc`` or ``aggregate=powersgd`` (as in the
+simulator's plan specs) runs that round protocol of :mod:`fedpress.exchange` instead:
+HGC's shared top-k mask or PowerSGD's two phases, their later phases sent as more
+train messages in the same round (:mod:`.rounds` on this end, :mod:`.phases` in the
+clients' mod)::
 
-    strategy = CompressedStrategy(FedAvg(), uplink="hgc(density=0.01)", exchange="hgc")
+    strategy = CompressedStrategy(FedAvg(), uplink="hgc(density=0.01, aggregate=hgc)")
 """
 
 from __future__ import annotations
@@ -88,7 +89,6 @@ from .link import (
     KEY_UPLINK,
     REPLY_KEY,
     Link,
-    exchange_link,
 )
 from .protocols import protocol_for
 from .rounds import ExchangeRounds
@@ -104,7 +104,7 @@ _REASONS_SHOWN, _REASON_CHARS = 4, 400
 #: the run config keys :meth:`CompressedStrategy.from_run_config` reads
 RUN_CONFIG_KEYS = ("fedpress-uplink", "fedpress-downlink", "fedpress-eb", "fedpress-mode",
                    "fedpress-uplink-mbps", "fedpress-downlink-mbps", "fedpress-latency-s",
-                   "fedpress-delay", "fedpress-max-failed-rounds", "fedpress-exchange")
+                   "fedpress-delay", "fedpress-max-failed-rounds")
 
 
 class FailedRoundsError(FedpressError, RuntimeError):
@@ -121,7 +121,11 @@ class CompressedStrategy(Strategy):
         The strategy that samples, configures and aggregates.
     uplink, downlink : str or Link or None
         Plan specs (``"fedsz"``, ``"gaeb(reference=true)"``, ``"ef:topk(ratio=0.01,
-        send=update)"``; ``None``/``"none"``: raw arrays). See :mod:`.link`.
+        send=update)"``; ``None``/``"none"``: raw arrays). See :mod:`.link`. An
+        uplink with ``aggregate=hgc`` (``"hgc(density=0.01, aggregate=hgc)"``: every
+        node every round, no downlink plan) or ``aggregate=powersgd``
+        (``"powersgd(rank=2, aggregate=powersgd)"``) runs that round protocol
+        (:mod:`.rounds`).
     uplink_mbps, downlink_mbps : float, optional
         Bandwidths for the simulated communication time in the metrics.
     latency_s : float
@@ -138,12 +142,6 @@ class CompressedStrategy(Strategy):
         :meth:`Link.peer_limits`: name a codec that is not peer-safe in
         ``Limits(codecs=...)`` to decode it in this process rather than in a child
         process).
-    exchange : str, optional
-        A round protocol the uplink runs instead of one frame per reply: ``"hgc"``
-        (HGC's shared mask; uplink ``hgc(...)``, every node every round, no downlink
-        plan) or ``"powersgd"`` (its two phases; uplink ``powersgd(...)``). The uplink
-        spec gives the protocol's options; it sends updates unless it says ``send=``.
-        See :mod:`.rounds`.
 
     Raises
     ------
@@ -156,12 +154,12 @@ class CompressedStrategy(Strategy):
                  downlink: str | Link | None = None, *, uplink_mbps: float | None = None,
                  downlink_mbps: float | None = None, latency_s: float = 0.0,
                  delay: bool = False, max_failed_rounds: int | None = 1,
-                 limits: Limits | None = None, exchange: str | None = None) -> None:
+                 limits: Limits | None = None) -> None:
         if not isinstance(strategy, Strategy):
             raise ConfigError("CompressedStrategy wraps a flwr.serverapp.strategy.Strategy "
                               f"(FedAvg, FedProx, ...), got {type(strategy).__name__}")
         self.strategy = strategy
-        self.uplink, self.downlink = exchange_link(uplink, exchange), Link.parse(downlink)
+        self.uplink, self.downlink = Link.parse(uplink), Link.parse(downlink)
         if self.downlink.reference:
             raise ConfigError("reference=true is an uplink setting")
         for link in (self.uplink, self.downlink):  # the server decodes one, encodes the other
@@ -197,7 +195,7 @@ class CompressedStrategy(Strategy):
         self.latency_s, self.delay = float(latency_s), bool(delay)
         #: the round protocol's rounds (None: one frame per message)
         self.rounds: ExchangeRounds | None = None
-        if self.uplink.exchange is not None:
+        if self.uplink.aggregate is not None:
             fraction = float(getattr(strategy, "fraction_train", 1.0))
             self.rounds = ExchangeRounds(self, protocol_for(self.uplink, self.downlink,
                                                             fraction))
@@ -236,8 +234,6 @@ class CompressedStrategy(Strategy):
         ``fedpress-latency-s``          one-way latency of that time (>= 0)
         ``fedpress-delay``              true: clients sleep for their transfer times
         ``fedpress-max-failed-rounds``  int >= 0 (0: never stop)
-        ``fedpress-exchange``           a round protocol the uplink runs (``"hgc"``,
-                                        ``"powersgd"``; ``"none"``: one frame per reply)
         ==============================  ===================================================
 
         Other ``fedpress-*`` keys are refused (a misspelt key would otherwise be
@@ -270,13 +266,6 @@ class CompressedStrategy(Strategy):
                               f"fedpress reads {', '.join(RUN_CONFIG_KEYS)}")
         cfg = {k: run_config[k] for k in RUN_CONFIG_KEYS if k in run_config}
         args = dict(defaults)
-        exchange = args.pop("exchange", None)
-        if "fedpress-exchange" in cfg:
-            exchange = cfg["fedpress-exchange"]
-            if not isinstance(exchange, str):
-                raise ConfigError("run config 'fedpress-exchange' must be a protocol name "
-                                  f"such as 'hgc' or 'powersgd', got {exchange!r}")
-            exchange = None if exchange in ("", "none") else exchange
 
         def bad(key: str, what: str) -> ConfigError:
             return ConfigError(f"run config {key!r} must be {what}, got {cfg[key]!r}")
@@ -309,13 +298,19 @@ class CompressedStrategy(Strategy):
                 given = set(Plan.parse(spec)[1]) if isinstance(spec, str) else set()
                 extra = {} if isinstance(spec, Link) else {
                     k: v for k, v in bound.items() if k not in given}
-                args[name] = exchange_link(spec, exchange, **extra) if name == "uplink" \
-                    else Link.parse(spec, **extra)
+                args[name] = Link.parse(spec, **extra)
             except ConfigError as exc:
                 where = f"run config {key!r} = {spec!r}" if key in cfg else name
-                if name == "uplink" and exchange is not None:
-                    where += f" (fedpress-exchange {exchange!r})"
                 raise ConfigError(f"{where}: {exc}") from None
+        up = args.get("uplink")
+        if isinstance(up, Link) and up.aggregate is not None:  # the protocol's own checks
+            try:
+                protocol_for(up, Link.parse(args.get("downlink")),
+                             float(getattr(strategy, "fraction_train", 1.0)))
+            except ConfigError as exc:
+                where = "run config 'fedpress-uplink'" if "fedpress-uplink" in cfg else "uplink"
+                raise ConfigError(f"{where} = {cfg.get('fedpress-uplink', up.spec)!r}: "
+                                  f"{exc}") from None
         for key, arg in (("fedpress-uplink-mbps", "uplink_mbps"),
                          ("fedpress-downlink-mbps", "downlink_mbps")):
             if key in cfg:

@@ -1,0 +1,1 @@
+"""A Flower app running fedpress's round protocols (test code only)."""
