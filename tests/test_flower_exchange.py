@@ -277,6 +277,36 @@ def test_powersgd_goes_on_without_a_node_that_drops_out_of_its_second_phase(capl
     assert all(np.isfinite(v).all() for v in wire.state_of(result.arrays).values())
 
 
+def test_a_node_asked_for_a_phase_its_protocol_lacks_answers_an_error() -> None:
+    """The mod answers a phase from the protocol's client end, without the app; a phase
+    the protocol does not have, or one before the node trained, is an error reply
+    naming it (the server drops the node and starts it afresh)."""
+    from flwr.app import ConfigRecord, Context
+
+    from fedpress.flower.link import KEY_DOWNLINK, KEY_LAYOUT, KEY_PHASE, KEY_UPLINK
+
+    InlineGrid(_numpy_app(), 1)  # makes this process a server (messages need one)
+    called: list = []
+    for phase, state, reason in (
+            ("hgc_bogus", {"held/w": INIT["w"]}, "ConfigError: this exchange has no phase "
+                                                 "'hgc_bogus'"),
+            ("hgc_values", {"held/w": INIT["w"]}, "phase 'hgc_values' before this client "
+                                                  "trained"),
+            ("hgc_master", None, "holds no exchange state")):
+        record, layout = pack((0.05, True, False))
+        message = Message(RecordDict({PAYLOAD_KEY: record, "config": ConfigRecord({
+            KEY_UPLINK: Link.parse(HGC).spec, KEY_DOWNLINK: Link.parse(None).spec,
+            KEY_PHASE: phase, KEY_LAYOUT: layout})}), dst_node_id=101, message_type="train")
+        context = Context(run_id=1, node_id=101, node_config={}, state=RecordDict(),
+                          run_config={})
+        if state is not None:
+            context.state[END_KEY] = wire.plain_record(state)
+        reply = compression_mod(message, context, lambda m, c: called.append(m))
+        assert reply.has_error() and reason in reply.error.reason, reply.error.reason
+        assert f"phase {phase}" in reply.error.reason
+    assert called == []  # the app never ran
+
+
 def test_a_first_reply_that_does_not_unpack_is_dropped(caplog) -> None:
     def fn(node: int, reply: Message, rnd: int) -> Message:
         if node == 101 and _phase(reply) == "train":

@@ -528,6 +528,8 @@ class HGCEnd(ClientEnd):
         return out, raw_bytes(out)
 
     def answer(self, phase: str, payload: Any) -> tuple[Any, int]:
+        if phase not in ("hgc_master", "hgc_values"):
+            return super().answer(phase, payload)
         if self.hgc is None:
             raise FormatError(f"hgc: phase {phase!r} before this client trained")
         if phase == "hgc_master":  # its mask message and values message
@@ -536,13 +538,11 @@ class HGCEnd(ClientEnd):
             mask_msg = self.hgc.encode_mask(self.mask)
             values = self.hgc.encode_update(self.pending, self.mask)
             return (mask_msg, values), len(mask_msg) + len(values)
-        if phase == "hgc_values":  # its values at the master's mask
-            mask_msg, density, compressed, clear = payload
-            self.hgc.configure(density, compressed, clear)
-            self.mask = self.hgc.decode_mask(mask_msg)
-            values = self.hgc.encode_update(self.pending, self.mask)
-            return values, len(values)
-        return super().answer(phase, payload)
+        mask_msg, density, compressed, clear = payload  # hgc_values: at the master's mask
+        self.hgc.configure(density, compressed, clear)
+        self.mask = self.hgc.decode_mask(mask_msg)
+        values = self.hgc.encode_update(self.pending, self.mask)
+        return values, len(values)
 
     def export(self) -> State:
         """``held/``, ``pending/`` and ``mask/`` per tensor, and once the end has its
