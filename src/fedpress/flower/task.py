@@ -1,9 +1,9 @@
 """The fedpress simulator's training, as Flower train/evaluate functions.
 
-``examples/flower/`` uses these, so a Flower app and ``fedpress simulate`` run the
-same experiment: the same dataset split, seeded model, local SGD (seeded by client
-and round) and test set. With the same seed and plan the two give the same
-weights and bytes (tested).
+With these, a Flower app and ``fedpress simulate`` run the same experiment: the same
+dataset split, seeded model, local SGD (seeded by client and round) and test set.
+With the same seed and plan the two give the same weights and bytes (the tests
+compare them; ``examples/flower/`` is Flower's own PyTorch app instead).
 
 Settings (Flower's ``[tool.flwr.app.config]``, all optional): ``dataset``
 (``fashion-mnist``, ``digits``, ``cifar10``), ``data-dir``, ``model``, ``local-steps``,
