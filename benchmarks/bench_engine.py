@@ -925,17 +925,18 @@ def main(argv: list[str] | None = None) -> int:
         if "sizes" in sections:
             sizes = [int(float(s)) for s in a.sizes.split(",") if s]
             srels = [float(r) for r in (a.size_rels or a.rels).split(",")]
-            real_model = next((m for m in ["resnet18", *models]
-                               if all(os.path.exists(os.path.join(a.data, f"{m}_{CLASSES[c]}.npz"))
-                                      for c in a.size_real.split(",") if c)), None)
             sources: list[tuple[str, Callable[[int], np.ndarray]]] = [
                 ("laplace", laplace_like)]
-            if real_model:
-                for c in [c for c in a.size_real.split(",") if c]:
-                    ts = load_tensors(os.path.join(a.data, f"{real_model}_{CLASSES[c]}.npz"),
-                                      a.min_elems)
-                    sources.append((f"{real_model}/{c}",
-                                    lambda k, ts=ts: real_of_size(ts, k)))  # type: ignore[misc]
+            for c in [c for c in a.size_real.split(",") if c]:
+                real_model = next((m for m in ["resnet18", *models] if os.path.exists(
+                    os.path.join(a.data, f"{m}_{CLASSES[c]}.npz"))), None)
+                if real_model is None:
+                    log(f"!! sizes: no model has class {c}")
+                    continue
+                ts = load_tensors(os.path.join(a.data, f"{real_model}_{CLASSES[c]}.npz"),
+                                  a.min_elems)
+                sources.append((f"{real_model}/{c}",
+                                lambda k, ts=ts: real_of_size(ts, k)))  # type: ignore[misc]
             for sname, make in sources:
                 for size in sizes:
                     x = make(size)
