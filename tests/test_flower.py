@@ -558,3 +558,17 @@ def test_message_bytes_is_the_protobuf_size_without_serializing_the_data() -> No
     for m in messages:
         assert message_bytes(m) == message_to_proto(m).ByteSize()
     assert message_bytes(messages[4]) > 2_400_000
+
+
+def test_an_adaptive_uplink_decodes_whatever_each_node_chose(monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path) -> None:
+    """plan ``auto``: each node picks its candidate for its link; the server accepts
+    every candidate's codecs (and only those) and the bound holds."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the calibration cache
+    s, _, result = _run("auto(max_eb=0.01, candidates='zstd|fpz(eb=0.01)')")
+    rows = [h for h in s.history if h["phase"] == "train"]
+    assert [h["dropped"] for h in rows] == [0, 0, 0]
+    assert all(h["bytes_up"] < h["raw_up"] for h in rows)
+    assert s.uplink.peer_limits().codecs == frozenset({"zstd", "fpz"})
+    with pytest.raises(fedpress.ConfigError, match="looser than max_eb"):
+        CompressedStrategy(FedAvg(), uplink="auto(max_eb=0.01, candidates='fpz(eb=0.1)')")

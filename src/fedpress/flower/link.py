@@ -37,6 +37,7 @@ from typing import Any
 import fedpress
 
 from ..abc import Codec
+from ..adaptive import AUTO, auto_options
 from ..errors import ConfigError
 from ..frame import DEFAULT_LIMITS, Limits
 from ..partition import Plan
@@ -136,20 +137,31 @@ class Link:
         body = ", ".join(f"{k}={_text(v)}" for k, v in items.items())
         return f"{self.plan or 'none'}({body})"
 
-    def encoder(self, peer: str = "default") -> fedpress.UpdateEncoder | None:
+    def encoder(self, peer: str = "default",
+                ) -> fedpress.UpdateEncoder | fedpress.AdaptiveEncoder | None:
         """A new encoder for this link's plan (``None`` for raw arrays, and for a round
-        protocol's link, whose messages the protocol codes)."""
+        protocol's link, whose messages the protocol codes; an adaptive one for plan
+        ``auto``, whose ``max_eb`` defaults to the link's ``eb``)."""
         if self.plan is None or self.aggregate is not None:
             return None
+        if self.plan == AUTO:
+            return fedpress.AdaptiveEncoder(
+                **auto_options({"eb": self.eb, "mode": self.mode, **self.options}), peer=peer)
         return fedpress.UpdateEncoder(self.plan, self.mode, self.eb, peer=peer, **self.options)
+
+    def _plans(self) -> list[Plan]:
+        """The plans this link's frames may use (every candidate's, for ``auto``)."""
+        encoder = self.encoder()
+        if encoder is None:
+            return []
+        if isinstance(encoder, fedpress.AdaptiveEncoder):
+            return [c.plan for c in encoder.candidates]
+        return [encoder.plan]
 
     def codecs(self) -> list[Codec]:
         """Every codec this link's plan may use, wrapped ones included (none for raw
         arrays)."""
-        encoder = self.encoder()
-        if encoder is None:
-            return []
-        return [c for codec in encoder.plan.codecs() for c in codec.tree()]
+        return [c for plan in self._plans() for codec in plan.codecs() for c in codec.tree()]
 
     def check_available(self) -> None:
         """:class:`fedpress.MissingDependencyError`, naming the package to install, if a
@@ -176,10 +188,9 @@ class Link:
     def own_limits(self, base: Limits = DEFAULT_LIMITS) -> Limits:
         """``base`` that also accepts every codec of this link in this process, for
         frames from a peer one trusts (a client decoding its server's downlink)."""
-        encoder = self.encoder()
-        if encoder is None:
-            return base
-        return fedpress.trusting(encoder.plan, base)
+        for plan in self._plans():
+            base = fedpress.trusting(plan, base)
+        return base
 
 
 def sleep_for(config: dict, nbytes: int, direction: int) -> None:
@@ -199,6 +210,13 @@ def _text(v: Any) -> str:
     if v is None:
         return "none"
     text = str(v)
-    if any(c in text for c in ",()="):
-        raise ConfigError(f"plan option value {text!r} cannot go in a spec string")
+    if any(c in text for c in ",()=|'\""):  # quoted, if it reads back as it is
+        quoted = f"'{text}'"
+        try:
+            same = Plan.parse(f"x(k={quoted})")[1].get("k") == text
+        except ConfigError:
+            same = False
+        if not same:
+            raise ConfigError(f"plan option value {text!r} cannot go in a spec string")
+        return quoted
     return text

@@ -41,7 +41,16 @@ from ..exchange import apply_changes, changes, raw_bytes, zeros_like
 from ..frame import DEFAULT_LIMITS
 from ..state import MemoryStateStore, TensorState
 from . import wire
-from .link import KEY_BASE, KEY_DOWNLINK, KEY_RESET, KEY_UPLINK, REPLY_KEY, Link, sleep_for
+from .link import (
+    KEY_BASE,
+    KEY_DELAY,
+    KEY_DOWNLINK,
+    KEY_RESET,
+    KEY_UPLINK,
+    REPLY_KEY,
+    Link,
+    sleep_for,
+)
 from .phases import exchange_mod
 
 log = logging.getLogger("fedpress.flower")
@@ -70,6 +79,21 @@ def _hold(store: MemoryStateStore, state: dict[str, np.ndarray]) -> None:
     store.clear(_HELD)
     for name, v in state.items():
         store.put(_HELD, name, TensorState({"value": v}))
+
+
+def _uplink_mbps(context: Context, config: dict) -> float | None:
+    """This node's uplink for an adaptive plan: its node config's
+    ``fedpress-uplink-mbps``, else the simulated link the server set (``fedpress-delay``),
+    else None (the encoder's default)."""
+    value = context.node_config.get("fedpress-uplink-mbps")
+    if value is None and config.get(KEY_DELAY):
+        value = str(config[KEY_DELAY]).split(",")[0]
+    try:
+        mbps = None if value is None else float(value)
+    except (TypeError, ValueError):
+        raise fedpress.ConfigError(f"fedpress-uplink-mbps must be a number, got {value!r}"
+                                   ) from None
+    return mbps if mbps is None or mbps > 0 else None
 
 
 def compression_mod(message: Message, context: Context,
@@ -141,8 +165,13 @@ def _mod(message: Message, context: Context,
         content = changes(start, local) if link.send == "update" else local
         encoder = link.encoder(peer="self")
         assert encoder is not None
-        encoder.store = store
-        frame = encoder.encode(content, reference=start if link.reference else None)
+        reference = start if link.reference else None
+        if isinstance(encoder, fedpress.AdaptiveEncoder):  # the plan for this node's link
+            frame = encoder.encode(content, reference=reference,
+                                   uplink_mbps=_uplink_mbps(context, config))
+        else:
+            encoder.store = store
+            frame = encoder.encode(content, reference=reference)
         sleep_for(config, len(frame), 0)
         out = wire.with_arrays(reply, rkey, wire.frame_record(frame))
         out[REPLY_KEY] = ConfigRecord(
