@@ -56,7 +56,7 @@ def settings(args: argparse.Namespace, spec: str, seed: int) -> dict[str, Any]:
             "uplink_mbps": {"median": args.up_median, "sigma": args.sigma},
             "downlink_mbps": {"median": 5 * args.up_median, "sigma": args.sigma},
             "latency_ms": latency, "bandwidth_drift": args.drift, "seed": seed,
-            "threads": 1, "workers": 1}
+            "test_limit": 5000, "threads": 1, "workers": 1}
 
 
 def _run(config: dict[str, Any], out: str) -> str:
