@@ -74,6 +74,7 @@ import datetime  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -107,6 +108,7 @@ CLASSES = {
     "grad_r05": "grad_r05",
     "grad_r10": "grad_r10",
 }
+CLASS_RE = re.compile(r"^(weights|update|grad)_r(\d\d)$")
 SZ3, NNC = "sz3", "nncodec"
 H0_CODES, H0_PRED = "h0_codes", "h0_pred"
 #: a timed pass is repeated until it has taken at least this long (small sizes)
@@ -131,6 +133,20 @@ def log(msg: str) -> None:
 
 
 # ------------------------------------------------------------------ data
+def class_file(model: str, cls: str) -> str:
+    """The npz name of a data class: ``CLASSES``, or ``weights_rXX`` / ``update_rXX`` /
+    ``grad_rXX`` for any round (``weights`` = the global state dict after round XX)."""
+    stem = CLASSES.get(cls)
+    if stem is None:
+        m = CLASS_RE.match(cls)
+        if m is None:
+            raise ValueError(f"unknown data class {cls!r}: one of {', '.join(CLASSES)} or "
+                             "weights_rXX / update_rXX / grad_rXX")
+        kind = "global" if m.group(1) == "weights" else m.group(1)
+        stem = f"{kind}_r{m.group(2)}"
+    return f"{model}_{stem}.npz"
+
+
 def eb_for(x: np.ndarray, rel: float) -> float:
     """``rel * (max - min)``; a constant tensor falls back to ``rel * |x0|`` (or ``rel``)."""
     rng = float(x.max()) - float(x.min())
@@ -449,20 +465,22 @@ class Cell:
 
 def interleaved(codecs: Sequence[Codec], tensors: Sequence[tuple[str, np.ndarray]],
                 ebs: Sequence[float], rel: float, runs: int, min_pass_s: float = 0.0,
-                ) -> dict[str, Cell]:
+                max_runs: dict[str, int] | None = None) -> dict[str, Cell]:
     """Every codec, ``runs`` rounds, the order rotated each round; best time per codec.
 
     The first round keeps the decoded tensors and checks them against the bound.
     With ``min_pass_s``, a pass faster than that is repeated (``reps`` times, the
-    count fixed by the first round) and its time divided by ``reps``.
+    count fixed by the first round) and its time divided by ``reps``. ``max_runs``
+    caps the rounds of some codecs (a slow peer whose speed is not a target).
     """
     cells = {c.name: Cell() for c in codecs}
     reps = {c.name: 1 for c in codecs}
+    cap = max_runs or {}
     for r in range(runs):
         k = r % len(codecs)
         for c in list(codecs[k:]) + list(codecs[:k]):
             cell = cells[c.name]
-            if cell.error:
+            if cell.error or r >= cap.get(c.name, runs):
                 continue
             try:
                 if r == 0:
@@ -812,7 +830,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=".bench/engine.csv")
     ap.add_argument("--markdown", default="", help="also write the markdown tables here")
     ap.add_argument("--models", default="cnn,resnet18,vggbn")
-    ap.add_argument("--classes", default=",".join(CLASSES))
+    ap.add_argument("--classes", default=",".join(CLASSES),
+                    help="data classes: " + ", ".join(CLASSES) + ", or weights_rXX / "
+                         "update_rXX / grad_rXX for any round; missing files are skipped")
     ap.add_argument("--rels", default=",".join(f"{r:g}" for r in RELS))
     ap.add_argument("--codecs", default="fpz,gaeb",
                     help="fedpress codec ids to measure (a new engine's id can be added)")
@@ -827,7 +847,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="classes whose tensors make the real sources of the sizes section "
                          "(from resnet18, else the first model found)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--workers-classes", default="weights_final,update_r05,grad_r05")
+    ap.add_argument("--workers-classes", default="weights_final,update_r05,grad_r05",
+                    help="ResNet-18 classes of the workers section")
     ap.add_argument("--workers-rels", default="1e-3")
     ap.add_argument("--cpu", type=int, default=0,
                     help="pin single-thread sections to this CPU (-1: no pinning)")
@@ -836,6 +857,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="python of the NNCodec venv (scripts/nncodec_env.sh); '' = skip")
     ap.add_argument("--nncodec-max-size", type=float, default=1e7,
                     help="largest size of the sizes section NNCodec is run at")
+    ap.add_argument("--nncodec-runs", type=int, default=0,
+                    help="timed runs of NNCodec per cell (0: as many as the others); its "
+                         "bytes and bound come from the first")
     ap.add_argument("--clock", choices=sorted(_CLOCKS), default="cpu",
                     help="timer of the single-thread sections: process CPU seconds (default; "
                          "robust when other jobs share the cores) or wall seconds")
@@ -885,6 +909,7 @@ def main(argv: list[str] | None = None) -> int:
     for c in peers:
         notes[c.name] = c.note
     single = {a.cpu} if a.cpu >= 0 else None
+    nnc_cap = {NNC: a.nncodec_runs} if a.nncodec_runs > 0 else {}
     rows: list[dict[str, Any]] = []
     models = [m for m in a.models.split(",") if m]
     try:
@@ -893,7 +918,7 @@ def main(argv: list[str] | None = None) -> int:
         if "classes" in sections:
             for model in models:
                 for cls in a.classes.split(","):
-                    path = os.path.join(a.data, f"{model}_{CLASSES[cls]}.npz")
+                    path = os.path.join(a.data, class_file(model, cls))
                     if not os.path.exists(path):
                         log(f"!! missing {path}")
                         unavailable[f"{model}/{cls}"] = f"missing {path}"
@@ -904,7 +929,7 @@ def main(argv: list[str] | None = None) -> int:
                     for rel in rels:
                         ebs = [eb_for(x, rel) for _, x in tensors]
                         t0 = time.time()
-                        cells = interleaved(peers, tensors, ebs, rel, a.runs)
+                        cells = interleaved(peers, tensors, ebs, rel, a.runs, 0.0, nnc_cap)
                         base = {"section": "classes", "model": model, "data_class": cls,
                                 "rel": rel, "n_tensors": len(tensors), "n_elems": n}
                         rows += rows_of(cells, base, orig, notes)
@@ -929,11 +954,11 @@ def main(argv: list[str] | None = None) -> int:
                 ("laplace", laplace_like)]
             for c in [c for c in a.size_real.split(",") if c]:
                 real_model = next((m for m in ["resnet18", *models] if os.path.exists(
-                    os.path.join(a.data, f"{m}_{CLASSES[c]}.npz"))), None)
+                    os.path.join(a.data, class_file(m, c)))), None)
                 if real_model is None:
                     log(f"!! sizes: no model has class {c}")
                     continue
-                ts = load_tensors(os.path.join(a.data, f"{real_model}_{CLASSES[c]}.npz"),
+                ts = load_tensors(os.path.join(a.data, class_file(real_model, c)),
                                   a.min_elems)
                 sources.append((f"{real_model}/{c}",
                                 lambda k, ts=ts: real_of_size(ts, k)))  # type: ignore[misc]
@@ -946,7 +971,8 @@ def main(argv: list[str] | None = None) -> int:
                     for rel in srels:
                         ebs = [eb_for(x, rel)]
                         t0 = time.time()
-                        cells = interleaved(use, tensors, ebs, rel, a.size_runs, MIN_PASS_S)
+                        cells = interleaved(use, tensors, ebs, rel, a.size_runs, MIN_PASS_S,
+                                            nnc_cap)
                         base = {"section": "sizes", "source": sname, "size": size, "rel": rel,
                                 "n_tensors": 1, "n_elems": size}
                         rows += rows_of(cells, base, 4 * size, notes)
@@ -966,7 +992,7 @@ def main(argv: list[str] | None = None) -> int:
                        and not isinstance(c, FedpressStateful)]
             with ThreadPoolExecutor(a.workers) as pool:
                 for cls in a.workers_classes.split(","):
-                    path = os.path.join(a.data, f"resnet18_{CLASSES[cls]}.npz")
+                    path = os.path.join(a.data, class_file("resnet18", cls))
                     if not os.path.exists(path):
                         log(f"!! workers: missing {path}")
                         continue
