@@ -86,12 +86,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drift", type=float, default=0.5)
     ap.add_argument("--max-eb", type=float, default=1e-2)
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--plans", help="labels to run (default: all)")
     ap.add_argument("--target-drop", type=float, default=1.0)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=".bench/adaptive")
     args = ap.parse_args(argv)
     out, seeds = Path(args.out), [int(s) for s in args.seeds.split(",")]
     specs = plans(args.max_eb)
+    if args.plans:
+        unknown = set(args.plans.split(",")) - set(specs)
+        if unknown:
+            ap.error(f"unknown plans: {', '.join(sorted(unknown))}; choose from "
+                     f"{', '.join(specs)}")
+        specs = {k: v for k, v in specs.items() if k in args.plans.split(",")}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, check=False).stdout.strip()
     todo = [(label, k) for k in seeds for label in specs
