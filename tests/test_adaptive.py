@@ -24,7 +24,7 @@ MODEL = {"conv.weight": (0.01 * RNG.standard_normal((32, 16, 3, 3))).astype(np.f
          "fc.bias": np.zeros(128, np.float32), "bn.num_batches_tracked": np.array(7)}
 #: fixed throughputs (bytes/s): raw is free to run, the lossy coder slow
 RATES = {"raw": (1e10, 1e10), "zstd": (2e8, 5e8), "fpz(eb=0.001)": (1e8, 2e8),
-         "fpz(eb=0.01)": (1e8, 2e8)}
+         "fpz(eb=0.01)": (1e8, 2e8), "gzip": (3e9, 3e9)}
 
 
 def _calibration() -> Calibration:
@@ -84,7 +84,7 @@ def test_ratios_are_remeasured_on_a_sample() -> None:
     enc = AdaptiveEncoder(1e-2, calibration=_calibration(), reprobe=2)
     enc.encode(MODEL, uplink_mbps=1.0)
     first = dict(enc.ratio)
-    assert set(first) == set(RATES) and first["fpz(eb=0.01)"] > first["zstd"] > 1.0
+    assert set(first) == set(RATES) - {"gzip"} and first["fpz(eb=0.01)"] > first["zstd"] > 1.0
     assert first["raw"] < 1.0  # a raw frame carries its header
     enc.encode(MODEL, uplink_mbps=1.0)
     assert enc.age["zstd"] == 2 and enc.age["fpz(eb=0.01)"] == 0
@@ -137,3 +137,15 @@ def test_auto_in_the_simulator_follows_each_clients_link(tmp_path: Path,
     assert drifting.at(1).up_mbps.tolist() != drifting.at(2).up_mbps.tolist()
     assert drifting.at(2).up_mbps.tolist() == drifting.at(2).up_mbps.tolist()
     assert Network.build(2).at(5).up_mbps.tolist() == [10.0, 10.0]
+
+
+def test_a_receiver_with_other_candidates_refuses_the_frame() -> None:
+    """Ends that disagree on the candidates are told so, not silently mis-decoded: a
+    frame of a codec the receiver's candidates lack is refused before decoding."""
+    enc = AdaptiveEncoder(1e-2, "gzip|fpz(eb=0.01)", calibration=_calibration())
+    strict = fedpress.UpdateDecoder(limits=auto_limits(candidates_for(
+        "fpz(eb=0.01)", 1e-2), fedpress.Limits(codecs=frozenset())))
+    blob = enc.encode(MODEL, uplink_mbps=1e5)  # a fast link: gzip, cheaper to run than fpz
+    assert enc.last is not None and enc.last.spec == "gzip"
+    with pytest.raises(fedpress.FormatError, match="gzip"):
+        strict.decode(blob)
