@@ -146,3 +146,16 @@ def test_frame_kinds_are_not_mixed(rng: np.random.Generator) -> None:
         fedpress.decode_update(fedpress.compress(x))
     with pytest.raises(fedpress.FormatError, match="decode_update"):
         fedpress.decompress(fedpress.encode_update({"x": x}))
+
+
+def test_step_sets_sender_schedules_to_the_federations_round() -> None:
+    """DGC's warm-up follows ``step``: a sender whose first message comes in round 10
+    codes at the target density, not at the warm-up's first one."""
+    x = {"w": np.random.default_rng(3).standard_normal(20_000).astype(np.float32)}
+    own = fedpress.UpdateEncoder("dgc", ratio=0.001, warmup=4, approx=False)
+    late = fedpress.UpdateEncoder("dgc", ratio=0.001, warmup=4, approx=False)
+    first, caught_up = own.encode(x), late.encode(x, step=10)
+    assert len(caught_up) < len(first) / 20  # 0.1 % of the values against 25 %
+    assert fedpress.decode_update(caught_up)["w"].shape == (20_000,)
+    with pytest.raises(fedpress.ConfigError, match="step"):
+        own.encode(x, step=-1)

@@ -242,7 +242,7 @@ class UpdateEncoder:
         self.residual_feedback = residual_feedback
 
     def encode(self, state_dict: Any, meta: Mapping[str, Any] | None = None, *,
-               reference: Any = None) -> bytes:
+               reference: Any = None, step: int | None = None) -> bytes:
         """Encode a state dict into one update frame (bytes).
 
         ``reference`` (a state dict both ends hold, e.g. the global model this
@@ -250,7 +250,16 @@ class UpdateEncoder:
         error-bounded ones) and whose name it holds be coded as its difference from
         it, under the bound computed from the tensor itself. The frame records a
         digest of each reference tensor used; decode with the same reference.
+
+        ``step`` (the federation's round, 0-based) sets the round counter of
+        sender-state codecs before they code, so that schedules such as DGC's
+        warm-up follow the federation's rounds rather than this sender's messages
+        (a client that skipped rounds catches up). Mirrored state keeps its own
+        counter, which both ends advance alike.
         """
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int)
+                                 or step < 0):
+            raise ConfigError(f"step must be an int >= 0, got {step!r}")
         tensors = as_state_dict(state_dict)
         refs = None if reference is None else as_state_dict(reference)
         codecs: list[dict[str, Any]] = []
@@ -263,6 +272,8 @@ class UpdateEncoder:
             state = None
             if isinstance(codec, StatefulCodec):
                 state = self.store.get(self.peer, name)
+                if step is not None and codec.scope is Scope.SENDER:
+                    state.round = step
             ref = _usable_reference(codec, name, x, refs)
             ef = self.residual_feedback and hasattr(codec, "encode_with_output")
             if ef:

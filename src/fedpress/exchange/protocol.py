@@ -133,6 +133,8 @@ class ClientEnd(ABC):
 
     def __init__(self) -> None:
         self.held: State | None = None
+        #: the federation's round (1-based; 0: not told), set by the runtime
+        self.round = 0
 
     @abstractmethod
     def receive(self, message: Any) -> State:

@@ -59,8 +59,9 @@ class SingleClient(ClientEnd):
             mbps, latency_ms = self.link
             blob = self.encoder.encode(trained, reference=reference, uplink_mbps=mbps,
                                        latency_ms=latency_ms)
-        else:
-            blob = self.encoder.encode(trained, reference=reference)
+        else:  # sender-state schedules (DGC's warm-up) follow the federation's rounds
+            blob = self.encoder.encode(trained, reference=reference,
+                                       step=self.round - 1 if self.round else None)
         return blob, len(blob)
 
 

@@ -31,8 +31,10 @@ stages are epochs, here they are ``warmup / 4`` rounds each)::
 With the defaults (``ratio=0.001``, ``warmup=4``) that is 0.25, 0.0625, 0.015625,
 0.00390625, then 0.001 from round 4 on; ``warmup=40`` holds each density for 10
 rounds; ``warmup=0`` turns it off. The density never goes below ``ratio``. A round
-here is one encode by this sender (``state.round``): with partial participation a
-client's warm-up follows its own participations, not the global round.
+here is the state's round counter (``state.round``): one encode by this sender, or the
+federation's round when the encoder is told it (``UpdateEncoder.encode(step=...)``;
+the simulator does), so that with partial participation a client's warm-up follows
+the global round rather than its own participations.
 
 ``dgc`` applies momentum itself, on the client: it is meant for
 ``send="gradient"`` (the client sends its raw gradient; the server applies the

@@ -158,6 +158,7 @@ class SimClient:
     def round(self, rnd: int, message: Message | Any, trainer: Trainer) -> ClientResult:
         """Receive ``message`` (the round's first message), train, reply."""
         model, end = trainer.model, self.end
+        end.round = rnd
         t0 = time.perf_counter()
         start = end.receive(message)
         t1 = time.perf_counter()
