@@ -923,7 +923,12 @@ def main(argv: list[str] | None = None) -> int:
                         log(f"!! missing {path}")
                         unavailable[f"{model}/{cls}"] = f"missing {path}"
                         continue
-                    tensors = load_tensors(path, a.min_elems)
+                    try:
+                        tensors = load_tensors(path, a.min_elems)
+                    except Exception as exc:  # e.g. a file still being written
+                        log(f"!! cannot read {path}: {type(exc).__name__}: {exc}")
+                        unavailable[f"{model}/{cls}"] = f"cannot read {path}: {exc}"
+                        continue
                     n = sum(x.size for _, x in tensors)
                     orig = 4 * n
                     for rel in rels:
