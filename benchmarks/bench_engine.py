@@ -57,6 +57,14 @@ Usage (from the project root)::
     python benchmarks/bench_engine.py --codecs fpz,gaeb,NEWID ...   # a new engine's id
     python benchmarks/bench_engine.py --from-csv .bench/engine.csv --markdown engine.md
 
+To measure a commit while the working tree holds uncommitted changes, export it and
+put it first on the path (the header then names the COMMIT)::
+
+    rm -rf /tmp/fedpress-head && mkdir -p /tmp/fedpress-head
+    git archive HEAD src | tar -x -C /tmp/fedpress-head
+    git rev-parse HEAD > /tmp/fedpress-head/COMMIT
+    PYTHONPATH=/tmp/fedpress-head/src python benchmarks/bench_engine.py ...
+
 Progress goes to stderr.
 """
 
@@ -84,6 +92,7 @@ from collections.abc import Callable, Sequence  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from importlib.metadata import PackageNotFoundError, version  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -602,8 +611,41 @@ def workers_cell(codec: Codec, tensors: Sequence[tuple[str, np.ndarray]],
 
 
 # ------------------------------------------------------------------ metadata
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True,
+                          check=True, timeout=10).stdout.strip()
+
+
+def fedpress_source() -> dict[str, str]:
+    """Where the measured fedpress was imported from, and which commit that is.
+
+    From the repository's ``src/``: HEAD and how many files under ``src/`` differ
+    from it (uncommitted work is measured too). From elsewhere (an exported tree,
+    see ``--help``): the hash in a ``COMMIT`` file beside its ``src/``, if any.
+    """
+    pkg = os.path.dirname(os.path.abspath(fedpress.__file__))
+    src = os.path.dirname(pkg)
+    out = {"fedpress_imported_from": pkg}
+    try:
+        if os.path.realpath(src) == os.path.realpath(os.path.join(ROOT, "src")):
+            out["fedpress_commit"] = _git("rev-parse", "--short", "HEAD")
+            dirty = [ln for ln in _git("status", "--porcelain", "--", "src").splitlines()
+                     if ln.strip()]
+            out["src_worktree"] = ("clean" if not dirty else
+                                   f"{len(dirty)} files under src/ differ from the commit "
+                                   "(measured as they are)")
+        else:
+            mark = os.path.join(os.path.dirname(src), "COMMIT")
+            out["fedpress_commit"] = (Path(mark).read_text().strip()[:12] if os.path.exists(mark)
+                                      else "unknown (exported tree without a COMMIT file)")
+            out["repo_head"] = _git("rev-parse", "--short", "HEAD")
+    except Exception:
+        pass
+    return out
+
+
 def versions(nnc: NncodecCodec | None) -> dict[str, str]:
-    """Versions of everything measured, the commit and the state of src/fedpress."""
+    """Versions of everything measured and the commit of the measured fedpress."""
     v = {"python": platform.python_version()}
     for m in ("numpy", "fedpress", "numba", "pysz"):
         try:
@@ -614,16 +656,7 @@ def versions(nnc: NncodecCodec | None) -> dict[str, str]:
         v["nncodec"] = nnc.versions.get("nncodec", "?")
         v["nncodec_numpy"] = nnc.versions.get("numpy", "?")
         v["nncodec_python"] = nnc.versions.get("python", "?")
-    try:
-        v["fedpress_commit"] = subprocess.run(
-            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-            check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "src"],
-                               capture_output=True, text=True, check=True, timeout=10).stdout
-        n = len([ln for ln in dirty.splitlines() if ln.strip()])
-        v["src_worktree"] = "clean" if n == 0 else f"{n} files under src/ differ from the commit"
-    except Exception:
-        pass
+    v.update(fedpress_source())
     return v
 
 
@@ -905,6 +938,7 @@ def main(argv: list[str] | None = None) -> int:
                             "scripts/nncodec_env.sh (skipped)")
     if NNC in unavailable:
         log(f"!! {NNC} skipped: {unavailable[NNC]}")
+    vers = versions(nnc)  # before measuring: the tree may change while this runs
     peers: list[Codec] = [sz3, *codecs] + ([nnc] if nnc else [])
     for c in peers:
         notes[c.name] = c.note
@@ -1028,7 +1062,6 @@ def main(argv: list[str] | None = None) -> int:
                                 f"x{comp[0] / comp[1]:.2f} decompress x{decomp[0] / decomp[1]:.2f}")
             pin(single)
     finally:
-        vers = versions(nnc)
         if nnc:
             nnc.close()
         shutil.rmtree(tmp, ignore_errors=True)
