@@ -48,11 +48,12 @@ def make_decoder(plan: Any, options: Mapping[str, Any]) -> UpdateDecoder | None:
 
 def warm_codecs(plan: Any, options: Mapping[str, Any]) -> None:
     """Encode and decode a probe once, so compiled kernels load before anything is timed."""
-    if plan == AUTO:
-        o = auto_options(options)
-        for c in candidates_for(o.get("candidates"), o.get("max_eb", 1e-2),
-                                o.get("mode", "rel"), bool(o.get("unbounded", False))):
+    if plan == AUTO:  # each candidate's kernels, and its throughput measured once
+        encoder = make_encoder(plan, options)
+        assert isinstance(encoder, AdaptiveEncoder)
+        for c in encoder.candidates:
             warm_codecs(c.plan, {})
+            encoder.calibration.rate(c)
         return
     enc, dec = make_encoder(plan, options), make_decoder(plan, options)
     if enc is not None and dec is not None:
