@@ -8,6 +8,9 @@ every later version still decodes them to exactly these arrays. Existing golden
 files are never rewritten: a run only adds frames for codecs that have none yet
 (a new codec), and a format change gets a new version and new files.
 
+fpz's payload version 3 has its own frames in ``golden_v1_fpz3/`` (``<name>.fpz``,
+arrays under ``fpz3/<name>``), checked by ``test_fpz.py``.
+
 Frames that decode only after the frames before them (mirrored state, e.g.
 ``gaeb``) or with a reference live in ``golden_v1_stateful/`` as
 ``<stream>_r<round>.fpz`` (see :func:`stateful_streams`); their decoded arrays are
@@ -29,6 +32,7 @@ import fedpress
 
 DATA = Path(__file__).parent / "data"
 STATEFUL = DATA / "golden_v1_stateful"
+FPZ3_DIR = DATA / "golden_v1_fpz3"
 
 
 def golden_inputs() -> dict[str, np.ndarray]:
@@ -54,6 +58,15 @@ def golden_inputs() -> dict[str, np.ndarray]:
     stream = [scale * (rng5.standard_normal(scale.shape) + persistent) for _ in range(2)]
     ref_base = 0.05 * rng5.standard_normal((64, 50))
     ref_new = ref_base + 1e-3 * rng5.standard_normal(ref_base.shape)
+    # fpz version 3: rows longer than a block (1-D, two pieces), blocks of whole rows
+    # (mostly dead rows), codes over a wide range (escapes, large shifts, split fields)
+    rng6 = np.random.default_rng(20261128)
+    long1d = np.zeros(300_000)
+    for start in rng6.integers(0, 299_000, 40):
+        long1d[start:start + 800] = rng6.laplace(0.0, 1.0, 800)
+    rows2d = rng6.laplace(0.0, 1.0, (2100, 130)) * rng6.gamma(0.5, 1.0, (2100, 1))
+    rows2d[rng6.random(2100) < 0.8] = 0.0
+    wide = rng6.standard_normal((40, 250)) * 10.0 ** rng6.uniform(-3, 6, (40, 250))
     return {
         "smooth": x.reshape(30, 100),
         "surface": surface.astype(np.float32),
@@ -66,8 +79,21 @@ def golden_inputs() -> dict[str, np.ndarray]:
         "gaeb_r1": stream[1].astype(np.float32),
         "ref_base": ref_base.astype(np.float32),
         "ref_new": ref_new.astype(np.float32),
+        "long1d": long1d.astype(np.float32),
+        "rows2d": rows2d.astype(np.float32),
+        "wide": wide,
     }
 
+
+#: fpz version 3's golden frames: (name, input, compress options)
+FPZ3: list[tuple[str, str, dict[str, Any]]] = [
+    ("fpz3_smooth", "smooth", {"eb": 1e-3}),
+    ("fpz3_grad", "grad", {"eb": 1e-2}),
+    ("fpz3_burst", "burst", {"eb": 1e-3}),
+    ("fpz3_long1d", "long1d", {"eb": 1e-2}),
+    ("fpz3_rows2d", "rows2d", {"eb": 1e-3}),
+    ("fpz3_wide", "wide", {"mode": "abs", "eb": 1e-2}),
+]
 
 Stream = tuple[dict[str, Any], list[tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]]]
 
@@ -89,7 +115,9 @@ def stateful_streams(inputs: dict[str, np.ndarray]) -> dict[str, Stream]:
         # HGC's coding of one stream: round 2's codes are XORed with the prediction
         "hgc": ({"plan": {"default": "zstd", "re:weight$": {"id": "hgc", "density": 0.05}},
                  "residual_feedback": True}, gaeb),
-        # fc.weight against the reference (fpz), fc.bias (zstd) without one
+        # fc.weight against the reference (fpz, payload version 3), fc.bias (zstd)
+        # without one (``fpz2_reference``: the same stream written with version 2,
+        # kept to be decoded)
         "fpz_reference": ({"plan": {"default": "zstd", "re:weight$": "fpz"}, "eb": 1e-3},
                           [(update, reference)]),
     }
@@ -113,12 +141,18 @@ def main() -> None:
     # fpz payload v2 (own rANS): smooth data (lorenzo1d, one lane), a sparse
     # gradient (zero blocks, magnitude context, one lane)
     if "fpz" in fedpress.list_codecs():
-        frames["fpz2_smooth"] = fedpress.compress(inputs["smooth"], codec="fpz", eb=1e-3)
-        frames["fpz2_grad"] = fedpress.compress(inputs["grad"], codec="fpz", eb=1e-2)
+        from fedpress.eblc.fpz import FpzCodec
+
+        def fpz2(eb: float) -> FpzCodec:
+            return FpzCodec(eb=eb, version=2)
+
+        frames["fpz2_smooth"] = fedpress.compress(inputs["smooth"], codec=fpz2(1e-3))
+        frames["fpz2_grad"] = fedpress.compress(inputs["grad"], codec=fpz2(1e-2))
         # four lanes with the magnitude context (bursts of large and small values)
-        frames["fpz2_lanes"] = fedpress.compress(inputs["burst"], codec="fpz", eb=1e-3)
+        frames["fpz2_lanes"] = fedpress.compress(inputs["burst"], codec=fpz2(1e-3))
         # 2-D Lorenzo over the natural axes (a surface smooth along both)
-        frames["fpz2_lorenzo2d"] = fedpress.compress(inputs["surface"], codec="fpz", eb=1e-4)
+        frames["fpz2_lorenzo2d"] = fedpress.compress(inputs["surface"], codec=fpz2(1e-4))
+
     for codec in ("zstd", "blosc-lz", "blosc-zstd", "zlib", "gzip", "xz", "lz4", "raw"):
         frames[codec] = fedpress.compress(inputs["ints"], codec=codec)
     # the gradient compressors (single tensors, and stateful ones in update frames)
@@ -152,6 +186,18 @@ def main() -> None:
                 expected.setdefault(f"{name}/{k}", v)
         else:
             expected.setdefault(name, fedpress.decompress(blob))
+    if "fpz" in fedpress.list_codecs():
+        # fpz payload v3 (adaptive context model): NaN/Inf and lorenzo1d, dead rows,
+        # bursts, rows cut into pieces, several blocks, escapes (test_fpz.py checks them)
+        FPZ3_DIR.mkdir(exist_ok=True)
+        for name, source, opts in FPZ3:
+            path = FPZ3_DIR / f"{name}.fpz"
+            if path.exists():
+                continue
+            blob = fedpress.compress(inputs[source], codec="fpz", **opts)
+            path.write_bytes(blob)
+            written += 1
+            expected[f"fpz3/{name}"] = fedpress.decompress(blob)
     if "gaeb" in fedpress.list_codecs():
         STATEFUL.mkdir(exist_ok=True)
         for stream_name, stream in stateful_streams(inputs).items():

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import fedpress
 from fedpress._bytes import Reader, Writer
-from fedpress.stages import coders, crans, lossless, rans
+from fedpress.stages import acm, coders, crans, lossless, rans
 from fedpress.stages.coders import CODERS, CoderId, EntropyCoder, Symbols
 
 SRC = Path(fedpress.__file__).parent
@@ -251,3 +251,123 @@ def test_importing_stages_and_eblc_loads_no_backend() -> None:
     got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=300)
     assert got.stdout.strip() == "[]"
+
+
+# -- the adaptive context-model coder (fpz version 3's engine) ------------------------
+def _acm_round_trip(x: np.ndarray, cols: int, step: float, pred: int, workers: int = 1,
+                    block_bits: int = acm.BLOCK_BITS) -> tuple[bytes, np.ndarray]:
+    coded = acm.encode(x, cols, step, step / 2, pred, workers, block_bits)
+    assert coded is not None
+    stream, values, n_over = coded
+    out = acm.decode(Reader(stream), x.size, step, x.dtype, pred, workers)
+    assert out.tobytes() == values.tobytes()  # what the encoder said the decoder computes
+    exact = int(np.count_nonzero(~(np.abs(values.astype(np.float64) - x) <= step / 2)))
+    assert n_over == exact
+    return stream, out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_acm_round_trips_any_codes(data: st.DataObject) -> None:
+    """Random shapes, zero rows, codes from 0 to 2**29 (escapes, large shifts), both
+    predictors and dtypes: decode gives the encoder's values, bit for bit."""
+    rows = data.draw(st.integers(1, 40))
+    cols = data.draw(st.integers(1, 300))
+    scale = data.draw(st.sampled_from([0.0, 0.4, 3.0, 200.0, 1e5, 3e8]))
+    dtype = data.draw(st.sampled_from([np.float32, np.float64]))
+    seed = data.draw(st.integers(0, 2**31))
+    pred = data.draw(st.integers(0, 1))
+    rng = np.random.default_rng(seed)
+    q = np.rint(rng.laplace(0.0, 1.0, (rows, cols)) * scale * rng.gamma(0.5, 1.0, (rows, 1)))
+    q[rng.random(rows) < 0.3] = 0.0
+    q = np.clip(q, -(2**29), 2**29)
+    x = (q * 0.02 + rng.uniform(-0.009, 0.009, q.shape)).astype(dtype).reshape(-1)
+    _acm_round_trip(x, cols, 0.02, pred)
+
+
+def test_acm_blocks_and_workers_give_the_same_bytes(rng: np.random.Generator) -> None:
+    x = (rng.laplace(0.0, 1.0, (700, 600)) * rng.gamma(0.5, 1.0, (700, 1))).astype(np.float32)
+    x[rng.random(700) < 0.4] = 0.0
+    flat = x.reshape(-1)
+    assert len(acm.layout(flat.size, 600)) == 7  # blocks of whole rows, 109 rows each
+    one, _ = _acm_round_trip(flat, 600, 0.01, 0, workers=1)
+    for workers in (2, 3):
+        same, _ = _acm_round_trip(flat, 600, 0.01, 0, workers=workers)
+        assert same == one
+    # rows longer than a block are cut into pieces (each a block of one row)
+    pieces = acm.layout(flat.size, flat.size)
+    assert [p[2] for p in pieces] == [1 << 16] * 6 + [flat.size - 6 * (1 << 16)]
+    long_, _ = _acm_round_trip(flat, flat.size, 0.01, 1, workers=2)
+    assert long_ == _acm_round_trip(flat, flat.size, 0.01, 1, workers=1)[0]
+    # smaller blocks: more of them, the same values
+    _, out = _acm_round_trip(flat, 600, 0.01, 0, workers=2, block_bits=12)
+    assert len(acm.layout(flat.size, 600, 12)) == 700 // 6 + 1
+    assert np.array_equal(out, acm.decode(Reader(one), flat.size, 0.01, flat.dtype, 0))
+
+
+def test_acm_zero_rows_and_escapes() -> None:
+    x = np.zeros((50, 100), np.float32)
+    x[10, 5] = 1e6  # after zeros: an escape in its context
+    x[30] = np.linspace(-3, 3, 100)
+    stream, _ = _acm_round_trip(x.reshape(-1), 100, 0.01, 0)
+    assert len(stream) < 200
+    # a tensor of zeros: every row is a zero row, a few bytes in all
+    zeros = np.zeros(100_000, np.float32)
+    assert len(_acm_round_trip(zeros, 1000, 0.01, 0)[0]) < 40
+    assert len(_acm_round_trip(zeros, 1000, 0.01, 1)[0]) < 40
+
+
+def test_acm_overflowing_codes_are_refused() -> None:
+    x = np.array([0.0, 3.0, -1.0], np.float64)
+    assert acm.encode(x, 3, 2.0 / (1 << 30), 1.0 / (1 << 30), 0) is None
+    with pytest.raises(ValueError):
+        acm.encode(x, 2, 0.1, 0.05, 0)
+
+
+def test_acm_refuses_bad_streams(rng: np.random.Generator) -> None:
+    x = (rng.laplace(0.0, 1.0, 5000) * 3).astype(np.float32)
+    stream, _ = _acm_round_trip(x, 100, 0.01, 0)
+    n, dt = x.size, np.dtype(np.float32)
+
+    def decode(b: bytes, count: int = n) -> np.ndarray:
+        return acm.decode(Reader(b), count, 0.01, dt, 0)
+
+    for cut in range(0, len(stream), max(1, len(stream) // 150)):
+        with pytest.raises(fedpress.FormatError):
+            decode(stream[:cut])
+    with pytest.raises(fedpress.FormatError):
+        decode(stream + b"\0\0")
+    w = Writer()
+    w.varint(7)  # 7 columns do not divide 5000
+    with pytest.raises(fedpress.FormatError):
+        decode(w.getvalue() + stream[2:])
+    for bits in (0, 9, 17, 255):
+        bad = bytearray(stream)
+        bad[1] = bits  # after a one-byte varint of 100 columns: the block size
+        with pytest.raises(fedpress.FormatError):
+            decode(bytes(bad))
+    # a word count beyond what the block can need
+    w = Writer()
+    w.varint(100)
+    w.u8(acm.BLOCK_BITS)
+    w.varint(3 * n)
+    w.varint(0)
+    with pytest.raises(fedpress.FormatError):
+        decode(w.getvalue() + bytes(6 * n))
+    # mutated bodies: FormatError or values of the declared count, never a crash
+    for _ in range(300):
+        bad = bytearray(stream)
+        for _ in range(int(rng.integers(1, 4))):
+            bad[int(rng.integers(3, len(bad)))] ^= int(rng.integers(1, 256))
+        try:
+            out = decode(bytes(bad))
+        except fedpress.FormatError:
+            continue
+        assert out.shape == (n,) and out.dtype == dt
+
+
+def test_acm_declares_its_decoding_buffers() -> None:
+    assert acm.decode_extra_bytes(10, 1) < acm.decode_extra_bytes(1 << 20, 1)
+    # one set of block buffers per busy worker: no more workers than blocks
+    assert acm.decode_extra_bytes(1 << 20, 2) == 2 * acm.decode_extra_bytes(1 << 20, 1)
+    assert acm.decode_extra_bytes(1000, 8) == acm.decode_extra_bytes(1000, 1) == 8000

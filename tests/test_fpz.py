@@ -3,6 +3,9 @@ exactly what the decoder computes (the envelope trusts it instead of decoding)."
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -11,11 +14,14 @@ from hypothesis.extra import numpy as hnp
 
 import fedpress
 from fedpress._bytes import Reader, Writer
+from fedpress.eblc.fpz import FpzCodec
+from fedpress.frame import unpack
 from fedpress.stages import ans
 from fedpress.stages.predict import PREDICTORS
 from fedpress.stages.quantize import MAX_CODE, dequantize, quantize
 
-from .common import check_error_bounded
+from .common import assert_within_bound, check_error_bounded
+from .make_golden import FPZ3, golden_inputs
 
 codes = hnp.arrays(np.int64, st.integers(1, 3000), elements=st.integers(-5000, 5000))
 
@@ -54,15 +60,19 @@ def test_predictors_invert_exactly(q: np.ndarray) -> None:
 
 
 def test_lorenzo2d_follows_the_natural_axes(rng: np.random.Generator) -> None:
-    # smooth along both axes of a (rows, cols) matrix: 2-D Lorenzo is chosen and pays
+    # smooth along both axes of a (rows, cols) matrix: 2-D Lorenzo (version 2) pays
     i, j = np.meshgrid(np.linspace(0, 3, 120), np.linspace(0, 4, 90), indexing="ij")
     x = (np.sin(i) * np.cos(j) + 1e-4 * rng.standard_normal(i.shape)).astype(np.float32)
-    c = fedpress.get_codec("fpz", eb=1e-4)
+    c = fedpress.get_codec("fpz", eb=1e-4, predictor="lorenzo2d")
     payload = c.encode(x)
-    assert _fpz_header(payload)["predictor"] == 2
-    check_error_bounded(x, "fpz", "rel", 1e-4)
+    assert _fpz_header(payload)["version"] == 2 and _fpz_header(payload)["predictor"] == 2
+    check_error_bounded(x, "fpz", "rel", 1e-4, predictor="lorenzo2d")
     for fixed in ("none", "lorenzo1d"):
-        assert len(payload) < len(fedpress.get_codec("fpz", eb=1e-4, predictor=fixed).encode(x))
+        v2 = fedpress.get_codec("fpz", eb=1e-4, predictor=fixed, coder="rans").encode(x)
+        assert len(payload) < len(v2)
+    # the default (version 3) predicts such data from the previous value
+    default = fedpress.get_codec("fpz", eb=1e-4).encode(x)
+    assert _fpz_header(default)["version"] == 3 and _fpz_header(default)["predictor"] == 1
     # forced on a 1-D tensor it falls back to lorenzo1d
     flat = x.reshape(-1)
     one_d = fedpress.get_codec("fpz", eb=1e-4, predictor="lorenzo2d").encode(flat)
@@ -82,7 +92,7 @@ def test_quantizer_bound_and_overflow(rng: np.random.Generator) -> None:
 
 
 @pytest.mark.parametrize("predictor", ["auto", "none", "lorenzo1d", "lorenzo2d"])
-@pytest.mark.parametrize("coder", ["auto", "rans", "huffman", "ans", "zstd"])
+@pytest.mark.parametrize("coder", ["auto", "acm", "rans", "huffman", "ans", "zstd"])
 def test_every_stage_combination(predictor: str, coder: str, rng: np.random.Generator) -> None:
     smooth = np.sin(np.linspace(0, 30, 20_000)).astype(np.float32)
     noise = (0.02 * rng.standard_normal(20_000)).astype(np.float32)
@@ -112,6 +122,10 @@ def _fpz_header(payload: bytes) -> dict[str, int]:
     kind, _eb, patches = rd.u8(), rd.f64(), rd.varint()
     assert kind == 2 and patches == 0
     out = {"version": rd.u8(), "mode": rd.u8(), "predictor": rd.u8()}
+    if out["version"] == 3:
+        out["cols"] = rd.varint()
+        out["block_bits"] = rd.u8()
+        return out
     if out["predictor"] == 2:
         out["cols"] = rd.varint()
     out["flags"] = rd.u8()
@@ -124,14 +138,29 @@ def _fpz_header(payload: bytes) -> dict[str, int]:
 @pytest.mark.parametrize("predictor", ["none", "lorenzo1d"])
 def test_zero_blocks_are_skipped(predictor: str, rng: np.random.Generator) -> None:
     g = _sparse_gradient(rng)
-    c = fedpress.get_codec("fpz", eb=1e-2, predictor=predictor)
+    c = fedpress.get_codec("fpz", eb=1e-2, predictor=predictor, coder="rans")
     payload = c.encode(g)
     head = _fpz_header(payload)
     assert head["flags"] == 1 and head["version"] == 2 and head["coder"] == 2
-    check_error_bounded(g, "fpz", "rel", 1e-2, predictor=predictor)
+    check_error_bounded(g, "fpz", "rel", 1e-2, predictor=predictor, coder="rans")
     # the dead rows cost (almost) nothing: the live rows alone are not much smaller
     live = g[np.abs(g).sum(1) > 0]
     assert len(payload) < 1.05 * len(c.encode(live)) + 64
+
+
+@pytest.mark.parametrize("predictor", ["none", "lorenzo1d"])
+def test_zero_rows_cost_almost_nothing(predictor: str, rng: np.random.Generator) -> None:
+    g = _sparse_gradient(rng)
+    c = fedpress.get_codec("fpz", eb=1e-2, predictor=predictor)
+    payload = c.encode(g)
+    assert _fpz_header(payload)["version"] == 3
+    check_error_bounded(g, "fpz", "rel", 1e-2, predictor=predictor)
+    live = g[np.abs(g).sum(1) > 0]
+    # a dead row costs well under a byte: its flag only
+    assert len(payload) < len(c.encode(live)) + (g.shape[0] - live.shape[0]) // 4 + 16
+    # and version 3 is smaller than version 2 on such a gradient, predictor for predictor
+    v2 = fedpress.get_codec("fpz", eb=1e-2, predictor=predictor, coder="rans").encode(g)
+    assert len(payload) < len(v2)
 
 
 def test_all_codes_zero_but_not_constant() -> None:
@@ -219,3 +248,74 @@ def test_bounds_too_large_to_quantize_still_hold(x: np.ndarray, mode: str, eb: f
     # 2 * eb overflows to inf: quantizing would give 0 * inf = NaN
     y, _ = check_error_bounded(x, "fpz", mode, eb)
     assert np.all(np.isfinite(y))
+
+
+# -- version 3: golden frames, workers, memory ------------------------------------
+GOLDEN_V3 = sorted((Path(__file__).parent / "data" / "golden_v1_fpz3").glob("*.fpz"))
+
+
+def test_version3_golden_frames_exist() -> None:
+    assert {p.stem for p in GOLDEN_V3} == {name for name, _, _ in FPZ3}
+
+
+@pytest.mark.parametrize("name, source, opts", FPZ3, ids=[n for n, _, _ in FPZ3])
+def test_version3_golden_frames_decode_and_are_reproduced(name: str, source: str,
+                                                          opts: dict[str, Any]) -> None:
+    path = Path(__file__).parent / "data" / "golden_v1_fpz3" / f"{name}.fpz"
+    blob = path.read_bytes()
+    x = golden_inputs()[source]
+    y = fedpress.decompress(blob)
+    with np.load(Path(__file__).parent / "data" / "golden_v1_expected.npz") as expected:
+        assert y.tobytes() == expected[f"fpz3/{name}"].tobytes(), "decoder output changed"
+    assert_within_bound(x, y, opts.get("mode", "rel"), opts["eb"])
+    payload = unpack(blob).records[0].payload
+    assert payload[payload_core_offset(payload)] == 3  # fpz payload version 3
+    # this encoder writes the same bytes, whatever the number of workers
+    for workers in (1, 2):
+        codec = FpzCodec(opts.get("mode", "rel"), opts["eb"], workers=workers)
+        assert fedpress.compress(x, codec=codec) == blob
+
+
+def payload_core_offset(payload: bytes) -> int:
+    """Where the core's bytes begin in an error-bounded envelope (after the patches)."""
+    rd = Reader(payload)
+    rd.u8()
+    rd.f64()
+    count = rd.varint()
+    if count:
+        width = rd.u8()
+        rd.take(count * width)
+        rd.take(count * 4)  # float32 golden tensors
+    return rd.pos
+
+
+def test_version3_workers_and_blocks(rng: np.random.Generator) -> None:
+    g = _sparse_gradient(rng, 300, 2000)  # 600,000 values: ten blocks of rows
+    blobs = {w: fedpress.compress(g, codec=FpzCodec(eb=1e-3, workers=w)) for w in (1, 2, 4)}
+    assert blobs[1] == blobs[2] == blobs[4]
+    for w in (1, 3):
+        y = FpzCodec(eb=1e-3, workers=w).decode(unpack(blobs[1]).records[0].payload,
+                                                fedpress.TensorSpec(g.shape, g.dtype))
+        assert_within_bound(g, y, "rel", 1e-3)
+    with pytest.raises(fedpress.ConfigError):
+        FpzCodec(workers=0)
+    with pytest.raises(fedpress.ConfigError):
+        FpzCodec(coder="acm", version=2)
+    # workers and version are not configuration: frames do not record them
+    assert "workers" not in FpzCodec(workers=3).get_config()
+
+
+def test_version3_declares_its_decoding_memory() -> None:
+    spec = fedpress.TensorSpec((1 << 22,), np.float32)
+    one = FpzCodec(workers=1).decode_peak_bytes(spec)
+    assert spec.nbytes < one < 1.5 * spec.nbytes
+    assert FpzCodec(workers=2).decode_peak_bytes(spec) > one
+
+
+def test_version2_still_written_on_request(rng: np.random.Generator) -> None:
+    x = rng.standard_normal((40, 300)).astype(np.float32)
+    for codec in (FpzCodec(coder="rans"), FpzCodec(version=2), FpzCodec(predictor="lorenzo2d")):
+        payload = codec.encode(x)
+        assert _fpz_header(payload)["version"] == 2
+        assert_within_bound(x, codec.decode(payload, fedpress.TensorSpec(x.shape, x.dtype)),
+                            "rel", 1e-2)

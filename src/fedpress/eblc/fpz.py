@@ -1,30 +1,44 @@
 """``fpz``: fedpress's own error-bounded compressor, assembled from stages.
 
-Pipeline per tensor (flattened, finite, float32 or float64 core):
+Version 3 (the default since fedpress's adaptive context-model engine): per tensor
+(flattened, finite, float32 or float64 core), one fused pass per block of rows
+(``stages.acm``):
 
-1. **quantize** the values (``stages.quantize``: ``q = rint(x / 2eb)``);
-2. **predict** on the integer codes (``stages.predict``: ``none``,
-   ``lorenzo1d`` or ``lorenzo2d`` over the natural axes), chosen per tensor by
-   the order-0 entropy per value of the residuals on a sample (contiguous
-   chunks; whole rows for 2-D), unless fixed by the ``predictor`` option;
-3. **skip zero blocks**: blocks of 128 codes that are all zero (dead neurons'
-   rows in gradients) are marked in a bitmap and not coded, when that pays;
-4. **entropy-code** the residuals: static rANS with an optional magnitude
-   context (``stages.rans``, the default), canonical Huffman (``stages.huffman``),
-   range-ANS with the exact histogram (``stages.ans``, ``constriction``), or zstd
-   over the narrowest integer type; ``coder="auto"`` takes rANS, or on small
-   tensors the smallest of rANS, Huffman and zstd.
+1. **quantize** the values (``q = rint(x / 2eb)``; the reconstruction ``q * 2eb``
+   and the count of values over the bound on the output dtype come out of the
+   same pass);
+2. optionally **predict** (``lorenzo1d``: the difference from the previous code),
+   chosen per tensor on a small sample unless fixed by the ``predictor`` option;
+3. **model and code** the codes of the tensor seen as a matrix (first axis x the
+   rest, e.g. a convolution's output channels x ``in * kh * kw``): all-zero rows
+   cost a fraction of a bit; each code's magnitude class is coded under an
+   adaptive 16-symbol distribution chosen by its left and upper neighbours'
+   magnitudes and a moving average along the rows, its low bits raw, its sign
+   under an adaptive context of the neighbours' signs; rANS with two states.
+
+Blocks of rows (2**18 values by default) are coded independently, side by side
+with ``workers`` threads: the bytes never depend on the worker count. The older
+coders (``coder=`` ``rans``, ``huffman``, ``ans``, ``zstd``, or ``predictor=
+"lorenzo2d"``) write version 2 payloads (static entropy coders after an optional
+Lorenzo predictor and a zero-block bitmap); versions 1 and 2 keep decoding.
 
 The reconstruction is ``q * 2eb`` whatever the predictor (dual quantization),
 and the encoder hands it to the envelope, which stores the rare float rounding
-offenders exactly. On the no-prediction path the fused quantizer also counts the
-values over the bound on the output dtype (exactly, in float64; NaN counts): with
-none, the envelope need not check again; with some, it finds them itself. Values whose codes
-would overflow (``max|x| / 2eb > 2**30``) make the tensor go to zstd losslessly.
+offenders exactly; with none over the bound (counted exactly, in float64), the
+envelope need not check again. Values whose codes would overflow
+(``max|x| / 2eb > 2**30``) make the tensor go to zstd losslessly.
 
 Payload (after the envelope)::
 
-    u8 version (2; 1 still decodes) | u8 mode (0 quantized, 1 lossless)
+    version 3:
+    u8 version (3) | u8 mode (0 quantized, 1 lossless)
+    mode 0: u8 predictor id (0 none, 1 lorenzo1d) | acm stream (``stages.acm``:
+            varint cols | u8 block_bits | per block: varint words, varint raw words
+            | per block: rANS words (u16), raw-bit words (u32))
+    mode 1: zstd frame of the raw values
+
+    versions 1 and 2:
+    u8 version | u8 mode (0 quantized, 1 lossless)
     mode 0: u8 predictor id | [varint columns, lorenzo2d only] | u8 flags
             | [blob zero-block bitmap] | [u8 coder id | body]
             (version 1 has no flags and no bitmap; coder and body are absent when
@@ -38,6 +52,7 @@ Payload (after the envelope)::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -46,20 +61,28 @@ import numpy as np
 from .._bytes import Reader, Writer
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
-from ..stages import ans, kernels, rans, spread_chunks
+from ..stages import acm, ans, kernels, rans, spread_chunks
 from ..stages.coders import CODERS, CoderId, Symbols
 from ..stages.lossless import ZSTD
 from ..stages.predict import BY_NAME, NEEDS_COLS, PREDICTORS, predictor
 from ..stages.quantize import MAX_CODE, dequantize, quantize, quantize_values, usable_step
 from .base import ErrorBoundedCodec
 
-VERSION = 2
+#: the version new frames get (3: the adaptive context model); 2: the static coders
+VERSION = 3
+V2 = 2
 MODE_QUANT, MODE_LOSSLESS = 0, 1
+#: predictors of version 3 (ids as in ``stages.predict``)
+_V3_PREDICTORS = (BY_NAME["none"], BY_NAME["lorenzo1d"])
+#: values of the sample that chooses version 3's predictor
+_V3_SAMPLE_CHUNKS, _V3_SAMPLE_CHUNK = 8, 512
 #: the coders fpz writes, by their ids in the shared table (``stages.coders``); version 1
 #: knew only the first two
 _OWN_CODERS = (CoderId.ANS, CoderId.ZSTD, CoderId.RANS, CoderId.HUFFMAN)
 _V1_CODERS = (CoderId.ANS, CoderId.ZSTD)
 _CODERS = {CODERS[cid].name: cid for cid in _OWN_CODERS}
+#: the coder of version 3 (not an id of the shared table: the model is the format)
+ACM = "acm"
 FLAG_ZERO_BLOCKS = 1
 ZERO_BLOCK = 128
 _BLOCK_BITS = ZERO_BLOCK.bit_length() - 1
@@ -157,6 +180,14 @@ def _zero_block_values(zero: np.ndarray, n: int) -> int:
     return count
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform says)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - platforms without affinity
+        return max(1, os.cpu_count() or 1)
+
+
 @register_codec
 class FpzCodec(ErrorBoundedCodec):
     """fedpress's quantize / predict / entropy-code compressor (see the module docs).
@@ -166,12 +197,21 @@ class FpzCodec(ErrorBoundedCodec):
     mode, eb : str, float
         Error bound (see :mod:`fedpress.bounds`).
     predictor : {"auto", "none", "lorenzo1d", "lorenzo2d"}
-        Prediction on the codes; ``auto`` picks per tensor (``lorenzo2d`` works
-        on the tensor as a matrix, first axis x the rest; on 1-D tensors it
-        falls back to ``lorenzo1d``).
-    coder : {"auto", "rans", "huffman", "ans", "zstd"}
-        Entropy coder; ``auto`` takes ``rans``, or on small tensors the smallest
-        of rans, Huffman and zstd.
+        Prediction on the codes; ``auto`` picks per tensor (version 3: ``none`` or
+        ``lorenzo1d``; ``lorenzo2d``, on the tensor as a matrix, first axis x the
+        rest, writes version 2 and on 1-D tensors falls back to ``lorenzo1d``).
+    coder : {"auto", "acm", "rans", "huffman", "ans", "zstd"}
+        Entropy coder: ``auto`` and ``acm`` are version 3's adaptive context model;
+        the others write version 2 (``rans`` static rANS, or on small tensors the
+        smallest of rans, Huffman and zstd under version 2's ``auto``).
+    workers : int, optional
+        Threads that code the blocks of one tensor side by side (default: the cores
+        available). Not part of the configuration: the bytes are the same for any
+        number.
+    version : {3, 2}, optional
+        The payload version to write (default 3; 2 writes version 2 whatever the
+        coder, its ``auto`` coder picking rans, or the smallest of rans, Huffman and
+        zstd on small tensors). Not part of the configuration: every version decodes.
     """
 
     codec_id = "fpz"
@@ -179,14 +219,30 @@ class FpzCodec(ErrorBoundedCodec):
     core_float64 = True
 
     def __init__(self, mode: str = "rel", eb: float = 1e-2, predictor: str = "auto",
-                 coder: str = "auto") -> None:
+                 coder: str = "auto", workers: int | None = None, version: int = VERSION
+                 ) -> None:
         super().__init__(mode, eb)
         if predictor != "auto" and predictor not in BY_NAME:
             raise ConfigError(f"fpz: predictor must be 'auto' or one of {sorted(BY_NAME)}")
-        if coder != "auto" and coder not in _CODERS:
-            raise ConfigError(f"fpz: coder must be 'auto' or one of {sorted(_CODERS)}")
+        if coder not in ("auto", ACM) and coder not in _CODERS:
+            raise ConfigError(f"fpz: coder must be 'auto', 'acm' or one of {sorted(_CODERS)}")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                    or workers < 1):
+            raise ConfigError(f"fpz: workers must be an int >= 1, got {workers!r}")
+        if version not in (V2, VERSION) or (version == V2 and coder == ACM):
+            raise ConfigError(f"fpz: cannot write version {version!r} with coder {coder!r}")
         self.predictor = predictor
         self.coder = coder
+        self.workers = workers
+        self.version = version
+
+    @property
+    def _workers(self) -> int:
+        return self.workers if self.workers is not None else available_cores()
+
+    def _writes_v3(self) -> bool:
+        return (self.version == VERSION and self.coder in ("auto", ACM)
+                and self.predictor != "lorenzo2d")
 
     def _choose_predictor(self, x: np.ndarray, eb_abs: float, cols: int) -> int:
         """Predictor id: fixed, or the one whose residuals have the least entropy per
@@ -214,12 +270,57 @@ class FpzCodec(ErrorBoundedCodec):
 
     def _encode_core_recon(self, x: np.ndarray, eb_abs: float, shape: tuple[int, ...] = ()
                            ) -> tuple[bytes, np.ndarray, np.ndarray | None]:
+        if self._writes_v3():
+            return self._encode_v3(x, eb_abs, shape)
+        return self._encode_v2(x, eb_abs, shape)
+
+    def _choose_v3_predictor(self, x: np.ndarray, step: float) -> int:
+        """``none``, or ``lorenzo1d`` when a small sample's codes change little from
+        one value to the next (smooth data): the mean code difference under half the
+        mean code (white noise gives about 1.4 times)."""
+        if self.predictor != "auto":
+            return BY_NAME[self.predictor]
+        size = _V3_SAMPLE_CHUNK
+        if x.size < 2 * size:
+            part = x.reshape(1, -1)
+        else:
+            part = spread_chunks(x, _V3_SAMPLE_CHUNKS, size).reshape(_V3_SAMPLE_CHUNKS, size)
+        q = np.rint(part.astype(np.float64) / step)
+        if part.shape[1] < 2:
+            return BY_NAME["none"]
+        mean_q = float(np.abs(q).mean())
+        mean_d = float(np.abs(np.diff(q, axis=1)).mean())
+        return BY_NAME["lorenzo1d"] if mean_d < 0.5 * mean_q else BY_NAME["none"]
+
+    def _encode_v3(self, x: np.ndarray, eb_abs: float, shape: tuple[int, ...]
+                   ) -> tuple[bytes, np.ndarray, np.ndarray | None]:
+        step = 2.0 * eb_abs
+        w = Writer()
+        w.u8(VERSION)
+        coded = None
+        if usable_step(step):
+            cols = acm.row_length(x.size, tuple(shape))
+            pid = self._choose_v3_predictor(x, step)
+            coded = acm.encode(x, cols, step, eb_abs, pid, self._workers)
+        if coded is None:
+            w.u8(MODE_LOSSLESS)
+            w.raw(ZSTD.encode_array(x))
+            return w.getvalue(), x, np.zeros(0, np.int64)
+        stream, values, n_over = coded
+        w.u8(MODE_QUANT)
+        w.u8(pid)
+        w.raw(stream)
+        # none over the bound: say so (the envelope skips its check); else let it find them
+        return w.getvalue(), values, (np.zeros(0, np.int64) if n_over == 0 else None)
+
+    def _encode_v2(self, x: np.ndarray, eb_abs: float, shape: tuple[int, ...] = ()
+                   ) -> tuple[bytes, np.ndarray, np.ndarray | None]:
         cols = natural_cols(shape) if x.size == int(np.prod(shape)) else 0
         pid = self._choose_predictor(x, eb_abs, cols)
         coded = (_quantize_none(x, eb_abs) if pid == _FUSED
                  else _quantize_predict(x, eb_abs, pid, cols))
         w = Writer()
-        w.u8(VERSION)
+        w.u8(V2)
         if coded is None:
             w.u8(MODE_LOSSLESS)
             w.raw(ZSTD.encode_array(x))
@@ -251,7 +352,7 @@ class FpzCodec(ErrorBoundedCodec):
             coder.encode(symbols, w)
             return w.getvalue()
 
-        if self.coder != "auto":
+        if self.coder not in ("auto", ACM):
             return coded(_CODERS[self.coder])
         if z.size > _SMALL:
             return coded(CoderId.RANS)
@@ -260,7 +361,7 @@ class FpzCodec(ErrorBoundedCodec):
     def _decode_core(self, data: memoryview, n: int, dtype: np.dtype, eb_abs: float) -> np.ndarray:
         rd = Reader(data, "fpz payload")
         version = rd.u8()
-        if version not in (1, VERSION):
+        if version not in (1, V2, VERSION):
             raise FormatError(f"fpz payload: unknown version {version}")
         mode = rd.u8()
         if mode == MODE_LOSSLESS:
@@ -268,6 +369,12 @@ class FpzCodec(ErrorBoundedCodec):
         if mode != MODE_QUANT:
             raise FormatError(f"fpz payload: unknown mode {mode}")
         pid = rd.u8()
+        if version == VERSION:
+            if pid not in _V3_PREDICTORS:
+                raise FormatError(f"fpz payload: predictor {pid} in version 3")
+            if not usable_step(2.0 * eb_abs):
+                raise FormatError(f"fpz payload: quantized values with bound {eb_abs}")
+            return acm.decode(rd, n, 2.0 * eb_abs, dtype, pid, self._workers)
         _, _, inverse = predictor(pid)
         cols = 0
         if pid in NEEDS_COLS:
@@ -296,6 +403,10 @@ class FpzCodec(ErrorBoundedCodec):
         out = np.empty(n, dtype=dtype)
         kernels().scatter_blocks(kept, zero, _BLOCK_BITS, out)
         return out
+
+    def _core_decode_extra_bytes(self, n: int, dtype: np.dtype) -> int:
+        """Version 3's block buffers, one set per worker (the larger need of the versions)."""
+        return acm.decode_extra_bytes(n, self._workers)
 
     @staticmethod
     def _decode_values(rd: Reader, m: int, pid: int, inverse: Callable[[np.ndarray], np.ndarray],

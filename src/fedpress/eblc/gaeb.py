@@ -127,7 +127,7 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
         self.predictor = predictor
         self.alpha = float(a)
         self.features = features
-        self._fpz = FpzCodec(mode, eb)
+        self._fpz = FpzCodec(mode, eb, version=2)
 
     # -- public ------------------------------------------------------------
     def encode(self, x: np.ndarray, state: Any = None,  # type: ignore[override]
