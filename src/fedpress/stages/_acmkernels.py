@@ -162,7 +162,7 @@ def _context(e, ema):  # pragma: no cover - compiled
     return min(max(be - sh, 0), T) * (T + 1) + min(max(bq - sh, 0), T), sh
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _init_model():  # pragma: no cover - compiled
     """The model array: counts from ``PRIOR``, their tables, binary contexts at 1/2."""
     mod = np.empty(_MODEL, np.int32)
@@ -232,32 +232,23 @@ def _bin_update(p, bit):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True, inline="always")
 def _op(p0, bit):  # pragma: no cover - compiled
     """The rANS operation (``start | freq << 16``) of ``bit`` when P(0) is ``p0``."""
-    return np.uint32(p0) | (np.uint32(ONE - p0) << 16) if bit else np.uint32(p0) << 16
+    return p0 | ((ONE - p0) << 16) if bit else p0 << 16
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _put(acc, accn, v, n):  # pragma: no cover - compiled
-    """Append the ``n`` (<= 32) low bits of ``v`` to the bit accumulator; returns
+    """Append the ``n`` (<= 31) low bits of ``v`` to the bit accumulator (an int64
+    holding fewer than 32 pending bits between calls, so never more than 62); returns
     ``(acc, accn, word, full)``: ``full`` says ``word`` is a finished 32-bit word
     (the caller stores it)."""
-    acc |= np.uint64(v) << np.uint64(accn)
+    acc |= v << accn
     accn += n
     full = accn >= 32
-    word = np.uint32(acc & np.uint64(0xFFFFFFFF))
+    word = acc & 0xFFFFFFFF
     if full:
-        acc >>= np.uint64(32)
+        acc >>= 32
         accn -= 32
     return acc, accn, word, full
-
-
-@njit(cache=True, nogil=True)
-def _up_row(cur, up, cols):  # pragma: no cover - compiled
-    """The next row's view of this one: per column ``min(2|u| + |ul| + |ur|, UP_CAP)
-    << 2`` or'ed with the sign class of ``u`` (0 zero, 1 positive, 2 negative)."""
-    for j in range(cols):
-        v = np.int64(cur[j + 1])
-        e = min(2 * abs(v) + abs(np.int64(cur[j])) + abs(np.int64(cur[j + 2])), UP_CAP)
-        up[j] = (e << 2) | (0 if v == 0 else (1 if v > 0 else 2))
 
 
 @njit(cache=True, nogil=True)
@@ -274,7 +265,7 @@ def encode_block(x, start, rows, cols, step, eb, pred, y):  # pragma: no cover -
     raw = np.empty(((36 * n) >> 5) + 2, np.uint32)
     nops = 0
     nraw = 0
-    acc = np.uint64(0)
+    acc = 0
     accn = 0
     mod = _init_model()
     cur = np.zeros(cols + 2, np.int32)  # this row's residuals, padded
@@ -319,7 +310,8 @@ def encode_block(x, start, rows, cols, step, eb, pred, y):  # pragma: no cover -
             mm = m >> sh
             low = m & ((1 << sh) - 1)
             if mm < 192:
-                s = mm if mm < 4 else 2 * _bitlen(mm) + ((mm >> (_bitlen(mm) - 2)) & 1) - 2
+                bl = _bitlen(mm)
+                s = mm if mm < 4 else 2 * bl + ((mm >> (bl - 2)) & 1) - 2
                 # at most 29 bits: m >= 2**(class octave + sh) and m < 2**31
                 nb = _NBITS[s] + sh
                 field = ((mm - _BASE[s]) << sh) | low
@@ -343,7 +335,7 @@ def encode_block(x, start, rows, cols, step, eb, pred, y):  # pragma: no cover -
                 nraw += 1
             oc = _CUM + ctx * (NSYM + 1) + s
             lo = mod[oc]
-            ops[nops] = np.uint32(lo) | (np.uint32(mod[oc + 1] - lo) << 16)
+            ops[nops] = lo | ((mod[oc + 1] - lo) << 16)
             nops += 1
             mod[_CNT + ctx * NSYM + s] += INC
             t = mod[_TOT + ctx] + INC
@@ -353,7 +345,7 @@ def encode_block(x, start, rows, cols, step, eb, pred, y):  # pragma: no cover -
             sc = _BIN + sa * 3 + (u & 3)
             p = mod[sc]
             neg = 1 if c < 0 else 0
-            ops[nops] = _op(_p0(p), neg) if m else np.uint32(ONE) << 16
+            ops[nops] = _op(_p0(p), neg) if m else ONE << 16
             nops += 1
             if m:
                 mod[sc] = _bin_update(p, neg)
@@ -361,15 +353,18 @@ def encode_block(x, start, rows, cols, step, eb, pred, y):  # pragma: no cover -
             ema += ((m << 8) - ema) >> EMA_SHIFT
             b = a
             a = m
-        _up_row(cur, up, cols)
+        for j in range(cols):
+            v = np.int64(cur[j + 1])
+            e = min(2 * abs(v) + abs(np.int64(cur[j])) + abs(np.int64(cur[j + 2])), UP_CAP)
+            up[j] = (e << 2) | (0 if v == 0 else (1 if v > 0 else 2))
         has_up = True
     if accn:
-        raw[nraw] = np.uint32(acc & np.uint64(0xFFFFFFFF))
+        raw[nraw] = acc
         nraw += 1
     return _rans_backward(ops, nops), raw[:nraw].copy(), n_over, True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _rans_backward(ops, nops):  # pragma: no cover - compiled
     """The rANS words of ``ops[:nops]`` (``start | freq << 16``), coded backwards
     with two states used in turn (operation ``i`` by state ``i & 1``); steps of
@@ -414,10 +409,10 @@ def _word(buf, wo, pos, last):  # pragma: no cover - compiled
 def _raw(buf, ro, pos, last):  # pragma: no cover - compiled
     """The 32-bit raw word ``min(pos, last)`` at byte ``ro`` of ``buf`` (0 if none)."""
     if last < 0:
-        return np.uint64(0)
+        return 0
     i = ro + 4 * min(pos, last)
-    return (np.uint64(buf[i]) | (np.uint64(buf[i + 1]) << np.uint64(8))
-            | (np.uint64(buf[i + 2]) << np.uint64(16)) | (np.uint64(buf[i + 3]) << np.uint64(24)))
+    return (np.int64(buf[i]) | (np.int64(buf[i + 1]) << 8) | (np.int64(buf[i + 2]) << 16)
+            | (np.int64(buf[i + 3]) << 24))
 
 
 @njit(cache=True, nogil=True)
@@ -435,7 +430,7 @@ def decode_block(buf, wo, nw, ro, nraw, rows, cols, step, pred, out, start):  # 
     xb = (_word(buf, wo, 2, wl) << 16) | _word(buf, wo, 3, wl)
     pos = 4
     rpos = 0
-    acc = np.uint64(0)
+    acc = 0
     accn = 0
     mask = ONE - 1
     mod = _init_model()
@@ -497,37 +492,36 @@ def decode_block(buf, wo, nw, ro, nraw, rows, cols, step, pred, out, start):  # 
                 if nb > 29:  # never written: the code would be 2**31 or more
                     return ERR_CODE
                 if accn < nb:
-                    acc |= _raw(buf, ro, rpos, rl) << np.uint64(accn)
+                    acc |= _raw(buf, ro, rpos, rl) << accn
                     rpos = min(rpos + 1, nraw + 1)
                     accn += 32
-                field = np.int64(acc & ((np.uint64(1) << np.uint64(nb)) - np.uint64(1)))
-                acc >>= np.uint64(nb)
+                field = acc & ((1 << nb) - 1)
+                acc >>= nb
                 accn -= nb
                 m = (_BASE[s] << sh) + field
             else:
                 if accn < 5:
-                    acc |= _raw(buf, ro, rpos, rl) << np.uint64(accn)
+                    acc |= _raw(buf, ro, rpos, rl) << accn
                     rpos = min(rpos + 1, nraw + 1)
                     accn += 32
-                L1 = np.int64(acc & np.uint64(31))
-                acc >>= np.uint64(5)
+                L1 = acc & 31
+                acc >>= 5
                 accn -= 5
                 if accn < L1:
-                    acc |= _raw(buf, ro, rpos, rl) << np.uint64(accn)
+                    acc |= _raw(buf, ro, rpos, rl) << accn
                     rpos = min(rpos + 1, nraw + 1)
                     accn += 32
-                mm = 191 + (np.int64(1) << L1) + np.int64(
-                    acc & ((np.uint64(1) << np.uint64(L1)) - np.uint64(1)))
-                acc >>= np.uint64(L1)
+                mm = 191 + (1 << L1) + (acc & ((1 << L1) - 1))
+                acc >>= L1
                 accn -= L1
                 if accn < sh:
-                    acc |= _raw(buf, ro, rpos, rl) << np.uint64(accn)
+                    acc |= _raw(buf, ro, rpos, rl) << accn
                     rpos = min(rpos + 1, nraw + 1)
                     accn += 32
-                if mm >= (np.int64(1) << max(31 - sh, 0)):
+                if mm >= (1 << max(31 - sh, 0)):
                     return ERR_CODE
-                m = (mm << sh) | np.int64(acc & ((np.uint64(1) << np.uint64(sh)) - np.uint64(1)))
-                acc >>= np.uint64(sh)
+                m = (mm << sh) | (acc & ((1 << sh) - 1))
+                acc >>= sh
                 accn -= sh
             # the sign: a step of probability one for a zero code
             sc = _BIN + sa * 3 + (u & 3)
@@ -559,8 +553,11 @@ def decode_block(buf, wo, nw, ro, nraw, rows, cols, step, pred, out, start):  # 
             a = m
         if pos > nw or rpos > nraw:
             return ERR_WORDS if pos > nw else ERR_RAW
-        _up_row(cur, up, cols)
+        for j in range(cols):
+            v = np.int64(cur[j + 1])
+            e = min(2 * abs(v) + abs(np.int64(cur[j])) + abs(np.int64(cur[j + 2])), UP_CAP)
+            up[j] = (e << 2) | (0 if v == 0 else (1 if v > 0 else 2))
         has_up = True
-    if xa != LO or xb != LO or pos != nw or rpos != nraw or acc != np.uint64(0):
+    if xa != LO or xb != LO or pos != nw or rpos != nraw or acc != 0:
         return ERR_STATE
     return 0
