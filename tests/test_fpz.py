@@ -319,3 +319,22 @@ def test_version2_still_written_on_request(rng: np.random.Generator) -> None:
         assert _fpz_header(payload)["version"] == 2
         assert_within_bound(x, codec.decode(payload, fedpress.TensorSpec(x.shape, x.dtype)),
                             "rel", 1e-2)
+
+
+def test_update_encoder_codes_fpz_tensors_side_by_side(rng: np.random.Generator) -> None:
+    sd = {f"l{i}.weight": (rng.standard_normal((64, 40 * (i + 1))) * (i + 1)).astype(np.float32)
+          for i in range(6)}
+    sd["l0.bias"] = rng.standard_normal(64).astype(np.float32)
+    sd["bn.num_batches_tracked"] = np.array(7, np.int64)
+    ref = {k: (v * 0.9).astype(v.dtype) for k, v in sd.items() if k.endswith("weight")}
+    frames = {w: fedpress.UpdateEncoder("fedsz", eb=1e-3, workers=w).encode(sd, reference=ref)
+              for w in (1, 2, 5)}
+    assert frames[1] == frames[2] == frames[5]
+    out = fedpress.UpdateDecoder().decode(frames[2], reference=ref)
+    for k, v in sd.items():
+        if k.endswith("weight"):
+            assert_within_bound(v, out[k], "rel", 1e-3)
+        else:
+            assert np.array_equal(v, out[k])
+    with pytest.raises(fedpress.ConfigError):
+        fedpress.UpdateEncoder("fedsz", workers=0)

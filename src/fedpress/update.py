@@ -8,7 +8,9 @@ encoder / decoder pair serves many rounds.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -61,6 +63,14 @@ def _encode_one(codec: Codec, x: np.ndarray, state: TensorState | None,
     if want_output:
         out = result[1]
     return bytes(payload), tag, out
+
+
+def _available_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - platforms without affinity
+        return max(1, os.cpu_count() or 1)
 
 
 #: suffix of the peer name under which residual feedback keeps its residuals (a
@@ -225,6 +235,11 @@ class UpdateEncoder:
         residuals are sender state, kept in ``store`` under the peer name
         ``peer + "\x00residual"``. (Codecs with error feedback of their own, such as
         ``ef:...``, ``powersgd``'s ``error_feedback`` option, are separate.)
+    workers : int, optional
+        Threads that code the tensors of a state dict side by side (default: the
+        cores available), for codecs that allow it (``concurrent_encode``: ``fpz``);
+        stateful codecs and residual feedback stay in order. The frame is the same
+        whatever the number.
     **options
         ``threshold``, ``lossy``, ``lossless`` and codec options, passed to
         :meth:`Plan.build`.
@@ -232,7 +247,8 @@ class UpdateEncoder:
 
     def __init__(self, plan: str | Mapping[str, CodecSpec] | Plan = "fedsz", mode: str = "rel",
                  eb: float = 1e-2, *, store: StateStore | None = None, peer: str = "default",
-                 residual_feedback: bool = False, **options: Any) -> None:
+                 residual_feedback: bool = False, workers: int | None = None,
+                 **options: Any) -> None:
         self.plan = Plan.build(plan, mode, eb, **options)
         self.store = store if store is not None else MemoryStateStore()
         self.peer = peer
@@ -240,6 +256,10 @@ class UpdateEncoder:
             raise ConfigError("residual_feedback must be true or false, got "
                               f"{residual_feedback!r}")
         self.residual_feedback = residual_feedback
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                    or workers < 1):
+            raise ConfigError(f"workers must be an int >= 1, got {workers!r}")
+        self.workers = workers if workers is not None else _available_cores()
 
     def encode(self, state_dict: Any, meta: Mapping[str, Any] | None = None, *,
                reference: Any = None, step: int | None = None) -> bytes:
@@ -267,6 +287,7 @@ class UpdateEncoder:
         records: list[Record] = []
         new_states: dict[str, TensorState] = {}
         residuals: dict[str, TensorState] = {}
+        early = self._encode_side_by_side(tensors, refs)
         for name, x in tensors.items():
             codec = self.plan.codec_for(name, x)
             state = None
@@ -278,7 +299,10 @@ class UpdateEncoder:
             ef = self.residual_feedback and hasattr(codec, "encode_with_output")
             if ef:
                 x = self._with_residual(name, x)
-            payload, tag, out = _encode_one(codec, x, state, ref, want_output=ef)
+            if name in early:
+                payload, tag, out = early[name]
+            else:
+                payload, tag, out = _encode_one(codec, x, state, ref, want_output=ef)
             if state is not None:
                 new_states[name] = state
             if out is not None:
@@ -296,6 +320,29 @@ class UpdateEncoder:
         for name, state in residuals.items():
             self.store.put(self.peer + RESIDUAL_PEER_SUFFIX, name, state)
         return blob
+
+    def _encode_side_by_side(self, tensors: Mapping[str, np.ndarray],
+                             refs: Mapping[str, np.ndarray] | None
+                             ) -> dict[str, tuple[bytes, StateTag | None, np.ndarray | None]]:
+        """The payloads of the tensors whose codec allows concurrent encoding
+        (stateless, no residual feedback), coded by ``workers`` threads, largest
+        first; the loop in :meth:`encode` codes the rest in order."""
+        if self.workers <= 1:
+            return {}
+        jobs = []
+        for name, x in tensors.items():
+            codec = self.plan.codec_for(name, x)
+            if (not getattr(codec, "concurrent_encode", False)
+                    or isinstance(codec, StatefulCodec)
+                    or (self.residual_feedback and hasattr(codec, "encode_with_output"))):
+                continue
+            jobs.append((name, codec, x, _usable_reference(codec, name, x, refs)))
+        if len(jobs) < 2:
+            return {}
+        jobs.sort(key=lambda j: -int(np.size(j[2])))
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(jobs))) as pool:
+            done = pool.map(lambda j: _encode_one(j[1], j[2], None, j[3]), jobs)
+            return {j[0]: result for j, result in zip(jobs, done)}
 
     def _with_residual(self, name: str, x: np.ndarray) -> np.ndarray:
         """``x`` plus the residual error feedback carries for ``name`` (if it fits)."""

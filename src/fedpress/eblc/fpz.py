@@ -217,6 +217,9 @@ class FpzCodec(ErrorBoundedCodec):
     codec_id = "fpz"
     config_keys: ClassVar[tuple[str, ...]] = ("mode", "eb", "predictor", "coder")
     core_float64 = True
+    #: ``encode`` may run in several threads at once (no state; the kernels release the
+    #: GIL): ``UpdateEncoder`` codes such tensors of a state dict side by side
+    concurrent_encode: ClassVar[bool] = True
 
     def __init__(self, mode: str = "rel", eb: float = 1e-2, predictor: str = "auto",
                  coder: str = "auto", workers: int | None = None, version: int = VERSION

@@ -25,9 +25,12 @@ not end exactly where the encoder's began (:class:`fedpress.FormatError`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
+from typing import TypeVar
 
 import numpy as np
 
@@ -56,6 +59,8 @@ def kernels() -> ModuleType:
 
 
 Block = tuple[int, int, int]  # (start, rows, cols)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def layout(n: int, cols: int, block_bits: int = BLOCK_BITS) -> list[Block]:
@@ -83,12 +88,29 @@ def row_length(n: int, shape: tuple[int, ...]) -> int:
 _Coded = tuple[np.ndarray, np.ndarray, int, bool]
 
 
-def _pool_map(fn: Callable[[Block], _Coded], blocks: list[Block], workers: int
-              ) -> list[_Coded]:
-    if workers <= 1 or len(blocks) <= 1:
-        return [fn(b) for b in blocks]
-    with ThreadPoolExecutor(max_workers=min(workers, len(blocks))) as pool:
-        return list(pool.map(fn, blocks))
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def pool(workers: int) -> ThreadPoolExecutor:
+    """The process's shared pool of ``workers`` threads for blocks (created on first
+    use, again in a forked child, whose copy has no threads). Threads that wait on it
+    (a state dict's tensors coded side by side) are never its own, so it cannot
+    deadlock, and the numba kernels it runs release the GIL."""
+    key = (os.getpid(), workers)
+    with _POOLS_LOCK:
+        ex = _POOLS.get(key)
+        if ex is None:
+            ex = _POOLS[key] = ThreadPoolExecutor(max_workers=workers,
+                                                  thread_name_prefix="fedpress-acm")
+        return ex
+
+
+def _map(fn: Callable[[T], R], items: list[T], workers: int) -> list[R]:
+    """``[fn(i) for i in items]``, on the shared pool when it pays."""
+    if workers <= 1 or len(items) <= 1:
+        return [fn(i) for i in items]
+    return list(pool(workers).map(fn, items))
 
 
 def encode(x: np.ndarray, cols: int, step: float, eb: float, pred: int, workers: int = 1,
@@ -112,7 +134,7 @@ def encode(x: np.ndarray, cols: int, step: float, eb: float, pred: int, workers:
         words, raw, over, ok = kern.encode_block(x, start, rows, c, step, eb, pred, y)
         return words, raw, int(over), bool(ok)
 
-    parts = _pool_map(one, blocks, workers)
+    parts = _map(one, blocks, workers)
     w = Writer()
     w.varint(cols)
     w.u8(block_bits)
@@ -170,13 +192,7 @@ def decode(rd: Reader, n: int, step: float, dtype: np.dtype, pred: int, workers:
         return int(kern.decode_block(body, o, nw, o + 2 * nw, nr, rows, c, step, pred, out,
                                      start))
 
-    idx = list(range(len(blocks)))
-    if workers <= 1 or len(idx) <= 1:
-        statuses: Iterator[int] = map(one, idx)
-    else:
-        with ThreadPoolExecutor(max_workers=min(workers, len(idx))) as pool:
-            statuses = iter(list(pool.map(one, idx)))
-    for status in statuses:
+    for status in _map(one, list(range(len(blocks))), workers):
         if status:
             raise FormatError(f"acm stream: {_ERRORS.get(status, status)}")
     return out
