@@ -108,7 +108,8 @@ def stateful_streams(inputs: dict[str, np.ndarray]) -> dict[str, Stream]:
     update = {"fc.weight": inputs["ref_new"], "fc.bias": bias + 1,
               "bn.num_batches_tracked": np.array(3, np.int64)}
     return {
-        # round 2 is coded with the context model (predictor id 1)
+        # round 2 is coded with the context model (predictor id 3: fpz's engine with
+        # the history; ``gaeb1_context``: the same stream from version 1, crans)
         "gaeb_context": ({"plan": {"default": "zstd",
                                    "re:weight$": {"id": "gaeb", "predictor": "context"}},
                           "eb": 1e-2}, gaeb),

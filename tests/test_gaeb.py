@@ -21,7 +21,7 @@ import fedpress
 from fedpress._bytes import Reader
 from fedpress.eblc.base import KIND_CORE
 from fedpress.eblc.fpz import FpzCodec
-from fedpress.eblc.gaeb import FEATURES, P_CONTEXT, P_PAPER, P_SPATIAL, GaebCodec
+from fedpress.eblc.gaeb import FEATURES, P_ACM, P_CONTEXT, P_PAPER, P_SPATIAL, GaebCodec
 from fedpress.frame import KIND_UPDATE, Frame, Record, StateTag, pack, unpack
 
 from .common import assert_within_bound, check_edited_update_frame, same_bits
@@ -175,7 +175,7 @@ def test_encoder_and_decoder_states_stay_equal(predictor: str, features: str,
         if t == 0 or predictor == "none":
             assert pid in (None, P_SPATIAL)
         elif predictor == "context":
-            assert pid in (None, P_SPATIAL, P_CONTEXT)
+            assert pid in (None, P_SPATIAL, P_ACM)
         else:
             assert pid in (None, P_SPATIAL, P_PAPER)
             assert pid != P_PAPER or len(shape) == 4
@@ -197,9 +197,9 @@ def test_context_path_keeps_states_equal(shape: tuple[int, ...], features: str,
         _assert_same_states(enc, dec, ["w.weight"])
         rec = _record(blob, "w.weight")
         pids.append(_pid(rec))
-        if pids[-1] == P_CONTEXT:
-            assert rec.payload[_core_offset(rec) + 2] == FEATURES[features]
-    assert pids[0] == P_SPATIAL and pids[1:].count(P_CONTEXT) >= 2, pids
+    assert pids[0] == P_SPATIAL, pids
+    # the magnitudes carry this stream's history (the last sign alone saves too little)
+    assert pids[1:].count(P_ACM) >= (0 if features == "sign" else 2), pids
 
 
 def test_context_state_follows_the_decoded_values() -> None:
@@ -237,10 +237,10 @@ def test_context_history_makes_frames_smaller(shape: tuple[int, ...]) -> None:
     assert pids["none"] == [P_SPATIAL] * 6
     assert pids["context"][0] == P_SPATIAL  # no history yet: fpz's core, same bytes
     assert sizes["context"][0] == sizes["none"][0]
-    assert pids["context"].count(P_CONTEXT) >= 3
+    assert pids["context"].count(P_ACM) >= 3
     for t in range(1, 6):  # the history never costs more than it saves ...
         assert sizes["context"][t] <= sizes["none"][t]
-        if pids["context"][t] == P_CONTEXT:  # ... and saves when it is used
+        if pids["context"][t] == P_ACM:  # ... and saves when it is used
             assert sizes["context"][t] < sizes["none"][t]
     assert sum(sizes["context"][1:]) < 0.98 * sum(sizes["none"][1:])
 
@@ -267,7 +267,7 @@ def test_paper_predicts_4d_kernels_and_falls_back_on_2d() -> None:
 
 def test_none_keeps_the_history_but_codes_like_fpz() -> None:
     enc = fedpress.UpdateEncoder(_plan(predictor="none"), "rel", 1e-3)
-    fpz = FpzCodec(mode="rel", eb=1e-3, version=2)
+    fpz = FpzCodec(mode="rel", eb=1e-3)
     for x in _stream((64, 32, 3, 3), 3, seed=4):
         rec = _record(enc.encode({"w.weight": x}), "w.weight")
         off = _core_offset(rec)
@@ -384,7 +384,7 @@ def test_dir_store_resume_matches_an_uninterrupted_run(tmp_path: Path, predictor
     dec = fedpress.UpdateDecoder()
     frames = [enc.encode(sd) for sd in sds]
     outs = [dec.decode(f) for f in frames]
-    assert sum(_pid(_record(f, "big.weight")) == P_CONTEXT for f in frames) >= (
+    assert sum(_pid(_record(f, "big.weight")) == P_ACM for f in frames) >= (
         2 if predictor == "context" else 0)
 
     def pair() -> tuple[fedpress.UpdateEncoder, fedpress.UpdateDecoder]:
@@ -463,7 +463,7 @@ def test_mutated_gaeb_payloads_are_format_errors(predictor: str, round_: int) ->
     elif predictor == "paper":
         assert pids == {"conv.weight": P_PAPER, "fc.weight": P_SPATIAL}
     else:
-        assert pids["conv.weight"] == P_CONTEXT
+        assert pids["conv.weight"] == P_ACM
     rng = np.random.default_rng(round_)
     for i in range(120):
         recs = list(fr.records)
@@ -555,19 +555,17 @@ def test_crafted_predictor_and_header_bytes(predictor: str) -> None:
         with pytest.raises(fedpress.FormatError):
             _decoder_with(dec, names).decode(_with_payload_byte(frame, "conv.weight",
                                                                 off + 1, value))
-    for value in (0, 2, 255):  # unknown gaeb payload version
+    for value in (0, 3, 255):  # unknown gaeb payload version
         with pytest.raises(fedpress.FormatError, match="version"):
             _decoder_with(dec, names).decode(_with_payload_byte(frame, "conv.weight",
                                                                 off, value))
-    if own == P_CONTEXT:
-        for value in {0, 1, 2, 3, 4, 255} - {FEATURES["magnitude+sign"]}:
-            with pytest.raises(fedpress.FormatError):
-                _decoder_with(dec, names).decode(_with_payload_byte(frame, "conv.weight",
-                                                                    off + 2, value))
+    if own == P_ACM:  # version 1 knew no such predictor
+        with pytest.raises(fedpress.FormatError):
+            _decoder_with(dec, names).decode(_with_payload_byte(frame, "conv.weight", off, 1))
     # a payload predicted from a history, offered to a decoder without one (first round)
     first, _, _, _ = _stateful_case(predictor, 0)
     off0 = _core_offset(_record(first, "conv.weight"))
-    for value in (P_CONTEXT, P_PAPER):
+    for value in (P_CONTEXT, P_PAPER, P_ACM):
         with pytest.raises(fedpress.FormatError):
             fedpress.UpdateDecoder().decode(_with_payload_byte(first, "conv.weight",
                                                                off0 + 1, value))
@@ -648,8 +646,9 @@ def test_single_tensor_api_refuses_the_stateful_codec() -> None:
 # -- 9. golden frames -----------------------------------------------------------------
 STREAMS = ["gaeb_context", "fpz_reference", "hgc"]
 #: streams kept only to be decoded: an older encoder wrote them (``fpz2_reference``:
-#: fpz's payload version 2 against a reference)
-FROZEN_STREAMS = ["fpz2_reference"]
+#: fpz's payload version 2 against a reference; ``gaeb1_context``: gaeb's version 1,
+#: crans contexts and fpz version 2 inside)
+FROZEN_STREAMS = ["fpz2_reference", "gaeb1_context"]
 
 
 def _golden_paths(stream: str) -> list[Path]:
@@ -682,10 +681,11 @@ def test_golden_stateful_frames_still_decode(stream: str) -> None:
             assert sorted(out) == keys
             for k, v in out.items():
                 assert same_bits(v, expected[f"{name}/{k}"]), f"{name}/{k} changed"
-        if stream == "gaeb_context":
+        if stream in ("gaeb_context", "gaeb1_context"):
             assert len(paths) == 2
             last = unpack(paths[-1].read_bytes())
-            assert _pid(next(r for r in last.records if r.name == "conv.weight")) == P_CONTEXT
+            assert _pid(next(r for r in last.records if r.name == "conv.weight")) == (
+                P_ACM if stream == "gaeb_context" else P_CONTEXT)
             with pytest.raises(fedpress.StateDesyncError):  # out of order
                 fedpress.UpdateDecoder().decode(paths[-1].read_bytes())
 

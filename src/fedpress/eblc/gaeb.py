@@ -9,16 +9,16 @@ was coded against, so a decoder that drifted raises ``StateDesyncError``).
 Predictors (option ``predictor``):
 
 ``context`` (default)
-    The values are quantized as in ``fpz`` (``q = rint(x / 2eb)``, nothing
-    subtracted) and the prediction only chooses the entropy coder's tables: each
-    value's context is the bucket of its predicted magnitude (an exponential moving
-    average, weight ``alpha`` on the newest round, of the decoded magnitudes, in
-    units of this round's step ``2eb``) and the sign it had last round, optionally
-    crossed with the two previous symbols' magnitude (``fpz``'s spatial context).
-    The model is chosen per tensor by estimated size among candidates that include
-    ignoring the history, in which case the tensor is coded by ``fpz``'s core (also
-    when the estimated saving is under 0.5%); under 2%, or on tensors of up to 2**19
-    values, the tensor is coded both ways and the smaller kept. No side information.
+    The values are quantized as in ``fpz`` and coded by ``fpz``'s engine (version 3,
+    ``stages.acm``) with the history as one more context input: each value's
+    magnitude context is crossed with the bucket of its predicted magnitude (an
+    exponential moving average, weight ``alpha`` on the newest round, of its decoded
+    magnitudes, against 1/4, 1 and 4 steps ``2eb`` of this round) and its sign
+    context with the sign it had last round. No side information. Tensors of up to
+    2**16 values are coded with and without the history and the smaller kept (so
+    never larger than ``fpz``); larger ones use the history when a sample of 2**14
+    values (whole rows from the middle) saves at least 1% with it, else they are
+    coded by ``fpz`` itself.
 ``paper``
     The predictor of arXiv 2511.05770 as published (EB-FaLCom), for ablation, with
     its encoder/decoder drift fixed: on 4-D tensors from the second round, kernels
@@ -38,11 +38,13 @@ history see ``x - reference``; the bound is computed from ``x`` and holds on ``x
 
 Payload (after the error-bound envelope)::
 
-    u8 version (1) | u8 predictor id
-    0 spatial:  fpz core payload
-    1 context:  u8 features (bit 0 magnitude, bit 1 sign) | crans stream
+    u8 version (2; 1 still decodes) | u8 predictor id
+    0 spatial:  fpz core payload (any fpz version)
+    1 context:  version 1 only: u8 features (bit 0 magnitude, bit 1 sign) | crans stream
     2 paper:    f64 mu_t | f64 sigma_t | blob zstd(kernel bitmap) | blob zstd(kernel signs)
                 | rans stream of the quantized residuals
+    3 context:  version 2 only: an acm stream (``stages.acm``, predictor none) coded
+                with the history (magnitudes and signs selected by ``features``)
 
 The decoded values are ``q * 2eb`` (context) or ``p + q * 2eb`` (paper) in the core's
 dtype, both computed the same way on both ends; the state is then advanced from the
@@ -59,7 +61,7 @@ from .._bytes import Reader, Writer
 from ..abc import Scope, StatefulCodec, TensorSpec
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
-from ..stages import crans, kernels, rans, spread_chunks
+from ..stages import acm
 from ..stages.coders import RANS, ContextRansCoder
 from ..stages.lossless import ZSTD
 from ..stages.quantize import MAX_CODE, usable_step
@@ -67,8 +69,16 @@ from ..state import TensorState
 from .base import KIND_CORE, ErrorBoundedCodec
 from .fpz import FpzCodec
 
-VERSION = 1
-P_SPATIAL, P_CONTEXT, P_PAPER = 0, 1, 2
+#: the payload version written (2: the adaptive context model with the history as a
+#: context); version 1 still decodes
+VERSION = 2
+P_SPATIAL, P_CONTEXT, P_PAPER, P_ACM = 0, 1, 2, 3
+#: tensors of up to _ACM_BOTH values are coded with and without the history and the
+#: smaller kept; larger ones by the outcome of a sample of _ACM_SAMPLE values (whole
+#: rows from the middle) if the history saves at least _ACM_MIN_SAVING there
+_ACM_BOTH, _ACM_SAMPLE = 1 << 16, 1 << 14
+_ACM_MIN_SAVING = 0.01
+_NO_REFERENCE = np.empty(0, np.float64)
 _PREDICTORS = ("context", "paper", "none")
 FEATURES = {"magnitude+sign": 3, "magnitude": 1, "sign": 2}
 _DEFAULT_ALPHA = {"context": 0.3, "paper": 0.07, "none": 0.3}
@@ -81,11 +91,6 @@ _MAG_LUT = np.searchsorted(MAG_EDGES * _SUBSTEPS, np.arange(int(MAG_EDGES[-1]) *
 #: paper mode: least kernel sign consistency ``2 * majority / size - 1`` to predict
 CONSISTENCY = 0.5
 _STD_GUARD = 1e-8
-#: estimated savings of the context model under _MIN_SAVING go to fpz's core; under
-#: _SURE_SAVING, or on tensors of up to _ALWAYS_BOTH values, the tensor is coded both
-#: ways and the smaller kept (the estimate is against crans without history, and fpz
-#: has coding tools of its own: zero blocks, Lorenzo, Huffman)
-_MIN_SAVING, _SURE_SAVING, _ALWAYS_BOTH = 0.005, 0.02, 1 << 19
 
 
 def _n_ext(features: int) -> int:
@@ -127,7 +132,7 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
         self.predictor = predictor
         self.alpha = float(a)
         self.features = features
-        self._fpz = FpzCodec(mode, eb, version=2)
+        self._fpz = FpzCodec(mode, eb)
 
     # -- public ------------------------------------------------------------
     def encode(self, x: np.ndarray, state: Any = None,  # type: ignore[override]
@@ -186,13 +191,13 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
     def _advance(self, st: TensorState, out: np.ndarray, reference: np.ndarray | None,
                  pending: dict[str, np.ndarray]) -> None:
         """Advance the history from the decoded tensor ``out`` (flat), on both ends alike."""
-        d = out.astype(np.float64)
-        if reference is not None:
-            d -= np.asarray(reference, dtype=np.float64).reshape(-1)
-        hist = self._history(st, d.size)
+        hist = self._history(st, out.size)
         for key in list(st):
             del st[key]
         if self.predictor == "paper":
+            d = out.astype(np.float64)
+            if reference is not None:
+                d -= np.asarray(reference, dtype=np.float64).reshape(-1)
             f32 = float(np.finfo(np.float32).max)
             d32 = np.clip(np.nan_to_num(d, nan=0.0, posinf=0.0, neginf=0.0), -f32, f32
                           ).astype(np.float32)
@@ -204,9 +209,12 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
             return
         from ..stages import _ctxkernels
 
-        mag = np.empty(d.size, np.float32)
-        sign = np.empty(d.size, np.int8)
-        _ctxkernels.advance_magnitudes(d, hist["mag"] if hist is not None else mag,
+        flat = out if out.dtype in (np.float32, np.float64) else out.astype(np.float32)
+        ref = (_NO_REFERENCE if reference is None
+               else np.asarray(reference, dtype=np.float64).reshape(-1))
+        mag = np.empty(out.size, np.float32)
+        sign = np.empty(out.size, np.int8)
+        _ctxkernels.advance_magnitudes(flat, ref, hist["mag"] if hist is not None else mag,
                                        self.alpha, hist is not None, mag, sign)
         st["mag"] = mag
         st["sign"] = sign
@@ -217,6 +225,52 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
         body, recon, over = self._fpz._encode_core_recon(x, eb_abs, shape)
         return bytes([VERSION, P_SPATIAL]) + bytes(body), recon, over
 
+    def _acm_history(self, hist: dict[str, np.ndarray]) -> acm.History:
+        """The history the context model sees (the ``features`` selected)."""
+        feats = FEATURES[self.features]
+        mag = hist["mag"] if feats & 1 else np.zeros_like(hist["mag"])
+        sign = hist["sign"] if feats & 2 else np.zeros_like(hist["sign"])
+        return mag, sign
+
+    def _acm_encode(self, x: np.ndarray, eb_abs: float, shape: tuple[int, ...],
+                    hist: dict[str, np.ndarray]
+                    ) -> tuple[bytes, np.ndarray | None, np.ndarray | None]:
+        """Version 2's context coding: fpz's engine with the history as one more
+        context (its magnitude bucket, its last sign), when a sample of whole rows
+        says it saves at least ``_ACM_MIN_SAVING`` (small tensors: coded both ways, the
+        smaller kept); else fpz's payload. Never larger than fpz but for the sample's
+        error."""
+        step = 2.0 * eb_abs
+        n = x.size
+        cols = acm.row_length(n, tuple(shape))
+        h = self._acm_history(hist)
+        workers = self._fpz._workers
+        both = n <= _ACM_BOTH
+        if not both:
+            rows = max(1, _ACM_SAMPLE // cols)
+            width = min(cols, _ACM_SAMPLE)
+            start = (n // cols // 2) * cols  # the middle row
+            take = slice(start, start + min(rows * cols, n - start, _ACM_SAMPLE))
+            m = take.stop - take.start
+            part = (h[0][take], h[1][take])
+            plain = acm.encode(x[take], width if m % width == 0 else m, step, eb_abs, 0, 1)
+            with_h = acm.encode(x[take], width if m % width == 0 else m, step, eb_abs, 0, 1,
+                                hist=part)
+            if plain is None or with_h is None or \
+                    len(with_h[0]) > (1.0 - _ACM_MIN_SAVING) * len(plain[0]):
+                return self._spatial(x, eb_abs, shape)
+        coded = acm.encode(x, cols, step, eb_abs, 0, workers, hist=h)
+        if coded is None:
+            return self._spatial(x, eb_abs, shape)
+        stream, values, n_over = coded
+        result = (bytes([VERSION, P_ACM]) + stream, values,
+                  np.zeros(0, np.int64) if n_over == 0 else None)
+        if both:  # let the real sizes decide
+            spatial = self._spatial(x, eb_abs, shape)
+            if len(spatial[0]) <= len(result[0]):
+                return spatial
+        return result
+
     def _core_encode(self, x: np.ndarray, eb_abs: float, shape: tuple[int, ...],
                      hist: dict[str, np.ndarray] | None, pending: dict[str, np.ndarray]
                      ) -> tuple[bytes, np.ndarray | None, np.ndarray | None]:
@@ -224,38 +278,14 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
             return self._spatial(x, eb_abs, shape)
         if self.predictor == "paper":
             return self._paper_encode(x, eb_abs, shape, hist, pending)
-        step = 2.0 * eb_abs
-        feats = FEATURES[self.features]
-        promising, est = self._promising(x, step, hist, feats)
-        if not promising:
-            return self._spatial(x, eb_abs, shape)
-        values = np.empty_like(x)
-        z, counts, _, n_over, ok = kernels().quantize_symbols(
-            x, step, MAX_CODE, values, rans.HIST_CAP, 7, eb_abs)
-        if not ok:
-            return self._spatial(x, eb_abs, shape)
-        ext = self._contexts(hist, step, feats)
-        choice = crans.choose(z, counts, ext, _n_ext(feats), est=est)
-        if not choice.use_ext or choice.saving < _MIN_SAVING:
-            return self._spatial(x, eb_abs, shape)  # the history does not help this round
-        w = Writer()
-        w.u8(VERSION)
-        w.u8(P_CONTEXT)
-        w.u8(feats)
-        crans.write(choice, z, ext, w)
-        coded = (w.getvalue(), values, (np.zeros(0, np.int64) if n_over == 0 else None))
-        if choice.saving < _SURE_SAVING or x.size <= _ALWAYS_BOTH:
-            spatial = self._spatial(x, eb_abs, shape)  # close: let the real sizes decide
-            if len(spatial[0]) <= len(coded[0]):
-                return spatial
-        return coded
+        return self._acm_encode(x, eb_abs, shape, hist)
 
     def _core_decode(self, data: memoryview, n: int, dtype: np.dtype, eb_abs: float,
                      shape: tuple[int, ...], hist: dict[str, np.ndarray] | None,
                      pending: dict[str, np.ndarray]) -> np.ndarray:
         rd = Reader(data, "gaeb payload")
         version = rd.u8()
-        if version != VERSION:
+        if version not in (1, VERSION):
             raise FormatError(f"gaeb payload: unknown version {version}")
         pid = rd.u8()
         if pid == P_SPATIAL:
@@ -263,11 +293,14 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
         if hist is None:
             raise FormatError("gaeb payload: predicted from a history this decoder does not "
                               "hold (first round or another tensor)")
-        own = {"paper": P_PAPER, "context": P_CONTEXT}.get(self.predictor)
-        if pid != own:
+        own = {"paper": (P_PAPER,), "context": (P_CONTEXT, P_ACM)}.get(self.predictor, ())
+        if pid not in own or (pid == P_ACM and version < 2) or (pid == P_CONTEXT and version > 1):
             raise FormatError(f"gaeb payload: predictor {pid} is not this codec's")
         if not usable_step(2.0 * eb_abs):
             raise FormatError(f"gaeb payload: quantized values with bound {eb_abs}")
+        if pid == P_ACM:
+            return acm.decode(rd, n, 2.0 * eb_abs, dtype, 0, self._fpz._workers,
+                              hist=self._acm_history(hist))
         if pid == P_PAPER:
             return self._paper_decode(rd, n, dtype, eb_abs, shape, hist, pending)
         feats = rd.u8()
@@ -275,27 +308,6 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
             raise FormatError(f"gaeb payload: features {feats} are not this codec's")
         ext = self._contexts(hist, 2.0 * eb_abs, feats)
         return ContextRansCoder(ext, _n_ext(feats)).decode(rd, n, step=2.0 * eb_abs, dtype=dtype)
-
-    def _promising(self, x: np.ndarray, step: float, hist: dict[str, np.ndarray],
-                   feats: int) -> tuple[bool, dict[tuple[bool, int], float] | None]:
-        """On long tensors: whether a sample of chunks says the history saves at least
-        ``_MIN_SAVING`` (if not, the tensor goes to fpz's core without a full pass),
-        and the sample's estimates (None on short tensors)."""
-        chunks, size = crans.SAMPLE_CHUNKS, crans.SAMPLE_CHUNK
-        if x.size < 2 * chunks * size:
-            return True, None
-        xs = spread_chunks(x, chunks, size)
-        vs = np.empty_like(xs)
-        zs, hs, _, _, ok = kernels().quantize_symbols(xs, step, MAX_CODE, vs, rans.HIST_CAP, 7,
-                                                      step / 2.0)
-        if not ok:
-            return False, None
-        part = {k: spread_chunks(v, chunks, size) for k, v in hist.items()}
-        es = self._contexts(part, step, feats)
-        k = rans.escape_symbol(hs, zs.size)
-        est = crans.estimates(zs, es, _n_ext(feats), x.size, k, rans.precision(k),
-                              chunk=size)
-        return crans.sample_saving(est) >= _MIN_SAVING, est
 
     @staticmethod
     def _contexts(hist: dict[str, np.ndarray], step: float, feats: int) -> np.ndarray:

@@ -61,8 +61,11 @@ ESC = 15
 #: context buckets per feature (T + 1 values each); the shift keeps both below T
 T = 6
 NCTX = (T + 1) * (T + 1)
-#: sign contexts (left sign x up sign), then the row flag's
-NSIGN = 9
+#: buckets of a value's history (gaeb: the moving average of its decoded magnitudes
+#: in steps), crossed with the magnitude contexts; 1 (bucket 0) without a history
+NHIST = 4
+#: sign contexts (left sign x up sign x the history's last sign), then the row flag's
+NSIGN = 27
 #: largest magnitude a code may have (codes are kept within int32)
 MAX_CODE = (1 << 30) - 1
 #: binary probabilities stay within [P_MIN, ONE - P_MIN]
@@ -74,9 +77,9 @@ EMA_SHIFT = 4
 INC, LIMIT, REFRESH_BITS = 16, 16384, 4
 #: layout of the model array (int32): counts, totals, frozen tables, binary contexts
 _CNT = 0
-_TOT = NCTX * NSYM
-_CUM = _TOT + NCTX
-_BIN = _CUM + NCTX * (NSYM + 1)
+_TOT = NHIST * NCTX * NSYM
+_CUM = _TOT + NHIST * NCTX
+_BIN = _CUM + NHIST * NCTX * (NSYM + 1)
 _MODEL = _BIN + NSIGN + 1
 #: per symbol: offset bits and the class's first magnitude (escape: 0, 192)
 _NBITS = np.array([0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 0], np.int64)
@@ -163,13 +166,23 @@ def _context(e, ema):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _with_history(ctx, mag, sgn, step):  # pragma: no cover - compiled
+    """The magnitude context crossed with the history's bucket (its moving average of
+    decoded magnitudes against 1/4, 1 and 4 steps), and the sign contexts' offset for
+    its last sign (0 zero, 9 positive, 18 negative)."""
+    v = np.float64(mag)
+    hb = (v > 0.25 * step) + (v > step) + (v > 4.0 * step)
+    return ctx + NCTX * hb, 9 * ((sgn > 0) + 2 * (sgn < 0))
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _init_model():  # pragma: no cover - compiled
     """The model array: counts from ``PRIOR``, their tables, binary contexts at 1/2."""
     mod = np.empty(_MODEL, np.int32)
-    for c in range(NCTX):
+    for c in range(NHIST * NCTX):
         t = 0
         for i in range(NSYM):
-            v = PRIOR[c * NSYM + i]
+            v = PRIOR[(c % NCTX) * NSYM + i]
             mod[_CNT + c * NSYM + i] = v
             t += v
         mod[_TOT + c] = t
@@ -252,7 +265,7 @@ def _put(acc, accn, v, n):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def encode_block(x, start, rows, cols, step, eb, pred, y):  # pragma: no cover - compiled
+def encode_block(x, start, rows, cols, step, eb, pred, y, hmag, hsgn):  # pragma: no cover
     """Code ``x[start:start + rows * cols]`` (see the module docs).
 
     Returns ``(words, raw, n_over, ok)``: the rANS words (uint16), the raw-bit words
@@ -307,6 +320,9 @@ def encode_block(x, start, rows, cols, step, eb, pred, y):  # pragma: no cover -
             u = np.int64(up[j]) if has_up else 0
             e = 2 * a + b + (u >> 2) if has_up else 6 * a + b
             ctx, sh = _context(e, ema)
+            hs = 0
+            if hmag.size:
+                ctx, hs = _with_history(ctx, hmag[base + j], hsgn[base + j], step)
             mm = m >> sh
             low = m & ((1 << sh) - 1)
             if mm < 192:
@@ -342,7 +358,7 @@ def encode_block(x, start, rows, cols, step, eb, pred, y):  # pragma: no cover -
             mod[_TOT + ctx] = t
             if _due(t):
                 _renew(mod, ctx)
-            sc = _BIN + sa * 3 + (u & 3)
+            sc = _BIN + sa * 3 + (u & 3) + hs
             p = mod[sc]
             neg = 1 if c < 0 else 0
             ops[nops] = _op(_p0(p), neg) if m else ONE << 16
@@ -416,7 +432,8 @@ def _raw(buf, ro, pos, last):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def decode_block(buf, wo, nw, ro, nraw, rows, cols, step, pred, out, start):  # pragma: no cover
+def decode_block(buf, wo, nw, ro, nraw, rows, cols, step, pred, out, start, hmag, hsgn
+                 ):  # pragma: no cover - compiled
     """Decode one block into ``out[start:start + rows * cols]`` (``q * step`` in
     ``out``'s dtype). Its streams are ``nw`` 16-bit words at byte ``wo`` of ``buf`` and
     ``nraw`` 32-bit raw words at byte ``ro`` (little-endian; read byte by byte, so
@@ -466,6 +483,9 @@ def decode_block(buf, wo, nw, ro, nraw, rows, cols, step, pred, out, start):  # 
             u = np.int64(up[j]) if has_up else 0
             e = 2 * a + b + (u >> 2) if has_up else 6 * a + b
             ctx, sh = _context(e, ema)
+            hs = 0
+            if hmag.size:
+                ctx, hs = _with_history(ctx, hmag[base + j], hsgn[base + j], step)
             oc = _CUM + ctx * (NSYM + 1)
             slot = xa & mask
             # the symbol: one comparison picks a half of the frozen table (its entry
@@ -524,7 +544,7 @@ def decode_block(buf, wo, nw, ro, nraw, rows, cols, step, pred, out, start):  # 
                 acc >>= sh
                 accn -= sh
             # the sign: a step of probability one for a zero code
-            sc = _BIN + sa * 3 + (u & 3)
+            sc = _BIN + sa * 3 + (u & 3) + hs
             p = mod[sc]
             nzm = m != 0
             p0 = _p0(p) if nzm else ONE

@@ -169,15 +169,19 @@ def magnitude_sign_contexts(mag, scale, lut, sign, nsign):  # pragma: no cover -
 
 
 @njit(cache=True, nogil=True)
-def advance_magnitudes(d, mag, alpha, has_old, new_mag, new_sign):  # pragma: no cover
-    """One round of ``gaeb``'s history from the decoded change ``d`` (float64; NaN/Inf
-    count as 0, magnitudes are capped at float32's largest):
+def advance_magnitudes(out, ref, mag, alpha, has_old, new_mag, new_sign):  # pragma: no cover
+    """One round of ``gaeb``'s history from the decoded tensor ``out`` (float32 or
+    float64) minus the reference ``ref`` (float64; empty: none), ``d``, in float64
+    (NaN/Inf count as 0, magnitudes are capped at float32's largest):
     ``new_mag = (1 - alpha) * mag + alpha * |d|`` in float32 (``|d|`` alone when
     ``has_old`` is false) and ``new_sign = sign(d)``."""
     a = np.float32(alpha)
     b = np.float32(1.0) - a
-    for i in range(d.size):
-        v = d[i]
+    with_ref = ref.size > 0
+    for i in range(out.size):
+        v = np.float64(out[i])
+        if with_ref:
+            v -= ref[i]
         if not np.isfinite(v):
             v = 0.0
         m = np.float32(min(abs(v), 3.4028234663852886e38))  # stays finite in float32

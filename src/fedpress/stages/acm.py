@@ -113,9 +113,33 @@ def _map(fn: Callable[[T], R], items: list[T], workers: int) -> list[R]:
     return list(pool(workers).map(fn, items))
 
 
+_NO_MAG = np.empty(0, np.float32)
+_NO_SIGN = np.empty(0, np.int8)
+#: a value's history (``gaeb``): the moving average of its decoded magnitudes
+#: (float32) and its last decoded sign (int8: -1, 0, 1)
+History = tuple[np.ndarray, np.ndarray]
+
+
+def _history(hist: History | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The history arrays as the kernels take them (checked against ``n``)."""
+    if hist is None:
+        return _NO_MAG, _NO_SIGN
+    mag = np.ascontiguousarray(hist[0], dtype=np.float32)
+    sgn = np.ascontiguousarray(hist[1], dtype=np.int8)
+    if mag.shape != (n,) or sgn.shape != (n,):
+        raise ValueError(f"acm: a history of {mag.shape} and {sgn.shape} for {n} values")
+    return mag, sgn
+
+
 def encode(x: np.ndarray, cols: int, step: float, eb: float, pred: int, workers: int = 1,
-           block_bits: int = BLOCK_BITS) -> tuple[bytes, np.ndarray, int] | None:
+           block_bits: int = BLOCK_BITS, hist: History | None = None,
+           ) -> tuple[bytes, np.ndarray, int] | None:
     """Code the flat array ``x`` (finite float32/float64) as rows of ``cols``.
+
+    ``hist``, if given, is what both ends know of each value from elsewhere (gaeb's
+    history: ``(magnitudes, signs)``): the magnitude contexts are crossed with the
+    bucket of its magnitude in steps (below 1/4, 1, 4, above), the sign contexts with
+    its sign.
 
     Returns ``(stream, values, n_over)``: the stream (see the module docs), the
     decoder's values ``q * step`` in ``x``'s dtype, and how many of them are over
@@ -125,13 +149,15 @@ def encode(x: np.ndarray, cols: int, step: float, eb: float, pred: int, workers:
     n = x.size
     if cols < 1 or n % cols:
         raise ValueError(f"acm: {cols} columns for {n} values")
+    hmag, hsgn = _history(hist, n)
     kern = kernels()
     y = np.empty_like(x)
     blocks = layout(n, cols, block_bits)
 
     def one(blk: Block) -> _Coded:
         start, rows, c = blk
-        words, raw, over, ok = kern.encode_block(x, start, rows, c, step, eb, pred, y)
+        words, raw, over, ok = kern.encode_block(x, start, rows, c, step, eb, pred, y, hmag,
+                                                 hsgn)
         return words, raw, int(over), bool(ok)
 
     parts = _map(one, blocks, workers)
@@ -152,9 +178,10 @@ def encode(x: np.ndarray, cols: int, step: float, eb: float, pred: int, workers:
 
 
 def decode(rd: Reader, n: int, step: float, dtype: np.dtype, pred: int, workers: int = 1,
-           ) -> np.ndarray:
+           hist: History | None = None) -> np.ndarray:
     """The ``n`` values (``dtype``) of a stream of :func:`encode` read from ``rd`` (to
-    its end)."""
+    its end); ``hist`` as the encoder had it."""
+    hmag, hsgn = _history(hist, n)
     cols = rd.varint(cap=n, name="acm columns")
     if cols < 1 or n % cols:
         raise FormatError(f"acm stream: {cols} columns for {n} values")
@@ -190,7 +217,7 @@ def decode(rd: Reader, n: int, step: float, dtype: np.dtype, pred: int, workers:
         nw, nr = sizes[i]
         o = offsets[i] - base
         return int(kern.decode_block(body, o, nw, o + 2 * nw, nr, rows, c, step, pred, out,
-                                     start))
+                                     start, hmag, hsgn))
 
     for status in _map(one, list(range(len(blocks))), workers):
         if status:
