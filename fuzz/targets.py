@@ -29,7 +29,8 @@ Targets (``python fuzz/targets.py --list``):
     beside a genuine peer's; the result must have the tensors' shapes, float32, finite.
 ``stages``
     The entropy-coder stages read directly: rans, crans, huffman, golomb (rice and
-    gamma), radix, ans, and the sparse index coding.
+    gamma), radix, ans, the sparse index coding, and acm (fpz version 3's adaptive
+    context model, without and with a history: gaeb's).
 
 Inputs are self-contained (a regression file replays without any set-up state):
 
@@ -91,10 +92,10 @@ DECODER_MODULES = (
     "fedpress.stages.quantize",
     "fedpress.stages.predict", "fedpress.stages.rans", "fedpress.stages.crans",
     "fedpress.stages.huffman", "fedpress.stages.golomb", "fedpress.stages.radix",
-    "fedpress.stages.ans",
+    "fedpress.stages.ans", "fedpress.stages.acm",
 )
 COMPILED_MODULES = ("fedpress.stages._kernels", "fedpress.stages._bitkernels",
-                    "fedpress.stages._ctxkernels")
+                    "fedpress.stages._ctxkernels", "fedpress.stages._acmkernels")
 
 NATIVE = frozenset({"sz3", "zfp"})
 #: caps of every decoder here: small enough that a target never pages a shared machine
@@ -267,6 +268,13 @@ def frame_seeds() -> list[bytes]:
     sparse = np.where(np.abs(x) > 0.9, x, 0).astype(np.float32)
     seeds.append(fedpress.compress(sparse, codec="fpz", eb=1e-3, mode="abs"))
     seeds.append(fedpress.compress(np.full(50, 3.5, np.float32), codec="fpz"))  # constant
+    # fpz version 3: lorenzo1d, two blocks of rows, a row cut into pieces
+    seeds.append(fedpress.compress(np.cumsum(x.reshape(-1)), codec="fpz", eb=1e-3,
+                                   predictor="lorenzo1d"))
+    blocks = np.zeros((70, 1000), np.float32)
+    blocks[[3, 50, 69], :600] = x.reshape(-1)
+    seeds.append(fedpress.compress(blocks, codec="fpz", eb=1e-2))
+    seeds.append(fedpress.compress(blocks.reshape(-1), codec="fpz", eb=1e-2))
     seeds.append(fedpress.compress(np.zeros((0, 4), np.float32), codec="szx"))  # empty
     seeds.append(fedpress.compress(x, codec="szx", eb=0.0, mode="abs"))  # lossless kind
     seeds.append(fedpress.compress(x, codec="fpz", eb=1e-2,
@@ -729,7 +737,8 @@ def powersgd_edge_seeds() -> list[bytes]:
 
 
 # -- target: the entropy-coder stages -------------------------------------------------
-STAGES = ("rans", "rans_f32", "crans", "huffman", "rice", "gamma", "radix", "ans", "indices")
+STAGES = ("rans", "rans_f32", "crans", "huffman", "rice", "gamma", "radix", "ans", "indices",
+          "acm", "acm_hist")
 CRANS_EXT = 6  # contexts of the crans target: position-derived, in [0, CRANS_EXT)
 
 
@@ -737,10 +746,17 @@ def _crans_ext(n: int) -> np.ndarray:
     return ((np.arange(n) * 7 + n) % CRANS_EXT).astype(np.uint8)
 
 
+def _acm_history(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The history the acm_hist target decodes with: position-derived magnitudes (in
+    steps of 0.25, every bucket) and signs."""
+    i = np.arange(n)
+    return ((i % 11) * 0.15).astype(np.float32), ((i % 3) - 1).astype(np.int8)
+
+
 def one_stage(data: bytes) -> None:
     from fedpress._bytes import Reader
     from fedpress.grad.indices import read_indices
-    from fedpress.stages import ans, crans, golomb, huffman, radix, rans
+    from fedpress.stages import acm, ans, crans, golomb, huffman, radix, rans
 
     if len(data) < 4:
         return
@@ -772,6 +788,12 @@ def one_stage(data: bytes) -> None:
             cap -= 1
         elif stage == "ans":
             out = ans.decode(rd, n)
+        elif stage in ("acm", "acm_hist"):  # fpz version 3's engine; param: the predictor
+            hist = _acm_history(n) if stage == "acm_hist" else None
+            out, dtype = acm.decode(rd, n, 0.25, np.dtype(np.float32), param & 1, 1 + (param >> 7),
+                                    hist=hist), np.float32
+            if not np.all(np.isfinite(out)) or (out.size and np.abs(out).max() > 0.25 * (1 << 30)):
+                raise Finding(f"{stage}: a value beyond the largest code")
         else:
             size = n + param
             out = read_indices(rd, min(n, size), size)
@@ -794,7 +816,7 @@ def stage_input(stage: str, n: int, param: int, stream: bytes) -> bytes:
 def stage_seeds() -> list[bytes]:
     from fedpress._bytes import Writer
     from fedpress.grad.indices import candidates
-    from fedpress.stages import ans, crans, golomb, huffman, radix, rans
+    from fedpress.stages import acm, ans, crans, golomb, huffman, radix, rans
 
     seeds = []
     rng = np.random.default_rng(8)
@@ -816,6 +838,16 @@ def stage_seeds() -> list[bytes]:
         w = Writer()
         ans.encode(r, w)
         seeds.append(stage_input("ans", n, 0, w.getvalue()))
+        x = (r * 0.25).astype(np.float32)
+        x[: n // 3] = 0.0  # zero rows
+        for cols in {1, n, max(1, n // 10) if n % max(1, n // 10) == 0 else n}:
+            for pred in (0, 1):
+                for stage in ("acm", "acm_hist"):
+                    hist = _acm_history(n) if stage == "acm_hist" else None
+                    coded = acm.encode(x, cols, 0.25, 0.125, pred, 1, hist=hist)
+                    assert coded is not None
+                    seeds.append(stage_input(stage, n, pred | (128 if cols == 1 else 0),
+                                             coded[0]))
         v = np.abs(r) % 1000
         seeds.append(stage_input("rice", n, 3, golomb.rice_pack(v, 3)))
         seeds.append(stage_input("gamma", n, 12, golomb.gamma_pack(v + 1)))
