@@ -154,6 +154,13 @@ def _bitlen(v):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _u(i):  # pragma: no cover - compiled
+    """An index as unsigned: numba then skips its negative-index fix-up (three
+    instructions per access in these loops; every index here is non-negative)."""
+    return np.uint64(i)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _context(e, ema):  # pragma: no cover - compiled
     """(context, shift) of a value from its neighbourhood sum and the row EMA. The
     shift follows the larger of the two, but never more than two octaves above the
@@ -182,10 +189,10 @@ def _init_model():  # pragma: no cover - compiled
     for c in range(NHIST * NCTX):
         t = 0
         for i in range(NSYM):
-            v = PRIOR[(c % NCTX) * NSYM + i]
-            mod[_CNT + c * NSYM + i] = v
+            v = PRIOR[_u((c % NCTX) * NSYM + i)]
+            mod[_u(_CNT + c * NSYM + i)] = v
             t += v
-        mod[_TOT + c] = t
+        mod[_u(_TOT + c)] = t
         _renew(mod, c)
     mod[_BIN:_MODEL] = _HALF2
     return mod
@@ -199,22 +206,22 @@ def _renew(mod, c):  # pragma: no cover - compiled
     kernels inline no function that takes an array (numba would count references
     around it)."""
     o = _CNT + c * NSYM
-    t = mod[_TOT + c]
+    t = mod[_u(_TOT + c)]
     if t > LIMIT:
         t = 0
         for i in range(NSYM):
-            v = (mod[o + i] + 1) >> 1
-            mod[o + i] = v
+            v = (mod[_u(o + i)] + 1) >> 1
+            mod[_u(o + i)] = v
             t += v
-        mod[_TOT + c] = t
+        mod[_u(_TOT + c)] = t
     oc = _CUM + c * (NSYM + 1)
     r = np.uint32(ONE << 16) // np.uint32(t)
     acc = 0
     for i in range(NSYM - 1):
-        mod[oc + i] = acc
-        acc += (np.int64(mod[o + i]) * r) >> 16
-    mod[oc + NSYM - 1] = acc
-    mod[oc + NSYM] = ONE
+        mod[_u(oc + i)] = acc
+        acc += (np.int64(mod[_u(o + i)]) * r) >> 16
+    mod[_u(oc + NSYM - 1)] = acc
+    mod[_u(oc + NSYM)] = ONE
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -277,6 +284,7 @@ def encode_block(x, start, rows, cols, step, eb, pred, y, hmag, hsgn):  # pragma
     ops = np.empty(2 * n + rows, np.uint32)
     raw = np.empty(((36 * n) >> 5) + 2, np.uint32)
     nops = 0
+    lane = 0  # the state of the next step (0 A, 1 B): steps alternate
     nraw = 0
     acc = 0
     accn = 0
@@ -292,22 +300,23 @@ def encode_block(x, start, rows, cols, step, eb, pred, y, hmag, hsgn):  # pragma
         base = start + r * cols
         nz = 0
         for j in range(cols):
-            xi = np.float64(x[base + j])
+            xi = np.float64(x[_u(base + j)])
             v = np.rint(xi / step)
             if not abs(v) < lim:
                 return np.empty(0, np.uint16), np.empty(0, np.uint32), n_over, False
             c = np.int64(v)
-            y[base + j] = np.float64(c) * step
-            n_over += not abs(np.float64(y[base + j]) - xi) <= eb  # NaN counts as over
+            y[_u(base + j)] = np.float64(c) * step
+            n_over += not abs(np.float64(y[_u(base + j)]) - xi) <= eb  # NaN counts as over
             if pred:
                 c, last = c - last, c
-            cur[j + 1] = c
+            cur[_u(j + 1)] = c
             nz |= c
         zrow = nz == 0
-        p = mod[_BIN + NSIGN]
-        ops[nops] = _op(_p0(p), 0 if zrow else 1)
+        p = mod[_u(_BIN + NSIGN)]
+        ops[_u(nops)] = _op(_p0(p), 0 if zrow else 1) | (lane << 15)
         nops += 1
-        mod[_BIN + NSIGN] = _bin_update(p, 0 if zrow else 1)
+        lane ^= 1
+        mod[_u(_BIN + NSIGN)] = _bin_update(p, 0 if zrow else 1)
         if zrow:
             has_up = False
             continue
@@ -315,102 +324,103 @@ def encode_block(x, start, rows, cols, step, eb, pred, y, hmag, hsgn):  # pragma
         b = 0
         sa = 0
         for j in range(cols):
-            c = cur[j + 1]
+            c = cur[_u(j + 1)]
             m = abs(c)
-            u = np.int64(up[j]) if has_up else 0
+            u = np.int64(up[_u(j)]) if has_up else 0
             e = 2 * a + b + (u >> 2) if has_up else 6 * a + b
             ctx, sh = _context(e, ema)
             hs = 0
             if hmag.size:
-                ctx, hs = _with_history(ctx, hmag[base + j], hsgn[base + j], step)
+                ctx, hs = _with_history(ctx, hmag[_u(base + j)], hsgn[_u(base + j)], step)
             mm = m >> sh
             low = m & ((1 << sh) - 1)
             if mm < 192:
                 bl = _bitlen(mm)
                 s = mm if mm < 4 else 2 * bl + ((mm >> (bl - 2)) & 1) - 2
                 # at most 29 bits: m >= 2**(class octave + sh) and m < 2**31
-                nb = _NBITS[s] + sh
-                field = ((mm - _BASE[s]) << sh) | low
+                nb = _NBITS[_u(s)] + sh
+                field = ((mm - _BASE[_u(s)]) << sh) | low
             else:
                 s = ESC
                 g = mm - 191
                 L = _bitlen(g)
                 acc, accn, word, full = _put(acc, accn, L - 1, 5)
                 if full:
-                    raw[nraw] = word
+                    raw[_u(nraw)] = word
                     nraw += 1
                 acc, accn, word, full = _put(acc, accn, g - (1 << (L - 1)), L - 1)
                 if full:
-                    raw[nraw] = word
+                    raw[_u(nraw)] = word
                     nraw += 1
                 field = low
                 nb = sh
             acc, accn, word, full = _put(acc, accn, field, nb)
             if full:
-                raw[nraw] = word
+                raw[_u(nraw)] = word
                 nraw += 1
             oc = _CUM + ctx * (NSYM + 1) + s
-            lo = mod[oc]
-            ops[nops] = lo | ((mod[oc + 1] - lo) << 16)
+            lo = mod[_u(oc)]
+            ops[_u(nops)] = lo | ((mod[_u(oc + 1)] - lo) << 16) | (lane << 15)
             nops += 1
-            mod[_CNT + ctx * NSYM + s] += INC
-            t = mod[_TOT + ctx] + INC
-            mod[_TOT + ctx] = t
+            lane ^= 1
+            mod[_u(_CNT + ctx * NSYM + s)] += INC
+            t = mod[_u(_TOT + ctx)] + INC
+            mod[_u(_TOT + ctx)] = t
             if _due(t):
                 _renew(mod, ctx)
             sc = _BIN + sa * 3 + (u & 3) + hs
-            p = mod[sc]
+            p = mod[_u(sc)]
             neg = 1 if c < 0 else 0
-            ops[nops] = _op(_p0(p), neg) if m else ONE << 16
-            nops += 1
-            if m:
-                mod[sc] = _bin_update(p, neg)
+            if m:  # a zero code's sign step has probability one: only its turn is kept
+                ops[_u(nops)] = _op(_p0(p), neg) | (lane << 15)
+                nops += 1
+                mod[_u(sc)] = _bin_update(p, neg)
+            lane ^= 1
             sa = (1 + neg) if m else 0
             ema += ((m << 8) - ema) >> EMA_SHIFT
             b = a
             a = m
         for j in range(cols):
-            v = np.int64(cur[j + 1])
-            e = min(2 * abs(v) + abs(np.int64(cur[j])) + abs(np.int64(cur[j + 2])), UP_CAP)
-            up[j] = (e << 2) | (0 if v == 0 else (1 if v > 0 else 2))
+            v = np.int64(cur[_u(j + 1)])
+            e = min(2 * abs(v) + abs(np.int64(cur[_u(j)])) + abs(np.int64(cur[_u(j + 2)])), UP_CAP)
+            up[_u(j)] = (e << 2) | (0 if v == 0 else (1 if v > 0 else 2))
         has_up = True
     if accn:
-        raw[nraw] = acc
+        raw[_u(nraw)] = acc
         nraw += 1
     return _rans_backward(ops, nops), raw[:nraw].copy(), n_over, True
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _rans_backward(ops, nops):  # pragma: no cover - compiled
-    """The rANS words of ``ops[:nops]`` (``start | freq << 16``), coded backwards
-    with two states used in turn (operation ``i`` by state ``i & 1``); steps of
-    frequency ``ONE`` change nothing."""
+    """The rANS words of ``ops[:nops]`` (``start | lane << 15 | freq << 16``), coded
+    backwards, each with the state its lane names (the steps of probability one are
+    not recorded: they change no state, only whose turn it is)."""
     buf = np.empty(nops + 4, np.uint16)
     p = buf.size
     xa = np.int64(LO)
     xb = np.int64(LO)
     for i in range(nops - 1, -1, -1):
-        o = ops[i]
-        f = np.int64(o >> 16)
-        if f == ONE:
-            continue
-        start = np.int64(o & 0xFFFF)
-        xs = xb if i & 1 else xa
+        o = np.int64(ops[_u(i)])
+        f = o >> 16
+        start = o & 0x7FFF
+        b = (o >> 15) & 1
+        xs = xb if b else xa
         if xs >= (f << (32 - PB)):
             p -= 1
-            buf[p] = xs & 0xFFFF
+            buf[_u(p)] = xs & 0xFFFF
             xs >>= 16
         xu = np.uint32(xs)
         fu = np.uint32(f)
         xs = (np.int64(xu // fu) << PB) + np.int64(xu % fu) + start
-        if i & 1:
+        if b:
             xb = xs
         else:
             xa = xs
-    buf[p - 1] = xb & 0xFFFF
-    buf[p - 2] = xb >> 16
-    buf[p - 3] = xa & 0xFFFF
-    buf[p - 4] = xa >> 16
+    buf[_u(p - 1)] = xb & 0xFFFF
+    buf[_u(p - 2)] = xb >> 16
+    buf[_u(p - 3)] = xa & 0xFFFF
+    buf[_u(p - 4)] = xa >> 16
     return buf[p - 4:].copy()
 
 
@@ -418,7 +428,7 @@ def _rans_backward(ops, nops):  # pragma: no cover - compiled
 def _word(buf, wo, pos, last):  # pragma: no cover - compiled
     """The 16-bit word ``min(pos, last)`` of the stream at byte ``wo`` of ``buf``."""
     i = wo + 2 * min(pos, last)
-    return np.int64(buf[i]) | (np.int64(buf[i + 1]) << 8)
+    return np.int64(buf[_u(i)]) | (np.int64(buf[_u(i + 1)]) << 8)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -427,8 +437,8 @@ def _raw(buf, ro, pos, last):  # pragma: no cover - compiled
     if last < 0:
         return 0
     i = ro + 4 * min(pos, last)
-    return (np.int64(buf[i]) | (np.int64(buf[i + 1]) << 8) | (np.int64(buf[i + 2]) << 16)
-            | (np.int64(buf[i + 3]) << 24))
+    return (np.int64(buf[_u(i)]) | (np.int64(buf[_u(i + 1)]) << 8)
+            | (np.int64(buf[_u(i + 2)]) << 16) | (np.int64(buf[_u(i + 3)]) << 24))
 
 
 @njit(cache=True, nogil=True)
@@ -458,7 +468,7 @@ def decode_block(buf, wo, nw, ro, nraw, rows, cols, step, pred, out, start, hmag
     has_up = False
     for r in range(rows):
         base = start + r * cols
-        p = mod[_BIN + NSIGN]
+        p = mod[_u(_BIN + NSIGN)]
         p0 = _p0(p)
         slot = xa & mask
         bit = 1 if slot >= p0 else 0
@@ -467,48 +477,48 @@ def decode_block(buf, wo, nw, ro, nraw, rows, cols, step, pred, out, start, hmag
             xa = (xa << 16) | _word(buf, wo, pos, wl)
             pos += 1
         xa, xb = xb, xa
-        mod[_BIN + NSIGN] = _bin_update(p, bit)
+        mod[_u(_BIN + NSIGN)] = _bin_update(p, bit)
         if pos > nw:
             return ERR_WORDS
         if bit == 0:
             v0 = np.float64(last) * step if pred else 0.0
             for j in range(cols):
-                out[base + j] = v0
+                out[_u(base + j)] = v0
             has_up = False
             continue
         a = 0
         b = 0
         sa = 0
         for j in range(cols):
-            u = np.int64(up[j]) if has_up else 0
+            u = np.int64(up[_u(j)]) if has_up else 0
             e = 2 * a + b + (u >> 2) if has_up else 6 * a + b
             ctx, sh = _context(e, ema)
             hs = 0
             if hmag.size:
-                ctx, hs = _with_history(ctx, hmag[base + j], hsgn[base + j], step)
+                ctx, hs = _with_history(ctx, hmag[_u(base + j)], hsgn[_u(base + j)], step)
             oc = _CUM + ctx * (NSYM + 1)
             slot = xa & mask
             # the symbol: one comparison picks a half of the frozen table (its entry
             # 16 is ONE), then its 7 inner boundaries are compared side by side
-            h = oc + (8 if mod[oc + 8] <= slot else 0)
-            s = (((np.int64(mod[h + 1] <= slot) + np.int64(mod[h + 2] <= slot))
-                  + (np.int64(mod[h + 3] <= slot) + np.int64(mod[h + 4] <= slot)))
-                 + ((np.int64(mod[h + 5] <= slot) + np.int64(mod[h + 6] <= slot))
-                    + np.int64(mod[h + 7] <= slot))) + (h - oc)
-            lo = mod[oc + s]
-            xa = (mod[oc + s + 1] - lo) * (xa >> PB) + slot - lo
+            h = oc + (8 if mod[_u(oc + 8)] <= slot else 0)
+            s = (((np.int64(mod[_u(h + 1)] <= slot) + np.int64(mod[_u(h + 2)] <= slot))
+                  + (np.int64(mod[_u(h + 3)] <= slot) + np.int64(mod[_u(h + 4)] <= slot)))
+                 + ((np.int64(mod[_u(h + 5)] <= slot) + np.int64(mod[_u(h + 6)] <= slot))
+                    + np.int64(mod[_u(h + 7)] <= slot))) + (h - oc)
+            lo = mod[_u(oc + s)]
+            xa = (mod[_u(oc + s + 1)] - lo) * (xa >> PB) + slot - lo
             need = xa < LO
             xa = (xa << 16) | _word(buf, wo, pos, wl) if need else xa
             pos = min(pos + need, nw + 1)
             xa, xb = xb, xa
-            mod[_CNT + ctx * NSYM + s] += INC
-            t = mod[_TOT + ctx] + INC
-            mod[_TOT + ctx] = t
+            mod[_u(_CNT + ctx * NSYM + s)] += INC
+            t = mod[_u(_TOT + ctx)] + INC
+            mod[_u(_TOT + ctx)] = t
             if _due(t):
                 _renew(mod, ctx)
             # the raw field: class offset and low bits
             if s < ESC:
-                nb = _NBITS[s] + sh
+                nb = _NBITS[_u(s)] + sh
                 if nb > 29:  # never written: the code would be 2**31 or more
                     return ERR_CODE
                 if accn < nb:
@@ -518,7 +528,7 @@ def decode_block(buf, wo, nw, ro, nraw, rows, cols, step, pred, out, start, hmag
                 field = acc & ((1 << nb) - 1)
                 acc >>= nb
                 accn -= nb
-                m = (_BASE[s] << sh) + field
+                m = (_BASE[_u(s)] << sh) + field
             else:
                 if accn < 5:
                     acc |= _raw(buf, ro, rpos, rl) << accn
@@ -545,7 +555,7 @@ def decode_block(buf, wo, nw, ro, nraw, rows, cols, step, pred, out, start, hmag
                 accn -= sh
             # the sign: a step of probability one for a zero code
             sc = _BIN + sa * 3 + (u & 3) + hs
-            p = mod[sc]
+            p = mod[_u(sc)]
             nzm = m != 0
             p0 = _p0(p) if nzm else ONE
             slot = xa & mask
@@ -555,28 +565,28 @@ def decode_block(buf, wo, nw, ro, nraw, rows, cols, step, pred, out, start, hmag
             xa = (xa << 16) | _word(buf, wo, pos, wl) if need else xa
             pos = min(pos + need, nw + 1)
             xa, xb = xb, xa
-            mod[sc] = _bin_update(p, neg) if nzm else p
+            mod[_u(sc)] = _bin_update(p, neg) if nzm else p
             sa = (1 + neg) if nzm else 0
             c = m - 2 * neg * m
             if pred:
                 last += c
                 if not abs(last) <= MAX_CODE:
                     return ERR_CODE
-                out[base + j] = np.float64(last) * step
+                out[_u(base + j)] = np.float64(last) * step
             else:
                 if m > MAX_CODE:
                     return ERR_CODE
-                out[base + j] = np.float64(c) * step
-            cur[j + 1] = c
+                out[_u(base + j)] = np.float64(c) * step
+            cur[_u(j + 1)] = c
             ema += ((m << 8) - ema) >> EMA_SHIFT
             b = a
             a = m
         if pos > nw or rpos > nraw:
             return ERR_WORDS if pos > nw else ERR_RAW
         for j in range(cols):
-            v = np.int64(cur[j + 1])
-            e = min(2 * abs(v) + abs(np.int64(cur[j])) + abs(np.int64(cur[j + 2])), UP_CAP)
-            up[j] = (e << 2) | (0 if v == 0 else (1 if v > 0 else 2))
+            v = np.int64(cur[_u(j + 1)])
+            e = min(2 * abs(v) + abs(np.int64(cur[_u(j)])) + abs(np.int64(cur[_u(j + 2)])), UP_CAP)
+            up[_u(j)] = (e << 2) | (0 if v == 0 else (1 if v > 0 else 2))
         has_up = True
     if xa != LO or xb != LO or pos != nw or rpos != nraw or acc != 0:
         return ERR_STATE
