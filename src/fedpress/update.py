@@ -66,11 +66,14 @@ def _encode_one(codec: Codec, x: np.ndarray, state: TensorState | None,
 
 
 def _available_cores() -> int:
-    """The cores this process may run on."""
+    """The cores this process may run on (its CPU affinity where the platform says),
+    at most ``NUMBA_NUM_THREADS`` when that is set (the threads run numba kernels)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # pragma: no cover - platforms without affinity
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    limit = os.environ.get("NUMBA_NUM_THREADS", "")
+    return max(1, min(cores, int(limit))) if limit.isdigit() else cores
 
 
 #: suffix of the peer name under which residual feedback keeps its residuals (a
@@ -237,9 +240,9 @@ class UpdateEncoder:
         ``ef:...``, ``powersgd``'s ``error_feedback`` option, are separate.)
     workers : int, optional
         Threads that code the tensors of a state dict side by side (default: the
-        cores available), for codecs that allow it (``concurrent_encode``: ``fpz``);
-        stateful codecs and residual feedback stay in order. The frame is the same
-        whatever the number.
+        cores available, at most ``NUMBA_NUM_THREADS`` when set), for codecs that
+        allow it (``concurrent_encode``: ``fpz``); stateful codecs and residual
+        feedback stay in order. The frame is the same whatever the number.
     **options
         ``threshold``, ``lossy``, ``lossless`` and codec options, passed to
         :meth:`Plan.build`.

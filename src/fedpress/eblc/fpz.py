@@ -181,11 +181,14 @@ def _zero_block_values(zero: np.ndarray, n: int) -> int:
 
 
 def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the platform says)."""
+    """The cores this process may run on (its CPU affinity where the platform says),
+    at most ``NUMBA_NUM_THREADS`` when that is set (the threads run numba kernels)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # pragma: no cover - platforms without affinity
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    limit = os.environ.get("NUMBA_NUM_THREADS", "")
+    return max(1, min(cores, int(limit))) if limit.isdigit() else cores
 
 
 @register_codec
@@ -206,8 +209,8 @@ class FpzCodec(ErrorBoundedCodec):
         smallest of rans, Huffman and zstd under version 2's ``auto``).
     workers : int, optional
         Threads that code the blocks of one tensor side by side (default: the cores
-        available). Not part of the configuration: the bytes are the same for any
-        number.
+        available, at most ``NUMBA_NUM_THREADS`` when set). Not part of the
+        configuration: the bytes are the same for any number.
     version : {3, 2}, optional
         The payload version to write (default 3; 2 writes version 2 whatever the
         coder, its ``auto`` coder picking rans, or the smallest of rans, Huffman and
