@@ -57,13 +57,13 @@ Usage (from the project root)::
     python benchmarks/bench_engine.py --codecs fpz,gaeb,NEWID ...   # a new engine's id
     python benchmarks/bench_engine.py --from-csv .bench/engine.csv --markdown engine.md
 
-To measure a commit while the working tree holds uncommitted changes, export it and
-put it first on the path (the header then names the COMMIT)::
+To measure a commit while the working tree holds uncommitted changes, export it into a
+directory of your own and put it first on the path (the header then names the COMMIT)::
 
-    rm -rf /tmp/fedpress-head && mkdir -p /tmp/fedpress-head
-    git archive HEAD src | tar -x -C /tmp/fedpress-head
-    git rev-parse HEAD > /tmp/fedpress-head/COMMIT
-    PYTHONPATH=/tmp/fedpress-head/src python benchmarks/bench_engine.py ...
+    EXPORT=$(mktemp -d)
+    git archive HEAD src | tar -x -C "$EXPORT"
+    git rev-parse HEAD > "$EXPORT/COMMIT"
+    PYTHONPATH="$EXPORT/src" python benchmarks/bench_engine.py ...
 
 Progress goes to stderr.
 """
