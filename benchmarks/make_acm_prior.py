@@ -51,12 +51,7 @@ def _histograms(q, rows, cols, hist):  # pragma: no cover - compiled
                 e = 2 * a + b + (up[j] >> 2) if has_up else 6 * a + b
                 ctx, sh = K._context(e, ema)
                 mm = m >> sh
-                if mm < 4:
-                    s = mm
-                elif mm < 192:
-                    s = 2 * K._bitlen(mm) + ((mm >> (K._bitlen(mm) - 2)) & 1) - 2
-                else:
-                    s = K.ESC
+                s = K._symbol(mm) if mm < K.ESC_AT else K.ESC
                 hist[ctx, s] += 1
                 ema += ((m << 8) - ema) >> K.EMA_SHIFT
                 b = a
