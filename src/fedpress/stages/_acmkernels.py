@@ -177,6 +177,9 @@ PRIOR = np.array([
 ], np.int32).reshape(-1)
 #: the total after a context's 4th symbol (an early refresh)
 _EARLY = 128 + 4 * 16
+#: array indices in the kernels are cast with ``_u`` (np.uint64): numba then skips its
+#: negative-index fix-up (three instructions per access in these loops)
+_u = np.uint64
 #: the previous row's neighbourhood sum is capped (it fits 30 bits, the row buffer 32)
 UP_CAP = (1 << 30) - 1
 #: the two-speed estimators start at one half
@@ -196,13 +199,6 @@ def _symbol(mm):  # pragma: no cover - compiled
     classes per octave (``_BASE``, ``_NBITS``)."""
     bl = _bitlen(mm)
     return mm if mm < 8 else 2 * bl + ((mm >> (bl - 2)) & 1)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _u(i):  # pragma: no cover - compiled
-    """An index as unsigned: numba then skips its negative-index fix-up (three
-    instructions per access in these loops; every index here is non-negative)."""
-    return np.uint64(i)
 
 
 @njit(cache=True, nogil=True, inline="always")
