@@ -166,15 +166,15 @@ class SimClient:
         t2 = time.perf_counter()
         params = frozenset(n for n, _ in model.named_parameters())
         adaptive = self._adaptive()
+        link = self.network.at(rnd) if adaptive is not None and self.network is not None \
+            else None
         if adaptive is not None:  # an adaptive plan: this round's link, or its estimate
-            link = self.network.at(rnd) if self.network is not None else None
             up = None if link is None or adaptive.link == "measured" \
                 else float(link.up_mbps[self.cid])
             end.link = (up, 0.0 if link is None else float(link.latency_ms[self.cid]))
         reply, nbytes = end.reply(local, start, params)
         t3 = time.perf_counter()
-        if adaptive is not None and self.network is not None:  # the upload it then made
-            link = self.network.at(rnd)
+        if adaptive is not None and link is not None:  # the upload it then made
             adaptive.observe_transfer(nbytes, link.upload_s(self.cid, nbytes)
                                       - float(link.latency_ms[self.cid]) / 1e3)
         return ClientResult(self.cid, reply, nbytes, raw_bytes(local), len(self.y),
