@@ -6,7 +6,9 @@ around ``--up-median`` Mbps (sigma ``--sigma``, i.e. roughly 1 to 1000 Mbps), do
 5x faster, latencies 10-150 ms, links that change every round (``--drift``), half the
 clients per round, Dirichlet label skew. Plans: raw (``none``), the fixed candidates
 (``raw``, ``zstd``, ``fpz`` at ``max_eb/10`` and ``max_eb``) and ``auto`` with the link
-measured by each client (``auto-measured``) or given (``auto-configured``). For each
+measured by each client (``auto-measured``) or given (``auto-configured``), and the
+round-level view (``auto-round``: given links, ``round=deadline``: each client takes
+the tightest bound that fits the round's slowest expected client). For each
 plan and seed: final accuracy and the simulated time until the test accuracy first
 reaches the target (raw FedAvg's final accuracy on that seed minus ``--target-drop``
 points);
@@ -47,7 +49,8 @@ def plans(max_eb: float) -> dict[str, str]:
             f"fpz-{max_eb / 10:g}": f"fpz(eb={max_eb / 10:g})",
             f"fpz-{max_eb:g}": f"fpz(eb={max_eb:g})",
             "auto-measured": f"auto(max_eb={max_eb:g}, link=measured)",
-            "auto-configured": f"auto(max_eb={max_eb:g}, link=configured)"}
+            "auto-configured": f"auto(max_eb={max_eb:g}, link=configured)",
+            "auto-round": f"auto(max_eb={max_eb:g}, link=configured, round=deadline)"}
 
 
 def settings(args: argparse.Namespace, spec: str, seed: int) -> dict[str, Any]:

@@ -149,3 +149,97 @@ def test_a_receiver_with_other_candidates_refuses_the_frame() -> None:
     assert enc.last is not None and enc.last.spec == "gzip"
     with pytest.raises(fedpress.FormatError, match="gzip"):
         strict.decode(blob)
+
+
+def test_a_deadline_buys_the_tightest_bound_that_fits() -> None:
+    """The round-level view: under a deadline a client takes the tightest-bound
+    candidate expected to fit (lossless first), ties by time; the fastest if none
+    fits; without a deadline the choice is unchanged."""
+    enc = AdaptiveEncoder(1e-2, calibration=_calibration(), round="deadline")
+    plain = enc.choose(MODEL, uplink_mbps=10.0)
+    assert plain.deadline_s is None and plain.spec == "fpz(eb=0.01)"
+    assert plain.expected_s[plain.spec] == plain.fastest_s
+    assert AdaptiveEncoder(1e-2, calibration=_calibration()).choose(
+        MODEL, uplink_mbps=10.0) == plain  # the option changes nothing by itself
+    s = plain.expected_s
+    # a fast peer with the straggler's slack: lossless fits; raw and zstd tie on the
+    # bound (0), the faster of them wins
+    roomy = enc.choose(MODEL, uplink_mbps=10.0, deadline_s=10 * max(s.values()))
+    assert roomy.spec == min(("raw", "zstd"), key=lambda k: s[k])
+    assert roomy.deadline_s == pytest.approx(10 * max(s.values()))
+    # room for the tighter fpz but not for lossless
+    lossless = min(s["raw"], s["zstd"])
+    if s["fpz(eb=0.001)"] < lossless:
+        mid = enc.choose(MODEL, uplink_mbps=10.0, deadline_s=s["fpz(eb=0.001)"])
+        assert mid.spec == "fpz(eb=0.001)"
+    # the straggler: its deadline is its own best time, so it keeps its fastest
+    assert enc.choose(MODEL, uplink_mbps=10.0, deadline_s=plain.fastest_s).spec == plain.spec
+    # nothing fits: the fastest
+    assert enc.choose(MODEL, uplink_mbps=10.0, deadline_s=1e-9).spec == plain.spec
+    # whatever is chosen keeps the bound promise
+    dec = fedpress.UpdateDecoder(limits=enc.limits())
+    for deadline in (None, 1e-9, plain.fastest_s, 10 * max(s.values())):
+        blob = enc.encode(MODEL, uplink_mbps=10.0, deadline_s=deadline)
+        assert enc.last is not None and enc.last.deadline_s == deadline
+        chosen = next(c for c in enc.candidates if c.spec == enc.last.spec)
+        assert chosen.bound <= enc.max_eb
+        x, out = MODEL["fc.weight"], dec.decode(blob)["fc.weight"]
+        assert np.abs(out.astype(np.float64) - x).max() <= 1e-2 * float(x.max() - x.min())
+    assert auto_options({"round": "deadline"}) == {"round": "deadline"}
+    with pytest.raises(ConfigError, match="round must be"):
+        AdaptiveEncoder(1e-2, round="always")
+    with pytest.raises(ConfigError, match="deadline must be"):
+        enc.choose(MODEL, uplink_mbps=10.0, deadline_s=-1.0)
+
+
+def test_an_unbounded_candidate_is_the_loosest_under_a_deadline() -> None:
+    cands = candidates_for("topk(ratio=0.1)|fpz(eb=0.01)|zstd", 1e-2, unbounded=True)
+    assert [c.looseness for c in cands] == [float("inf"), 1e-2, 0.0]
+
+
+def test_auto_round_deadline_in_the_simulator(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A straggler and a fast peer: the round waits for the straggler's best time
+    anyway, so the fast peer sends lossless; the straggler keeps its fastest; the
+    choices are recorded (``choices.csv``)."""
+    pytest.importorskip("torch")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    from fedpress.sim import data, fl, report
+    from fedpress.sim.network import Network
+
+    ds = data.load_dataset("digits")
+    net = Network.build(2, [0.05, 50.0], 1e3, 0.0, seed=0)
+    runs = {}
+    for view in ("off", "deadline"):
+        cfg = fl.FLConfig(model="mlp", clients=2, rounds=2, local_steps=2, plan="auto",
+                          plan_options={"max_eb": 1e-2, "link": "configured",
+                                        "round": view})
+        runs[view], _ = fl.simulate(ds, cfg, net, test_limit=50)
+    off, deadline = runs["off"], runs["deadline"]
+    for m in off:
+        assert [c["spec"] for c in m.choices] == ["fpz(eb=0.01)"] * 2
+        assert all(c["deadline_s"] == "" for c in m.choices)
+    for m in deadline:
+        slow, fast = m.choices
+        assert slow["spec"] == "fpz(eb=0.01)"  # the straggler keeps its fastest
+        assert slow["deadline_s"] == pytest.approx(slow["fastest_s"])
+        assert fast["spec"] in ("raw", "zstd") and fast["expected_s"] <= fast["deadline_s"]
+        assert fast["deadline_s"] > fast["fastest_s"] * 10  # the fast peer's slack
+    assert deadline[0].bytes_up > off[0].bytes_up  # the fast peer sent lossless
+    out = tmp_path / "run"
+    report.write_run(out, deadline, {"plan": "auto"}, plots=False)
+    lines = (out / "choices.csv").read_text().splitlines()
+    assert lines[0] == ",".join(report.CHOICE_COLUMNS) and len(lines) == 5
+    report.write_run(tmp_path / "fixed", fl.simulate(ds, fl.FLConfig(
+        model="mlp", clients=2, rounds=1, local_steps=1, plan="zstd"), net,
+        test_limit=50)[0], {"plan": "zstd"}, plots=False)
+    assert not (tmp_path / "fixed" / "choices.csv").exists()
+
+
+def test_flower_refuses_the_round_level_view() -> None:
+    pytest.importorskip("flwr")
+    from fedpress.flower.link import Link
+
+    assert Link.parse("auto(max_eb=0.01, round=off)").plan == "auto"
+    with pytest.raises(ConfigError, match="simulator only"):
+        Link.parse("auto(max_eb=0.01, round=deadline)")

@@ -22,6 +22,13 @@ with the link the message is about to take::
 - **Link**: the bandwidth given to :meth:`AdaptiveEncoder.encode`, or, without one,
   the bandwidth seen on earlier transfers (:meth:`AdaptiveEncoder.observe_transfer`,
   a moving average), or ``default_mbps``.
+- **Deadline** (the round-level view, option ``round=deadline``): given a deadline,
+  the choice is the candidate with the tightest error bound whose expected time fits
+  it (lossless candidates first), ties by time; the fastest if none fits. A runtime
+  that knows every sampled client's expected times (:meth:`AdaptiveEncoder.choose`
+  tells them without encoding the message) sets the round's deadline to the
+  slowest client's best time, so the clients that would wait for it spend their
+  slack on a tighter bound instead.
 
 Frames are ordinary update frames: each names its codecs, so a decoder that accepts
 every candidate (:func:`auto_limits`) decodes whatever the sender chose.
@@ -50,10 +57,13 @@ from .update import UpdateDecoder, UpdateEncoder, trusting
 #: the plan name of an adaptive plan, and its options
 AUTO = "auto"
 AUTO_OPTIONS = ("max_eb", "candidates", "mode", "reprobe", "unbounded", "default_mbps",
-                "link")
+                "link", "round")
 #: where a runtime takes the uplink bandwidth from: the link's configured value, or
 #: the encoder's estimate from its earlier transfers
 LINKS = ("configured", "measured")
+#: what a runtime asks of each choice: the least time for the message alone ("off"),
+#: or the tightest bound that fits the round's deadline ("deadline")
+ROUNDS = ("off", "deadline")
 #: values per tensor the size probe codes (a contiguous slice from the middle)
 PROBE_VALUES = 1 << 16
 
@@ -71,6 +81,17 @@ class Candidate:
         """The loosest error bound of its error-bounded codecs (0: lossless)."""
         return max((float(getattr(c, "eb", 0.0)) for c in self.plan.codecs()
                     if getattr(c, "lossy", False)), default=0.0)
+
+    @property
+    def looseness(self) -> float:
+        """How much error it may add, for a choice under a deadline (smaller first):
+        its :attr:`bound`, or infinity when one of its codecs is lossy without a
+        bound (allowed with ``unbounded=True``)."""
+        for codec in self.plan.codecs():
+            for c in codec.tree():
+                if getattr(c, "lossy", False) and not hasattr(c, "eb"):
+                    return float("inf")
+        return self.bound
 
 
 def candidates_for(specs: str | Sequence[str] | None, max_eb: float, mode: str = "rel",
@@ -194,12 +215,18 @@ def measure(cand: Candidate, repeats: int = 3) -> tuple[float, float]:
 @dataclass(frozen=True)
 class Choice:
     """What :meth:`AdaptiveEncoder.choose` decided, and why: per candidate the expected
-    bytes and seconds (encode + transfer + decode)."""
+    bytes and seconds (encode + transfer + decode), and the deadline it was given."""
 
     spec: str
     mbps: float
     expected_bytes: dict[str, float]
     expected_s: dict[str, float]
+    deadline_s: float | None = None
+
+    @property
+    def fastest_s(self) -> float:
+        """The least expected seconds of any candidate (this message's best time)."""
+        return min(self.expected_s.values())
 
 
 def _sample(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -237,6 +264,10 @@ class AdaptiveEncoder:
         For the runtime that drives the encoder: ``"configured"`` passes the link's
         bandwidth to :meth:`encode`; ``"measured"`` passes none and reports each
         transfer to :meth:`observe_transfer`.
+    round : str
+        For the runtime too: ``"off"`` lets each message take its fastest candidate;
+        ``"deadline"`` asks it for a round deadline (the slowest sampled client's
+        best expected time) and passes it to :meth:`encode` (see :meth:`choose`).
     calibration : Calibration, optional
         Throughput measurements (default: measured here, cached on disk).
     """
@@ -244,14 +275,18 @@ class AdaptiveEncoder:
     def __init__(self, max_eb: float = 1e-2, candidates: str | Sequence[str] | None = None,
                  mode: str = "rel", *, peer: str = "default", reprobe: int = 5,
                  unbounded: bool = False, default_mbps: float = 10.0,
-                 link: str = "measured", calibration: Calibration | None = None) -> None:
+                 link: str = "measured", round: str = "off",
+                 calibration: Calibration | None = None) -> None:
         if isinstance(reprobe, bool) or not isinstance(reprobe, int) or reprobe < 1:
             raise ConfigError(f"auto: reprobe must be an int >= 1, got {reprobe!r}")
         if not default_mbps > 0:
             raise ConfigError(f"auto: default_mbps must be > 0, got {default_mbps!r}")
         if link not in LINKS:
             raise ConfigError(f"auto: link must be one of {', '.join(LINKS)}, got {link!r}")
-        self.link = link
+        if round not in ROUNDS:
+            raise ConfigError(f"auto: round must be one of {', '.join(ROUNDS)}, got "
+                              f"{round!r}")
+        self.link, self.round = link, round
         self.max_eb, self.mode = float(max_eb), mode
         self.candidates = candidates_for(candidates, self.max_eb, mode, unbounded)
         self.encoders = {c.spec: UpdateEncoder(c.plan, peer=peer) for c in self.candidates}
@@ -287,8 +322,16 @@ class AdaptiveEncoder:
         return self.ratio
 
     def choose(self, state_dict: Any, uplink_mbps: float | None = None,
-               latency_ms: float = 0.0) -> Choice:
-        """The candidate with the least expected encode + transfer + decode seconds."""
+               latency_ms: float = 0.0, deadline_s: float | None = None) -> Choice:
+        """The candidate with the least expected encode + transfer + decode seconds;
+        with ``deadline_s``, the one with the tightest bound (:attr:`Candidate.looseness`:
+        lossless first) among those expected to take at most ``deadline_s``, ties by
+        time, and the fastest if none fits.
+
+        Nothing of the message is encoded (only a sample of it, when a candidate's
+        ratio is due to be measured again), so a runtime can ask each client for its
+        expected times (:attr:`Choice.expected_s`, :attr:`Choice.fastest_s`) first and
+        set a deadline after."""
         tensors = as_state_dict(state_dict)
         mbps = uplink_mbps if uplink_mbps is not None else (self.seen_mbps or self.default_mbps)
         if not mbps > 0:
@@ -302,14 +345,24 @@ class AdaptiveEncoder:
             seconds[c.spec] = (raw / enc_rate + nbytes[c.spec] * 8 / (mbps * 1e6)
                                + latency_ms / 1e3 + raw / dec_rate)
         best = min(self.candidates, key=lambda c: (seconds[c.spec], nbytes[c.spec]))
+        if deadline_s is not None:
+            if not deadline_s >= 0:
+                raise ConfigError(f"auto: the deadline must be >= 0 seconds, got "
+                                  f"{deadline_s!r}")
+            slack = deadline_s * (1 + 1e-9)  # the slowest client's own best time fits
+            fits = [c for c in self.candidates if seconds[c.spec] <= slack]
+            if fits:
+                best = min(fits, key=lambda c: (c.looseness, seconds[c.spec], nbytes[c.spec]))
+            return Choice(best.spec, float(mbps), nbytes, seconds, float(deadline_s))
         return Choice(best.spec, float(mbps), nbytes, seconds)
 
     def encode(self, state_dict: Any, meta: Mapping[str, Any] | None = None, *,
                uplink_mbps: float | None = None, latency_ms: float = 0.0,
-               reference: Any = None) -> bytes:
-        """Encode with the candidate :meth:`choose` picks; :attr:`last` keeps the choice."""
+               reference: Any = None, deadline_s: float | None = None) -> bytes:
+        """Encode with the candidate :meth:`choose` picks (under ``deadline_s`` if
+        given); :attr:`last` keeps the choice."""
         tensors = as_state_dict(state_dict)
-        choice = self.choose(tensors, uplink_mbps, latency_ms)
+        choice = self.choose(tensors, uplink_mbps, latency_ms, deadline_s)
         blob = self.encoders[choice.spec].encode(tensors, meta, reference=reference)
         raw = sum(np.asarray(v).nbytes for v in tensors.values())
         for spec in self.age:

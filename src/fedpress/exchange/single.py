@@ -39,6 +39,9 @@ class SingleClient(ClientEnd):
         self.decodes, self.encodes = self.decoder is not None, self.encoder is not None
         #: this round's uplink (Mbps, latency ms), set by the runtime for adaptive plans
         self.link: tuple[float | None, float] = (None, 0.0)
+        #: this round's deadline for the uplink (seconds), set by a runtime that runs
+        #: an adaptive plan's round-level view (``auto(round=deadline)``)
+        self.deadline_s: float | None = None
 
     def receive(self, message: Any) -> State:
         if isinstance(message, dict):
@@ -58,7 +61,7 @@ class SingleClient(ClientEnd):
         if isinstance(self.encoder, AdaptiveEncoder):  # the plan for this link
             mbps, latency_ms = self.link
             blob = self.encoder.encode(trained, reference=reference, uplink_mbps=mbps,
-                                       latency_ms=latency_ms)
+                                       latency_ms=latency_ms, deadline_s=self.deadline_s)
         else:  # sender-state schedules (DGC's warm-up) follow the federation's rounds
             blob = self.encoder.encode(trained, reference=reference,
                                        step=self.round - 1 if self.round else None)

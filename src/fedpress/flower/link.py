@@ -126,6 +126,9 @@ class Link:
                                   f"got aggregate={self.aggregate!r}, plan={self.plan!r}")
             return  # the protocol checks its options (CompressedStrategy)
         self.encoder()  # the plan and its options, checked now rather than mid-run
+        if self.plan == AUTO and self.options.get("round", "off") != "off":
+            raise ConfigError("auto(round=deadline) is built in the simulator only: in "
+                              "Flower each node chooses for its own link (round=off)")
 
     @property
     def spec(self) -> str:

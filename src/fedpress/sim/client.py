@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from ..adaptive import AdaptiveEncoder
+from ..adaptive import AdaptiveEncoder, Choice
 from ..exchange import Message, State, raw_bytes
 from .models import build_model
 
@@ -143,6 +143,20 @@ class ClientResult:
     decode_s: float
     train_s: float
     encode_s: float
+    #: an adaptive plan's choice for this reply
+    choice: Choice | None = None
+
+
+#: the phase that finishes a round-level adaptive reply: its payload is the deadline
+DEADLINE = "fedpress-deadline"
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A client's first answer under ``auto(round=deadline)``: its least expected
+    uplink seconds; the reply follows in phase :data:`DEADLINE`."""
+
+    fastest_s: float
 
 
 class SimClient:
@@ -154,6 +168,7 @@ class SimClient:
         self.x, self.y = normalise(x), torch.from_numpy(np.asarray(y))
         self.end = cfg.protocol().client(str(cid))
         self.momentum: State = {}  # its optimizer's momentum (client_state="keep")
+        self._pending: tuple[State, State, frozenset[str], Network | None] | None = None
 
     def round(self, rnd: int, message: Message | Any, trainer: Trainer) -> ClientResult:
         """Receive ``message`` (the round's first message), train, reply."""
@@ -172,21 +187,43 @@ class SimClient:
             up = None if link is None or adaptive.link == "measured" \
                 else float(link.up_mbps[self.cid])
             end.link = (up, 0.0 if link is None else float(link.latency_ms[self.cid]))
+            if adaptive.round == "deadline":  # its expected times first, the reply later
+                quote = adaptive.choose(local, *end.link)
+                self._pending = (local, start, params, link)
+                return ClientResult(self.cid, Quote(quote.fastest_s), 0, raw_bytes(local),
+                                    len(self.y), t1 - t0 if end.decodes else 0.0, t2 - t1,
+                                    time.perf_counter() - t2)
+        return self._reply(local, start, params, link, t1 - t0 if end.decodes else 0.0,
+                           t2 - t1)
+
+    def _reply(self, local: State, start: State, params: frozenset[str],
+               link: Network | None, decode_s: float, train_s: float) -> ClientResult:
+        end, adaptive = self.end, self._adaptive()
+        t2 = time.perf_counter()
         reply, nbytes = end.reply(local, start, params)
         t3 = time.perf_counter()
         if adaptive is not None and link is not None:  # the upload it then made
             adaptive.observe_transfer(nbytes, link.upload_s(self.cid, nbytes)
                                       - float(link.latency_ms[self.cid]) / 1e3)
         return ClientResult(self.cid, reply, nbytes, raw_bytes(local), len(self.y),
-                            t1 - t0 if end.decodes else 0.0, t2 - t1,
-                            t3 - t2 if end.encodes else 0.0)
+                            decode_s, train_s, t3 - t2 if end.encodes else 0.0,
+                            None if adaptive is None else adaptive.last)
 
     def _adaptive(self) -> AdaptiveEncoder | None:
         encoder = getattr(self.end, "encoder", None)
         return encoder if isinstance(encoder, AdaptiveEncoder) else None
 
     def answer(self, phase: str, rnd: int, payload: Any) -> ClientResult:
-        """A later phase of the round (HGC's mask and values, PowerSGD's ``Q_i``)."""
+        """A later phase of the round (HGC's mask and values, PowerSGD's ``Q_i``; the
+        reply under a deadline, :data:`DEADLINE`)."""
+        if phase == DEADLINE:
+            assert self._pending is not None, "a deadline before the round's quote"
+            held, self._pending = self._pending, None
+            self.end.deadline_s = float(payload)
+            try:
+                return self._reply(*held, 0.0, 0.0)
+            finally:
+                self.end.deadline_s = None
         t0 = time.perf_counter()
         reply, nbytes = self.end.answer(phase, payload)
         return ClientResult(self.cid, reply, nbytes, nbytes, len(self.y), 0.0, 0.0,

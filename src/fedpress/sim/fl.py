@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -48,11 +48,11 @@ from ..exchange import (
     warm_codecs,
     weighted_mean,
 )
-from .client import load_state, normalise, state_of
+from .client import DEADLINE, ClientResult, Quote, load_state, normalise, state_of
 from .data import Dataset, partition
 from .models import build_model
 from .network import Network
-from .pool import make_pool
+from .pool import ClientPool, make_pool
 
 ALGORITHMS = ("fedavg", "fedprox", "fedavgm")
 SENDS = ("weights", "update", "gradient")
@@ -177,6 +177,8 @@ class RoundMetrics:
     round_s: float
     wall_s: float
     clients: list[int]
+    #: an adaptive plan's choices, one row per client (report: ``choices.csv``)
+    choices: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def cr_up(self) -> float:
@@ -187,7 +189,7 @@ class RoundMetrics:
         return self.raw_down / self.bytes_down
 
     def row(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "clients"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("clients", "choices")}
         out.update(cr_up=self.cr_up, cr_down=self.cr_down,
                    clients=" ".join(map(str, self.clients)))
         return out
@@ -260,6 +262,8 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
             net = network.at(rnd)  # this round's links
             messages, down_bytes, server_s = server.downlink(chosen, global_state, down)
             results = pool.run(rnd, messages)
+            if any(isinstance(r.message, Quote) for r in results):  # auto(round=deadline)
+                results = _by_deadline(results, pool, rnd, net, down_bytes)
             replies, weights = [], []
             bytes_up = raw_up = 0
             enc_s, dec_s = server_s, 0.0
@@ -306,13 +310,42 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
             acc, loss = evaluate(model, x_test, y_test)
             m = RoundMetrics(rnd, acc, loss, bytes_up, sum(down_bytes.values()), raw_up,
                              raw_bytes(global_state) * len(chosen), enc_s, dec_s, train_s,
-                             comm_s, slowest + server_s, time.perf_counter() - wall0, chosen)
+                             comm_s, slowest + server_s, time.perf_counter() - wall0, chosen,
+                             [_choice_row(rnd, r) for r in results if r.choice is not None])
             history.append(m)
             if on_round is not None:
                 on_round(m)
     finally:
         pool.close()
     return history, model
+
+
+def _by_deadline(results: list[ClientResult], pool: ClientPool, rnd: int, net: Network,
+                 down_bytes: Mapping[int, int]) -> list[ClientResult]:
+    """The round-level view of an adaptive plan (``auto(round=deadline)``): the
+    clients have trained and quoted their least expected uplink time; the round would
+    end at the latest ``download + decode + training + that time``, so each client's
+    deadline for its uplink is that end minus its own download, decode and training,
+    and it replies with the tightest-bound candidate expected to fit (see
+    :meth:`fedpress.AdaptiveEncoder.choose`)."""
+    before, end = {}, 0.0
+    for r in results:
+        quote = r.message
+        assert isinstance(quote, Quote), "every client of a deadline round quotes"
+        before[r.client] = net.download_s(r.client, down_bytes[r.client]) + r.decode_s \
+            + r.train_s
+        end = max(end, before[r.client] + quote.fastest_s)
+    sent = pool.call(DEADLINE, rnd, {k: end - b for k, b in before.items()})
+    return [replace(r, message=s.message, nbytes=s.nbytes, encode_s=r.encode_s + s.encode_s,
+                    choice=s.choice) for r, s in zip(results, sent)]
+
+
+def _choice_row(rnd: int, r: ClientResult) -> dict[str, Any]:
+    c = r.choice
+    assert c is not None
+    return {"round": rnd, "client": r.client, "spec": c.spec, "mbps": c.mbps,
+            "expected_s": c.expected_s[c.spec], "fastest_s": c.fastest_s,
+            "deadline_s": "" if c.deadline_s is None else c.deadline_s, "bytes": r.nbytes}
 
 
 def _aggregate(global_state: State, replies: list[State], weights: list[float], cfg: FLConfig,

@@ -7,6 +7,11 @@ up + down) and ``cum_comm_s`` / ``cum_round_s``. The plots (matplotlib, Agg):
 accuracy per round, accuracy against cumulative MB, and the time per round split
 into communication and the rest, titled with the dataset, model and bandwidths
 (:func:`plot_title`). Several runs can share the plots (``compare``).
+
+A run of an adaptive plan (``auto``) also leaves ``choices.csv``: per round and
+client the candidate chosen, the bandwidth assumed, its expected seconds, the
+client's least expected seconds and its deadline (``auto(round=deadline)``; empty
+otherwise), and the bytes sent.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from .fl import RoundMetrics
 COLUMNS = ["round", "accuracy", "loss", "bytes_up", "bytes_down", "cr_up", "cr_down",
            "encode_s", "decode_s", "comm_s", "round_s", "raw_up", "raw_down", "train_s",
            "wall_s", "cum_mb", "cum_comm_s", "cum_round_s", "clients"]
+CHOICE_COLUMNS = ["round", "client", "spec", "mbps", "expected_s", "fastest_s", "deadline_s",
+                  "bytes"]
 
 
 def rows(history: Sequence[RoundMetrics]) -> list[dict[str, Any]]:
@@ -67,6 +74,12 @@ def write_run(out_dir: str | os.PathLike[str], history: Sequence[RoundMetrics],
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(table)
+    choices = [c for m in history for c in m.choices]
+    if choices:
+        with replaced_atomically(out / "choices.csv") as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CHOICE_COLUMNS)
+            writer.writeheader()
+            writer.writerows(choices)
     result = summary(history, config)
     write_bytes_atomically(out / "summary.json",
                            (json.dumps(result, indent=2, default=str) + "\n").encode())
