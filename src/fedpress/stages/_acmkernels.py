@@ -201,16 +201,37 @@ def _symbol(mm):  # pragma: no cover - compiled
     return mm if mm < 8 else 2 * bl + ((mm >> (bl - 2)) & 1)
 
 
+#: width of the context table: a neighbourhood sum is below 2**33 (three codes below
+#: 2**31 and a capped row entry; a stream's codes are below 2**31 even where the
+#: decoder refuses them later) and the EMA term below 2**35, so bit lengths are below 40
+_LUT_W = 40
+
+
+def _context_table() -> np.ndarray:
+    """(context << 8 | shift) for each pair of bit lengths (neighbourhood, EMA): see
+    :func:`_context`. A table, as one load is cheaper than the min/max chain
+    (measured: decode 5-8% faster)."""
+    out = np.zeros(_LUT_W * _LUT_W, np.int32)
+    for be in range(_LUT_W):
+        for bq in range(_LUT_W):
+            sh = max(min(max(be, bq), be + 2) - T, 0)
+            out[be * _LUT_W + bq] = ((min(max(be - sh, 0), T) * (T + 1)
+                                      + min(max(bq - sh, 0), T)) << 8) | sh
+    return out
+
+
+_CTX = _context_table()
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _context(e, ema):  # pragma: no cover - compiled
     """(context, shift) of a value from its neighbourhood sum and the row EMA. The
     shift follows the larger of the two, but never more than two octaves above the
     neighbourhood (after an outlier the EMA stays high for a long while, and zeros
-    would pay ``sh`` raw bits each); the buckets are clamped to ``[0, T]``."""
-    be = _bitlen(e)
-    bq = _bitlen((ema * 7) >> 8)
-    sh = max(min(max(be, bq), be + 2) - T, 0)
-    return min(max(be - sh, 0), T) * (T + 1) + min(max(bq - sh, 0), T), sh
+    would pay ``sh`` raw bits each); the buckets are clamped to ``[0, T]``
+    (``_context_table``)."""
+    cs = np.int64(_CTX[_u(_bitlen(e) * _LUT_W + _bitlen((ema * 7) >> 8))])
+    return cs >> 8, cs & 255
 
 
 @njit(cache=True, nogil=True, inline="always")
