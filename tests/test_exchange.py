@@ -151,13 +151,15 @@ def test_hgc_protocol_keeps_every_end_on_the_servers_model() -> None:
     for _ in range(4):
         mean, cost, _ = _round(protocol, server, runtime, state, rng, params)
         assert isinstance(cost, PhaseCost) and cost.bytes_up > 0
-        assert set(cost.aggregate) == set(server.names)
-        # the server's arithmetic: the aggregate at the mask added, buffers averaged
+        # the parameters at the mask and the float buffers' coded mean change
+        assert set(cost.aggregate) == set(server.names) | {"bn.running_mean"}
+        assert set(server.exchanged) == set(cost.aggregate)
+        # the server's arithmetic: the aggregate added, the other buffers averaged
         new = dict(state)
         for k, v in cost.aggregate.items():
             new[k] = (state[k] + v.astype(np.float64)).astype(state[k].dtype)
         for k in state:
-            if k not in server.names:
+            if k not in server.exchanged:
                 new[k] = mean[k]
         state = new
         masks = [end.mask for end in runtime.ends.values()]
@@ -168,6 +170,35 @@ def test_hgc_protocol_keeps_every_end_on_the_servers_model() -> None:
     for k, end in runtime.ends.items():
         held = end.receive(messages[k])
         assert all(held[n].tobytes() == state[n].tobytes() for n in state)
+
+
+@pytest.mark.parametrize("bad", ["missing", "garbage", "other names"])
+def test_hgc_drops_a_client_whose_coded_buffers_do_not_decode(bad: str) -> None:
+    from fedpress.exchange.buffers import KEY, BufferCoder
+
+    rng = np.random.default_rng(5)
+    state = _model(rng)
+    params = frozenset(k for k in state if "running" not in k and "tracked" not in k)
+    protocol = exchange_for(_settings(plan="hgc", plan_options={"density": 0.1}), "hgc")
+    server = protocol.server(state, params)
+    runtime = _Runtime(protocol, state, 3)
+    chosen = sorted(runtime.ends)
+    messages, sizes, _ = server.downlink(chosen, state, Downlink(None, {}, 3, "weights", state))
+    replies = []
+    for k in chosen:
+        start = runtime.ends[k].receive(messages[k])
+        update = {n: (0.01 * rng.standard_normal(v.shape)).astype(v.dtype)
+                  if v.dtype.kind == "f" else v for n, v in start.items()}
+        replies.append(dict(runtime.ends[k].reply(update, start, params)[0]))
+    if bad == "missing":
+        del replies[1][KEY]
+    elif bad == "garbage":
+        replies[1][KEY] = np.frombuffer(b"not a frame at all", np.uint8)
+    else:
+        replies[1][KEY] = BufferCoder().encode({"x": np.ones(8, np.float32)})
+    cost = server.exchange(chosen, replies, [1.0, 1.0, 1.0], runtime.call, _Links(), sizes)
+    assert list(cost.dropped) == [1] and cost.dropped[1].startswith("buffers:")
+    assert set(cost.aggregate) == set(server.exchanged)  # the others' round goes on
 
 
 def test_powersgd_protocol_averages_the_projected_updates() -> None:

@@ -192,3 +192,50 @@ def test_list_settings_in_plan_specs() -> None:
     assert _steps("1:0.3;10:0.6") == ((1, 0.3), (10, 0.6))
     with pytest.raises(fedpress.ConfigError):
         _steps(3)
+
+
+def _tiny_bn(name: str, input_shape: tuple[int, ...], classes: int,
+             seed: int | None = None) -> torch.nn.Module:
+    """A small model with BatchNorm statistics (float buffers and an integer count)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    c = input_shape[0]
+    return torch.nn.Sequential(torch.nn.Conv2d(c, 64, 3, padding=1), torch.nn.BatchNorm2d(64),
+                               torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+                               torch.nn.Flatten(), torch.nn.Linear(64 * 4, classes))
+
+
+@pytest.mark.parametrize("buffers", ["fpz", "raw"])
+def test_batchnorm_buffers_coded_and_every_end_in_step(
+        digits: data.Dataset, monkeypatch: pytest.MonkeyPatch, buffers: str) -> None:
+    from fedpress.sim import client as sim_client
+
+    monkeypatch.setattr(fl, "build_model", _tiny_bn)
+    monkeypatch.setattr(sim_client, "build_model", _tiny_bn)
+    options = {"density": 0.05, "buffers": buffers}
+    _, model3 = fl.simulate(digits, _cfg(rounds=3, plan_options=options))
+    got = _capture(monkeypatch)
+    fl.simulate(digits, _cfg(rounds=4, plan_options=options))
+    global3 = state_of(model3)
+    assert "1.running_var" in global3 and "1.num_batches_tracked" in global3
+    for c in (client.end for client in got["pool"].clients.values()):
+        # the BatchNorm statistics too: every end holds the server's model bit for bit
+        assert all(c.held[k].tobytes() == global3[k].tobytes() for k in global3)
+    server = got["server"]
+    coded = buffers != "raw"
+    assert server.buffer_names == (["1.running_mean", "1.running_var"] if coded else [])
+    assert ("1.running_mean" in server.exchanged) is coded
+    assert (server.last_buffers is not None) is coded
+
+
+def test_coded_batchnorm_buffers_shrink_both_ways(digits: data.Dataset,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedpress.sim import client as sim_client
+
+    monkeypatch.setattr(fl, "build_model", _tiny_bn)
+    monkeypatch.setattr(sim_client, "build_model", _tiny_bn)
+    runs = {b: fl.simulate(digits, _cfg(rounds=3, plan_options={"density": 0.05,
+                                                                "buffers": b}))[0]
+            for b in ("raw", "fpz")}
+    raw, coded = runs["raw"][-1], runs["fpz"][-1]
+    assert coded.bytes_up < raw.bytes_up and coded.bytes_down < raw.bytes_down

@@ -42,6 +42,9 @@ from ..grad import equalcount as ec
 from ..grad.base import check_ratio, keep_count
 from ..grad.hgc_values import read_floats, read_values, write_floats, write_values
 from ..grad.indices import read_indices, write_indices
+from .aggregate import weighted_mean
+from .buffers import KEY as BUFFERS_KEY
+from .buffers import BufferCoder, ErrorFeedback, float_buffers
 from .deltas import raw_bytes
 from .protocol import (
     Call,
@@ -304,7 +307,7 @@ class HGCServer(_End):
 # -- the round protocol -------------------------------------------------------------
 #: the plan options HGC's exchange reads, and those every plan gets (ignored here)
 OPTIONS = ("density", "warmup", "levels", "predict", "quantize", "correction",
-           "correction_density")
+           "correction_density", "buffers")
 _GENERIC = ("mode", "eb", "lossy", "lossless", "threshold")
 
 
@@ -320,15 +323,24 @@ def hgc_options(options: Mapping[str, Any]) -> dict[str, Any]:
     out = {"density": float(o.get("density", 1e-3)), "warmup": int(o.get("warmup", 0)),
            "levels": int(o.get("levels", 3)), "predict": o.get("predict", True),
            "quantize": o.get("quantize", True), "correction": int(o.get("correction", 0)),
-           "correction_density": float(o.get("correction_density", 0.01))}
+           "correction_density": float(o.get("correction_density", 0.01)),
+           # the float buffers' coder: a stateless codec id under the run's bound, or raw
+           "buffers": str(o.get("buffers", "fpz")), "buffers_eb": float(o.get("eb", 1e-2)),
+           "buffers_mode": str(o.get("mode", "rel"))}
     if out["warmup"] < 0 or out["correction"] < 0:
         raise ConfigError("plan 'hgc': warmup and correction are rounds, >= 0")
     return out
 
 
 def hgc_names(state: Mapping[str, np.ndarray], params: frozenset[str]) -> list[str]:
-    """The tensors HGC's exchange carries: the float parameters (buffers go raw)."""
+    """The tensors HGC's masks carry: the float parameters (the float buffers go
+    through :func:`buffer_coder`, integer ones raw)."""
     return sorted(k for k in params if np.issubdtype(state[k].dtype, np.floating))
+
+
+def buffer_coder(options: Mapping[str, Any]) -> BufferCoder:
+    """The coder of the float buffers (BatchNorm statistics) both ways."""
+    return BufferCoder(options["buffers"], options["buffers_eb"], options["buffers_mode"])
 
 
 def round_plan(rnd: int, options: Mapping[str, Any], milestones: tuple[int, ...],
@@ -346,11 +358,14 @@ def round_plan(rnd: int, options: Mapping[str, Any], milestones: tuple[int, ...]
 class HGCRounds(ServerEnd):
     """The server's side over a run.
 
-    Each round the clients train and reply with their buffers (BatchNorm statistics)
-    raw; then the master (round-robin over the clients) sends its mask and values,
-    the server forwards the mask to the others, they send values at it, and the server
-    averages. The next round's downlink carries the aggregate at that mask and the new
-    buffers; every client holds the global model exactly (same arithmetic).
+    Each round the clients train and reply with their buffers (BatchNorm statistics:
+    the float ones' changes coded by :func:`buffer_coder`, integer ones raw); then the
+    master (round-robin over the clients) sends its mask and values, the server
+    forwards the mask to the others, they send values at it, and the server averages.
+    The next round's downlink carries the aggregate at that mask and the buffers (the
+    float ones' mean change coded, with error feedback on the server; integer ones
+    raw); every client holds the global model exactly (same arithmetic, the decoded
+    changes on both ends).
 
     A client whose answer is missing or malformed is left out of the average
     (:attr:`PhaseCost.dropped`); when it is the master, the next client in the
@@ -368,18 +383,25 @@ class HGCRounds(ServerEnd):
         self.rnd = 0
         self.last: bytes | None = None  # the last aggregate message
         self.advanced = False  # whether an aggregate moved the predictor
+        self.coder = buffer_coder(o)
+        self.buffer_names = float_buffers(state, set(self.names)) if self.coder.codes else []
+        self.like = {k: np.asarray(state[k]) for k in self.buffer_names}
+        self.feedback = ErrorFeedback()
+        self.last_buffers: np.ndarray | None = None  # the last coded mean change
 
     @property
     def exchanged(self) -> frozenset[str]:
-        return frozenset(self.names)
+        return frozenset(self.names) | frozenset(self.buffer_names)
 
     def downlink(self, chosen: list[Any], state: State, down: Any,
                  ) -> tuple[dict[Any, Any], dict[Any, int], float]:
         """Round 1: the initial model (raw; clients that start from the same seeded
         copy get ``None``, but its bytes are counted). Later: the last aggregate at
-        the last mask, and the buffers raw."""
+        the last mask, and the buffers (coded float changes, raw integers)."""
         self.rnd += 1
-        buffers = {k: v for k, v in state.items() if k not in self.names}
+        buffers = {k: v for k, v in state.items() if k not in self.exchanged}
+        if self.last_buffers is not None:
+            buffers[BUFFERS_KEY] = self.last_buffers
         message = None if self.last is None else (self.last, buffers)
         size = raw_bytes(state) if self.last is None else len(self.last) + raw_bytes(buffers)
         return {k: message for k in chosen}, {k: size for k in chosen}, 0.0
@@ -401,10 +423,14 @@ class HGCRounds(ServerEnd):
         self.server.configure(density, compressed)
         dropped: dict[Any, str] = {}
         decoded: dict[Any, State] = {}
-        server_s = decode_s = 0.0
+        t0 = time.perf_counter()
+        buffers = self._buffers(chosen, replies, dropped)
+        server_s = decode_s = time.perf_counter() - t0
         first: Any = None
         start = (rnd - 1) % len(chosen)
         for master in chosen[start:] + chosen[:start]:  # the next takes over from a failed one
+            if master in dropped:
+                continue
             got = [r for r in call("hgc_master", {master: (density, compressed, clear)})
                    if r.client == master]
             if not got:
@@ -424,7 +450,7 @@ class HGCRounds(ServerEnd):
             first = got[0]
             break
         if first is None:  # no mask: no aggregate this round, every client out of step
-            self.last = None
+            self.last = self.last_buffers = None
             return PhaseCost({}, dropped=dropped)
         master = first.client
         others = [k for k in chosen if k != master and k not in dropped]
@@ -449,6 +475,10 @@ class HGCRounds(ServerEnd):
         self.last, aggregate = self.server.aggregate([decoded[k] for k in used],
                                                      [weight[k] for k in used], mask)
         self.advanced = True
+        if self.buffer_names:  # their mean change, as every client will decode it
+            mean = weighted_mean([buffers[k] for k in used], [weight[k] for k in used])
+            self.last_buffers, moved = self.feedback.send(self.coder, mean)
+            aggregate.update(moved)
         server_s += time.perf_counter() - t0
         up_master = links.upload_s(master, first.nbytes)
         phase = up_master + first.encode_s
@@ -467,6 +497,23 @@ class HGCRounds(ServerEnd):
                          dropped)
 
 
+    def _buffers(self, chosen: list[Any], replies: list[State], dropped: dict[Any, str],
+                 ) -> dict[Any, State]:
+        """Each reply's float buffers, decoded (taken out of the reply); a client whose
+        coded buffers are missing or do not decode is dropped."""
+        out: dict[Any, State] = {}
+        if not self.buffer_names:
+            return out
+        for k, reply in zip(chosen, replies, strict=True):
+            try:
+                if BUFFERS_KEY not in reply:
+                    raise FormatError("the reply carries no coded buffers")
+                out[k] = self.coder.decode(reply.pop(BUFFERS_KEY), self.like)
+            except FormatError as exc:
+                dropped[k] = f"buffers: {exc}"
+        return out
+
+
 def _messages(message: Any, count: int, what: str) -> tuple[Any, ...]:
     """A client's answer as ``count`` byte strings; FormatError if it is not that."""
     items = message if isinstance(message, tuple) else (message,)
@@ -482,13 +529,15 @@ END_PARTS = ("held", "pending", "mask", "residual", "u", "v")
 
 class HGCEnd(ClientEnd):
     """A client's side: applies the last aggregate to its copy, keeps its update for
-    the mid-round phases, and replies with its buffers raw.
+    the mid-round phases, and replies with its buffers (float ones' changes coded by
+    :func:`buffer_coder`, integer ones raw).
 
     A dict as the round's first message is a whole end state (:meth:`HGCRounds.restart`
     for a client that starts afresh): the end loads it.
     """
 
     decodes = True
+    encodes = True  # the buffers
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         super().__init__()
@@ -496,6 +545,7 @@ class HGCEnd(ClientEnd):
         self.hgc: HGCClient | None = None  # made at the first reply
         self.mask: Mask | None = None  # the last round's mask
         self.pending: State = {}  # this round's update, waiting for the mask
+        self.buffers = buffer_coder(self.options)
 
     def receive(self, message: Any) -> State:
         if isinstance(message, dict):  # a whole state: this end starts afresh
@@ -510,6 +560,13 @@ class HGCEnd(ClientEnd):
             if self.hgc is None or self.mask is None:
                 raise FormatError("hgc: an aggregate arrived before any round's mask")
             agg = self.hgc.receive_aggregate(agg_msg, self.mask)
+            buffers = dict(buffers)
+            coded = buffers.pop(BUFFERS_KEY, None)
+            if coded is not None:  # the float buffers' mean change
+                if not self.buffers.codes:
+                    raise FormatError("hgc: coded buffers, but this end takes them raw")
+                names = float_buffers(self.held, set(self.hgc.shapes))
+                agg.update(self.buffers.decode(coded, {k: self.held[k] for k in names}))
             held = dict(self.held)
             for k, v in agg.items():  # the server's arithmetic (send=update, server_lr 1)
                 held[k] = (held[k] + 1.0 * v.astype(np.float64)).astype(held[k].dtype)
@@ -525,6 +582,10 @@ class HGCEnd(ClientEnd):
                                  o["levels"], o["predict"], o["quantize"])
         self.pending = {k: trained[k] for k in self.hgc.shapes}
         out = {k: v for k, v in trained.items() if k not in self.hgc.shapes}
+        names = float_buffers(out, set()) if self.buffers.codes else []
+        if names:
+            out = {k: v for k, v in out.items() if k not in names}
+            out[BUFFERS_KEY] = self.buffers.encode({k: trained[k] for k in names})
         return out, raw_bytes(out)
 
     def answer(self, phase: str, payload: Any) -> tuple[Any, int]:
