@@ -321,6 +321,71 @@ def test_version2_still_written_on_request(rng: np.random.Generator) -> None:
                             "rel", 1e-2)
 
 
+def _best_input(kind: str, seed: int, rows: int, cols: int) -> np.ndarray:
+    """Tensors on which either version may code smaller: white noise (version 2's
+    static coder), smooth or sparse rows (version 3's model), tiny ones."""
+    rng = np.random.default_rng(seed)
+    if kind == "noise":
+        return (0.05 * rng.standard_normal((rows, cols))).astype(np.float32)
+    if kind == "smooth":
+        t = np.linspace(0, rows / 3, rows * cols) + rng.random()
+        return np.sin(t).reshape(rows, cols).astype(np.float32)
+    if kind == "sparse":
+        live = rng.random((rows, 1)) < 0.3
+        return (rng.laplace(0, 1e-3, (rows, cols)) * live).astype(np.float32)
+    return rng.standard_normal(rows).astype(np.float64)  # tiny, 1-D, float64
+
+
+@given(st.sampled_from(["noise", "smooth", "sparse", "tiny"]), st.integers(0, 2**32 - 1),
+       st.integers(1, 300), st.integers(1, 400), st.sampled_from([1e-1, 1e-2, 1e-3, 1e-5]))
+def test_best_is_never_larger_than_either_version(kind: str, seed: int, rows: int, cols: int,
+                                                  rel: float) -> None:
+    x = _best_input(kind, seed, rows, cols)
+    spec = fedpress.TensorSpec(x.shape, x.dtype)
+    best = FpzCodec(eb=rel, coder="best")
+    payload, out = best.encode_with_output(x)
+    sizes = {v: len(FpzCodec(eb=rel, version=v).encode(x)) for v in (2, 3)}
+    assert len(payload) == min(sizes.values())  # the envelope is the same for both
+    y = best.decode(payload, spec)
+    assert_within_bound(x, y, "rel", rel)
+    assert y.tobytes() == out.tobytes()  # the output handed back is the kept payload's
+    # both versions quantize alike: the same values whichever is kept
+    for v in (2, 3):
+        other = FpzCodec(eb=rel, version=v)
+        assert other.decode(other.encode(x), spec).tobytes() == y.tobytes()
+
+
+def test_best_keeps_each_version_where_it_is_smaller(rng: np.random.Generator) -> None:
+    noise = (0.05 * rng.standard_normal((100, 1000))).astype(np.float32)
+    smooth = _best_input("smooth", 1, 100, 200)
+    for x, version in ((noise, 2), (smooth, 3)):
+        payload = FpzCodec(eb=1e-2, coder="best").encode(x)
+        assert _fpz_header(payload)["version"] == version
+        assert len(payload) < len(FpzCodec(eb=1e-2, version=5 - version).encode(x))
+        y, blob = check_error_bounded(x, "fpz", "rel", 1e-2, coder="best")
+        assert unpack(blob).codecs[0]["coder"] == "best"
+        # an ordinary payload: a codec with any other coder decodes it
+        out = FpzCodec(coder="rans").decode(payload, fedpress.TensorSpec(x.shape, x.dtype))
+        assert out.tobytes() == y.tobytes()
+    with pytest.raises(fedpress.ConfigError):
+        FpzCodec(coder="best", version=2)
+    with pytest.raises(fedpress.ConfigError):
+        FpzCodec(coder="best", predictor="lorenzo2d")
+
+
+def test_best_in_a_plan_spec(rng: np.random.Generator) -> None:
+    name, options = fedpress.Plan.parse("fpz(coder=best)")
+    assert (name, options) == ("fpz", {"coder": "best"})
+    plan = fedpress.Plan.build(name, eb=1e-3, **options)
+    assert [r.codec.get_config()["coder"] for r in plan.rules] == ["best"]
+    sd = {"w": (0.05 * rng.standard_normal((64, 500))).astype(np.float32),
+          "b": rng.standard_normal(64).astype(np.float32)}
+    frame = fedpress.UpdateEncoder(plan).encode(sd)
+    out = fedpress.UpdateDecoder().decode(frame)
+    assert_within_bound(sd["w"], out["w"], "rel", 1e-3)
+    assert np.array_equal(sd["b"], out["b"])
+
+
 def test_update_encoder_codes_fpz_tensors_side_by_side(rng: np.random.Generator) -> None:
     sd = {f"l{i}.weight": (rng.standard_normal((64, 40 * (i + 1))) * (i + 1)).astype(np.float32)
           for i in range(6)}

@@ -21,6 +21,9 @@ with ``workers`` threads: the bytes never depend on the worker count. The older
 coders (``coder=`` ``rans``, ``huffman``, ``ans``, ``zstd``, or ``predictor=
 "lorenzo2d"``) write version 2 payloads (static entropy coders after an optional
 Lorenzo predictor and a zero-block bitmap); versions 1 and 2 keep decoding.
+``coder="best"`` codes each tensor both ways (version 3, and version 2 with its
+``auto`` coder) and keeps the smaller payload: an ordinary version 3 or version 2
+payload, nothing in the format says it was chosen.
 
 The reconstruction is ``q * 2eb`` whatever the predictor (dual quantization),
 and the encoder hands it to the envelope, which stores the rare float rounding
@@ -83,6 +86,9 @@ _V1_CODERS = (CoderId.ANS, CoderId.ZSTD)
 _CODERS = {CODERS[cid].name: cid for cid in _OWN_CODERS}
 #: the coder of version 3 (not an id of the shared table: the model is the format)
 ACM = "acm"
+#: the coder choice that codes each tensor as version 3 and as version 2 (``auto``) and
+#: keeps the smaller payload
+BEST = "best"
 FLAG_ZERO_BLOCKS = 1
 ZERO_BLOCK = 128
 _BLOCK_BITS = ZERO_BLOCK.bit_length() - 1
@@ -203,10 +209,20 @@ class FpzCodec(ErrorBoundedCodec):
         Prediction on the codes; ``auto`` picks per tensor (version 3: ``none`` or
         ``lorenzo1d``; ``lorenzo2d``, on the tensor as a matrix, first axis x the
         rest, writes version 2 and on 1-D tensors falls back to ``lorenzo1d``).
-    coder : {"auto", "acm", "rans", "huffman", "ans", "zstd"}
+    coder : {"auto", "acm", "best", "rans", "huffman", "ans", "zstd"}
         Entropy coder: ``auto`` and ``acm`` are version 3's adaptive context model;
-        the others write version 2 (``rans`` static rANS, or on small tensors the
-        smallest of rans, Huffman and zstd under version 2's ``auto``).
+        ``rans``, ``huffman``, ``ans`` and ``zstd`` write version 2 (``rans`` static
+        rANS, or on small tensors the smallest of rans, Huffman and zstd under version
+        2's ``auto``). ``best`` codes each tensor both ways, as version 3 and as
+        version 2 with its ``auto`` coder (each with its own predictor choice), and
+        keeps the smaller payload (version 3 on a tie): never larger than either,
+        for about the sum of their encoding times. The adaptive model pays for
+        learning, so on near-white-noise tensors at loose bounds the static coder
+        can be smaller (see docs/results.md). The payload is an ordinary version 3
+        or version 2 payload (every decoder reads it), and the reconstruction handed
+        to the envelope is the kept payload's own (both versions quantize alike, so
+        the decoded values are the same either way). Not with ``version=2`` or
+        ``predictor="lorenzo2d"`` (version 2 only).
     workers : int, optional
         Threads that code the blocks of one tensor side by side (default: the cores
         available, at most ``NUMBA_NUM_THREADS`` when set). Not part of the
@@ -230,13 +246,17 @@ class FpzCodec(ErrorBoundedCodec):
         super().__init__(mode, eb)
         if predictor != "auto" and predictor not in BY_NAME:
             raise ConfigError(f"fpz: predictor must be 'auto' or one of {sorted(BY_NAME)}")
-        if coder not in ("auto", ACM) and coder not in _CODERS:
-            raise ConfigError(f"fpz: coder must be 'auto', 'acm' or one of {sorted(_CODERS)}")
+        if coder not in ("auto", ACM, BEST) and coder not in _CODERS:
+            raise ConfigError(f"fpz: coder must be 'auto', 'acm', 'best' or one of "
+                              f"{sorted(_CODERS)}")
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                     or workers < 1):
             raise ConfigError(f"fpz: workers must be an int >= 1, got {workers!r}")
-        if version not in (V2, VERSION) or (version == V2 and coder == ACM):
+        if version not in (V2, VERSION) or (version == V2 and coder in (ACM, BEST)):
             raise ConfigError(f"fpz: cannot write version {version!r} with coder {coder!r}")
+        if coder == BEST and predictor == "lorenzo2d":
+            raise ConfigError("fpz: coder='best' compares versions 3 and 2; "
+                              "predictor='lorenzo2d' writes version 2 only")
         self.predictor = predictor
         self.coder = coder
         self.workers = workers
@@ -276,6 +296,11 @@ class FpzCodec(ErrorBoundedCodec):
 
     def _encode_core_recon(self, x: np.ndarray, eb_abs: float, shape: tuple[int, ...] = ()
                            ) -> tuple[bytes, np.ndarray, np.ndarray | None]:
+        if self.coder == BEST:
+            # each version's own (body, values, over): the kept one's go to the envelope
+            v3 = self._encode_v3(x, eb_abs, shape)
+            v2 = self._encode_v2(x, eb_abs, shape)
+            return v3 if len(v3[0]) <= len(v2[0]) else v2
         if self._writes_v3():
             return self._encode_v3(x, eb_abs, shape)
         return self._encode_v2(x, eb_abs, shape)
@@ -358,7 +383,7 @@ class FpzCodec(ErrorBoundedCodec):
             coder.encode(symbols, w)
             return w.getvalue()
 
-        if self.coder not in ("auto", ACM):
+        if self.coder not in ("auto", ACM, BEST):
             return coded(_CODERS[self.coder])
         if z.size > _SMALL:
             return coded(CoderId.RANS)
