@@ -4,7 +4,8 @@
 Every run is one ``fedpress simulate`` with the same data, clients, rounds, local
 steps and learning rate; only the plan (and the run settings it needs) changes.
 Traffic is counted whole: every round both ways, warm-ups included, and each
-client's first download of the initial model (``first_download="sent"``). Links are
+client's first download of the initial model (``first_download="sent"``, or
+``"coded"`` through the downlink plan where it sends updates error-bounded). Links are
 ``--mbps`` both ways without latency, so that :mod:`fedpress.sim.frontier` can
 rescale the transfer time to 10 and 100 Mbps exactly.
 
@@ -58,7 +59,7 @@ def _ref(codec: str, eb: float) -> dict[str, Any]:
     against the model the client started from, the downlink as updates against each
     client's copy."""
     return {"plan": f"{codec}(reference=true, residual_feedback=true)", "eb": eb,
-            "downlink_plan": codec, "downlink_send": "update"}
+            "downlink_plan": codec, "downlink_send": "update", "first_download": "coded"}
 
 
 #: label -> settings of the plans (each a complete description of what differs)
@@ -68,11 +69,12 @@ PLANS: dict[str, dict[str, Any]] = {
     "fedsz-both": {"plan": "fedsz", "eb": 1e-2, "downlink_plan": "fedsz"},
     **{f"ref-{c}-{eb:g}": _ref(c, eb) for c in ("fpz", "gaeb") for eb in (1e-2, 3e-2, 1e-1)},
     "eftopk-0.01": {"plan": "ef:topk(ratio=0.01)", "send": "update",
-                    "downlink_plan": "fpz", "eb": 1e-2, "downlink_send": "update"},
+                    "downlink_plan": "fpz", "eb": 1e-2, "downlink_send": "update",
+                    "first_download": "coded"},
     "stc-0.01": {"plan": "stc(ratio=0.01)", "send": "update",
                  "downlink_plan": "ternary(ratio=0.01)", "downlink_send": "update"},
     "qsgd-4": {"plan": "qsgd(levels=4)", "send": "update", "downlink_plan": "fpz",
-               "eb": 1e-2, "downlink_send": "update"},
+               "eb": 1e-2, "downlink_send": "update", "first_download": "coded"},
     "hgc-0.005": {"plan": "hgc(density=0.005, warmup=5)", "send": "update",
                   "aggregate": "hgc"},
     "hgc-0.001": {"plan": "hgc(density=0.001, warmup=5)", "send": "update",

@@ -246,3 +246,41 @@ def test_first_download_sent_counts_the_initial_model(digits: data.Dataset) -> N
     assert [m.accuracy for m in sent] == [m.accuracy for m in seeded]
     with pytest.raises(fedpress.ConfigError, match="first_download"):
         _cfg(first_download="maybe").check()
+
+
+def test_first_download_coded_sends_the_initial_model_through_the_plan(
+        digits: data.Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    kw = {"send": "update", "plan": "fpz", "downlink_plan": "fpz", "downlink_send": "update",
+          "rounds": 2}
+    sent, _ = fl.simulate(digits, _cfg(**kw, first_download="sent"), test_limit=100)
+    got: dict = {}
+    make_pool, downlink = fl.make_pool, fl.Downlink
+
+    def pool(*a: object, **k: object) -> object:
+        got["pool"] = make_pool(*a, **k)  # type: ignore[arg-type]
+        return got["pool"]
+
+    def down(*a: object, **k: object) -> object:
+        got["down"] = downlink(*a, **k)  # type: ignore[arg-type]
+        return got["down"]
+
+    monkeypatch.setattr(fl, "make_pool", pool)
+    monkeypatch.setattr(fl, "Downlink", down)
+    coded, _ = fl.simulate(digits, _cfg(**kw, first_download="coded"), test_limit=100)
+    model = build_model("mlp", digits.input_shape, 10, seed=0)
+    raw = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    # the initial model went through fpz (REL 1e-2): far fewer bytes than raw
+    assert coded[0].bytes_down < sent[0].bytes_down - 2 * raw
+    assert coded[1].bytes_down < 2 * sent[1].bytes_down
+    # each client holds what it decoded, which the server mirrors exactly; round 1's
+    # copy was the initial model within the bound, not the model itself
+    for cid, client in got["pool"].clients.items():
+        mirror = got["down"].held[cid]
+        assert all(client.end.held[k].tobytes() == mirror[k].tobytes() for k in mirror)
+    assert got["down"].initial is None
+    # without an update-mode downlink plan it is as "sent"
+    weights = {"send": "update", "plan": "fpz", "rounds": 1}
+    a, _ = fl.simulate(digits, _cfg(**weights, first_download="sent"), test_limit=100)
+    b, _ = fl.simulate(digits, _cfg(**weights, first_download="coded"), test_limit=100)
+    assert a[0].bytes_down == b[0].bytes_down
+    assert not _cfg(**weights, first_download="coded").codes_first_download

@@ -247,7 +247,9 @@ def sim_flags() -> dict[str, Any]:
                                                             "by exp(drift * N(0,1)).")],
         "first_download": Annotated[str | None, opt(help="seeded (default): clients start "
                                                          "from the seeded model, uncounted; "
-                                                         "sent: count it in update mode.")],
+                                                         "sent: count it in update mode; "
+                                                         "coded: send it through the "
+                                                         "downlink plan.")],
     }
 
 

@@ -59,7 +59,7 @@ SENDS = ("weights", "update", "gradient")
 AGGREGATES = ("mean", "vote", "powersgd", "hgc")
 DOWNLINK_SENDS = ("weights", "update")
 CLIENT_STATES = ("reset", "keep")
-FIRST_DOWNLOADS = ("seeded", "sent")
+FIRST_DOWNLOADS = ("seeded", "sent", "coded")
 
 
 @dataclass
@@ -101,7 +101,10 @@ class FLConfig:
     client_state: str = "reset"
     #: "seeded": both ends start from the seeded initial model, which is not counted;
     #: "sent": a client's first download of an update-mode downlink also counts the
-    #: initial model, raw (a weights downlink and HGC's send the whole model anyway)
+    #: initial model, raw (a weights downlink and HGC's send the whole model anyway);
+    #: "coded": an update-mode downlink with a plan codes the initial model like any
+    #: update (the client starts from nothing and holds what it decoded), otherwise
+    #: as "sent"
     first_download: str = "seeded"
     seed: int = 0
 
@@ -116,6 +119,13 @@ class FLConfig:
             if rnd >= start:
                 value = m
         return value
+
+    @property
+    def codes_first_download(self) -> bool:
+        """Whether a client's first download is the initial model coded by the
+        downlink plan as an update from nothing (``first_download="coded"``)."""
+        return (self.first_download == "coded" and self.downlink_send == "update"
+                and self.downlink_plan is not None and self.aggregate != "hgc")
 
     def protocol(self) -> RoundProtocol:
         """The round protocol ``aggregate`` selects, checked against these settings."""
@@ -242,8 +252,8 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
     global_state = state_of(model)
     params = frozenset(n for n, _ in model.named_parameters())
     down = Downlink(cfg.downlink_plan, cfg.downlink_options, cfg.clients,
-                    cfg.downlink_send, global_state, track=cfg.reference,
-                    count_initial=cfg.first_download == "sent")
+                    cfg.downlink_send, None if cfg.codes_first_download else global_state,
+                    track=cfg.reference, count_initial=cfg.first_download != "seeded")
     up_decoder = make_decoder(uplink, cfg.plan_options)
     warm_codecs(uplink, cfg.plan_options)
     if threads is None:

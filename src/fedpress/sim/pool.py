@@ -27,6 +27,7 @@ import torch
 
 from ..errors import ConfigError
 from ..exchange import warm_codecs
+from ..exchange.deltas import zeros_like
 from .client import ClientResult, SimClient, Trainer, state_of, warm_up
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ class InProcessPool:
         self.clients = {k: SimClient(k, x, y, cfg, network) for k, (x, y) in zip(ids, shards)}
         self.trainer = Trainer(cfg, input_shape, classes)
         initial = state_of(self.trainer.model)  # both ends start from the seeded model
+        if cfg.codes_first_download:  # or from nothing: the first download is all of it
+            initial = zeros_like(initial)
         for client in self.clients.values():
             client.end.held = initial
         warm_codecs(cfg.protocol().uplink_plan, cfg.plan_options)

@@ -17,7 +17,8 @@ exchange; ``hgc``: HGC's shared-mask exchange, implied by plan ``hgc``), ``refer
 ``client_state`` (``reset``: local momentum starts at zero every round; ``keep``: each
 client keeps it between its rounds), ``first_download`` (``seeded``: clients start from
 the seeded initial model, not counted; ``sent``: an update-mode downlink counts it in
-each client's first download), ``bandwidth_drift`` (links change over rounds: each
+each client's first download; ``coded``: it goes through the downlink plan as an update
+from nothing), ``bandwidth_drift`` (links change over rounds: each
 round multiplies every bandwidth by ``exp(drift * z)``, ``z`` standard normal),
 ``uplink_mbps``,
 ``downlink_mbps``, ``latency_ms`` (a number, a list or ``{median, sigma}``),
