@@ -438,3 +438,33 @@ def test_the_flower_side_loads_without_torch_or_the_simulator() -> None:
         "print('exchange-flower-ok')\n"
     )
     run_isolated(script, "exchange-flower-ok")
+
+
+def test_hgc_codes_the_batchnorm_statistics_and_every_node_holds_the_model() -> None:
+    """Float buffers (names of BatchNorm statistics) travel as coded frames both ways
+    under HGC by default; every node still holds the server's model bit for bit."""
+    rng = np.random.default_rng(7)
+    init = dict(INIT) | {"bn.running_mean": rng.standard_normal(512).astype(np.float32),
+                         "bn.running_var": rng.random(512).astype(np.float32) + 0.5}
+    up = {}
+    for buffers in ("fpz", "raw"):
+        random.seed(0)
+        grid = InlineGrid(_numpy_app(), 3)
+        s = CompressedStrategy(FedAvg(fraction_evaluate=0.0),
+                               uplink=f"hgc(density=0.05, buffers={buffers}, aggregate=hgc)")
+        models: dict[int, dict] = {}
+
+        def keep(rnd: int, arrays: ArrayRecord, models: dict = models) -> None:
+            models[rnd] = wire.state_of(arrays)
+
+        s.start(grid=grid, initial_arrays=wire.plain_record(init), num_rounds=3,
+                evaluate_fn=keep)
+        rows = _rows(s)
+        assert [r.get("dropped", 0) for r in rows] == [0, 0, 0]
+        for node in grid.contexts:  # round 3 started from round 2's model on every node
+            held = _held(grid, node)
+            assert all(held[k].tobytes() == models[2][k].tobytes() for k in init)
+        assert not np.array_equal(models[3]["bn.running_var"], init["bn.running_var"])
+        up[buffers] = [r["bytes_up"] for r in rows]
+    raw_buffers = 3 * 2 * 512 * 4  # three nodes' two statistics, float32
+    assert all(c < r - raw_buffers / 2 for c, r in zip(up["fpz"], up["raw"]))
