@@ -28,6 +28,7 @@ from torch.nn import functional
 
 from ..adaptive import AdaptiveEncoder, Choice
 from ..exchange import Message, State, raw_bytes
+from ..exchange.single import SingleClient
 from .models import build_model
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ class ClientResult:
     """What one client returns to the server after a round."""
 
     client: int
-    message: Message
+    message: Message | Quote
     nbytes: int  # on the wire: the frame length, or the raw tensors' bytes
     raw_bytes: int  # what the same content takes as raw tensors
     samples: int
@@ -186,9 +187,10 @@ class SimClient:
         if adaptive is not None:  # an adaptive plan: this round's link, or its estimate
             up = None if link is None or adaptive.link == "measured" \
                 else float(link.up_mbps[self.cid])
-            end.link = (up, 0.0 if link is None else float(link.latency_ms[self.cid]))
+            single = self._single()
+            single.link = (up, 0.0 if link is None else float(link.latency_ms[self.cid]))
             if adaptive.round == "deadline":  # its expected times first, the reply later
-                quote = adaptive.choose(local, *end.link)
+                quote = adaptive.choose(local, *single.link)
                 self._pending = (local, start, params, link)
                 return ClientResult(self.cid, Quote(quote.fastest_s), 0, raw_bytes(local),
                                     len(self.y), t1 - t0 if end.decodes else 0.0, t2 - t1,
@@ -209,6 +211,11 @@ class SimClient:
                             decode_s, train_s, t3 - t2 if end.encodes else 0.0,
                             None if adaptive is None else adaptive.last)
 
+    def _single(self) -> SingleClient:
+        """This client's end as the single exchange's (the one an adaptive plan runs)."""
+        assert isinstance(self.end, SingleClient), "an adaptive plan runs the single exchange"
+        return self.end
+
     def _adaptive(self) -> AdaptiveEncoder | None:
         encoder = getattr(self.end, "encoder", None)
         return encoder if isinstance(encoder, AdaptiveEncoder) else None
@@ -219,11 +226,12 @@ class SimClient:
         if phase == DEADLINE:
             assert self._pending is not None, "a deadline before the round's quote"
             held, self._pending = self._pending, None
-            self.end.deadline_s = float(payload)
+            single = self._single()
+            single.deadline_s = float(payload)
             try:
                 return self._reply(*held, 0.0, 0.0)
             finally:
-                self.end.deadline_s = None
+                single.deadline_s = None
         t0 = time.perf_counter()
         reply, nbytes = self.end.answer(phase, payload)
         return ClientResult(self.cid, reply, nbytes, nbytes, len(self.y), 0.0, 0.0,
