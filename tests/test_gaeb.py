@@ -217,6 +217,20 @@ def test_context_state_follows_the_decoded_values() -> None:
         assert np.array_equal(st_["sign"], np.sign(y).astype(np.int8))
 
 
+@pytest.mark.parametrize("predictor", PREDICTORS)
+def test_output_is_an_array_of_its_own(predictor: str) -> None:
+    """encode_with_output hands out (uncopied) the core's values: never the input's
+    nor the history's memory, and the state it leaves is what the decoder's holds."""
+    codec = GaebCodec("rel", 1e-2, predictor=predictor)
+    state, dstate = fedpress.TensorState(), fedpress.TensorState()
+    for x in _stream((16, 8, 3, 3), 3, seed=11):
+        payload, out = codec.encode_with_output(x, state)
+        assert out.flags.writeable and not np.shares_memory(out, x)
+        assert not any(np.shares_memory(out, a) for a in state.values())
+        assert same_bits(codec.decode(payload, fedpress.TensorSpec.of(x), dstate), out)
+        assert dstate.digest() == state.digest()
+
+
 # -- 3. the history is used ------------------------------------------------------
 @pytest.mark.parametrize("shape", [(64, 32, 3, 3), (100, 200)])
 def test_context_history_makes_frames_smaller(shape: tuple[int, ...]) -> None:

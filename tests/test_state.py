@@ -182,6 +182,78 @@ def test_tensor_state_digest_and_store_copies() -> None:
         s["__round__"] = np.zeros(1)
 
 
+def test_digest_hashes_the_little_endian_bytes_in_place() -> None:
+    """The digest is the format's (SHA-256 of name, dtype, shape and little-endian
+    bytes, sorted by name) whatever the arrays' layout; hashed without copies."""
+    import hashlib
+
+    from fedpress.dtypes import le_buffer, le_bytes
+
+    arrays = {"f": np.arange(12, dtype=np.float32).reshape(3, 4),
+              "big": np.arange(5, dtype=">i8"),
+              "strided": np.arange(20.0).reshape(4, 5)[:, ::2],
+              "fortran": np.asfortranarray(np.arange(6, dtype=np.int16).reshape(2, 3)),
+              "scalar": np.array(2.5), "empty": np.zeros(0, np.int8),
+              "bool": np.array([True, False, True])}
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        a = np.ascontiguousarray(arrays[key])
+        h.update(key.encode() + a.dtype.str.encode() + repr(a.shape).encode() + le_bytes(a))
+        assert bytes(le_buffer(a)) == le_bytes(a)
+    assert TensorState(arrays).digest() == h.digest()[:8]
+    flat = np.arange(4, dtype=np.float32)
+    assert np.shares_memory(np.frombuffer(le_buffer(flat), np.float32), flat)
+
+
+class XorDeltaReplacing(XorDelta):
+    """XorDelta, declared to replace its state's arrays (never written into)."""
+
+    codec_id = "test-xor-delta-replacing"
+    replaces_state = True
+
+
+@pytest.mark.parametrize("dir_store", [False, True])
+def test_replacing_codec_borrows_state_and_failures_leave_it(
+        tmp_path: Any, rng: np.random.Generator, dir_store: bool) -> None:
+    register_codec(XorDeltaReplacing)
+    try:
+        rounds = _rounds(rng, 3)
+        plan = {"w": XorDeltaReplacing.codec_id, "b": XorDeltaReplacing.codec_id}
+        stores = ((fedpress.DirStateStore(tmp_path / "c"), fedpress.DirStateStore(tmp_path / "s"))
+                  if dir_store else (fedpress.MemoryStateStore(), fedpress.MemoryStateStore()))
+        enc = fedpress.UpdateEncoder(plan=plan, store=stores[0])
+        dec = fedpress.UpdateDecoder(store=stores[1])
+        dec.decode(enc.encode(rounds[0]))
+        held = dec.store.get("default", "w")["prev"].copy()
+        good = enc.encode(rounds[1])
+        bad = bytearray(good)
+        bad[-10] ^= 0xFF
+        with pytest.raises(fedpress.FormatError):
+            dec.decode(bytes(bad))
+        st = dec.store.get("default", "w")
+        assert st.round == 1 and np.array_equal(st["prev"], held)
+        for i in (1, 2):
+            frame = good if i == 1 else enc.encode(rounds[2])
+            assert np.array_equal(dec.decode(frame)["w"], rounds[i]["w"])
+        assert enc.store.get("default", "w").digest() == dec.store.get("default", "w").digest()
+    finally:
+        unregister_codec(XorDeltaReplacing.codec_id)
+
+
+def test_memory_store_lends_and_adopts_without_copies() -> None:
+    store = fedpress.MemoryStateStore()
+    a = np.arange(4.0)
+    st = TensorState({"a": a}, round=3)
+    store.adopt("p", "t", st)
+    lent = store.lend("p", "t")
+    assert lent["a"] is a and lent.round == 3
+    del lent["a"]  # the borrower's mapping is its own
+    lent.round += 1
+    assert "a" in store.get("p", "t") and store.get("p", "t").round == 3
+    assert store.get("p", "t")["a"] is not a  # get still copies
+    assert len(store.lend("p", "other")) == 0
+
+
 def test_corrupt_state_file_is_a_format_error(tmp_path: Any) -> None:
     store = fedpress.DirStateStore(tmp_path)
     store.put("p", "t", TensorState({"a": np.arange(3)}, round=2))

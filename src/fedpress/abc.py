@@ -180,6 +180,11 @@ class StatefulCodec(Codec):
     """
 
     scope: ClassVar[Scope] = Scope.SENDER
+    #: True if ``encode`` and ``decode`` never write into the arrays of the state they
+    #: are given nor keep them, only replace them: the update codecs then borrow the
+    #: store's arrays and hand it the new ones without copies
+    #: (:meth:`fedpress.state.StateStore.lend` and ``adopt``)
+    replaces_state: ClassVar[bool] = False
 
     @abstractmethod
     def encode(self, x: np.ndarray, state: Any = None) -> bytes:  # type: ignore[override]

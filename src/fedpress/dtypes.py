@@ -140,6 +140,18 @@ def le_bytes(arr: np.ndarray) -> bytes:
     return arr.tobytes()
 
 
+def le_buffer(arr: np.ndarray) -> memoryview | bytes:
+    """The bytes of :func:`le_bytes`, as a view of the array's memory when it is
+    C-contiguous and not big-endian (no copy: for hashing large arrays), else a copy."""
+    a = np.asarray(arr)
+    if a.flags.c_contiguous and a.dtype.byteorder != ">" and not a.dtype.hasobject:
+        try:
+            return memoryview(a.reshape(-1).view(np.uint8))
+        except (ValueError, TypeError):  # a dtype without a byte view: copy
+            pass
+    return le_bytes(a)
+
+
 def as_state_dict(obj: Any) -> dict[str, np.ndarray]:
     """Numpy view of a state dict (a mapping of names to arrays/tensors, or a torch module)."""
     if not isinstance(obj, Mapping) and callable(getattr(obj, "state_dict", None)):

@@ -19,7 +19,7 @@ import numpy as np
 
 from ._bytes import Reader, Writer
 from .abc import Codec, TensorSpec
-from .dtypes import dtype_code, dtype_from_code, le_bytes
+from .dtypes import dtype_code, dtype_from_code, le_buffer
 from .errors import FormatError
 
 MAGIC = b"\x89FPZ"
@@ -169,7 +169,7 @@ def reference_digest(reference: np.ndarray) -> bytes:
     h = hashlib.sha256()
     h.update(a.dtype.str.encode())
     h.update(repr(a.shape).encode())
-    h.update(le_bytes(a))
+    h.update(le_buffer(a))
     return h.digest()[:DIGEST_SIZE]
 
 

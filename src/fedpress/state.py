@@ -8,6 +8,9 @@ client process can stop and resume. :meth:`StateStore.sizes` measures what one
 peer's states hold, for the decoder's ``Limits.max_state_bytes``.
 Stores hand out copies; the update codecs write states back only after a
 whole frame encoded or decoded, so a failed decode leaves the state untouched.
+For codecs that only replace their state's arrays (``StatefulCodec.replaces_state``)
+the update codecs borrow the held arrays (:meth:`StateStore.lend`) and hand over the
+new state (:meth:`StateStore.adopt`): no copies, the same guarantee.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import IO
 import numpy as np
 from numpy.lib import format as npformat
 
-from .dtypes import le_bytes
+from .dtypes import le_buffer
 from .errors import FormatError
 
 
@@ -73,7 +76,7 @@ class TensorState(MutableMapping[str, np.ndarray]):
             h.update(key.encode())
             h.update(a.dtype.str.encode())
             h.update(repr(a.shape).encode())
-            h.update(le_bytes(a))
+            h.update(le_buffer(a))  # the bytes of le_bytes, hashed in place
         return h.digest()[:8]
 
 
@@ -90,6 +93,17 @@ class StateStore(ABC):
     @abstractmethod
     def put(self, peer: str, name: str, state: TensorState) -> None:
         """Store (a copy of) the state."""
+
+    def lend(self, peer: str, name: str) -> TensorState:
+        """The state, for a caller that will not write into its arrays (it may replace
+        them): stores that can hand out the arrays they hold (no copy); by default
+        :meth:`get`."""
+        return self.get(peer, name)
+
+    def adopt(self, peer: str, name: str, state: TensorState) -> None:
+        """Store ``state``, which the caller hands over and no longer uses: stores that
+        can keep it as it is (no copy); by default :meth:`put`."""
+        self.put(peer, name, state)
 
     @abstractmethod
     def delete(self, peer: str, name: str) -> None:
@@ -123,6 +137,13 @@ class MemoryStateStore(StateStore):
 
     def put(self, peer: str, name: str, state: TensorState) -> None:
         self._data[(peer, name)] = state.copy()
+
+    def lend(self, peer: str, name: str) -> TensorState:
+        st = self._data.get((peer, name))
+        return TensorState(st.arrays, st.round) if st is not None else TensorState()
+
+    def adopt(self, peer: str, name: str, state: TensorState) -> None:
+        self._data[(peer, name)] = state
 
     def delete(self, peer: str, name: str) -> None:
         self._data.pop((peer, name), None)

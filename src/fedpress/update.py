@@ -65,6 +65,21 @@ def _encode_one(codec: Codec, x: np.ndarray, state: TensorState | None,
     return bytes(payload), tag, out
 
 
+def _checkout(store: StateStore, peer: str, name: str, codec: StatefulCodec) -> TensorState:
+    """The state ``codec`` codes ``name`` with: the store's own arrays if the codec only
+    replaces them (``replaces_state``), else a copy."""
+    return store.lend(peer, name) if codec.replaces_state else store.get(peer, name)
+
+
+def _checkin(store: StateStore, peer: str, name: str, state: TensorState, codec: Codec) -> None:
+    """Write back a state :func:`_checkout` gave out, after the whole frame coded: handed
+    over (no copy) if ``codec`` only replaces its arrays, else copied."""
+    if isinstance(codec, StatefulCodec) and codec.replaces_state:
+        store.adopt(peer, name, state)
+    else:
+        store.put(peer, name, state)
+
+
 def _available_cores() -> int:
     """The cores this process may run on (its CPU affinity where the platform says),
     at most ``NUMBA_NUM_THREADS`` when that is set (the threads run numba kernels)."""
@@ -288,14 +303,14 @@ class UpdateEncoder:
         codecs: list[dict[str, Any]] = []
         index: dict[Codec, int] = {}  # codecs compare and hash by their config
         records: list[Record] = []
-        new_states: dict[str, TensorState] = {}
+        new_states: dict[str, tuple[TensorState, Codec]] = {}
         residuals: dict[str, TensorState] = {}
         early = self._encode_side_by_side(tensors, refs)
         for name, x in tensors.items():
             codec = self.plan.codec_for(name, x)
             state = None
             if isinstance(codec, StatefulCodec):
-                state = self.store.get(self.peer, name)
+                state = _checkout(self.store, self.peer, name, codec)
                 if step is not None and codec.scope is Scope.SENDER:
                     state.round = step
             ref = _usable_reference(codec, name, x, refs)
@@ -307,7 +322,7 @@ class UpdateEncoder:
             else:
                 payload, tag, out = _encode_one(codec, x, state, ref, want_output=ef)
             if state is not None:
-                new_states[name] = state
+                new_states[name] = (state, codec)
             if out is not None:
                 residual = np.nan_to_num(x.astype(np.float64) - out, nan=0.0, posinf=0.0,
                                          neginf=0.0).astype(x.dtype)
@@ -318,10 +333,10 @@ class UpdateEncoder:
             records.append(Record(name, index[codec], TensorSpec.of(x), payload, tag,
                                   None if ref is None else reference_digest(ref)))
         blob = pack_frame(Frame(KIND_UPDATE, codecs, records, dict(meta or {})))
-        for name, state in new_states.items():
-            self.store.put(self.peer, name, state)
-        for name, state in residuals.items():
-            self.store.put(self.peer + RESIDUAL_PEER_SUFFIX, name, state)
+        for name, (state, codec) in new_states.items():
+            _checkin(self.store, self.peer, name, state, codec)
+        for name, state in residuals.items():  # new arrays: handed over
+            self.store.adopt(self.peer + RESIDUAL_PEER_SUFFIX, name, state)
         return blob
 
     def _encode_side_by_side(self, tensors: Mapping[str, np.ndarray],
@@ -438,15 +453,16 @@ class UpdateDecoder:
             codec = codecs[rec.codec_index]
             state = None
             if is_mirrored(codec):
-                state = self.store.get(peer, rec.name)
+                state = _checkout(self.store, peer, rec.name, codec)
             out[rec.name] = decode_record(codec, rec, state, refs, self.limits)
             if state is not None:
                 new_states[rec.name] = state
         if new_states:
             self._check_state_bytes(peer, sum(b for n, b in held.items() if n not in new_states)
                                     + sum(st.nbytes for st in new_states.values()))
+        by_name = {rec.name: codecs[rec.codec_index] for rec in frame.records}
         for name, state in new_states.items():
-            self.store.put(peer, name, state)
+            _checkin(self.store, peer, name, state, by_name[name])
         return out
 
 

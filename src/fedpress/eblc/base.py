@@ -89,6 +89,10 @@ class ErrorBoundedCodec(Codec):
     config_keys: ClassVar[tuple[str, ...]] = ("mode", "eb")
     #: whether the core can work in float64 (else it gets float32)
     core_float64: ClassVar[bool] = False
+    #: whether the core's reconstruction is always an array of its own, which nothing
+    #: else holds or reads later (the input aside): ``encode_with_output`` then patches
+    #: and returns it without a copy
+    core_recon_owned: ClassVar[bool] = False
 
     def __init__(self, mode: str = "rel", eb: float = 1e-2) -> None:
         check_bound(mode, eb)
@@ -240,8 +244,9 @@ class ErrorBoundedCodec(Codec):
             out = flat.copy()
         else:
             assert y is not None
-            if np.shares_memory(y, flat) or (recon is not None and np.shares_memory(y, recon)) \
-                    or not y.flags.writeable:
+            shared_recon = (recon is not None and not self.core_recon_owned
+                            and np.shares_memory(y, recon))
+            if np.shares_memory(y, flat) or shared_recon or not y.flags.writeable:
                 y = y.copy()  # never hand out (or patch) the caller's or the core's array
             out = y
         if bad_idx.size:

@@ -118,6 +118,10 @@ class GaebCodec(ErrorBoundedCodec, StatefulCodec):
     config_keys: ClassVar[tuple[str, ...]] = ("mode", "eb", "predictor", "alpha", "features")
     scope = Scope.MIRRORED
     core_float64 = True
+    #: the history's arrays are replaced, never written into (no copies of the state)
+    replaces_state = True
+    #: every core's values are new arrays (acm's, fpz's, the paper predictor's)
+    core_recon_owned = True
 
     def __init__(self, mode: str = "rel", eb: float = 1e-2, predictor: str = "context",
                  alpha: float | None = None, features: str = "magnitude+sign") -> None:
