@@ -120,6 +120,12 @@ def test_recommend_command(tmp_path: Path) -> None:
     assert "40.0x less traffic" in got.output
     assert "  fedpress simulate --plan ref\n" in got.output
     assert max(len(line) for line in got.output.splitlines()) <= 80
+    assert "(3 seeds)" in got.output and "caution" not in got.output
+    single = _write(tmp_path / "single.csv", [r for r in FRONTIER if r["seed"] == 0])
+    one = runner.invoke(app, ["recommend", "--model", "cnn", "--split", "iid",
+                              "--frontier", str(single)])
+    assert one.exit_code == 0, one.output
+    assert "(1 seed)" in one.output and "caution: fewer than 3 seeds" in one.output
     bad = runner.invoke(app, ["recommend", "--model", "cnn", "--frontier",
                               str(tmp_path / "missing.csv")])
     assert bad.exit_code == 2 and "cannot read the frontier" in bad.output

@@ -18,6 +18,14 @@ __all__ = ["DEFAULT_FRONTIER", "recommend_plan"]
 DEFAULT_FRONTIER = Path(__file__).resolve().parent.parent / "sim" / "data" / "frontier.csv"
 
 
+#: seeds below which a comparison gets a caution
+MIN_SEEDS = 3
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
 @app.command("recommend")
 @handle_errors
 def recommend_plan(
@@ -52,11 +60,14 @@ def recommend_plan(
     lines = [
         f"Recommended: {best.plan} ({best.model}, {best.split}, {best.rounds:.0f} rounds)",
         f"  {fmt_num(best.reduction)}x less traffic than raw FedAvg, both ways, whole run",
-        f"  accuracy {best.accuracy:.4f} ± {best.spread:.4f} ({best.seeds} seeds) against "
-        f"{base.accuracy:.4f} ± {base.spread:.4f} ({base.seeds})",
+        f"  accuracy {best.accuracy:.4f} ± {best.spread:.4f} ({_seeds(best.seeds)}) against "
+        f"{base.accuracy:.4f} ± {base.spread:.4f} ({_seeds(base.seeds)})",
         f"  a round at {uplink_mbps:g} up / {down:g} down Mbps: "
         f"{best.round_seconds(uplink_mbps, down):.2f} s against "
         f"{base.round_seconds(uplink_mbps, down):.2f} s raw"]
+    if min(best.seeds, base.seeds) < MIN_SEEDS:
+        lines.append(f"  caution: fewer than {MIN_SEEDS} seeds; a gap of a few tenths of a "
+                     "point between single runs may be noise")
     for line in lines:
         console.print(line, highlight=False)
     # the command to paste, on one line whatever its length
