@@ -496,7 +496,6 @@ class HGCRounds(ServerEnd):
                          sum(r.encode_s for r in answered), decode_s, server_s, comm, phase,
                          dropped)
 
-
     def _buffers(self, chosen: list[Any], replies: list[State], dropped: dict[Any, str],
                  ) -> dict[Any, State]:
         """Each reply's float buffers, decoded (taken out of the reply); a client whose
