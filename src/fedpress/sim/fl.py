@@ -347,7 +347,7 @@ def _by_deadline(results: list[ClientResult], pool: ClientPool, rnd: int, net: N
         end = max(end, before[r.client] + quote.fastest_s)
     sent = pool.call(DEADLINE, rnd, {k: end - b for k, b in before.items()})
     return [replace(r, message=s.message, nbytes=s.nbytes, encode_s=r.encode_s + s.encode_s,
-                    choice=s.choice) for r, s in zip(results, sent)]
+                    choice=s.choice) for r, s in zip(results, sent, strict=True)]
 
 
 def _choice_row(rnd: int, r: ClientResult) -> dict[str, Any]:
