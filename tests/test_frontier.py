@@ -134,3 +134,15 @@ def test_recommend_command(tmp_path: Path) -> None:
                               str(tmp_path / "broken.csv")])
     assert bad.exit_code == 2 and "lacks the columns" in bad.output
     assert read_frontier(csv_path)[0]["final_accuracy"] == 0.9
+
+
+def test_the_shipped_frontier_answers_for_the_cnn() -> None:
+    from fedpress.cli.frontier import DEFAULT_FRONTIER
+
+    rows = read_frontier(DEFAULT_FRONTIER)
+    assert {r["model"] for r in rows} >= {"cnn"}
+    got = runner.invoke(app, ["recommend", "--model", "cnn", "--split", "iid"])
+    assert got.exit_code == 0, got.output
+    assert got.output.startswith("Recommended: ") and "less traffic" in got.output
+    bad = runner.invoke(app, ["recommend", "--model", "no-such-model"])
+    assert bad.exit_code == 2 and "no runs of model" in bad.output

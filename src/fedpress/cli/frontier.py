@@ -15,7 +15,7 @@ from .render import compact_table, fmt_num
 __all__ = ["DEFAULT_FRONTIER", "recommend_plan"]
 
 #: the project's measured frontier, shipped with the package
-DEFAULT_FRONTIER = Path(__file__).resolve().parent.parent / "sim" / "data" / "frontier.csv"
+DEFAULT_FRONTIER = Path(__file__).resolve().parent.parent / "sim" / "frontier.csv"
 
 
 #: seeds below which a comparison gets a caution
