@@ -352,15 +352,15 @@ def test_best_is_never_larger_than_either_version(kind: str, seed: int, rows: in
     spec = fedpress.TensorSpec(x.shape, x.dtype)
     best = FpzCodec(eb=rel, coder="best")
     payload, out = best.encode_with_output(x)
-    sizes = {v: len(FpzCodec(eb=rel, version=v).encode(x)) for v in (2, 3)}
-    assert len(payload) == min(sizes.values())  # the envelope is the same for both
+    alone = {v: FpzCodec(eb=rel, version=v).encode(x) for v in (2, 3)}
+    assert len(payload) == min(len(b) for b in alone.values())  # same envelope for both
     y = best.decode(payload, spec)
     assert_within_bound(x, y, "rel", rel)
     assert y.tobytes() == out.tobytes()  # the output handed back is the kept payload's
-    # both versions quantize alike: the same values whichever is kept
-    for v in (2, 3):
-        other = FpzCodec(eb=rel, version=v)
-        assert other.decode(other.encode(x), spec).tobytes() == y.tobytes()
+    # the kept version alone gives the same payload core and values (the other may
+    # store a small tensor losslessly where this one quantizes, or the reverse)
+    kept = next(v for v in (3, 2) if alone[v] == payload)  # version 3 on a tie
+    assert FpzCodec(eb=rel, version=kept).decode(alone[kept], spec).tobytes() == y.tobytes()
 
 
 def test_best_keeps_each_version_where_it_is_smaller(rng: np.random.Generator) -> None:

@@ -220,8 +220,9 @@ class FpzCodec(ErrorBoundedCodec):
         learning, so on near-white-noise tensors at loose bounds the static coder
         can be smaller (see docs/results.md). The payload is an ordinary version 3
         or version 2 payload (every decoder reads it), and the reconstruction handed
-        to the envelope is the kept payload's own (both versions quantize alike, so
-        the decoded values are the same either way). Not with ``version=2`` or
+        to the envelope is the kept payload's own (both versions quantize alike, but
+        one may store a small tensor losslessly where the other quantizes it, so the
+        values can differ with the version kept). Not with ``version=2`` or
         ``predictor="lorenzo2d"`` (version 2 only).
     workers : int, optional
         Threads that code the blocks of one tensor side by side (default: the cores
