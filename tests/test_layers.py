@@ -18,7 +18,8 @@ ROOT = Path(fedpress.__file__).parent
 
 #: bottom to top: the units (top-level modules or packages of fedpress) of each layer
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("base", frozenset({"errors", "_bytes", "_deps", "dtypes", "bounds", "verify", "io"})),
+    ("base", frozenset({"errors", "_bytes", "_deps", "_cores", "dtypes", "bounds", "verify",
+                         "io"})),
     ("stages", frozenset({"stages"})),
     ("tensor", frozenset({"abc", "state", "registry"})),
     ("codecs", frozenset({"eblc", "backends", "grad"})),

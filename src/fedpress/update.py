@@ -8,7 +8,6 @@ encoder / decoder pair serves many rounds.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ._cores import available_cores
 from .abc import Codec, Scope, StatefulCodec, TensorSpec, is_mirrored
 from .dtypes import as_state_dict
 from .errors import (
@@ -78,17 +78,6 @@ def _checkin(store: StateStore, peer: str, name: str, state: TensorState, codec:
         store.adopt(peer, name, state)
     else:
         store.put(peer, name, state)
-
-
-def _available_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the platform says),
-    at most ``NUMBA_NUM_THREADS`` when that is set (the threads run numba kernels)."""
-    try:
-        cores = max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - platforms without affinity
-        cores = max(1, os.cpu_count() or 1)
-    limit = os.environ.get("NUMBA_NUM_THREADS", "")
-    return max(1, min(cores, int(limit))) if limit.isdigit() else cores
 
 
 #: suffix of the peer name under which residual feedback keeps its residuals (a
@@ -277,7 +266,7 @@ class UpdateEncoder:
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                     or workers < 1):
             raise ConfigError(f"workers must be an int >= 1, got {workers!r}")
-        self.workers = workers if workers is not None else _available_cores()
+        self.workers = workers if workers is not None else available_cores()
 
     def encode(self, state_dict: Any, meta: Mapping[str, Any] | None = None, *,
                reference: Any = None, step: int | None = None) -> bytes:

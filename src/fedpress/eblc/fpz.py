@@ -55,13 +55,13 @@ Payload (after the envelope)::
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
 
 from .._bytes import Reader, Writer
+from .._cores import available_cores
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
 from ..stages import acm, ans, kernels, rans, spread_chunks
@@ -184,17 +184,6 @@ def _zero_block_values(zero: np.ndarray, n: int) -> int:
     if zero.size and zero[-1]:
         count -= zero.size * ZERO_BLOCK - n  # the last block is short
     return count
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the platform says),
-    at most ``NUMBA_NUM_THREADS`` when that is set (the threads run numba kernels)."""
-    try:
-        cores = max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - platforms without affinity
-        cores = max(1, os.cpu_count() or 1)
-    limit = os.environ.get("NUMBA_NUM_THREADS", "")
-    return max(1, min(cores, int(limit))) if limit.isdigit() else cores
 
 
 @register_codec
