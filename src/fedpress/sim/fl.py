@@ -123,9 +123,10 @@ class FLConfig:
     @property
     def codes_first_download(self) -> bool:
         """Whether a client's first download is the initial model coded by the
-        downlink plan as an update from nothing (``first_download="coded"``)."""
+        downlink plan as an update from nothing (``first_download="coded"``). A
+        protocol that sends its own downlink (HGC) refuses a downlink plan."""
         return (self.first_download == "coded" and self.downlink_send == "update"
-                and self.downlink_plan is not None and self.aggregate != "hgc")
+                and self.downlink_plan is not None)
 
     def protocol(self) -> RoundProtocol:
         """The round protocol ``aggregate`` selects, checked against these settings."""
