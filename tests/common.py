@@ -15,6 +15,19 @@ EB_CODECS = ("sz3", "sz2", "zfp", "szx", "fpz")
 LOSSLESS_CODECS = ("zstd", "blosc-lz", "blosc-zstd", "zlib", "gzip", "xz", "lz4", "raw")
 
 
+def keep_made(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, got: dict,
+              key: str) -> None:
+    """Make ``owner.name`` (a class or factory) keep what it makes next in ``got[key]``,
+    so a test can look into the objects a run built (a simulator's pool, its server)."""
+    make = getattr(owner, name)
+
+    def keep(*args: Any, **kwargs: Any) -> Any:
+        got[key] = made = make(*args, **kwargs)
+        return made
+
+    monkeypatch.setattr(owner, name, keep)
+
+
 def available(codec_ids: tuple[str, ...]) -> list[str]:
     """The codecs of ``codec_ids`` that work here (registered and with their library)."""
     from fedpress.registry import unavailable_reason

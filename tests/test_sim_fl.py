@@ -16,6 +16,8 @@ from fedpress.sim import data, fl  # noqa: E402
 from fedpress.sim.models import build_model  # noqa: E402
 from fedpress.sim.network import Network, per_client, transfer_s  # noqa: E402
 
+from .common import keep_made  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def digits() -> data.Dataset:
@@ -254,18 +256,8 @@ def test_first_download_coded_sends_the_initial_model_through_the_plan(
           "rounds": 2}
     sent, _ = fl.simulate(digits, _cfg(**kw, first_download="sent"), test_limit=100)
     got: dict = {}
-    make_pool, downlink = fl.make_pool, fl.Downlink
-
-    def pool(*a: object, **k: object) -> object:
-        got["pool"] = make_pool(*a, **k)  # type: ignore[arg-type]
-        return got["pool"]
-
-    def down(*a: object, **k: object) -> object:
-        got["down"] = downlink(*a, **k)  # type: ignore[arg-type]
-        return got["down"]
-
-    monkeypatch.setattr(fl, "make_pool", pool)
-    monkeypatch.setattr(fl, "Downlink", down)
+    keep_made(monkeypatch, fl, "make_pool", got, "pool")
+    keep_made(monkeypatch, fl, "Downlink", got, "down")
     coded, _ = fl.simulate(digits, _cfg(**kw, first_download="coded"), test_limit=100)
     model = build_model("mlp", digits.input_shape, 10, seed=0)
     raw = sum(v.numel() * v.element_size() for v in model.state_dict().values())

@@ -13,6 +13,8 @@ from fedpress.exchange.hgc import schedule  # noqa: E402
 from fedpress.sim import data, fl  # noqa: E402
 from fedpress.sim.client import state_of  # noqa: E402
 
+from .common import keep_made  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def digits() -> data.Dataset:
@@ -30,18 +32,8 @@ def _cfg(**kw: object) -> fl.FLConfig:
 def _capture(monkeypatch: pytest.MonkeyPatch) -> dict:
     """Keep the pool and the server's HGC end of the next simulate() call."""
     got: dict = {}
-    make_pool, hgc_round = fl.make_pool, hgc_exchange.HGCRounds
-
-    def pool(*a: object, **k: object) -> object:
-        got["pool"] = make_pool(*a, **k)  # type: ignore[arg-type]
-        return got["pool"]
-
-    def server(*a: object, **k: object) -> object:
-        got["server"] = hgc_round(*a, **k)  # type: ignore[arg-type]
-        return got["server"]
-
-    monkeypatch.setattr(fl, "make_pool", pool)
-    monkeypatch.setattr(hgc_exchange, "HGCRounds", server)
+    keep_made(monkeypatch, fl, "make_pool", got, "pool")
+    keep_made(monkeypatch, hgc_exchange, "HGCRounds", got, "server")
     return got
 
 
