@@ -68,6 +68,11 @@ def test_hostile_frames_are_format_errors() -> None:
         coder.decode(blob, {"other": x["bn.running_mean"]})
     with pytest.raises(FormatError):  # another shape
         coder.decode(blob, {k: np.zeros(7, np.float32) for k in x})
+    # a valid frame of the right names that declares a huge tensor: refused from its
+    # header, before decoding allocates anything
+    huge = {k: np.zeros(1, np.float32) for k in x}
+    with pytest.raises(FormatError, match="expected float32"):
+        coder.decode(coder.encode({k: np.zeros(1 << 22, np.float32) for k in x}), huge)
     with pytest.raises(FormatError):  # a codec outside the plan (lz4's frame to fpz's)
         coder.decode(BufferCoder("lz4").encode(x), x)
 

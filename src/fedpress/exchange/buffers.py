@@ -24,6 +24,7 @@ import numpy as np
 
 from ..abc import StatefulCodec
 from ..errors import ConfigError, FormatError
+from ..frame import unpack as unpack_frame
 from ..update import DEFAULT_LIMITS, UpdateDecoder, UpdateEncoder, peer_safe_codecs
 from .deltas import State
 
@@ -76,20 +77,22 @@ class BufferCoder:
         return np.frombuffer(self.encoder.encode(dict(tensors)), np.uint8)
 
     def decode(self, blob: object, like: Mapping[str, np.ndarray]) -> State:
-        """The tensors of a frame :meth:`encode` made; FormatError unless it holds
-        exactly ``like``'s names, each of its shape and dtype."""
+        """The tensors of a frame :meth:`encode` made; FormatError unless it declares
+        exactly ``like``'s names, each of its shape and dtype (checked on the frame's
+        header, before anything is decoded or allocated)."""
         assert self.decoder is not None
         if not isinstance(blob, np.ndarray) or blob.dtype != np.uint8 or blob.ndim != 1:
             raise FormatError("buffers: the coded buffers are not a byte array")
-        out = self.decoder.decode(blob.tobytes())
-        if set(out) != set(like):
-            raise FormatError(f"buffers: the frame holds {sorted(out)[:5]}, expected "
+        data = blob.tobytes()
+        specs = {rec.name: rec.spec for rec in unpack_frame(data, self.decoder.limits).records}
+        if set(specs) != set(like):
+            raise FormatError(f"buffers: the frame holds {sorted(specs)[:5]}, expected "
                               f"{sorted(like)[:5]}")
-        for k, v in out.items():
-            if v.shape != like[k].shape or v.dtype != like[k].dtype:
-                raise FormatError(f"buffers: {k!r} is {v.dtype}{v.shape}, expected "
+        for k, spec in specs.items():
+            if spec.shape != like[k].shape or spec.dtype != like[k].dtype:
+                raise FormatError(f"buffers: {k!r} is {spec.dtype}{spec.shape}, expected "
                                   f"{like[k].dtype}{like[k].shape}")
-        return out
+        return self.decoder.decode(data)
 
 
 class ErrorFeedback:
