@@ -64,7 +64,7 @@ def test_recommend_picks_the_fewest_bytes_within_the_budget() -> None:
     assert recommend(FRONTIER, "cnn", budget=0.0, split="iid").best.plan == "none"
     with pytest.raises(ConfigError, match="several splits"):
         recommend(FRONTIER, "cnn")
-    with pytest.raises(ConfigError, match="no runs of model"):
+    with pytest.raises(ConfigError, match="no runs of model 'resnet18'; it has cnn$"):
         recommend(FRONTIER, "resnet18")
     with pytest.raises(ConfigError, match="no 'none' runs"):
         recommend([r for r in FRONTIER if r["plan"] != "none"], "cnn", split="iid")

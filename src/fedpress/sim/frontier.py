@@ -169,9 +169,12 @@ def recommend(rows: Iterable[Mapping[str, Any]], model: str, budget: float = 0.5
     is within ``budget`` points of the ``baseline`` plan's (raw FedAvg), on ``model``
     (and ``split``; any split when there is one). ConfigError when the frontier has no
     such model, split or baseline."""
-    points = [p for p in summarize(rows) if p.model == model]
+    every = summarize(rows)
+    points = [p for p in every if p.model == model]
     if not points:
-        raise ConfigError(f"the frontier has no runs of model {model!r}")
+        models = sorted({p.model for p in every})
+        raise ConfigError(f"the frontier has no runs of model {model!r}; it has "
+                          f"{', '.join(models) or 'none'}")
     splits = sorted({p.split for p in points})
     if split is None:
         if len(splits) > 1:
