@@ -140,7 +140,7 @@ def report(out: Path, models: list[str], splits: list[str], plans: list[str],
     """Rebuild frontier.csv, frontier_plans.csv, frontier.md and the plots from the runs
     there. The time-to-accuracy target of a model and split is raw FedAvg's mean final
     accuracy minus ``target_drop`` points."""
-    from fedpress.sim.frontier import COLUMNS, run_row, summarize
+    from fedpress.sim.frontier import COLUMNS, paired, run_row, summarize
 
     found: dict[tuple[str, str, str], list[tuple[dict, list[dict]]]] = {}
     for model in models:
@@ -167,13 +167,20 @@ def report(out: Path, models: list[str], splits: list[str], plans: list[str],
         writer.writeheader()
         writer.writerows(rows)
     points = summarize(rows)
+    diffs = paired(rows)
     table = []
     for p in points:
         runs = [r for r in rows if (r["model"], r["split"], r["plan"]) == (p.model, p.split,
                                                                             p.plan)]
         tta = [float(r["tta_10_s"]) for r in runs if r["tta_10_s"] != ""]
+        d = [x for _, x in diffs.get((p.model, p.split, p.plan), [])]
         table.append({"model": p.model, "split": p.split, "plan": p.plan, "seeds": p.seeds,
                       "accuracy": f"{p.accuracy:.4f}", "spread": f"{p.spread:.4f}",
+                      "vs none, points (per seed)": (
+                          f"{sum(d) / len(d):+.2f} ({', '.join(f'{x:+.2f}' for x in d)})"
+                          if d else ""),
+                      "MB up": f"{_mean_mb(runs, 'bytes_up'):.2f}",
+                      "MB down": f"{_mean_mb(runs, 'bytes_down'):.2f}",
                       "MB total": f"{p.bytes_total / 1e6:.1f}",
                       "reduction": f"{p.reduction:.1f}",
                       "s to target @10 Mbps": (f"{sum(tta) / len(tta):.0f}"
@@ -186,6 +193,10 @@ def report(out: Path, models: list[str], splits: list[str], plans: list[str],
     (out / "frontier.md").write_text(markdown_table(table, list(table[0])))
     _plots(out, points)
     return rows
+
+
+def _mean_mb(runs: list[dict[str, Any]], column: str) -> float:
+    return sum(float(r[column]) for r in runs) / len(runs) / 1e6
 
 
 def _plots(out: Path, points: list[Any]) -> None:

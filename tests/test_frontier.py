@@ -14,6 +14,7 @@ from fedpress.cli import app
 from fedpress.errors import ConfigError
 from fedpress.sim.frontier import (
     COLUMNS,
+    paired,
     read_frontier,
     recommend,
     run_row,
@@ -55,6 +56,16 @@ def test_summary_takes_mean_and_spread_over_seeds() -> None:
     assert points["dirichlet-0.3", "none"].spread == 0.0
 
 
+def test_paired_differences_are_per_seed_against_raw() -> None:
+    rows = [*FRONTIER, _row("ref", 0, 0.69, 1e6, 1e6, split="dirichlet-0.3"),
+            _row("ref", 5, 0.9, 1e6, 1e6)]  # a seed raw FedAvg did not run: left out
+    got = paired(rows)
+    assert [s for s, _ in got["cnn", "iid", "ref"]] == [0, 1, 2]
+    assert [d for _, d in got["cnn", "iid", "ref"]] == pytest.approx([-0.4, -0.5, 0.0])
+    assert got["cnn", "dirichlet-0.3", "ref"] == [(0, pytest.approx(-1.0))]
+    assert ("cnn", "iid", "none") not in got
+
+
 def test_recommend_picks_the_fewest_bytes_within_the_budget() -> None:
     rec = recommend(FRONTIER, "cnn", budget=0.5, split="iid")
     assert rec.best.plan == "ref" and rec.baseline.plan == "none"
@@ -64,7 +75,7 @@ def test_recommend_picks_the_fewest_bytes_within_the_budget() -> None:
     assert recommend(FRONTIER, "cnn", budget=0.0, split="iid").best.plan == "none"
     with pytest.raises(ConfigError, match="several splits"):
         recommend(FRONTIER, "cnn")
-    with pytest.raises(ConfigError, match="no runs of model 'resnet18'; it has cnn$"):
+    with pytest.raises(ConfigError, match=r"no runs of model 'resnet18'; it has cnn$"):
         recommend(FRONTIER, "resnet18")
     with pytest.raises(ConfigError, match="no 'none' runs"):
         recommend([r for r in FRONTIER if r["plan"] != "none"], "cnn", split="iid")

@@ -153,6 +153,22 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> list[PlanPoint]:
     return out
 
 
+def paired(rows: Sequence[Mapping[str, Any]], baseline: str = "none",
+           ) -> dict[tuple[str, str, str], list[tuple[int, float]]]:
+    """Each plan's final accuracy minus the ``baseline`` plan's on the same model,
+    split and seed (each seed is its own data split and initial model), in points:
+    ``{(model, split, plan): [(seed, difference), ...]}`` over the seeds both ran."""
+    base = {(r["model"], r["split"], int(r["seed"])): float(r["final_accuracy"])
+            for r in rows if r["plan"] == baseline}
+    out: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+    for r in rows:
+        key = (r["model"], r["split"], int(r["seed"]))
+        if r["plan"] != baseline and key in base:
+            out.setdefault((r["model"], r["split"], r["plan"]), []).append(
+                (key[2], 100.0 * (float(r["final_accuracy"]) - base[key])))
+    return {k: sorted(v) for k, v in out.items()}
+
+
 @dataclass(frozen=True)
 class Recommendation:
     """The plan to use, the baseline it was held against, and the other candidates."""
