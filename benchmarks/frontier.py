@@ -71,7 +71,8 @@ PLANS: dict[str, dict[str, Any]] = {
     **{f"ref-{c}-{eb:g}": _ref(c, eb) for c in ("fpz", "gaeb") for eb in (1e-2, 3e-2, 1e-1)},
     # the downlink's error is re-sent by the next update (the server mirrors each copy),
     # so it may take a looser bound than the uplink's
-    "ref-fpz-0.03-down-0.1": {**_ref("fpz", 3e-2), "downlink_plan": "fpz(eb=0.1)"},
+    **{f"ref-fpz-0.03-down-{eb:g}": {**_ref("fpz", 3e-2), "downlink_plan": f"fpz(eb={eb:g})"}
+       for eb in (5e-2, 1e-1)},
     "eftopk-0.01": {"plan": "ef:topk(ratio=0.01)", "send": "update",
                     "downlink_plan": "fpz", "eb": 1e-2, "downlink_send": "update",
                     "first_download": "coded"},
