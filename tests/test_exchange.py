@@ -210,8 +210,11 @@ def test_powersgd_protocol_averages_the_projected_updates() -> None:
     server = protocol.server(state, params)
     runtime = _Runtime(protocol, state, 3)
     mean, cost, sizes = _round(protocol, server, runtime, state, rng, params)
-    assert set(cost.aggregate) == {"conv.weight", "fc.weight"}
+    # the factored tensors, and the rest's float tensors decoded from their frame
+    assert set(cost.aggregate) == set(server.exchanged) == {
+        "conv.weight", "fc.weight", "fc.bias", "bn.running_mean"}
     assert not any(k.startswith("powersgd.P/") for k in mean)  # the factors were taken out
+    assert "fedpress.buffers" not in mean and mean["fc.bias"].dtype == np.float32
     assert all(s > raw_bytes({}) for s in sizes.values()) and cost.bytes_up > 0
     for k, v in cost.aggregate.items():
         assert v.shape == state[k].shape and np.isfinite(v).all()

@@ -139,6 +139,10 @@ def test_the_exports_hold_what_the_ends_keep_between_messages() -> None:
     psgd = exchange_for(_settings("powersgd", rank=2, threshold=100), "powersgd")
     clients = _Clients(psgd, _model(), 2, fresh=False)
     _rounds(psgd, clients, _model(), 1)
+    assert {name.split("/")[0] for name in clients.ends[0].export()} == {"errors", "rest"}
+    raw = exchange_for(_settings("powersgd", rank=2, threshold=100, rest="raw"), "powersgd")
+    clients = _Clients(raw, _model(), 2, fresh=False)
+    _rounds(raw, clients, _model(), 1)
     assert {name.split("/")[0] for name in clients.ends[0].export()} == {"errors"}
 
 
@@ -153,6 +157,8 @@ def test_the_exports_hold_what_the_ends_keep_between_messages() -> None:
     ("powersgd", {"errors/fc.weight": np.zeros(10, np.float32)}, "float32 matrix"),
     ("powersgd", {"m/fc.weight": np.full((2, 2), np.nan, np.float32)}, "finite"),
     ("powersgd", {"decoder/store": np.zeros(4, np.uint8)}, "no decoder"),
+    ("powersgd", {"rest/fc.bias": np.full(10, np.inf)}, "finite float array"),
+    ("powersgd", {"rest/fc.bias": np.zeros(10, np.int32)}, "finite float array"),
 ])
 def test_a_malformed_state_is_refused(plan: str, bad: dict, match: str) -> None:
     options = {"density": 0.1} if plan == "hgc" else {"rank": 2}
@@ -206,5 +212,6 @@ def test_powersgd_drops_a_client_that_does_not_answer_the_second_phase() -> None
                        silent={("powersgd_second", 1)})
     _, costs = _rounds(protocol, clients, _model(), 1)
     assert costs[0].dropped == {1: "no answer to powersgd_second"}
-    assert set(costs[0].aggregate) == {"conv.weight", "fc.weight"}
+    assert set(costs[0].aggregate) == {"conv.weight", "fc.weight", "fc.bias",
+                                       "bn.running_mean"}  # factored, and the coded rest
     assert all(np.isfinite(v).all() for v in costs[0].aggregate.values())

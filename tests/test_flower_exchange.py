@@ -106,17 +106,32 @@ def test_hgc_gives_the_simulators_bytes_and_model_bit_for_bit(strategy) -> None:
         assert got[k].tobytes() == expect[k].tobytes(), k
 
 
-def test_powersgd_gives_the_simulators_bytes_and_its_factored_tensors_bit_for_bit() -> None:
-    """PowerSGD (rank 2) the same way: equal bytes every round. After one round the
-    factored tensors (the three weight matrices: global + P^ Q^T on both) are equal
-    bit for bit; the biases travel whole and are averaged by the wrapped FedAvg64 as
-    models, each node's ``global + update`` rounded to float32 first, where the
-    simulator averages the updates in float64 and adds once: within one float32 step.
-    From round 2 on the nodes train from those biases, so every tensor moves by such
-    last-bit amounts (< 1e-6 here after 3 rounds)."""
-    history, expect = _simulated("powersgd", {"rank": 2}, 1)
-    rows, got = _flower("powersgd(rank=2, aggregate=powersgd)", 1,
-                     task.FedAvg64(fraction_evaluate=0.0))
+@pytest.mark.parametrize("strategy", [task.FedAvg64, FedAvg])
+def test_powersgd_gives_the_simulators_bytes_and_model_bit_for_bit(strategy) -> None:
+    """PowerSGD (rank 2) the same way: equal bytes every round and the same final
+    model bit for bit, whichever FedAvg is wrapped. The three weight matrices are
+    factored (global + P^ Q^T on both); the biases, the rest, travel as one coded
+    frame whose decoded mean the exchange averages (global + mean on both)."""
+    history, expect = _simulated("powersgd", {"rank": 2}, 3)
+    rows, got = _flower("powersgd(rank=2, aggregate=powersgd)", 3,
+                        strategy(fraction_evaluate=0.0))
+    assert [h["bytes_up"] for h in rows] == [m.bytes_up for m in history]
+    assert [h["bytes_down"] for h in rows] == [m.bytes_down for m in history]
+    assert [h["dropped"] for h in rows] == [0, 0, 0]
+    for k in expect:
+        assert got[k].tobytes() == expect[k].tobytes(), k
+
+
+def test_powersgd_with_the_rest_raw_gives_the_simulators_bytes() -> None:
+    """``rest=raw``: equal bytes every round. After one round the factored tensors
+    are equal bit for bit; the biases travel whole and are averaged by the wrapped
+    FedAvg64 as models, each node's ``global + update`` rounded to float32 first,
+    where the simulator averages the updates in float64 and adds once: within one
+    float32 step. From round 2 on the nodes train from those biases, so every tensor
+    moves by such last-bit amounts (< 1e-6 here after 3 rounds)."""
+    history, expect = _simulated("powersgd", {"rank": 2, "rest": "raw"}, 1)
+    rows, got = _flower("powersgd(rank=2, rest=raw, aggregate=powersgd)", 1,
+                        task.FedAvg64(fraction_evaluate=0.0))
     assert [h["bytes_up"] for h in rows] == [m.bytes_up for m in history]
     assert [h["bytes_down"] for h in rows] == [m.bytes_down for m in history]
     for k in expect:
@@ -124,9 +139,9 @@ def test_powersgd_gives_the_simulators_bytes_and_its_factored_tensors_bit_for_bi
             assert got[k].tobytes() == expect[k].tobytes(), k
         else:
             assert np.all(np.abs(got[k] - expect[k]) <= np.spacing(np.abs(expect[k]))), k
-    history, expect = _simulated("powersgd", {"rank": 2}, 3)
-    rows, got = _flower("powersgd(rank=2, aggregate=powersgd)", 3,
-                     task.FedAvg64(fraction_evaluate=0.0))
+    history, expect = _simulated("powersgd", {"rank": 2, "rest": "raw"}, 3)
+    rows, got = _flower("powersgd(rank=2, rest=raw, aggregate=powersgd)", 3,
+                        task.FedAvg64(fraction_evaluate=0.0))
     assert [h["bytes_up"] for h in rows] == [m.bytes_up for m in history]
     assert [h["bytes_down"] for h in rows] == [m.bytes_down for m in history]
     for k in expect:

@@ -14,8 +14,12 @@ the previous round's average: warm start)::
 Because every client multiplies by the same ``Q`` and the same ``P^``, the factors
 are aligned and averaging them is averaging the clients' matrices projected on one
 subspace: ``P^ Q^T = P^ P^T mean(M_i)``, exactly what the paper's all-reduce gives.
-Tensors that are not worth factoring (vectors, small or thin matrices, and tensors
-under ``threshold`` elements) travel raw in phase 1 and are averaged as they are.
+Tensors that are not worth factoring (vectors, small or thin matrices, tensors under
+``threshold`` elements: biases, BatchNorm's weights and statistics), the *rest*, go up
+in phase 1 beside the ``P_i``: the float ones as one frame of a stateless codec
+(``rest``, ``fpz`` under the run's bound by default, :class:`~.buffers.BufferCoder`)
+with error feedback on each client, integer ones raw (``rest=raw`` sends them all
+raw). The server decodes the frame and averages them.
 
 :class:`PowerSGDClient` is a client's side (its errors and the matrices between the
 phases); :class:`PowerSGDServer` the server's (``Q``, the averages). Both exchange
@@ -37,6 +41,9 @@ from ..dtypes import is_float
 from ..errors import ConfigError, FormatError
 from ..grad.powersgd import matrix_shape, orthonormalize
 from ..state import MemoryStateStore
+from .aggregate import weighted_mean
+from .buffers import KEY as REST_KEY
+from .buffers import BufferCoder, ErrorFeedback, float_buffers
 from .deltas import raw_bytes
 from .protocol import (
     Call,
@@ -104,6 +111,41 @@ def initial_q(name: str, shape: tuple[int, ...], rank: int, seed: int) -> np.nda
 
 #: the parts of a PowerSGD client's exported state (:meth:`PowerSGDClient.export`)
 CLIENT_PARTS = ("errors", "m")
+#: the plan options PowerSGD's exchange reads, and those every plan gets (ignored here)
+OPTIONS = ("rank", "seed", "error_feedback", "threshold", "rest")
+_GENERIC = ("mode", "eb", "lossy", "lossless")
+
+
+def powersgd_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """PowerSGD's exchange options from a plan's options, checked, with their defaults.
+
+    ``rank`` (2), ``seed`` (0), ``error_feedback`` (true: the low-rank error feedback),
+    ``threshold`` (1000: smaller tensors are not factored) and ``rest`` (``"fpz"``: the
+    codec of the float tensors not factored, a stateless peer-safe codec id, or
+    ``"raw"``), coded under the plan's ``eb`` and ``mode`` (1e-2, ``"rel"``).
+    ConfigError for an unknown option or a non-boolean ``error_feedback``.
+    """
+    unknown = set(options) - set(OPTIONS) - set(_GENERIC)
+    if unknown:
+        raise ConfigError(f"plan 'powersgd': unknown options {sorted(unknown)} (options: "
+                          f"{', '.join(OPTIONS)})")
+    o = options
+    if not isinstance(o.get("error_feedback", True), bool):
+        raise ConfigError("plan 'powersgd': error_feedback must be true or false, got "
+                          f"{o['error_feedback']!r}")
+    return {"rank": int(o.get("rank", 2)), "seed": int(o.get("seed", 0)),
+            "error_feedback": o.get("error_feedback", True),
+            "threshold": int(o.get("threshold", 1000)), "rest": o.get("rest", "fpz"),
+            "eb": float(o.get("eb", 1e-2)), "mode": str(o.get("mode", "rel"))}
+
+
+def rest_coder(options: Mapping[str, Any]) -> BufferCoder:
+    """The coder of the float tensors not factored, from :func:`powersgd_options`
+    (ConfigError for a codec that keeps state or is not safe on a peer's bytes)."""
+    try:
+        return BufferCoder(options["rest"], options["eb"], options["mode"])
+    except ConfigError as exc:
+        raise ConfigError(f"plan 'powersgd': rest={options['rest']!r}: {exc}") from None
 
 
 class PowerSGDClient:
@@ -230,14 +272,27 @@ P_PREFIX = "powersgd.P/"  # PowerSGD's phase-1 factors in a client's first reply
 
 class PowerSGDRounds(ServerEnd):
     """The server's side over a run: ``Q`` travels with the weights, the first
-    replies carry the ``P_i`` (``P_PREFIX + name``) beside the other tensors raw, the
-    second phase sends ``P^`` and collects the ``Q_i``."""
+    replies carry the ``P_i`` (``P_PREFIX + name``) beside the rest (the float tensors
+    as one frame under :data:`~.buffers.KEY`, unless ``rest=raw``; integer ones raw),
+    the second phase sends ``P^`` and collects the ``Q_i``.
+
+    The server decodes each reply's frame first, against the float tensors it expects
+    (names, shapes and dtypes of the model's), and puts the decoded tensors in the
+    reply in its place; a client whose frame is missing or does not decode is left out
+    of the round (:attr:`PhaseCost.dropped`). With the rest coded, the exchange's
+    aggregate holds the weighted mean of the decoded rest too (:attr:`exchanged`).
+    """
 
     def __init__(self, options: Mapping[str, Any], state: Mapping[str, np.ndarray],
                  params: frozenset[str]) -> None:
-        rank, seed = int(options.get("rank", 2)), int(options.get("seed", 0))
-        names = low_rank_names(state, rank, int(options.get("threshold", 1000)), params)
-        self.server = PowerSGDServer({k: state[k].shape for k in names}, names, rank, seed)
+        o = powersgd_options(options)
+        names = low_rank_names(state, o["rank"], o["threshold"], params)
+        self.server = PowerSGDServer({k: state[k].shape for k in names}, names, o["rank"],
+                                     o["seed"])
+        self.coder = rest_coder(o)
+        #: the float tensors of the rest, coded as one frame (none when ``rest=raw``)
+        self.rest_names = float_buffers(state, set(names)) if self.coder.codes else []
+        self.like = {k: np.asarray(state[k]) for k in self.rest_names}
 
     def downlink(self, chosen: list[Any], state: State, down: Any,
                  ) -> tuple[dict[Any, Any], dict[Any, int], float]:
@@ -248,7 +303,7 @@ class PowerSGDRounds(ServerEnd):
 
     @property
     def exchanged(self) -> frozenset[str]:
-        return frozenset(self.server.names)
+        return frozenset(self.server.names) | frozenset(self.rest_names)
 
     def _factors(self, message: Any, which: str, axis: int) -> State:
         """A client's factors ``{name: array}`` (``which``: "P" or "Q", of shape
@@ -266,9 +321,15 @@ class PowerSGDRounds(ServerEnd):
                  call: Call, links: Links, down_bytes: dict[Any, int]) -> PhaseCost:
         names = self.server.names
         cost = PhaseCost({})
+        t0 = time.perf_counter()
+        rests = self._rest(chosen, replies, cost.dropped)
+        cost.decode_s = time.perf_counter() - t0
+        server_s = cost.decode_s
         kept, ps, kept_w = [], [], []
         for k, rep, w in zip(chosen, replies, weights, strict=True):
             factors = {n: rep.pop(P_PREFIX + n) for n in names if P_PREFIX + n in rep}
+            if k in cost.dropped:
+                continue
             try:
                 self._factors(factors, "P", 0)
             except FormatError as exc:
@@ -278,12 +339,13 @@ class PowerSGDRounds(ServerEnd):
             ps.append(factors)
             kept_w.append(w)
         if not kept:
+            cost.server_s = server_s
             return cost
         t0 = time.perf_counter()
         p_hat = self.server.orthogonal_p(ps, kept_w)
-        server_s = time.perf_counter() - t0
+        server_s += time.perf_counter() - t0
         second = {r.client: r for r in call("powersgd_second", {k: p_hat for k in kept})}
-        qs, used_w = [], []
+        qs, used, used_w = [], [], []
         for k, w in zip(kept, kept_w):
             down_bytes[k] += raw_bytes(p_hat)
             r = second.get(k)
@@ -296,6 +358,7 @@ class PowerSGDRounds(ServerEnd):
                 cost.dropped[k] = str(exc)
                 continue
             qs.append(r.message)
+            used.append(k)
             used_w.append(w)
             cost.bytes_up += r.nbytes
             cost.encode_s += r.encode_s
@@ -308,21 +371,46 @@ class PowerSGDRounds(ServerEnd):
             return cost
         t0 = time.perf_counter()
         cost.aggregate = self.server.aggregate(p_hat, qs, used_w)
+        if self.rest_names:  # the decoded rest of the clients that got through
+            cost.aggregate.update(weighted_mean([rests[k] for k in used], used_w))
         cost.server_s = server_s + time.perf_counter() - t0
         return cost
 
+    def _rest(self, chosen: list[Any], replies: list[State], dropped: dict[Any, str],
+              ) -> dict[Any, State]:
+        """Each reply's float rest, decoded from its frame, which the decoded tensors
+        replace in the reply; a client whose frame is missing, not a byte array or
+        does not decode as the tensors expected is dropped (its frame taken out)."""
+        out: dict[Any, State] = {}
+        if not self.rest_names:
+            return out
+        for k, reply in zip(chosen, replies, strict=True):
+            try:
+                if not isinstance(reply, Mapping) or REST_KEY not in reply:
+                    raise FormatError("the reply carries no coded rest")
+                out[k] = self.coder.decode(reply.pop(REST_KEY), self.like)
+            except FormatError as exc:
+                dropped[k] = f"powersgd rest: {exc}"
+                continue
+            reply.update(out[k])
+        return out
+
 
 class PowerSGDEnd(SingleClient):
-    """A client's side: the downlink as in the single exchange, then ``P_i`` in the
-    first reply and ``Q_i`` in the second phase."""
+    """A client's side: the downlink as in the single exchange, then ``P_i`` and the
+    rest in the first reply (the float tensors of the rest as one frame of
+    :func:`rest_coder` with error feedback: what the coder left out is added to the
+    next round's; integer ones raw) and ``Q_i`` in the second phase."""
 
     def __init__(self, settings: Settings, peer: str) -> None:
         super().__init__(settings, peer, encode=False)
-        o = settings.plan_options
+        o = powersgd_options(settings.plan_options)
         self.encodes = True
-        self.lowrank = PowerSGDClient(int(o.get("rank", 2)), bool(o.get("error_feedback", True)))
-        self.threshold = int(o.get("threshold", 1000))
+        self.lowrank = PowerSGDClient(o["rank"], o["error_feedback"])
+        self.threshold = o["threshold"]
         self.q: State = {}
+        self.coder = rest_coder(o)
+        self.feedback = ErrorFeedback()  # the rest's, whatever error_feedback says
 
     def receive(self, message: Any) -> State:
         message, self.q = message
@@ -331,6 +419,15 @@ class PowerSGDEnd(SingleClient):
     def reply(self, trained: State, start: State, params: frozenset[str]) -> tuple[Any, int]:
         names = low_rank_names(trained, self.lowrank.rank, self.threshold, params)
         ps, rest = self.lowrank.first(trained, names, self.q)
+        coded = float_buffers(rest, set()) if self.coder.codes else []
+        if coded:
+            tensors = {k: rest[k] for k in coded}
+            for k, r in self.feedback.residual.items():
+                if k not in tensors or r.shape != tensors[k].shape:
+                    raise FormatError(f"powersgd state: the rest's residual of {k!r} does "
+                                      "not match the tensors")
+            blob, _ = self.feedback.send(self.coder, tensors)
+            rest = {k: v for k, v in rest.items() if k not in tensors} | {REST_KEY: blob}
         out = rest | {P_PREFIX + k: v for k, v in ps.items()}
         return out, raw_bytes(out)
 
@@ -341,10 +438,12 @@ class PowerSGDEnd(SingleClient):
         return qs, raw_bytes(qs)
 
     def export(self) -> State:
-        """The low-rank state (:meth:`PowerSGDClient.export`), the held copy
-        (``held/``, downlink updates) and the downlink decoder's codec state
-        (``decoder``: :meth:`fedpress.MemoryStateStore.to_bytes`, when it holds any)."""
+        """The low-rank state (:meth:`PowerSGDClient.export`), the rest's error-feedback
+        residual (``rest/``, float64), the held copy (``held/``, downlink updates) and
+        the downlink decoder's codec state (``decoder``:
+        :meth:`fedpress.MemoryStateStore.to_bytes`, when it holds any)."""
         out = self.lowrank.export()
+        out.update({f"rest/{k}": v for k, v in self.feedback.residual.items()})
         if self.updates:  # the copy downlink updates apply to
             out.update({f"held/{k}": v for k, v in (self.held or {}).items()})
         store = getattr(self.decoder, "store", None)
@@ -353,8 +452,16 @@ class PowerSGDEnd(SingleClient):
         return out
 
     def load(self, state: Mapping[str, np.ndarray]) -> None:
-        parts = state_parts(state, (*CLIENT_PARTS, "held", "decoder"), "powersgd")
+        parts = state_parts(state, (*CLIENT_PARTS, "rest", "held", "decoder"), "powersgd")
         self.lowrank.load({f"{p}/{k}": v for p in CLIENT_PARTS for k, v in parts[p].items()})
+        if parts["rest"] and not self.coder.codes:
+            raise FormatError("powersgd state: a residual of the rest, which this end "
+                              "sends raw")
+        for k, v in parts["rest"].items():
+            if not is_float(v.dtype) or not np.isfinite(v.astype(np.float64)).all():
+                raise FormatError(f"powersgd state: rest of {k!r} is not a finite float "
+                                  "array")
+        self.feedback.residual = {k: v.astype(np.float64) for k, v in parts["rest"].items()}
         if self.updates:
             self.held = dict(parts["held"]) or None
         blob = parts["decoder"].get("store")
@@ -376,12 +483,13 @@ class PowerSGDExchange(RoundProtocol):
         s = self.settings
         if s.plan != "powersgd" or s.send == "weights":
             raise ConfigError("aggregate='powersgd' runs PowerSGD's two-phase exchange: "
-                              "use plan='powersgd' (options: rank, seed, error_feedback) "
-                              "with send='gradient' or 'update'")
+                              "use plan='powersgd' (options: rank, seed, error_feedback, "
+                              "threshold, rest) with send='gradient' or 'update'")
+        rest_coder(powersgd_options(s.plan_options))
 
     @property
     def uplink_plan(self) -> Any:
-        return None  # the factors travel raw
+        return None  # the exchange codes its own messages (the factors raw, the rest)
 
     def server(self, state: State, params: frozenset[str]) -> ServerEnd:
         return PowerSGDRounds(self.settings.plan_options, state, params)
