@@ -17,9 +17,9 @@ Targets (``python fuzz/targets.py --list``):
     ``docs/format.md``).
 ``update``
     A sequence of update frames through one ``UpdateDecoder`` (stateful codecs:
-    ``hgc``, ``gaeb``, ``ef:topk``, ``dgc``, ``stc``, ``powersgd``, ``efsignsgd``,
-    references): valid frames first, then the mutated one; a frame that fails must
-    leave no trace in the decoder's state.
+    ``hgc``, ``gaeb``, ``ef:topk`` (values raw and fpz-coded), ``dgc``, ``stc``,
+    ``powersgd``, ``efsignsgd``, references): valid frames first, then the mutated one;
+    a frame that fails must leave no trace in the decoder's state.
 ``hgc``
     HGC's exchange messages (mask, values, aggregate; ``exchange/hgc.py``), after
     a few valid rounds so the predictor holds something.
@@ -289,6 +289,11 @@ def frame_seeds() -> list[bytes]:
         "qsgd": {"levels": 4}, "terngrad": {}, "signsgd": {}, "ternary": {"ratio": 0.05}}
     for codec, opts in grad.items():
         seeds.append(fedpress.compress(g, codec=codec, **opts))
+    # sparsifiers whose kept values are coded by fpz (float32, float16; one value)
+    seeds.append(fedpress.compress(g, codec="topk", ratio=0.02, values="fpz"))
+    seeds.append(fedpress.compress(g.astype(np.float16), codec="threshold", tau=2.5,
+                                   values="fpz", values_eb=3e-2))
+    seeds.append(fedpress.compress(g, codec="topk", ratio=1e-4, values="fpz"))
     seeds.append(fedpress.compress(g[:2, :10], codec="qsgd", levels=16))
     seeds.append(fedpress.encode_update(
         {"w": x, "b": ints[:7], "h": x[0].astype(np.float16)}, plan="fedsz", lossy="szx"))
@@ -426,6 +431,9 @@ def update_streams() -> dict[str, tuple[dict[str, Any], bool]]:
         "powersgd": ({"plan": {"default": "zstd", "re:weight$": {"id": "powersgd",
                                                                 "rank": 2}}}, False),
         "efsignsgd": ({"plan": {"default": "zstd", "re:weight$": "efsignsgd"}}, False),
+        # new scenarios go last: a regression input names its scenario by its position
+        "ef_topk_fpz": ({"plan": {"default": "zstd", "re:weight$": {"id": "ef", "inner": {
+            "id": "topk", "ratio": 0.05, "values": "fpz"}}}}, False),
     }
 
 

@@ -165,6 +165,9 @@ def main() -> None:
                    "qsgd": {"levels": 16}, "terngrad": {}, "signsgd": {}}
     for codec, opts in grad_codecs.items():
         frames[f"grad_{codec}"] = fedpress.compress(inputs["grad"], codec=codec, **opts)
+    # top-k with its kept values coded by fpz (relative bound on the kept values)
+    frames["grad_topk_fpz"] = fedpress.compress(inputs["grad"], codec="topk", ratio=0.01,
+                                                values="fpz", values_eb=1e-2)
     for plan, opts in {"ef:topk": {"ratio": 0.01}, "dgc": {"ratio": 0.01},
                        "stc": {"ratio": 0.01}, "powersgd": {"rank": 2},
                        "efsignsgd": {}}.items():

@@ -114,7 +114,11 @@ def _memory_cases() -> dict[str, dict[str, Any]]:
         ("terngrad float16", {"id": "terngrad"}, x16),
         ("fpz bfloat16", {"id": "fpz"}, x32.astype(BF16)),
         ("szx float32", {"id": "szx"}, x32),
-        ("szx float16", {"id": "szx"}, x16)]
+        ("szx float16", {"id": "szx"}, x16),
+        # sparse values coded by fpz: a tenth kept, and every value kept (the most)
+        ("topk fpz float32", {"id": "topk", "ratio": 0.1, "values": "fpz"}, x32),
+        ("threshold fpz float32 dense", {"id": "threshold", "tau": 0.0, "values": "fpz"},
+         x32)]
     if available(("zfp",)):  # the other peer-safe back end that decodes in this process
         plain.append(("zfp float32", {"id": "zfp", "mode": "abs", "eb": 1e-3}, x32))
     for name, cfg, x in plain:

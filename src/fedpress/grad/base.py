@@ -12,10 +12,18 @@ Sparse payload layout (``topk``, ``threshold``, ``dgc``)::
     varint  k          number of kept entries
     ...     indices    :mod:`fedpress.grad.indices` (cheapest of four codings)
     k x     values     the kept entries, little-endian, in the tensor's dtype
+
+With ``values="fpz"`` (``topk``, ``threshold``) the values are instead the payload
+of ``fpz`` (:mod:`fedpress.eblc.fpz`, relative bound ``values_eb``) of the ``k`` kept
+entries as a 1-D array of the tensor's dtype, to the end of the payload: fpz decodes
+exactly ``k`` values (its envelope carries no count of its own; ``k`` is read and
+capped first), and the bound ``values_eb * (max - min)`` of the kept values holds on
+the tensor's dtype.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from typing import Any, ClassVar
 
@@ -24,8 +32,15 @@ import numpy as np
 from .._bytes import Reader, Writer
 from ..abc import Codec, Scope, StatefulCodec, TensorSpec
 from ..dtypes import le_bytes
+from ..eblc.base import ErrorBoundedCodec
 from ..errors import ConfigError, FormatError
+from ..registry import get_codec
 from .indices import read_indices, write_indices
+
+#: how the kept values of a sparse payload travel: raw, or coded by ``fpz``
+VALUE_CODINGS = ("raw", "fpz")
+#: the relative bound of ``values="fpz"`` when ``values_eb`` names none
+DEFAULT_VALUES_EB = 1e-2
 
 
 def check_ratio(codec_id: str, ratio: Any) -> float:
@@ -39,6 +54,36 @@ def check_seed(codec_id: str, seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ConfigError(f"codec {codec_id!r}: seed must be an int in [0, 2**63), got {seed!r}")
     return seed
+
+
+def check_values(codec_id: str, values: Any, values_eb: Any) -> tuple[str, float | None]:
+    """``(values, values_eb)`` checked: ``values`` in :data:`VALUE_CODINGS`;
+    ``values_eb`` a finite number in (0, 1) for ``"fpz"`` (None: :data:`DEFAULT_VALUES_EB`),
+    None for ``"raw"`` (raw values are exact)."""
+    if not isinstance(values, str) or values not in VALUE_CODINGS:
+        raise ConfigError(f"codec {codec_id!r}: values must be one of {list(VALUE_CODINGS)}, "
+                          f"got {values!r}")
+    if values == "raw":
+        if values_eb is not None:
+            raise ConfigError(f"codec {codec_id!r}: values_eb applies to values='fpz' only "
+                              "(raw values are sent exactly)")
+        return values, None
+    eb = DEFAULT_VALUES_EB if values_eb is None else values_eb
+    if isinstance(eb, bool) or not isinstance(eb, (int, float)) or not math.isfinite(eb) \
+            or not 0 < eb < 1:
+        raise ConfigError(f"codec {codec_id!r}: values_eb must be a finite number in (0, 1) "
+                          f"(relative to the kept values' range), got {values_eb!r}")
+    return values, float(eb)
+
+
+def value_coder(values: str, values_eb: float | None) -> ErrorBoundedCodec | None:
+    """The codec of the kept values: None for raw values, else ``fpz`` under the
+    relative bound ``values_eb``."""
+    if values == "raw":
+        return None
+    coder = get_codec("fpz", mode="rel", eb=values_eb)
+    assert isinstance(coder, ErrorBoundedCodec)
+    return coder
 
 
 def keep_count(n: int, ratio: float) -> int:
@@ -107,21 +152,38 @@ class GradientCodec(Codec):
         raise NotImplementedError
 
 
-def write_sparse(w: Writer, idx: np.ndarray, values: np.ndarray, n: int) -> None:
-    """The sparse payload: count, indices, values (in ``values``' dtype)."""
+def write_sparse(w: Writer, idx: np.ndarray, values: np.ndarray, n: int,
+                 coder: ErrorBoundedCodec | None = None) -> np.ndarray:
+    """The sparse payload: count, indices, values (in ``values``' dtype, or coded by
+    ``coder``, an error-bounded codec such as ``fpz``).
+
+    Returns the values the decoder will read: ``values`` themselves, or ``coder``'s
+    reconstruction of them.
+    """
     w.varint(int(idx.size))
     write_indices(w, idx, n)
-    w.raw(le_bytes(values))
+    if coder is None:
+        w.raw(le_bytes(values))
+        return values
+    payload, sent = coder.encode_with_output(values)
+    w.raw(payload)
+    return np.asarray(sent)
 
 
 def read_sparse(rd: Reader, spec: TensorSpec, cap: int | None = None,
-                what: str = "sparse payload") -> tuple[np.ndarray, np.ndarray]:
+                what: str = "sparse payload", coder: ErrorBoundedCodec | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """(indices, values) of a sparse payload for a tensor of ``spec``; at most ``cap``
-    entries (default: the tensor's size)."""
+    entries (default: the tensor's size). With ``coder`` the values are its payload,
+    to the end of ``rd``, decoded as ``k`` values of the tensor's dtype."""
     n = spec.size
     k = rd.varint(cap=n if cap is None else cap, name="kept entries")
     idx = read_indices(rd, k, n)
-    return idx, finite_values(rd.array(spec.dtype, k), what)
+    if coder is None:
+        values = rd.array(spec.dtype, k)
+    else:
+        values = coder.decode(rd.rest(), TensorSpec((k,), np.dtype(spec.dtype)))
+    return idx, finite_values(values, what)
 
 
 def finite_values(values: np.ndarray, what: str) -> np.ndarray:
@@ -140,11 +202,13 @@ def scatter(idx: np.ndarray, values: np.ndarray, spec: TensorSpec) -> np.ndarray
     return out.reshape(spec.shape)
 
 
-def sparse_payload(idx: np.ndarray, values: np.ndarray, x: np.ndarray) -> tuple[bytes, np.ndarray]:
-    """Payload and reconstruction of keeping ``values`` at ``idx`` of ``x``."""
+def sparse_payload(idx: np.ndarray, values: np.ndarray, x: np.ndarray,
+                   coder: ErrorBoundedCodec | None = None) -> tuple[bytes, np.ndarray]:
+    """Payload and reconstruction of keeping ``values`` at ``idx`` of ``x`` (coded by
+    ``coder`` if given: the reconstruction holds the values the decoder will read)."""
     w = Writer()
-    write_sparse(w, idx, values, x.size)
-    return w.getvalue(), scatter(idx, values, TensorSpec.of(x))
+    sent = write_sparse(w, idx, values, x.size, coder)
+    return w.getvalue(), scatter(idx, sent, TensorSpec.of(x))
 
 
 def require_format(cond: bool, message: str) -> None:

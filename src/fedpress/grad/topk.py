@@ -16,30 +16,47 @@
   distributed DNN training using commodity GPU cloud computing", Interspeech 2015).
 
 All three are stateless; wrap them in error feedback with ``plan="ef:topk"``.
+
+``topk`` and ``threshold`` send the kept values raw (``values="raw"``, the default)
+or coded by ``fpz`` under the relative bound ``values_eb`` (``values="fpz"``; payload
+in :mod:`fedpress.grad.base`): each decoded kept value lies within ``values_eb *
+(max - min)`` of the kept values of the true one (the bound holds on the tensor's
+dtype, any float dtype), the other entries are exactly zero. The reconstruction
+handed to error feedback is the decoded one, so ``ef:topk(values="fpz")`` feeds
+back the quantization error with the dropped entries. The ``fpz`` codec is part of
+the codec's tree (:meth:`fedpress.abc.Codec.children`): a decoder's allow-list must
+accept it too.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .._bytes import Reader, Writer
-from ..abc import TensorSpec
+from ..abc import Codec, TensorSpec
 from ..dtypes import le_bytes
+from ..eblc.base import ErrorBoundedCodec
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
 from .base import (
     GradientCodec,
     check_ratio,
     check_seed,
+    check_values,
     data_rng,
     finite_values,
     keep_count,
     read_sparse,
     scatter,
     sparse_payload,
+    value_coder,
 )
+
+#: bytes per kept entry that decoding the indices may take at its peak (int64 gaps,
+#: positions and a temporary): 24 measured with every index coding
+_INDEX_BYTES = 24
 
 
 def top_indices(a: np.ndarray, k: int) -> np.ndarray:
@@ -88,21 +105,89 @@ def draw_positions(draw: int, n: int, k: int) -> np.ndarray:
         cand = np.concatenate([cand, more])
 
 
+class SparseCodec(GradientCodec):
+    """Base of ``topk`` and ``threshold``: the sparse payload, its kept values raw or
+    coded by ``fpz`` (options ``values`` and ``values_eb``)."""
+
+    values: str = "raw"
+    values_eb: float | None = None
+    _coder: ErrorBoundedCodec | None = None
+
+    def _set_values(self, values: str, values_eb: float | None) -> None:
+        self.values, self.values_eb = check_values(self.codec_id, values, values_eb)
+        self._coder = value_coder(self.values, self.values_eb)
+
+    def max_kept(self, n: int) -> int:
+        """The most entries a payload for ``n`` values may keep."""
+        return n
+
+    def get_config(self) -> dict[str, Any]:
+        """The configuration; ``values`` and ``values_eb`` only when the values are coded
+        (a raw-values codec's config, hence its frames, is what it was before them)."""
+        cfg = super().get_config()
+        if self._coder is None:
+            cfg.pop("values", None)
+            cfg.pop("values_eb", None)
+        return cfg
+
+    def children(self) -> tuple[Codec, ...]:
+        return () if self._coder is None else (self._coder,)
+
+    def decode_peak_bytes(self, spec: TensorSpec) -> int:
+        """The output, plus with coded values the indices and ``fpz``'s peak on the
+        most values a payload may keep."""
+        if self._coder is None:
+            return super().decode_peak_bytes(spec)
+        k = self.max_kept(spec.size)
+        inner = self._coder.decode_peak_bytes(TensorSpec((k,), np.dtype(spec.dtype)))
+        return spec.nbytes + _INDEX_BYTES * k + inner
+
+    def _sparse(self, idx: np.ndarray, x: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """Payload and reconstruction of keeping the entries of ``x`` at ``idx``."""
+        return sparse_payload(idx, x.reshape(-1)[idx], x, self._coder)
+
+    def _decode(self, rd: Reader, spec: TensorSpec) -> np.ndarray:
+        cap = None if self._coder is None else self.max_kept(spec.size)
+        return scatter(*read_sparse(rd, spec, cap, coder=self._coder), spec)
+
+
 @register_codec
-class TopK(GradientCodec):
-    """Keep the ``ratio`` share of entries of largest magnitude."""
+class TopK(SparseCodec):
+    """Keep the ``ratio`` share of entries of largest magnitude.
+
+    Parameters
+    ----------
+    ratio : float
+        Share of the entries kept, in (0, 1]: ``k = ceil(ratio * n)``, at least 1.
+    approx : bool
+        Select with DGC's sampled threshold (at most ``k`` kept).
+    sample : float
+        Share of the magnitudes the sampled threshold looks at.
+    seed : int
+        Seed of the sample (mixed with the tensor's bytes).
+    values : {"raw", "fpz"}
+        How the kept values travel: raw in the tensor's dtype, or coded by ``fpz``.
+    values_eb : float, optional
+        ``values="fpz"`` only: the relative bound, in (0, 1), on the kept values'
+        range (default 1e-2).
+    """
 
     codec_id = "topk"
-    config_keys: ClassVar[tuple[str, ...]] = ("ratio", "approx", "sample", "seed")
+    config_keys: ClassVar[tuple[str, ...]] = ("ratio", "approx", "sample", "seed", "values",
+                                              "values_eb")
 
     def __init__(self, ratio: float = 0.01, approx: bool = False, sample: float = 0.01,
-                 seed: int = 0) -> None:
+                 seed: int = 0, values: str = "raw", values_eb: float | None = None) -> None:
         self.ratio = check_ratio(self.codec_id, ratio)
         if not isinstance(approx, bool):
             raise ConfigError(f"codec 'topk': approx must be true or false, got {approx!r}")
         self.approx = approx
         self.sample = check_ratio(self.codec_id, sample)
         self.seed = check_seed(self.codec_id, seed)
+        self._set_values(values, values_eb)
+
+    def max_kept(self, n: int) -> int:
+        return keep_count(n, self.ratio)
 
     def select(self, x: np.ndarray) -> np.ndarray:
         flat = np.abs(x.reshape(-1))
@@ -112,34 +197,36 @@ class TopK(GradientCodec):
         return top_indices(flat, k)
 
     def _encode(self, x: np.ndarray) -> tuple[bytes, np.ndarray]:
-        idx = self.select(x)
-        return sparse_payload(idx, x.reshape(-1)[idx], x)
-
-    def _decode(self, rd: Reader, spec: TensorSpec) -> np.ndarray:
-        return scatter(*read_sparse(rd, spec), spec)
+        return self._sparse(self.select(x), x)
 
 
 @register_codec
-class Threshold(GradientCodec):
-    """Keep the entries with ``|x| >= tau``."""
+class Threshold(SparseCodec):
+    """Keep the entries with ``|x| >= tau``.
+
+    Parameters
+    ----------
+    tau : float
+        The magnitude threshold, finite and >= 0.
+    values, values_eb
+        As for :class:`TopK`.
+    """
 
     codec_id = "threshold"
-    config_keys: ClassVar[tuple[str, ...]] = ("tau",)
+    config_keys: ClassVar[tuple[str, ...]] = ("tau", "values", "values_eb")
 
-    def __init__(self, tau: float = 1e-3) -> None:
+    def __init__(self, tau: float = 1e-3, values: str = "raw",
+                 values_eb: float | None = None) -> None:
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau >= 0 \
                 or not np.isfinite(tau):
             raise ConfigError(f"codec 'threshold': tau must be a finite number >= 0, got "
                               f"{tau!r}")
         self.tau = float(tau)
+        self._set_values(values, values_eb)
 
     def _encode(self, x: np.ndarray) -> tuple[bytes, np.ndarray]:
         flat = x.reshape(-1)
-        idx = np.flatnonzero(np.abs(flat) >= self.tau).astype(np.int64)
-        return sparse_payload(idx, flat[idx], x)
-
-    def _decode(self, rd: Reader, spec: TensorSpec) -> np.ndarray:
-        return scatter(*read_sparse(rd, spec), spec)
+        return self._sparse(np.flatnonzero(np.abs(flat) >= self.tau).astype(np.int64), x)
 
 
 @register_codec
