@@ -168,18 +168,20 @@ def report(out: Path, models: list[str], splits: list[str], plans: list[str],
         writer.writeheader()
         writer.writerows(rows)
     points = summarize(rows)
-    diffs = paired(rows)
+    diffs, tail = paired(rows), paired(rows, column="last5_accuracy")
     table = []
     for p in points:
         runs = [r for r in rows if (r["model"], r["split"], r["plan"]) == (p.model, p.split,
                                                                             p.plan)]
         tta = [float(r["tta_10_s"]) for r in runs if r["tta_10_s"] != ""]
         d = [x for _, x in diffs.get((p.model, p.split, p.plan), [])]
+        d5 = [x for _, x in tail.get((p.model, p.split, p.plan), [])]
         table.append({"model": p.model, "split": p.split, "plan": p.plan, "seeds": p.seeds,
                       "accuracy": f"{p.accuracy:.4f}", "spread": f"{p.spread:.4f}",
                       "vs none, points (per seed)": (
                           f"{sum(d) / len(d):+.2f} ({', '.join(f'{x:+.2f}' for x in d)})"
                           if d else ""),
+                      "last 5 rounds vs none": f"{sum(d5) / len(d5):+.2f}" if d5 else "",
                       "MB up": f"{_mean_mb(runs, 'bytes_up'):.2f}",
                       "MB down": f"{_mean_mb(runs, 'bytes_down'):.2f}",
                       "MB total": f"{p.bytes_total / 1e6:.1f}",

@@ -64,6 +64,10 @@ def test_paired_differences_are_per_seed_against_raw() -> None:
     assert [d for _, d in got["cnn", "iid", "ref"]] == pytest.approx([-0.4, -0.5, 0.0])
     assert got["cnn", "dirichlet-0.3", "ref"] == [(0, pytest.approx(-1.0))]
     assert ("cnn", "iid", "none") not in got
+    best = [_row("none", 0, 0.8, 1, 1) | {"best_accuracy": 0.9},
+            _row("ref", 0, 0.8, 1, 1) | {"best_accuracy": 0.85}]
+    assert paired(best, column="best_accuracy")["cnn", "iid", "ref"] == [
+        (0, pytest.approx(-5.0))]
 
 
 def test_recommend_picks_the_fewest_bytes_within_the_budget() -> None:
@@ -108,6 +112,8 @@ def test_a_row_from_a_real_run_counts_both_ways(tmp_path: Path) -> None:
     # the initial model's download is counted: round 1's downlink is a whole model
     assert fpz["bytes_down"] > none["bytes_down"] / 2
     assert 0 < fpz["tta_100_s"] <= fpz["tta_10_s"]
+    accuracy = [float(r["accuracy"]) for r in summary["rows"]]
+    assert fpz["last5_accuracy"] == pytest.approx(sum(accuracy) / len(accuracy))  # 2 rounds
     with pytest.raises(ConfigError, match="one bandwidth both ways"):
         run_row("mlp", "iid", "x", "", {**summary, "config": {**summary["config"],
                                                             "downlink_mbps": 5.0}},

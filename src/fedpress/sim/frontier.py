@@ -3,8 +3,10 @@ the plan to recommend for an accuracy budget.
 
 A frontier CSV has one row per run (:data:`COLUMNS`): the model, the data split, the
 plan's label and the simulator flags that reproduce it, the seed, the final
-accuracy, the whole run's bytes both ways (every round, warm-up and first download
-included) beside raw FedAvg's, and the time split into computation and transfer.
+accuracy (also the best, and the mean of the last 5 rounds, steadier where the
+accuracy swings from round to round, as on non-IID splits), the whole run's bytes
+both ways (every round, warm-up and first download included) beside raw FedAvg's,
+and the time split into computation and transfer.
 :func:`run_row` makes a row from a run's ``summary.json`` and ``metrics.csv``
 (``benchmarks/frontier.py`` runs the grid); :func:`summarize` groups the rows by
 model, split and plan (mean and spread over seeds); :func:`recommend` answers *which
@@ -26,8 +28,9 @@ from typing import Any
 from ..errors import ConfigError
 
 COLUMNS = ("model", "split", "plan", "flags", "seed", "rounds", "clients",
-           "final_accuracy", "best_accuracy", "bytes_up", "bytes_down", "raw_up", "raw_down",
-           "reduction", "compute_s", "comm_s", "mbps", "tta_10_s", "tta_100_s", "commit")
+           "final_accuracy", "best_accuracy", "last5_accuracy", "bytes_up", "bytes_down",
+           "raw_up", "raw_down", "reduction", "compute_s", "comm_s", "mbps", "tta_10_s",
+           "tta_100_s", "commit")
 #: the columns a row must have to be summed up (the rest are informative)
 NEEDED = ("model", "split", "plan", "seed", "rounds", "clients", "final_accuracy",
           "bytes_up", "bytes_down", "raw_up", "raw_down", "compute_s", "comm_s", "mbps")
@@ -73,7 +76,9 @@ def run_row(model: str, split: str, plan: str, flags: str, summary: Mapping[str,
     row = {"model": model, "split": split, "plan": plan, "flags": flags,
            "seed": int(config["seed"]), "rounds": len(rounds), "clients": int(config["clients"]),
            "final_accuracy": float(summary["final_accuracy"]),
-           "best_accuracy": float(summary["best_accuracy"]), "bytes_up": up,
+           "best_accuracy": float(summary["best_accuracy"]),
+           "last5_accuracy": statistics.fmean(float(r["accuracy"]) for r in rounds[-5:]),
+           "bytes_up": up,
            "bytes_down": down, "raw_up": raw_up, "raw_down": raw_down,
            "reduction": (raw_up + raw_down) / max(1, up + down),
            "compute_s": sum(float(r["round_s"]) for r in rounds) - comm, "comm_s": comm,
@@ -154,18 +159,20 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> list[PlanPoint]:
 
 
 def paired(rows: Sequence[Mapping[str, Any]], baseline: str = "none",
+           column: str = "final_accuracy",
            ) -> dict[tuple[str, str, str], list[tuple[int, float]]]:
-    """Each plan's final accuracy minus the ``baseline`` plan's on the same model,
-    split and seed (each seed is its own data split and initial model), in points:
-    ``{(model, split, plan): [(seed, difference), ...]}`` over the seeds both ran."""
-    base = {(r["model"], r["split"], int(r["seed"])): float(r["final_accuracy"])
+    """Each plan's accuracy (``column``) minus the ``baseline`` plan's on the same
+    model, split and seed (each seed is its own data split and initial model), in
+    points: ``{(model, split, plan): [(seed, difference), ...]}`` over the seeds both
+    ran."""
+    base = {(r["model"], r["split"], int(r["seed"])): float(r[column])
             for r in rows if r["plan"] == baseline}
     out: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
     for r in rows:
         key = (r["model"], r["split"], int(r["seed"]))
         if r["plan"] != baseline and key in base:
             out.setdefault((r["model"], r["split"], r["plan"]), []).append(
-                (key[2], 100.0 * (float(r["final_accuracy"]) - base[key])))
+                (key[2], 100.0 * (float(r[column]) - base[key])))
     return {k: sorted(v) for k, v in out.items()}
 
 
