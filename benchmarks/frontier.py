@@ -76,6 +76,10 @@ PLANS: dict[str, dict[str, Any]] = {
     "eftopk-0.01": {"plan": "ef:topk(ratio=0.01)", "send": "update",
                     "downlink_plan": "fpz", "eb": 1e-2, "downlink_send": "update",
                     "first_download": "coded"},
+    # the same with the kept values error-bounded (fpz at REL 1e-2 of their range)
+    "eftopk-0.01-fpz": {"plan": "ef:topk(ratio=0.01, values=fpz)", "send": "update",
+                        "downlink_plan": "fpz", "eb": 1e-2, "downlink_send": "update",
+                        "first_download": "coded"},
     "stc-0.01": {"plan": "stc(ratio=0.01)", "send": "update",
                  "downlink_plan": "ternary(ratio=0.01)", "downlink_send": "update"},
     "qsgd-4": {"plan": "qsgd(levels=4)", "send": "update", "downlink_plan": "fpz",
