@@ -344,3 +344,40 @@ def test_the_simulator_codes_the_rest_of_a_batchnorm_model() -> None:
                    if v.is_floating_point())
     assert runs["fpz"].bytes_up < 0.7 * runs["raw"].bytes_up
     assert runs["fpz"].raw_up == runs["raw"].raw_up and runs["fpz"].decode_s > 0
+
+
+def test_the_simulator_leaves_out_a_client_the_exchange_dropped(monkeypatch) -> None:
+    """A client whose rest frame does not decode is left out of the average (as the
+    Flower runtime does); when every client is dropped, the model stays as it was."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    from fedpress.exchange import powersgd
+    from fedpress.sim import data, fl
+    from fedpress.sim.client import state_of
+    from fedpress.sim.models import build_model
+
+    torch.set_num_threads(1)
+    ds = data.load_dataset("digits")
+    reply, calls, spoil = powersgd.PowerSGDEnd.reply, [], set()
+
+    def spoiled(self: Any, trained: State, start: State, params: frozenset[str]) -> Any:
+        out, nbytes = reply(self, trained, start, params)
+        calls.append(1)
+        if len(calls) in spoil:  # the clients reply in turn, in one process
+            out[KEY] = np.zeros(7, np.uint8)
+        return out, nbytes
+
+    monkeypatch.setattr(powersgd.PowerSGDEnd, "reply", spoiled)
+    cfg = fl.FLConfig(model="mobilenetv2", clients=2, rounds=1, local_steps=1,
+                      batch_size=16, send="update", plan="powersgd",
+                      plan_options={"rank": 2}, aggregate="powersgd")
+    start = state_of(build_model("mobilenetv2", ds.input_shape, ds.num_classes,
+                                 seed=cfg.seed))
+    spoil.add(2)
+    _, one = fl.simulate(ds, cfg, threads=1, test_limit=50)
+    moved = {k: v for k, v in state_of(one).items() if not np.array_equal(v, start[k])}
+    assert moved and all(np.isfinite(v).all() for v in moved.values() if v.dtype.kind == "f")
+    calls.clear()
+    spoil.update({1, 2})
+    _, none = fl.simulate(ds, cfg, threads=1, test_limit=50)
+    assert all(np.array_equal(v, start[k]) for k, v in state_of(none).items())

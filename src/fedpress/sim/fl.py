@@ -313,9 +313,13 @@ def simulate(ds: Dataset, cfg: FLConfig, network: Network | None = None,
                 server_s += extra.server_s
                 comm_s += extra.comm_s
                 slowest += extra.slowest
+                if extra.dropped:  # left out of the average, as the Flower runtime does
+                    kept = [i for i, r in enumerate(results) if r.client not in extra.dropped]
+                    replies, weights = [replies[i] for i in kept], [weights[i] for i in kept]
             t0 = time.perf_counter()
-            global_state, velocity = _aggregate(global_state, replies, weights, cfg, velocity,
-                                                params, factored, cfg.lr_at(rnd))
+            if replies:  # else no aggregate this round: the model stays as it is
+                global_state, velocity = _aggregate(global_state, replies, weights, cfg,
+                                                    velocity, params, factored, cfg.lr_at(rnd))
             server_s += time.perf_counter() - t0
             load_state(model, global_state)
             acc, loss = evaluate(model, x_test, y_test)
