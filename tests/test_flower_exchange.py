@@ -483,3 +483,22 @@ def test_hgc_codes_the_batchnorm_statistics_and_every_node_holds_the_model() -> 
         up[buffers] = [r["bytes_up"] for r in rows]
     raw_buffers = 3 * 2 * 512 * 4  # three nodes' two statistics, float32
     assert all(c < r - raw_buffers / 2 for c, r in zip(up["fpz"], up["raw"]))
+
+
+def test_the_uplink_links_bound_reaches_the_protocol() -> None:
+    """An explicit ``eb``/``mode`` in the uplink spec codes HGC's buffers and PowerSGD's
+    rest under that bound, as the simulator's run-level bound does."""
+    from fedpress.exchange.hgc import HGCExchange, hgc_options
+    from fedpress.flower.protocols import protocol_for, settings_of
+
+    down = Link.parse(None)
+    tight = settings_of(Link.parse("hgc(density=0.01, aggregate=hgc, eb=0.05, mode=abs)"),
+                        down)
+    assert tight.plan_options["eb"] == 0.05 and tight.plan_options["mode"] == "abs"
+    assert hgc_options(tight.plan_options)["buffers_eb"] == 0.05
+    assert hgc_options(settings_of(Link.parse("hgc(aggregate=hgc)"), down)
+                       .plan_options)["buffers_eb"] == 1e-2  # the link's default
+    assert isinstance(protocol_for(Link.parse("hgc(aggregate=hgc, eb=0.05)"), down),
+                      HGCExchange)
+    rest = protocol_for(Link.parse("powersgd(rank=2, aggregate=powersgd, eb=0.05)"), down)
+    assert rest.settings.plan_options["eb"] == 0.05

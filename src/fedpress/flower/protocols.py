@@ -55,7 +55,10 @@ def settings_of(uplink: Link, downlink: Link, fraction: float = 1.0) -> FlowerSe
     """The protocol settings of a pair of links."""
     down = None if downlink.plan is None else \
         {**downlink.options, "mode": downlink.mode, "eb": downlink.eb}
-    return FlowerSettings(uplink.plan, dict(uplink.options), downlink.plan, down or {},
+    # the link's bound reaches the protocol (HGC's buffers, PowerSGD's rest), as the
+    # simulator's run-level eb and mode do
+    up = {**uplink.options, "mode": uplink.mode, "eb": uplink.eb}
+    return FlowerSettings(uplink.plan, up, downlink.plan, down or {},
                           downlink.send, uplink.send, uplink.reference, fraction=fraction)
 
 
