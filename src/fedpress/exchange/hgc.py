@@ -425,7 +425,7 @@ class HGCRounds(ServerEnd):
         decoded: dict[Any, State] = {}
         t0 = time.perf_counter()
         buffers = self._buffers(chosen, replies, dropped)
-        server_s = decode_s = time.perf_counter() - t0
+        decode_s, server_s = time.perf_counter() - t0, 0.0  # decode_s joins server_s below
         first: Any = None
         start = (rnd - 1) % len(chosen)
         for master in chosen[start:] + chosen[:start]:  # the next takes over from a failed one
