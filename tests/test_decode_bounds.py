@@ -2,7 +2,9 @@
 
 * memory: each decoder's peak (resident set, measured in a child process around
   one decode) stays within 1.5x its output or within its declared
-  ``decode_peak_bytes`` (+10%);
+  ``decode_peak_bytes`` (+10%); sparse payloads, with every index coding and as many
+  entries as their config allows, stay within it (tracemalloc), and the declarations
+  of ordinary sparse updates stay near their output;
 * time: a PowerSGD payload cannot claim a rank above its codec's, and float16
   factors are multiplied through BLAS (float32), not NumPy's float16 loop;
 * flush-to-zero: with ``torch.set_flush_denormal(True)`` on the encoding or the
@@ -12,12 +14,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pickle
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +36,7 @@ from fedpress._bytes import Writer
 from fedpress.abc import StatefulCodec, TensorSpec
 from fedpress.eblc.base import ErrorBoundedCodec
 from fedpress.errors import ConfigError, FormatError
-from fedpress.grad import quant
+from fedpress.grad import hgc_values, indices, quant
 from fedpress.registry import codec_from_config
 from fedpress.state import TensorState
 
@@ -154,7 +158,73 @@ def _memory_cases() -> dict[str, dict[str, Any]]:
         payload = _encode({"id": "fpz"}, holes)
         assert payload[0] == kind
         cases[name] = _case({"id": "fpz"}, holes, payload)
+    # sparse payloads with raw values, at the most entries their config lets a payload
+    # keep: the indices' int64 gaps and cumulative sums peak before the output exists
+    for name, cfg, kept, coding in [
+            ("topk raw float32 every entry, rice", {"id": "topk", "ratio": 1.0}, N, "rice"),
+            ("threshold raw float32 every entry, rans", {"id": "threshold", "tau": 0.0}, N,
+             "rans"),
+            ("threshold raw float32 every entry, bitmap", {"id": "threshold", "tau": 0.0}, N,
+             "bitmap"),
+            ("dgc float32 warm-up cap, gamma", {"id": "dgc"}, N // 4, "gamma"),
+            ("stc float32 every entry, rice", {"id": "stc", "ratio": 1.0}, N, "rice"),
+            ("ef:topk raw float32 every entry, rice",
+             {"id": "ef", "inner": {"id": "topk", "ratio": 1.0}}, N, "rice")]:
+        cases[name] = _case(cfg, x32, _sparse_payload(cfg, N, kept, coding, np.float32))
+    for ratio in (0.1, 0.5, 0.75):  # randk draws its positions from the payload's seed
+        cfg = {"id": "randk", "ratio": ratio}
+        cases[f"randk float32 ratio {ratio}"] = _case(cfg, x32, _encode(cfg, x32))
     return cases
+
+
+# sparse payloads built by hand, every index coding forced (the encoder would pick the
+# cheapest): "rans escaped" is a hostile stream whose every gap is an 8-byte escape
+INDEX_CODINGS = ("bitmap", "rice", "gamma", "rans", "rans escaped")
+
+
+def _index_bytes(idx: np.ndarray, n: int, coding: str) -> bytes:
+    w = Writer()
+    if coding == "bitmap":
+        mask = np.zeros(n, dtype=bool)
+        mask[idx] = True
+        w.u8(indices.BITMAP)
+        w.blob(np.packbits(mask).tobytes())
+        return w.getvalue()
+    method = {"rice": indices.RICE, "gamma": indices.GAMMA, "rans": indices.RANS,
+              "rans escaped": indices.RANS}[coding]
+    gaps = indices.gaps_of(idx)
+    if coding == "rans escaped":  # out of range: refused, but only once decoded
+        gaps = np.random.default_rng(4).integers(1 << 40, 1 << 62, idx.size)
+    sub = Writer()
+    indices.GAP_CODERS[method].encode(gaps, sub)
+    w.u8(method)
+    w.blob(sub.getvalue())
+    return w.getvalue()
+
+
+def _sparse_payload(config: dict[str, Any], n: int, k: int, coding: str,
+                    dtype: Any) -> bytes:
+    """A payload of codec ``config`` keeping ``k`` of ``n`` entries (spread at random),
+    its indices coded by ``coding``."""
+    rng = np.random.default_rng(7)
+    idx = np.arange(n, dtype=np.int64) if k >= n else \
+        np.sort(rng.choice(n, k, replace=False)).astype(np.int64)
+    cid = config["inner"]["id"] if config["id"] == "ef" else config["id"]
+    w = Writer()
+    if cid in ("stc", "ternary"):
+        w.raw(np.array([0.5], dtype=dtype).tobytes())
+    elif cid == "hgc":
+        w.u8(2)
+    w.varint(k)
+    w.raw(_index_bytes(idx, n, coding))
+    if cid in ("stc", "ternary"):
+        w.raw(np.packbits(rng.integers(0, 2, k).astype(bool)).tobytes())
+    elif cid == "hgc":
+        values = rng.standard_normal(k).astype(np.float32)
+        hgc_values.write_values(w, [values], 3, True, None)
+    else:
+        w.raw(rng.standard_normal(k).astype(dtype).tobytes())
+    return w.getvalue()
 
 
 @pytest.mark.skipif(not HWM.exists(), reason="needs Linux's /proc/self/clear_refs")
@@ -196,6 +266,166 @@ def test_declared_peaks(dtype: Any) -> None:
     tiny = TensorSpec((10,), np.dtype(dtype))
     for cfg in ({"id": "qsgd"}, {"id": "terngrad"}, {"id": "fpz"}, {"id": "hgc"}):
         assert codec_from_config(cfg).decode_peak_bytes(tiny) < 1024, cfg
+
+
+SPARSE_N = 1 << 20
+#: what a decode may take beyond its declaration: Python objects, and a rANS stream's
+#: frequency tables (a fixed size, ~170 KB for these streams; not counted per entry)
+SLACK = 256 << 10
+#: (config, the most entries a payload may keep for SPARSE_N values)
+SPARSE_CAPS: dict[str, tuple[dict[str, Any], int]] = {
+    "topk ratio 1": ({"id": "topk", "ratio": 1.0}, SPARSE_N),
+    "topk ratio 0.1": ({"id": "topk", "ratio": 0.1}, SPARSE_N // 10 + 1),
+    "topk ratio 0.001": ({"id": "topk", "ratio": 0.001}, SPARSE_N // 1000 + 1),
+    "threshold": ({"id": "threshold", "tau": 0.0}, SPARSE_N),
+    "dgc warm-up": ({"id": "dgc"}, SPARSE_N // 4),
+    "dgc no warm-up": ({"id": "dgc", "ratio": 0.5, "warmup": 0}, SPARSE_N // 2),
+    "stc ratio 1": ({"id": "stc", "ratio": 1.0}, SPARSE_N),
+    "ternary ratio 0.5": ({"id": "ternary", "ratio": 0.5}, SPARSE_N // 2),
+    "hgc density 1": ({"id": "hgc", "density": 1.0}, SPARSE_N),
+    "ef:topk ratio 1": ({"id": "ef", "inner": {"id": "topk", "ratio": 1.0}}, SPARSE_N),
+}
+
+
+def _traced_decode_peak(config: dict[str, Any], payload: bytes, spec: TensorSpec) -> int:
+    """What one decode allocates at its peak (tracemalloc: NumPy's arrays included),
+    after a warm-up decode; a FormatError counts as a decode."""
+    codec = codec_from_config(config)
+
+    def decode() -> None:
+        try:
+            if isinstance(codec, StatefulCodec):
+                codec.decode(payload, spec, None)
+            else:
+                codec.decode(payload, spec)
+        except FormatError:
+            pass
+
+    decode()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        decode()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("coding", INDEX_CODINGS)
+@pytest.mark.parametrize("case", list(SPARSE_CAPS))
+def test_sparse_index_decoding_stays_within_the_declared_peak(case: str, coding: str) -> None:
+    """Every index coding, at the most entries the codec lets a payload keep: the decode
+    allocates no more than the codec declares (:data:`SLACK` aside)."""
+    config, kept = SPARSE_CAPS[case]
+    dtypes: list[Any] = [np.float32]
+    if coding == "rice" and not case.startswith("hgc"):
+        dtypes += [np.float16, np.float64]
+    for dtype in dtypes:
+        spec = TensorSpec((SPARSE_N,), np.dtype(dtype))
+        payload = _sparse_payload(config, SPARSE_N, kept, coding, dtype)
+        peak = _traced_decode_peak(config, payload, spec)
+        declared = codec_from_config(config).decode_peak_bytes(spec)
+        assert peak <= declared + SLACK, (np.dtype(dtype).name, peak / spec.nbytes,
+                                               declared / spec.nbytes)
+
+
+@pytest.mark.parametrize("ratio", [0.001, 0.1, 0.3, 0.5, 0.6, 0.9, 1.0])
+def test_randk_stays_within_the_declared_peak(ratio: float) -> None:
+    """randk draws its positions (a sort of about twice the kept count) while decoding."""
+    x = _gauss(np.float32, SPARSE_N)
+    spec = TensorSpec.of(x)
+    worst = 0
+    for seed in range(3):  # the draw seed is the peer's
+        cfg = {"id": "randk", "ratio": ratio, "seed": seed}
+        worst = max(worst, _traced_decode_peak(cfg, _encode(cfg, x), spec))
+    declared = codec_from_config({"id": "randk", "ratio": ratio}).decode_peak_bytes(spec)
+    assert worst <= declared + SLACK, (worst / spec.nbytes, declared / spec.nbytes)
+    assert declared <= 1.25 * worst + SLACK  # and close to it
+
+
+def test_sparse_declared_peaks_are_tight() -> None:
+    """The sparse codecs' declarations follow the entries their config may keep: near the
+    output at ordinary densities, 6x (float32) only where every entry may be kept."""
+    spec = TensorSpec((SPARSE_N,), np.dtype(np.float32))
+
+    def declared(cfg: dict[str, Any]) -> float:
+        return codec_from_config(cfg).decode_peak_bytes(spec) / spec.nbytes
+
+    for cfg in ({"id": "topk", "ratio": 0.01}, {"id": "stc", "ratio": 0.01},
+                {"id": "ternary", "ratio": 0.01}, {"id": "dgc", "ratio": 0.001, "warmup": 0},
+                {"id": "ef", "inner": {"id": "topk", "ratio": 0.01}}):
+        assert 1.0 < declared(cfg) <= 1.05, cfg
+    assert 1.25 < declared({"id": "topk", "ratio": 0.1}) <= 1.35
+    assert 5.9 < declared({"id": "threshold"}) <= 6.1  # any entry may pass tau
+    assert 5.9 < declared({"id": "topk", "ratio": 1.0}) <= 6.1
+    fpz = {"id": "topk", "ratio": 0.1, "values": "fpz"}
+    assert declared({"id": "ef", "inner": fpz}) == declared(fpz)
+
+
+def test_sparse_payloads_keeping_more_than_the_config_allows_are_refused() -> None:
+    """The declared peak counts the entries the config may keep; a payload that claims
+    more is refused before its indices are read."""
+    n = 3000
+    spec = TensorSpec((n,), np.dtype(np.float32))
+    for cfg, cap in [({"id": "topk", "ratio": 0.01}, 30), ({"id": "dgc", "warmup": 0}, 3),
+                     ({"id": "hgc", "density": 0.01}, 30)]:
+        codec = codec_from_config(cfg)
+        good = _sparse_payload(cfg, n, cap, "rice", np.float32)
+        args: tuple[Any, ...] = (None,) if isinstance(codec, StatefulCodec) else ()
+        assert codec.decode(good, spec, *args).shape == (n,)
+        bad = _sparse_payload(cfg, n, cap + 1, "rice", np.float32)
+        with pytest.raises(FormatError, match="exceeds the limit"):
+            codec.decode(bad, spec, *args)
+
+
+def _resnet18() -> dict[str, np.ndarray]:
+    """ResNet-18's float32 tensors (11.7M values), Gaussian of scale 1e-3."""
+    shapes: dict[str, tuple[int, ...]] = {"conv1.weight": (64, 3, 7, 7)}
+
+    def bn(prefix: str, c: int) -> None:
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{prefix}.{key}"] = (c,)
+
+    bn("bn1", 64)
+    cin = 64
+    for layer, c in enumerate((64, 128, 256, 512), 1):
+        for block in range(2):
+            p = f"layer{layer}.{block}"
+            shapes[f"{p}.conv1.weight"] = (c, cin if block == 0 else c, 3, 3)
+            bn(f"{p}.bn1", c)
+            shapes[f"{p}.conv2.weight"] = (c, c, 3, 3)
+            bn(f"{p}.bn2", c)
+            if block == 0 and cin != c:
+                shapes[f"{p}.downsample.0.weight"] = (c, cin, 1, 1)
+                bn(f"{p}.downsample.1", c)
+        cin = c
+    shapes["fc.weight"] = (1000, 512)
+    shapes["fc.bias"] = (1000,)
+    rng = np.random.default_rng(8)
+    return {k: (rng.standard_normal(s) * 1e-3).astype(np.float32) for k, s in shapes.items()}
+
+
+@pytest.mark.slow
+def test_a_resnet18_sized_sparse_update_decodes_under_the_default_limits() -> None:
+    from fedpress.frame import DEFAULT_LIMITS, unpack
+    from fedpress.update import frame_codecs
+
+    sd = _resnet18()
+    assert 11_600_000 < sum(x.size for x in sd.values()) < 11_800_000
+    out_bytes = sum(x.nbytes for x in sd.values())
+    for plan, opts, most in [("topk", {"ratio": 0.01}, 1.05), ("topk", {"ratio": 0.1}, 1.35),
+                             ("ef:topk", {"ratio": 0.1}, 1.35), ("threshold", {"tau": 1e-3}, 6.1),
+                             ("dgc", {"ratio": 0.001}, 1.8), ("stc", {"ratio": 0.01}, 1.05)]:
+        blob = fedpress.UpdateEncoder(plan, **opts).encode(sd)
+        frame = unpack(blob, DEFAULT_LIMITS)
+        codecs = frame_codecs(frame, DEFAULT_LIMITS)
+        declared = sum(max(codecs[r.codec_index].decode_peak_bytes(r.spec), r.spec.nbytes)
+                       for r in frame.records)
+        assert declared <= most * out_bytes, (plan, opts, declared / out_bytes)
+        assert declared * 10 < DEFAULT_LIMITS.max_total_bytes, (plan, opts)
+        y = fedpress.decode_update(blob)
+        assert {k: v.shape for k, v in y.items()} == {k: v.shape for k, v in sd.items()}
 
 
 def test_qsgd_level_just_over_the_cap_is_refused_at_the_largest_level_count() -> None:

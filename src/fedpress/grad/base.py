@@ -9,7 +9,8 @@ floating tensors only and refuse NaN/Inf with a :class:`fedpress.ConfigError`
 
 Sparse payload layout (``topk``, ``threshold``, ``dgc``)::
 
-    varint  k          number of kept entries
+    varint  k          number of kept entries (at most the codec's cap: ceil(ratio n)
+                       for topk, n for threshold, the first warm-up round's for dgc)
     ...     indices    :mod:`fedpress.grad.indices` (cheapest of four codings)
     k x     values     the kept entries, little-endian, in the tensor's dtype
 
@@ -35,7 +36,7 @@ from ..dtypes import le_bytes
 from ..eblc.base import ErrorBoundedCodec
 from ..errors import ConfigError, FormatError
 from ..registry import get_codec
-from .indices import read_indices, write_indices
+from .indices import read_indices, read_peak_bytes, write_indices
 
 #: how the kept values of a sparse payload travel: raw, or coded by ``fpz``
 VALUE_CODINGS = ("raw", "fpz")
@@ -184,6 +185,22 @@ def read_sparse(rd: Reader, spec: TensorSpec, cap: int | None = None,
     else:
         values = coder.decode(rd.rest(), TensorSpec((k,), np.dtype(spec.dtype)))
     return idx, finite_values(values, what)
+
+
+def sparse_peak_bytes(spec: TensorSpec, k: int, values_bytes: int | None = None) -> int:
+    """The most decoding a sparse payload of at most ``k`` entries for a tensor of
+    ``spec`` allocates, the output included.
+
+    Three steps, one after the other: the indices (:func:`read_indices`, before the
+    output exists); the values beside the ``k`` int64 positions, ``values_bytes`` being
+    what reading them takes at its peak, their array included (default: a copy of ``k``
+    raw values), and the finite check's mask; then the output beside the positions and
+    the values. With every entry kept that is 24 bytes an entry (6x a float32 tensor),
+    at density 0.01 about the output alone.
+    """
+    n, size = spec.size, spec.dtype.itemsize
+    values = size * k if values_bytes is None else max(values_bytes, size * k)
+    return max(read_peak_bytes(n, k), 8 * k + values + k, spec.nbytes + (8 + size) * k)
 
 
 def finite_values(values: np.ndarray, what: str) -> np.ndarray:

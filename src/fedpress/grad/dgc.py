@@ -65,6 +65,7 @@ from .base import (
     keep_count,
     read_sparse,
     scatter,
+    sparse_peak_bytes,
     write_sparse,
 )
 from .ef import residual_of
@@ -175,6 +176,11 @@ class DGC(StatefulGradientCodec):
         return w.getvalue()
 
     # -- decoding -----------------------------------------------------------------------
+
+    def decode_peak_bytes(self, spec: TensorSpec) -> int:
+        """Reading the most entries any round may send (:meth:`max_kept`: the first
+        warm-up round's density, 0.25 by default), the output included."""
+        return sparse_peak_bytes(spec, self.max_kept(spec.size))
 
     def decode(self, payload: bytes | memoryview, spec: TensorSpec,
                state: TensorState | None = None) -> np.ndarray:

@@ -96,6 +96,10 @@ class ErrorFeedback(StatefulCodec):
                state: TensorState | None = None) -> np.ndarray:
         return self.codec.decode(payload, spec)
 
+    def decode_peak_bytes(self, spec: TensorSpec) -> int:
+        """The inner codec's (decoding is the inner codec's)."""
+        return self.codec.decode_peak_bytes(spec)
+
     def describe(self, payload: bytes | memoryview, spec: TensorSpec) -> dict[str, Any]:
         return self.codec.describe(payload, spec)
 

@@ -15,6 +15,8 @@ Payload::
 
     u8 version (2) | varint k | indices (grad.indices) | values (hgc_values.write_values)
 
+``k`` is at most ``ceil(density n)`` (the encoder sends exactly that many).
+
 Version 1 always XOR-ed the codes with the prediction and always rANS-coded them.
 
 Memory: the decoder writes the kept values straight into the output (no float32 copy
@@ -141,7 +143,7 @@ class HGCCodec(StatefulCodec):
         if version != VERSION:
             raise FormatError(f"hgc payload: unknown version {version}")
         n = spec.size
-        k = rd.varint(cap=n, name="hgc k")
+        k = rd.varint(cap=keep_count(n, self.density), name="hgc k")  # what the peak counts
         idx = read_indices(rd, k, n)
         averages = self._averages(state, n)
         vals = read_values(rd, [k], self.levels, self.quantize,

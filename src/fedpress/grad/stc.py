@@ -59,7 +59,14 @@ from ..dtypes import le_bytes
 from ..errors import ConfigError, FormatError
 from ..registry import register_codec
 from ..state import TensorState
-from .base import GradientCodec, StatefulGradientCodec, check_ratio, keep_count, scatter
+from .base import (
+    GradientCodec,
+    StatefulGradientCodec,
+    check_ratio,
+    keep_count,
+    scatter,
+    sparse_peak_bytes,
+)
 from .ef import residual_of
 from .indices import METHODS, read_indices, write_indices
 from .topk import top_indices
@@ -80,6 +87,13 @@ def golomb_bits_per_position(p: float) -> float:
     ``b* + 1 / (1 - (1 - p) ** (2 ** b*))``."""
     b = golomb_parameter(p)
     return b + 1 / (1 - (1 - p) ** (2**b))
+
+
+def ternary_peak_bytes(spec: TensorSpec, ratio: float) -> int:
+    """What decoding an ``stc`` / ``ternary`` payload takes at its peak, the output
+    included: the ``k`` indices, then the sign bits, their mask and the values."""
+    k = keep_count(spec.size, ratio)
+    return sparse_peak_bytes(spec, k, (spec.dtype.itemsize + 2) * k)
 
 
 def sparse_ternary(a: np.ndarray, ratio: float) -> tuple[bytes, np.ndarray, np.ndarray]:
@@ -110,6 +124,8 @@ class STC(StatefulGradientCodec):
     def __init__(self, ratio: float = 0.01) -> None:
         self.ratio = check_ratio(self.codec_id, ratio)
 
+    def decode_peak_bytes(self, spec: TensorSpec) -> int:
+        return ternary_peak_bytes(spec, self.ratio)
 
     def encode(self, x: np.ndarray, state: TensorState | None = None) -> bytes:
         self.check_input(x)
@@ -175,6 +191,9 @@ class SparseTernary(GradientCodec):
 
     def __init__(self, ratio: float = 0.01) -> None:
         self.ratio = check_ratio(self.codec_id, ratio)
+
+    def decode_peak_bytes(self, spec: TensorSpec) -> int:
+        return ternary_peak_bytes(spec, self.ratio)
 
     def _encode(self, x: np.ndarray) -> tuple[bytes, np.ndarray]:
         payload, idx, recon = sparse_ternary(x, self.ratio)

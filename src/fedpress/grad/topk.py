@@ -51,12 +51,16 @@ from .base import (
     read_sparse,
     scatter,
     sparse_payload,
+    sparse_peak_bytes,
     value_coder,
 )
 
-#: bytes per kept entry that decoding the indices may take at its peak (int64 gaps,
-#: positions and a temporary): 24 measured with every index coding
-_INDEX_BYTES = 24
+#: bytes per position :func:`draw_positions` allocates at its peak (the ``2 k`` drawn
+#: words, their sort with ``np.unique``'s copies and permutation, the positions kept):
+#: 116 measured at most, at small densities (102 at ``k = n / 2``)
+DRAW_BYTES_PER_POSITION = 120
+#: the fewest positions :func:`draw_positions` is charged for (it draws 16 at least)
+DRAW_MIN_POSITIONS = 64
 
 
 def top_indices(a: np.ndarray, k: int) -> np.ndarray:
@@ -89,7 +93,8 @@ def draw_positions(draw: int, n: int, k: int) -> np.ndarray:
     versions (NEP 19: a bit generator's raw stream): the 64-bit words of
     ``PCG64(draw)`` taken modulo ``n`` in stream order, keeping the first ``k``
     distinct ones (for ``k > n / 2``: every position but the first ``n - k``
-    distinct ones). Memory is O(k); the modulo bias is below ``n / 2**64``.
+    distinct ones). Memory is O(k) (:func:`draw_peak_bytes`); the modulo bias is below
+    ``n / 2**64``.
     """
     if k > n // 2:
         keep = np.ones(n, dtype=bool)
@@ -103,6 +108,15 @@ def draw_positions(draw: int, n: int, k: int) -> np.ndarray:
             return np.sort(cand[np.sort(first)[:k]]).astype(np.int64)
         more = bits.random_raw(max(16, 2 * (k - uniq.size))) % np.uint64(n)
         cand = np.concatenate([cand, more])
+
+
+def draw_peak_bytes(n: int, k: int) -> int:
+    """The most :func:`draw_positions` allocates for ``k`` of ``n`` positions, the
+    positions it returns included: for ``k > n / 2`` a mask of ``n`` bytes beside the
+    ``n - k`` positions left out, then the ``k`` positions (twice)."""
+    if k > n // 2:
+        return n + max(draw_peak_bytes(n, n - k), 16 * k)
+    return DRAW_BYTES_PER_POSITION * max(k, DRAW_MIN_POSITIONS)
 
 
 class SparseCodec(GradientCodec):
@@ -134,20 +148,20 @@ class SparseCodec(GradientCodec):
         return () if self._coder is None else (self._coder,)
 
     def decode_peak_bytes(self, spec: TensorSpec) -> int:
-        """The output, plus with coded values the indices and ``fpz``'s peak on the
-        most values a payload may keep."""
-        if self._coder is None:
-            return super().decode_peak_bytes(spec)
+        """What reading the most entries a payload may keep takes, the output included
+        (:func:`fedpress.grad.base.sparse_peak_bytes`: 24 bytes an entry for the indices,
+        before the output), with coded values ``fpz``'s peak on them."""
         k = self.max_kept(spec.size)
-        inner = self._coder.decode_peak_bytes(TensorSpec((k,), np.dtype(spec.dtype)))
-        return spec.nbytes + _INDEX_BYTES * k + inner
+        inner = None if self._coder is None else \
+            self._coder.decode_peak_bytes(TensorSpec((k,), np.dtype(spec.dtype)))
+        return sparse_peak_bytes(spec, k, inner)
 
     def _sparse(self, idx: np.ndarray, x: np.ndarray) -> tuple[bytes, np.ndarray]:
         """Payload and reconstruction of keeping the entries of ``x`` at ``idx``."""
         return sparse_payload(idx, x.reshape(-1)[idx], x, self._coder)
 
     def _decode(self, rd: Reader, spec: TensorSpec) -> np.ndarray:
-        cap = None if self._coder is None else self.max_kept(spec.size)
+        cap = self.max_kept(spec.size)  # what decode_peak_bytes counts on
         return scatter(*read_sparse(rd, spec, cap, coder=self._coder), spec)
 
 
@@ -250,6 +264,13 @@ class RandK(GradientCodec):
     def positions(draw: int, n: int, k: int) -> np.ndarray:
         """The ``k`` sorted positions both ends draw from ``draw`` (:func:`draw_positions`)."""
         return draw_positions(draw, n, k)
+
+    def decode_peak_bytes(self, spec: TensorSpec) -> int:
+        """The values read, the positions drawn beside them (:func:`draw_peak_bytes`:
+        about 120 bytes a position up to ``k = n / 2``), then the output beside both."""
+        n, size = spec.size, spec.dtype.itemsize
+        k = keep_count(n, self.ratio)
+        return max(size * k + draw_peak_bytes(n, k), spec.nbytes + (8 + size) * k)
 
     def _encode(self, x: np.ndarray) -> tuple[bytes, np.ndarray]:
         k = keep_count(x.size, self.ratio)
