@@ -171,8 +171,12 @@ def test_gradient_codecs_refuse_non_finite_and_bad_options() -> None:
         fedpress.get_codec("ef", inner="zstd")
 
 
-def test_error_feedback_keeps_what_compression_lost() -> None:
-    enc = fedpress.UpdateEncoder("ef:topk", ratio=0.05)
+@pytest.mark.parametrize("values", [{}, {"values": "fpz", "values_eb": 3e-2}],
+                         ids=["raw", "fpz"])
+def test_error_feedback_keeps_what_compression_lost(values: dict) -> None:
+    """Dropped entries and, with error-bounded values, the kept ones' quantization
+    error stay in the residual."""
+    enc = fedpress.UpdateEncoder("ef:topk", ratio=0.05, **values)
     dec = fedpress.UpdateDecoder()
     prev = np.zeros((50, 40), dtype=np.float32)
     total_in = np.zeros((50, 40), dtype=np.float64)
@@ -184,6 +188,9 @@ def test_error_feedback_keeps_what_compression_lost() -> None:
         # the invariant, in the tensor's float32 arithmetic: residual = corrected - sent
         assert np.array_equal(res, (g + prev) - sent)
         assert np.allclose(sent + res, g + prev, atol=1e-5)
+        kept = sent != 0
+        assert np.array_equal(res[~kept], (g + prev)[~kept])
+        assert np.any(res[kept] != 0) == bool(values)  # quantization error kept
         prev = res
         total_in += g
         total_sent += sent
