@@ -4,6 +4,8 @@ algorithm variants consistent with each other, the network model, bad configs.""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -276,3 +278,15 @@ def test_first_download_coded_sends_the_initial_model_through_the_plan(
     b, _ = fl.simulate(digits, _cfg(**weights, first_download="coded"), test_limit=100)
     assert a[0].bytes_down == b[0].bytes_down
     assert not _cfg(**weights, first_download="coded").codes_first_download
+
+
+def test_error_feedback_with_server_momentum_is_warned_about() -> None:
+    from fedpress.sim.fl import FLConfig
+
+    for plan in ("ef:topk", "efsignsgd", "stc"):
+        with pytest.warns(UserWarning, match="server steps with momentum"):
+            FLConfig(plan=plan, send="update", algorithm="fedavgm").check()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FLConfig(plan="ef:topk", send="update").check()  # plain FedAvg
+        FLConfig(plan="topk", send="update", algorithm="fedavgm").check()  # no feedback

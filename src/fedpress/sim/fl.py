@@ -27,6 +27,7 @@ tests), whichever pool runs the clients.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -170,6 +171,18 @@ class FLConfig:
             raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
         if not self.lr > 0 or not self.server_lr > 0:
             raise ConfigError("lr and server_lr must be > 0")
+        if self.algorithm == "fedavgm" and has_sender_feedback(self.plan):
+            warnings.warn(f"plan {self.plan!r} feeds its error back on the clients and the "
+                          "server steps with momentum (fedavgm): measured together they lose "
+                          "several points where each alone loses under one (docs/frontier.md, "
+                          "error feedback and server momentum); pick one", UserWarning,
+                          stacklevel=2)
+
+
+def has_sender_feedback(plan: Any) -> bool:
+    """Whether an uplink plan keeps an error-feedback residual on the sender
+    (``ef:<codec>``, ``efsignsgd``, ``stc``)."""
+    return isinstance(plan, str) and (plan.startswith("ef:") or plan in ("efsignsgd", "stc"))
 
 
 @dataclass
