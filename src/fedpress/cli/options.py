@@ -224,8 +224,10 @@ def sim_flags() -> dict[str, Any]:
         "threads": Annotated[int | None, opt(help="PyTorch threads per process.")],
         "workers": Annotated[int | None, opt(help="Client processes (1: the clients run "
                                                   "in the main process).")],
-        "aggregate": Annotated[str | None, opt(help="Server aggregation: mean, or vote "
-                                                    "(signSGD majority vote).")],
+        "aggregate": Annotated[str | None, opt(help="Server aggregation: mean, vote "
+                                                    "(signSGD majority vote), hgc (HGC's "
+                                                    "shared-mask exchange) or powersgd "
+                                                    "(its two-phase exchange).")],
         "downlink_send": Annotated[str | None, opt(help="Downlink content: weights, or "
                                                         "update (change since each "
                                                         "client's copy).")],
